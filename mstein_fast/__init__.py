@@ -1,0 +1,23 @@
+"""mstein-fast: fused Wasserstein kernels and a lean MStein trainer for sequential recommendation.
+
+Public ops (differentiable, dispatched to C++ on CPU and Triton on CUDA):
+:func:`pairwise_w2`, :func:`wasserstein_infonce`, :func:`wasserstein_alignment_uniformity`.
+Plain-PyTorch oracles live in :mod:`mstein_fast.reference`.
+"""
+
+import torch  # noqa: F401  (import torch before the extension so both share one OpenMP runtime)
+
+from mstein_fast import reference
+from mstein_fast.backends import available_backends
+from mstein_fast.ops import pairwise_w2, wasserstein_alignment_uniformity, wasserstein_infonce
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "pairwise_w2",
+    "wasserstein_infonce",
+    "wasserstein_alignment_uniformity",
+    "reference",
+    "available_backends",
+    "__version__",
+]

@@ -1,0 +1,77 @@
+"""Argument validation shared by the public ops: clear errors that name the argument."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_choice(name: str, value, choices) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+
+
+def check_temperature(temperature) -> float:
+    """Return ``temperature`` as a positive finite float or raise ``ValueError``."""
+    if isinstance(temperature, torch.Tensor):
+        if temperature.numel() != 1:
+            raise ValueError(f"temperature must be a scalar, got a tensor of shape {tuple(temperature.shape)}")
+        temperature = temperature.item()
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
+    temperature = float(temperature)
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be positive and finite, got {temperature}")
+    return temperature
+
+
+def check_gaussians(pairs, *, same_rows: bool = False, min_dim: int = 2) -> None:
+    """Validate ``[(mean_name, mean, cov_name, cov), ...]`` groups of diagonal Gaussians.
+
+    Checks types, dtypes (floating, all equal), devices (all equal), shapes (mean and cov equal,
+    at least ``min_dim`` dims, leading batch dims and D equal across groups, N equal across groups
+    when ``same_rows``), non-empty, finite means and finite positive covariances.
+    """
+    first = None
+    for mean_name, mean, cov_name, cov in pairs:
+        for name, t in ((mean_name, mean), (cov_name, cov)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dtype not in _FLOAT_DTYPES:
+                raise TypeError(f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), got {t.dtype}")
+            if t.dim() < min_dim:
+                raise ValueError(f"{name} must have at least {min_dim} dims [..., N, D], got shape {tuple(t.shape)}")
+        if mean.shape != cov.shape:
+            raise ValueError(f"{mean_name} and {cov_name} must have the same shape, got {tuple(mean.shape)} and {tuple(cov.shape)}")
+        if first is None:
+            first = (mean_name, mean)
+        ref_name, ref = first
+        for name, t in ((mean_name, mean), (cov_name, cov)):
+            if t.dtype != ref.dtype:
+                raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}: all inputs must share one dtype")
+            if t.device != ref.device:
+                raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}: all inputs must be on one device")
+            if t.dim() != ref.dim() or t.shape[:-2] != ref.shape[:-2]:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}: its batch dims must equal those of {ref_name} {tuple(ref.shape)}")
+            if t.shape[-1] != ref.shape[-1]:
+                raise ValueError(f"{name} has D={t.shape[-1]} but {ref_name} has D={ref.shape[-1]}: the dimension D must match")
+            if same_rows and t.shape[-2] != ref.shape[-2]:
+                raise ValueError(f"{name} has N={t.shape[-2]} rows but {ref_name} has {ref.shape[-2]}: the two views must have the same N")
+            if t.shape[-1] == 0 or t.shape[-2] == 0:
+                raise ValueError(f"{name} is empty (shape {tuple(t.shape)}): N and D must be at least 1")
+    # One host sync for all value checks.
+    flags = []
+    for _, mean, _, cov in pairs:
+        flags.append(torch.isfinite(mean).all())
+        flags.append((torch.isfinite(cov) & (cov > 0)).all())
+    ok = torch.stack(flags).tolist()
+    for i, (mean_name, mean, cov_name, cov) in enumerate(pairs):
+        if not ok[2 * i]:
+            raise ValueError(f"{mean_name} contains NaN or inf")
+        if not ok[2 * i + 1]:
+            bad = cov[~(torch.isfinite(cov) & (cov > 0))].flatten()[0].item()
+            raise ValueError(f"{cov_name} must hold finite variances > 0 (found {bad}); apply e.g. ELU(x) + 1 first")
