@@ -1,1 +1,16 @@
-// placeholder
+// The fused CPU kernels compiled for one instruction set (flags set in CMakeLists.txt).
+#define MSTEIN_ISA avx2
+#define MSTEIN_VW 8
+#define MSTEIN_MR 6
+#define MSTEIN_NV 2
+#include "kernel_table.h"
+#include "pairwise_w2.h"
+#include "wasserstein_infonce.h"
+
+namespace mstein {
+const KernelTable* table_avx2() {
+  static const KernelTable table{"avx2", avx2::sqdist_forward, avx2::sqdist_backward, avx2::infonce_forward,
+                                 avx2::infonce_backward};
+  return &table;
+}
+}  // namespace mstein

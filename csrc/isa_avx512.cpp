@@ -1,1 +1,16 @@
-// placeholder
+// The fused CPU kernels compiled for one instruction set (flags set in CMakeLists.txt).
+#define MSTEIN_ISA avx512
+#define MSTEIN_VW 16
+#define MSTEIN_MR 12
+#define MSTEIN_NV 2
+#include "kernel_table.h"
+#include "pairwise_w2.h"
+#include "wasserstein_infonce.h"
+
+namespace mstein {
+const KernelTable* table_avx512() {
+  static const KernelTable table{"avx512", avx512::sqdist_forward, avx512::sqdist_backward, avx512::infonce_forward,
+                                 avx512::infonce_backward};
+  return &table;
+}
+}  // namespace mstein

@@ -1,1 +1,16 @@
-// placeholder
+// The fused CPU kernels compiled for one instruction set (flags set in CMakeLists.txt).
+#define MSTEIN_ISA generic
+#define MSTEIN_VW 4
+#define MSTEIN_MR 4
+#define MSTEIN_NV 4
+#include "kernel_table.h"
+#include "pairwise_w2.h"
+#include "wasserstein_infonce.h"
+
+namespace mstein {
+const KernelTable* table_generic() {
+  static const KernelTable table{"generic", generic::sqdist_forward, generic::sqdist_backward, generic::infonce_forward,
+                                 generic::infonce_backward};
+  return &table;
+}
+}  // namespace mstein

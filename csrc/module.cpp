@@ -1,3 +1,115 @@
-// placeholder, replaced by the kernels
+// Python bindings of the fused CPU kernels (module mstein_fast._C).
+//
+// Tensors cross as raw data pointers (integers) of contiguous float32 buffers that the Python
+// wrappers allocate and validate; the GIL is released while a kernel runs. The instruction set
+// is chosen once at import: AVX-512 > AVX2 > portable, overridable with MSTEIN_FAST_ISA.
 #include <pybind11/pybind11.h>
-PYBIND11_MODULE(_C, m) {}
+
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#include "kernel_table.h"
+
+namespace py = pybind11;
+using mstein::KernelTable;
+
+namespace {
+
+bool isa_supported(const std::string& name) {
+#if defined(MSTEIN_X86)
+  __builtin_cpu_init();
+  if (name == "avx512")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma");
+  if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+  return name == "generic";
+}
+
+const KernelTable* by_name(const std::string& name) {
+#if defined(MSTEIN_X86)
+  if (name == "avx512") return mstein::table_avx512();
+  if (name == "avx2") return mstein::table_avx2();
+#endif
+  if (name == "generic") return mstein::table_generic();
+  return nullptr;
+}
+
+const KernelTable* select_table() {
+  if (const char* forced = std::getenv("MSTEIN_FAST_ISA")) {
+    const std::string name(forced);
+    if (!by_name(name) || !isa_supported(name))
+      throw std::runtime_error("MSTEIN_FAST_ISA=" + name + " is not available on this CPU/build");
+    return by_name(name);
+  }
+  for (const char* name : {"avx512", "avx2", "generic"})
+    if (by_name(name) && isa_supported(name)) return by_name(name);
+  return mstein::table_generic();
+}
+
+const KernelTable* table() {
+  static const KernelTable* t = select_table();
+  return t;
+}
+
+template <typename T>
+T* ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+void check_threads(int threads) {
+  if (threads < 1) throw std::invalid_argument("threads must be >= 1");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "mstein-fast fused CPU kernels (float32, raw pointers; use the mstein_fast Python API)";
+  m.def("isa", [] { return std::string(table()->isa); }, "Instruction set the kernels were compiled for and run with.");
+  m.def(
+      "sqdist_forward",
+      [](uintptr_t x, uintptr_t y, uintptr_t out, int64_t b, int64_t n, int64_t mm, int64_t k, int threads) {
+        check_threads(threads);
+        py::gil_scoped_release nogil;
+        table()->sqdist_forward(ptr<const float>(x), ptr<const float>(y), ptr<float>(out), b, n, mm, k, threads);
+      },
+      py::arg("x"), py::arg("y"), py::arg("out"), py::arg("b"), py::arg("n"), py::arg("m"), py::arg("k"),
+      py::arg("threads"), "out[b,i,j] = |x[b,i]-y[b,j]|^2 for x [b,n,k], y [b,m,k] (float32, contiguous).");
+  m.def(
+      "sqdist_backward",
+      [](uintptr_t g, uintptr_t x, uintptr_t y, uintptr_t gx, uintptr_t gy, int64_t b, int64_t n, int64_t mm,
+         int64_t k, int threads) {
+        check_threads(threads);
+        py::gil_scoped_release nogil;
+        table()->sqdist_backward(ptr<const float>(g), ptr<const float>(x), ptr<const float>(y), ptr<float>(gx),
+                                 ptr<float>(gy), b, n, mm, k, threads);
+      },
+      py::arg("g"), py::arg("x"), py::arg("y"), py::arg("gx"), py::arg("gy"), py::arg("b"), py::arg("n"),
+      py::arg("m"), py::arg("k"), py::arg("threads"), "Gradients of sqdist_forward for upstream gradient g [b,n,m].");
+  m.def(
+      "infonce_forward",
+      [](uintptr_t x, int64_t n, int64_t k, float temperature, int kind, uintptr_t losses, uintptr_t lse, uintptr_t w,
+         int threads) {
+        check_threads(threads);
+        if (kind != 0 && kind != 1) throw std::invalid_argument("kind must be 0 (inv) or 1 (neg)");
+        py::gil_scoped_release nogil;
+        table()->infonce_forward(ptr<const float>(x), n, k, temperature, kind, ptr<float>(losses), ptr<float>(lse),
+                                 w ? ptr<float>(w) : nullptr, threads);
+      },
+      py::arg("x"), py::arg("n"), py::arg("k"), py::arg("temperature"), py::arg("kind"), py::arg("losses"),
+      py::arg("lse"), py::arg("w"), py::arg("threads"),
+      "Per-row InfoNCE losses of x [2n,k]; lse [2,2n]; w [2n,2n] stored when non-zero.");
+  m.def(
+      "infonce_backward",
+      [](uintptr_t x, int64_t n, int64_t k, float temperature, int kind, uintptr_t grad_rows, uintptr_t lse,
+         uintptr_t w, uintptr_t gx, int threads) {
+        check_threads(threads);
+        if (kind != 0 && kind != 1) throw std::invalid_argument("kind must be 0 (inv) or 1 (neg)");
+        py::gil_scoped_release nogil;
+        table()->infonce_backward(ptr<const float>(x), n, k, temperature, kind, ptr<const float>(grad_rows),
+                                  ptr<const float>(lse), w ? ptr<const float>(w) : nullptr, ptr<float>(gx), threads);
+      },
+      py::arg("x"), py::arg("n"), py::arg("k"), py::arg("temperature"), py::arg("kind"), py::arg("grad_rows"),
+      py::arg("lse"), py::arg("w"), py::arg("gx"), py::arg("threads"), "Gradient of sum(grad_rows * losses) w.r.t. x.");
+}

@@ -19,7 +19,7 @@ class _SqDistCpp(torch.autograd.Function):
         b, n, k = x.shape
         m = y.shape[1]
         out = torch.empty((b, n, m), dtype=torch.float32)
-        ext.sqdist_forward(x.data_ptr(), y.data_ptr(), out.data_ptr(), b, n, m, k)
+        ext.sqdist_forward(x.data_ptr(), y.data_ptr(), out.data_ptr(), b, n, m, k, torch.get_num_threads())
         ctx.save_for_backward(x, y)
         return out
 
@@ -32,7 +32,9 @@ class _SqDistCpp(torch.autograd.Function):
         grad_out = grad_out.float().contiguous()
         gx = torch.empty_like(x)
         gy = torch.empty_like(y)
-        ext.sqdist_backward(grad_out.data_ptr(), x.data_ptr(), y.data_ptr(), gx.data_ptr(), gy.data_ptr(), b, n, m, k)
+        ext.sqdist_backward(
+            grad_out.data_ptr(), x.data_ptr(), y.data_ptr(), gx.data_ptr(), gy.data_ptr(), b, n, m, k, torch.get_num_threads()
+        )
         return gx, gy
 
 

@@ -29,14 +29,14 @@ class _InfoNCERowsCpp(torch.autograd.Function):
         rows2, k = x.shape
         kind = SIMILARITIES[similarity]
         losses = torch.empty(rows2, dtype=torch.float32)
-        lse = torch.empty(rows2, dtype=torch.float32)
+        lse = torch.empty((2, rows2), dtype=torch.float32)  # per row: max logit, log of the sum
         keep = rows2 * rows2 * 4 <= _KEEP_LIMIT_BYTES
         wbuf = torch.empty((rows2, rows2), dtype=torch.float32) if keep else None
         ext.infonce_forward(
             x.data_ptr(), rows2 // 2, k, temperature, kind,
-            losses.data_ptr(), lse.data_ptr(), wbuf.data_ptr() if keep else 0,
+            losses.data_ptr(), lse.data_ptr(), wbuf.data_ptr() if keep else 0, torch.get_num_threads(),
         )
-        ctx.save_for_backward(x, lse, *( [wbuf] if keep else [] ))
+        ctx.save_for_backward(x, lse, *([wbuf] if keep else []))
         ctx.keep = keep
         ctx.temperature = temperature
         ctx.kind = kind
@@ -55,6 +55,7 @@ class _InfoNCERowsCpp(torch.autograd.Function):
         ext.infonce_backward(
             x.data_ptr(), rows2 // 2, k, ctx.temperature, ctx.kind,
             grad_rows.data_ptr(), lse.data_ptr(), wbuf.data_ptr() if wbuf is not None else 0, gx.data_ptr(),
+            torch.get_num_threads(),
         )
         return gx, None, None
 

@@ -1,0 +1,33 @@
+// The entry points every instruction-set build of the kernels provides (float32, row-major,
+// contiguous buffers passed as raw pointers). module.cpp picks one table at run time.
+#pragma once
+#include <cstdint>
+
+namespace mstein {
+
+struct KernelTable {
+  const char* isa;
+  // out[b, i, j] = |x_bi - y_bj|^2 for x [B, N, K], y [B, M, K].
+  void (*sqdist_forward)(const float* x, const float* y, float* out, int64_t b, int64_t n, int64_t m, int64_t k,
+                         int threads);
+  // gx = 2 (rowsum(g) x - g y), gy = 2 (colsum(g) y - g^T x), per batch.
+  void (*sqdist_backward)(const float* g, const float* x, const float* y, float* gx, float* gy, int64_t b, int64_t n,
+                          int64_t m, int64_t k, int threads);
+  // InfoNCE over the 2n rows of x [2n, K]: per-row losses, (row max, log-sum) pairs in lse[2, 2n],
+  // and, when w is not null, the full 2n x 2n distance matrix for the backward.
+  void (*infonce_forward)(const float* x, int64_t n, int64_t k, float temperature, int kind, float* losses,
+                          float* lse, float* w, int threads);
+  // Gradient w.r.t. x of sum_r grad_rows[r] * loss[r]; w as saved by the forward, or null.
+  void (*infonce_backward)(const float* x, int64_t n, int64_t k, float temperature, int kind,
+                           const float* grad_rows, const float* lse, const float* w, float* gx, int threads);
+};
+
+}  // namespace mstein
+
+#define MSTEIN_DECLARE_TABLE(isa_name) \
+  namespace mstein {                   \
+  const KernelTable* table_##isa_name();  \
+  }
+MSTEIN_DECLARE_TABLE(avx512)
+MSTEIN_DECLARE_TABLE(avx2)
+MSTEIN_DECLARE_TABLE(generic)
