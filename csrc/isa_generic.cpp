@@ -4,12 +4,13 @@
 #define MSTEIN_MR 4
 #define MSTEIN_NV 4
 #include "kernel_table.h"
+#include "gaussian_stack.h"
 #include "pairwise_w2.h"
 #include "wasserstein_infonce.h"
 
 namespace mstein {
 const KernelTable* table_generic() {
-  static const KernelTable table{"generic", generic::sqdist_forward, generic::sqdist_backward, generic::infonce_forward,
+  static const KernelTable table{"generic", generic::stack_gaussian, generic::unstack_gradient, generic::sqdist_forward, generic::sqdist_backward, generic::infonce_forward,
                                  generic::infonce_backward};
   return &table;
 }

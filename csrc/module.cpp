@@ -68,6 +68,26 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "mstein-fast fused CPU kernels (float32, raw pointers; use the mstein_fast Python API)";
   m.def("isa", [] { return std::string(table()->isa); }, "Instruction set the kernels were compiled for and run with.");
   m.def(
+      "stack_gaussian",
+      [](uintptr_t mean, uintptr_t cov, int64_t rows, int64_t d, uintptr_t x, int threads) {
+        check_threads(threads);
+        py::gil_scoped_release nogil;
+        table()->stack_gaussian(ptr<const float>(mean), ptr<const float>(cov), rows, d, ptr<float>(x), threads);
+      },
+      py::arg("mean"), py::arg("cov"), py::arg("rows"), py::arg("d"), py::arg("x"), py::arg("threads"),
+      "x [rows, 2d] = [mean ; sqrt(max(cov, 1e-24))].");
+  m.def(
+      "unstack_gradient",
+      [](uintptr_t gx, uintptr_t x, uintptr_t cov, int64_t rows, int64_t d, uintptr_t g_mean, uintptr_t g_cov,
+         int threads) {
+        check_threads(threads);
+        py::gil_scoped_release nogil;
+        table()->unstack_gradient(ptr<const float>(gx), ptr<const float>(x), ptr<const float>(cov), rows, d,
+                                  ptr<float>(g_mean), ptr<float>(g_cov), threads);
+      },
+      py::arg("gx"), py::arg("x"), py::arg("cov"), py::arg("rows"), py::arg("d"), py::arg("g_mean"), py::arg("g_cov"),
+      py::arg("threads"), "Gradients w.r.t. mean and cov from the gradient w.r.t. the stacked x.");
+  m.def(
       "sqdist_forward",
       [](uintptr_t x, uintptr_t y, uintptr_t out, int64_t b, int64_t n, int64_t mm, int64_t k, int threads) {
         check_threads(threads);

@@ -63,12 +63,14 @@ def check_gaussians(pairs, *, same_rows: bool = False, min_dim: int = 2) -> None
                 raise ValueError(f"{name} has N={t.shape[-2]} rows but {ref_name} has {ref.shape[-2]}: the two views must have the same N")
             if t.shape[-1] == 0 or t.shape[-2] == 0:
                 raise ValueError(f"{name} is empty (shape {tuple(t.shape)}): N and D must be at least 1")
-    # One host sync for all value checks.
-    flags = []
-    for _, mean, _, cov in pairs:
-        flags.append(torch.isfinite(mean).all())
-        flags.append((torch.isfinite(cov) & (cov > 0)).all())
-    ok = torch.stack(flags).tolist()
+    # One pass per tensor (min and max propagate NaN, and show +-inf) and one host sync in all.
+    stats = torch.stack([v.float() for _, mean, _, cov in pairs for t in (mean, cov) for v in torch.aminmax(t)])
+    lo_hi = stats.tolist()
+    ok = []
+    for i in range(len(pairs)):
+        m_lo, m_hi, c_lo, c_hi = lo_hi[4 * i : 4 * i + 4]
+        ok.append(math.isfinite(m_lo) and math.isfinite(m_hi))
+        ok.append(c_lo > 0 and math.isfinite(c_hi))
     for i, (mean_name, mean, cov_name, cov) in enumerate(pairs):
         if not ok[2 * i]:
             raise ValueError(f"{mean_name} contains NaN or inf")

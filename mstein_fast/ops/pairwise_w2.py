@@ -7,35 +7,36 @@ import torch
 from mstein_fast import reference
 from mstein_fast._checks import check_gaussians
 from mstein_fast.backends import cpp_extension, resolve_backend, triton_kernels
-from mstein_fast.ops._stack import stack_gaussian
+from mstein_fast.ops._stack import cpp_stack, cpp_unstack, threads
 
 
-class _SqDistCpp(torch.autograd.Function):
-    """``out[b, i, j] = |x_bi - y_bj|^2`` by the fused C++ kernel (float32, contiguous inputs)."""
+class _PairwiseW2Cpp(torch.autograd.Function):
+    """Fused C++ pairwise W2 on contiguous float32 ``[B, N, D]`` / ``[B, M, D]`` inputs."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, mean1, cov1, mean2, cov2):
         ext = cpp_extension()
-        b, n, k = x.shape
-        m = y.shape[1]
+        b, n, d = mean1.shape
+        m = mean2.shape[1]
+        x = cpp_stack(ext, mean1, cov1)
+        y = cpp_stack(ext, mean2, cov2)
         out = torch.empty((b, n, m), dtype=torch.float32)
-        ext.sqdist_forward(x.data_ptr(), y.data_ptr(), out.data_ptr(), b, n, m, k, torch.get_num_threads())
-        ctx.save_for_backward(x, y)
+        ext.sqdist_forward(x.data_ptr(), y.data_ptr(), out.data_ptr(), b, n, m, 2 * d, threads())
+        ctx.save_for_backward(x, y, cov1, cov2)
         return out
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
+    def backward(ctx, grad_out):
         ext = cpp_extension()
-        x, y = ctx.saved_tensors
+        x, y, cov1, cov2 = ctx.saved_tensors
         b, n, k = x.shape
         m = y.shape[1]
         grad_out = grad_out.float().contiguous()
         gx = torch.empty_like(x)
         gy = torch.empty_like(y)
-        ext.sqdist_backward(
-            grad_out.data_ptr(), x.data_ptr(), y.data_ptr(), gx.data_ptr(), gy.data_ptr(), b, n, m, k, torch.get_num_threads()
-        )
-        return gx, gy
+        ext.sqdist_backward(grad_out.data_ptr(), x.data_ptr(), y.data_ptr(), gx.data_ptr(), gy.data_ptr(), b, n, m, k,
+                            threads())
+        return (*cpp_unstack(ext, gx, x, cov1), *cpp_unstack(ext, gy, y, cov2))
 
 
 def pairwise_w2(
@@ -64,8 +65,7 @@ def pairwise_w2(
         return reference.pairwise_w2(mean1, cov1, mean2, cov2)
     if name == "triton":
         return triton_kernels().pairwise_w2(mean1, cov1, mean2, cov2)
-    batch = mean1.shape[:-2]
-    x = stack_gaussian(mean1, cov1).reshape(-1, mean1.shape[-2], 2 * mean1.shape[-1])
-    y = stack_gaussian(mean2, cov2).reshape(-1, mean2.shape[-2], 2 * mean2.shape[-1])
-    out = _SqDistCpp.apply(x, y)
-    return out.reshape(*batch, mean1.shape[-2], mean2.shape[-2]).to(mean1.dtype)
+    n, m, d = mean1.shape[-2], mean2.shape[-2], mean1.shape[-1]
+    flat = [t.float().contiguous().reshape(-1, t.shape[-2], d) for t in (mean1, cov1, mean2, cov2)]
+    out = _PairwiseW2Cpp.apply(*flat)
+    return out.reshape(*mean1.shape[:-2], n, m).to(mean1.dtype)

@@ -9,7 +9,7 @@ import torch
 from mstein_fast import reference
 from mstein_fast._checks import check_choice, check_gaussians, check_temperature
 from mstein_fast.backends import cpp_extension, resolve_backend, triton_kernels
-from mstein_fast.ops._stack import stack_gaussian
+from mstein_fast.ops._stack import cpp_stack, cpp_unstack, threads
 from mstein_fast.ops.pairwise_w2 import pairwise_w2
 
 SIMILARITIES = {"inv": 0, "neg": 1}
@@ -20,44 +20,41 @@ REDUCTIONS = ("mean", "sum", "none")
 _KEEP_LIMIT_BYTES = int(float(os.environ.get("MSTEIN_FAST_KEEP_MATRIX_MB", "64")) * 2**20)
 
 
-class _InfoNCERowsCpp(torch.autograd.Function):
-    """Per-row InfoNCE losses of ``Z = x`` (``[2N, K]`` float32, rows of view A then view B)."""
+class _WassersteinInfoNCECpp(torch.autograd.Function):
+    """Per-row InfoNCE losses ``[2N]`` by the fused C++ kernels (contiguous float32 ``[N, D]`` views)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, temperature: float, similarity: str) -> torch.Tensor:
+    def forward(ctx, mean_a, cov_a, mean_b, cov_b, temperature: float, similarity: str):
         ext = cpp_extension()
-        rows2, k = x.shape
+        n, d = mean_a.shape
+        x = torch.empty((2 * n, 2 * d), dtype=torch.float32)
+        x[:n] = cpp_stack(ext, mean_a, cov_a)
+        x[n:] = cpp_stack(ext, mean_b, cov_b)
         kind = SIMILARITIES[similarity]
-        losses = torch.empty(rows2, dtype=torch.float32)
-        lse = torch.empty((2, rows2), dtype=torch.float32)  # per row: max logit, log of the sum
-        keep = rows2 * rows2 * 4 <= _KEEP_LIMIT_BYTES
-        wbuf = torch.empty((rows2, rows2), dtype=torch.float32) if keep else None
-        ext.infonce_forward(
-            x.data_ptr(), rows2 // 2, k, temperature, kind,
-            losses.data_ptr(), lse.data_ptr(), wbuf.data_ptr() if keep else 0, torch.get_num_threads(),
-        )
-        ctx.save_for_backward(x, lse, *([wbuf] if keep else []))
-        ctx.keep = keep
-        ctx.temperature = temperature
-        ctx.kind = kind
+        losses = torch.empty(2 * n, dtype=torch.float32)
+        lse = torch.empty((2, 2 * n), dtype=torch.float32)  # per row: max logit, log of the sum
+        keep = (2 * n) ** 2 * 4 <= _KEEP_LIMIT_BYTES
+        w = torch.empty((2 * n, 2 * n), dtype=torch.float32) if keep else None
+        ext.infonce_forward(x.data_ptr(), n, 2 * d, temperature, kind, losses.data_ptr(), lse.data_ptr(),
+                            w.data_ptr() if keep else 0, threads())
+        ctx.save_for_backward(x, lse, cov_a, cov_b, *([w] if keep else []))
+        ctx.temperature, ctx.kind, ctx.keep = temperature, kind, keep
         return losses
 
     @staticmethod
-    def backward(ctx, grad_rows: torch.Tensor):
+    def backward(ctx, grad_rows):
         ext = cpp_extension()
-        if ctx.keep:
-            x, lse, wbuf = ctx.saved_tensors
-        else:
-            (x, lse), wbuf = ctx.saved_tensors, None
+        x, lse, cov_a, cov_b, *rest = ctx.saved_tensors
+        w = rest[0] if ctx.keep else None
         rows2, k = x.shape
+        n = rows2 // 2
         grad_rows = grad_rows.float().contiguous()
         gx = torch.empty_like(x)
-        ext.infonce_backward(
-            x.data_ptr(), rows2 // 2, k, ctx.temperature, ctx.kind,
-            grad_rows.data_ptr(), lse.data_ptr(), wbuf.data_ptr() if wbuf is not None else 0, gx.data_ptr(),
-            torch.get_num_threads(),
-        )
-        return gx, None, None
+        ext.infonce_backward(x.data_ptr(), n, k, ctx.temperature, ctx.kind, grad_rows.data_ptr(), lse.data_ptr(),
+                             w.data_ptr() if w is not None else 0, gx.data_ptr(), threads())
+        g_mean_a, g_cov_a = cpp_unstack(ext, gx[:n], x[:n], cov_a)
+        g_mean_b, g_cov_b = cpp_unstack(ext, gx[n:], x[n:], cov_b)
+        return g_mean_a, g_cov_a, g_mean_b, g_cov_b, None, None
 
 
 def _reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -109,8 +106,8 @@ def wasserstein_infonce(
     if name == "triton":
         rows = triton_kernels().wasserstein_infonce_rows(mean_a, cov_a, mean_b, cov_b, temperature, similarity)
     else:
-        x = torch.cat([stack_gaussian(mean_a, cov_a), stack_gaussian(mean_b, cov_b)], dim=0)
-        rows = _InfoNCERowsCpp.apply(x, temperature, similarity)
+        views = [t.float().contiguous() for t in (mean_a, cov_a, mean_b, cov_b)]
+        rows = _WassersteinInfoNCECpp.apply(*views, temperature, similarity)
     return _reduce(rows, reduction).to(mean_a.dtype)
 
 
