@@ -35,7 +35,7 @@ constexpr int MR = MSTEIN_MR;
 constexpr int NV = MSTEIN_NV;
 constexpr int NR = VW * NV;
 constexpr int BS = 96;   // rows of a tile: a multiple of MR and NR for every instruction set
-constexpr int KC = 256;  // depth of one pass of the micro-kernel (keeps panels in L1/L2)
+constexpr int KC = 768;  // depth of one pass of the micro-kernel (keeps panels in L1/L2)
 static_assert(BS % MR == 0 && BS % NR == 0 && BS % VW == 0, "tile size must be a multiple of the micro-tile");
 
 typedef float vf __attribute__((vector_size(VW * 4)));

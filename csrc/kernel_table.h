@@ -22,9 +22,12 @@ struct KernelTable {
   // and, when w is not null, the full 2n x 2n distance matrix for the backward.
   void (*infonce_forward)(const float* x, int64_t n, int64_t k, float temperature, int kind, float* losses,
                           float* lse, float* w, int threads);
-  // Gradient w.r.t. x of sum_r grad_rows[r] * loss[r]; w as saved by the forward, or null.
+  // Gradients of sum_r grad_rows[r] * loss[r] w.r.t. the means and variances of both views
+  // ([n, k/2] each); w as saved by the forward, or null; x as stacked from cov_a, cov_b.
   void (*infonce_backward)(const float* x, int64_t n, int64_t k, float temperature, int kind,
-                           const float* grad_rows, const float* lse, const float* w, float* gx, int threads);
+                           const float* grad_rows, const float* lse, const float* w, const float* cov_a,
+                           const float* cov_b, float* g_mean_a, float* g_cov_a, float* g_mean_b, float* g_cov_b,
+                           int threads);
 };
 
 }  // namespace mstein

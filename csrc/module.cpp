@@ -123,13 +123,19 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "infonce_backward",
       [](uintptr_t x, int64_t n, int64_t k, float temperature, int kind, uintptr_t grad_rows, uintptr_t lse,
-         uintptr_t w, uintptr_t gx, int threads) {
+         uintptr_t w, uintptr_t cov_a, uintptr_t cov_b, uintptr_t g_mean_a, uintptr_t g_cov_a, uintptr_t g_mean_b,
+         uintptr_t g_cov_b, int threads) {
         check_threads(threads);
         if (kind != 0 && kind != 1) throw std::invalid_argument("kind must be 0 (inv) or 1 (neg)");
+        if (k % 2 != 0) throw std::invalid_argument("k must be even (x = [mean ; sqrt(cov)])");
         py::gil_scoped_release nogil;
         table()->infonce_backward(ptr<const float>(x), n, k, temperature, kind, ptr<const float>(grad_rows),
-                                  ptr<const float>(lse), w ? ptr<const float>(w) : nullptr, ptr<float>(gx), threads);
+                                  ptr<const float>(lse), w ? ptr<const float>(w) : nullptr, ptr<const float>(cov_a),
+                                  ptr<const float>(cov_b), ptr<float>(g_mean_a), ptr<float>(g_cov_a),
+                                  ptr<float>(g_mean_b), ptr<float>(g_cov_b), threads);
       },
       py::arg("x"), py::arg("n"), py::arg("k"), py::arg("temperature"), py::arg("kind"), py::arg("grad_rows"),
-      py::arg("lse"), py::arg("w"), py::arg("gx"), py::arg("threads"), "Gradient of sum(grad_rows * losses) w.r.t. x.");
+      py::arg("lse"), py::arg("w"), py::arg("cov_a"), py::arg("cov_b"), py::arg("g_mean_a"), py::arg("g_cov_a"),
+      py::arg("g_mean_b"), py::arg("g_cov_b"), py::arg("threads"),
+      "Gradients of sum(grad_rows * losses) w.r.t. mean and cov of both views.");
 }

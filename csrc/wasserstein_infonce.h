@@ -12,7 +12,7 @@
 // Q_I x (one long product per block; used with the stored W), or it visits block pairs I <= J once
 // and adds Q_IJ x_J to rows I and Q_IJ^T x_I to rows J in its own gradient buffer.
 #pragma once
-#include "gemm.h"
+#include "gaussian_stack.h"
 
 namespace mstein {
 namespace MSTEIN_ISA {
@@ -244,22 +244,39 @@ struct BackwardRows {
   }
 };
 
-// gx rows = 2 (rowsum * x - acc) for rows [r0, r0 + nr); acc has leading dimension lda.
+// Where the gradient goes: d mean and d cov of each view (row r < n is view A's row r, else
+// view B's row r - n); the covariances are needed for d cov = d sqrt(cov) / (2 sqrt(cov)).
+struct GradientOut {
+  const float* cov[2];
+  float* g_mean[2];
+  float* g_cov[2];
+};
+
+// Gradient rows [r0, r0 + nr): dx = 2 (rowsum * x - acc) (acc with leading dimension lda), mapped
+// straight to mean and cov (as unstack_gradient does) while the rows are in cache.
 static void finish_rows(const InfoNCEProblem& pb, int64_t r0, int64_t nr, const double* rowsum, const float* acc,
-                        int64_t lda, float* gx) {
+                        int64_t lda, const GradientOut& out) {
+  const int64_t d = pb.k / 2;
   for (int64_t i = 0; i < nr; ++i) {
+    const int64_t r = r0 + i, view = r < pb.n ? 0 : 1, vr = r - view * pb.n;
     const float rs = static_cast<float>(rowsum[i]);
-    const float* xr = pb.x + (r0 + i) * pb.k;
+    const float* xr = pb.x + r * pb.k;
     const float* a = acc + i * lda;
-    float* o = gx + (r0 + i) * pb.k;
-    for (int64_t c = 0; c < pb.k; ++c) o[c] = 2.f * (rs * xr[c] - a[c]);
+    const float* cov = out.cov[view] + vr * d;
+    float* gm = out.g_mean[view] + vr * d;
+    float* gc = out.g_cov[view] + vr * d;
+    for (int64_t c = 0; c < d; ++c) gm[c] = 2.f * (rs * xr[c] - a[c]);
+    for (int64_t c = 0; c < d; ++c) {
+      const float g_std = 2.f * (rs * xr[d + c] - a[d + c]);
+      gc[c] = cov[c] >= COV_FLOOR ? g_std * 0.5f / xr[d + c] : 0.f;
+    }
   }
 }
 
 // Each thread owns row blocks: Q_I over all columns (stored or recomputed W), then one long
 // product Q_I x. No shared writes, no per-thread gradient buffers.
 static void infonce_backward_rows(const InfoNCEProblem& pb, const Similarity& sim, const BackwardRows& br,
-                                  const float* w, float* gx, int threads) {
+                                  const float* w, const GradientOut& gout, int threads) {
   const int64_t rows_pad = pb.rows_pad, k_pad = pb.k_pad;
   Buffer xn(rows_pad * k_pad);
   pack_n(pb.x, pb.rows, pb.k, pb.k, xn.get(), rows_pad);
@@ -282,15 +299,15 @@ static void infonce_backward_rows(const InfoNCEProblem& pb, const Similarity& si
         }
       }
       product_n(qpack.get(), rows_pad, 0, xn.get(), rows_pad, 0, rows_pad, k_pad, acc.get(), k_pad, false);
-      finish_rows(pb, ib * BS, pb.valid(ib), rowsum.data(), acc.get(), k_pad, gx);
+      finish_rows(pb, ib * BS, pb.valid(ib), rowsum.data(), acc.get(), k_pad, gout);
     }
   }
 }
 
 // Block pairs I <= J once each (half the Gram work of the row-owner scheme); each thread adds
 // into its own [rows_pad x k_pad] buffer, summed at the end. Used when W was not stored.
-static void infonce_backward_pairs(const InfoNCEProblem& pb, const Similarity& sim, const BackwardRows& br, float* gx,
-                                   int threads) {
+static void infonce_backward_pairs(const InfoNCEProblem& pb, const Similarity& sim, const BackwardRows& br,
+                                   const GradientOut& gout, int threads) {
   const int64_t rows_pad = pb.rows_pad, k_pad = pb.k_pad;
   Buffer xn(rows_pad * k_pad);
   pack_n(pb.x, pb.rows, pb.k, pb.k, xn.get(), rows_pad);
@@ -332,22 +349,25 @@ static void infonce_backward_pairs(const InfoNCEProblem& pb, const Similarity& s
   }
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t ib = 0; ib < pb.blocks; ++ib)
-    finish_rows(pb, ib * BS, pb.valid(ib), rowsums.data() + ib * BS, acc.get() + ib * BS * k_pad, k_pad, gx);
+    finish_rows(pb, ib * BS, pb.valid(ib), rowsums.data() + ib * BS, acc.get() + ib * BS * k_pad, k_pad, gout);
 }
 
 // Per-thread gradient buffers are used only while they stay below this size in total.
 constexpr int64_t PAIR_BUFFER_LIMIT_BYTES = int64_t(512) << 20;
 
 static void infonce_backward(const float* x, int64_t n, int64_t k, float temperature, int kind,
-                             const float* grad_rows, const float* lse, const float* w, float* gx, int threads) {
+                             const float* grad_rows, const float* lse, const float* w, const float* cov_a,
+                             const float* cov_b, float* g_mean_a, float* g_cov_a, float* g_mean_b, float* g_cov_b,
+                             int threads) {
+  const GradientOut gout{{cov_a, cov_b}, {g_mean_a, g_mean_b}, {g_cov_a, g_cov_b}};
   InfoNCEProblem pb(x, n, k, threads, w == nullptr);
   const Similarity sim{kind, 1.0f / temperature};
   const BackwardRows br(pb, grad_rows, lse);
   const int64_t pair_bytes = int64_t(threads) * pb.rows_pad * pb.k_pad * 4;
   if (w != nullptr || pair_bytes > PAIR_BUFFER_LIMIT_BYTES || pb.blocks == 1) {
-    infonce_backward_rows(pb, sim, br, w, gx, threads);
+    infonce_backward_rows(pb, sim, br, w, gout, threads);
   } else {
-    infonce_backward_pairs(pb, sim, br, gx, threads);
+    infonce_backward_pairs(pb, sim, br, gout, threads);
   }
 }
 

@@ -9,7 +9,7 @@ import torch
 from mstein_fast import reference
 from mstein_fast._checks import check_choice, check_gaussians, check_temperature
 from mstein_fast.backends import cpp_extension, resolve_backend, triton_kernels
-from mstein_fast.ops._stack import cpp_stack, cpp_unstack, threads
+from mstein_fast.ops._stack import cpp_stack, threads
 from mstein_fast.ops.pairwise_w2 import pairwise_w2
 
 SIMILARITIES = {"inv": 0, "neg": 1}
@@ -49,11 +49,11 @@ class _WassersteinInfoNCECpp(torch.autograd.Function):
         rows2, k = x.shape
         n = rows2 // 2
         grad_rows = grad_rows.float().contiguous()
-        gx = torch.empty_like(x)
+        grads = [torch.empty_like(cov_a) for _ in range(4)]  # d mean_a, d cov_a, d mean_b, d cov_b
         ext.infonce_backward(x.data_ptr(), n, k, ctx.temperature, ctx.kind, grad_rows.data_ptr(), lse.data_ptr(),
-                             w.data_ptr() if w is not None else 0, gx.data_ptr(), threads())
-        g_mean_a, g_cov_a = cpp_unstack(ext, gx[:n], x[:n], cov_a)
-        g_mean_b, g_cov_b = cpp_unstack(ext, gx[n:], x[n:], cov_b)
+                             w.data_ptr() if w is not None else 0, cov_a.data_ptr(), cov_b.data_ptr(),
+                             *(g.data_ptr() for g in grads), threads())
+        g_mean_a, g_cov_a, g_mean_b, g_cov_b = grads
         return g_mean_a, g_cov_a, g_mean_b, g_cov_b, None, None
 
 
