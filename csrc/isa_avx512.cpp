@@ -1,8 +1,8 @@
 // The fused CPU kernels compiled for one instruction set (flags set in CMakeLists.txt).
 #define MSTEIN_ISA avx512
 #define MSTEIN_VW 16
-#define MSTEIN_MR 12
-#define MSTEIN_NV 2
+#define MSTEIN_MR 8
+#define MSTEIN_NV 3
 #include "kernel_table.h"
 #include "gaussian_stack.h"
 #include "pairwise_w2.h"
