@@ -33,7 +33,8 @@ class _WassersteinInfoNCECpp(torch.autograd.Function):
         kind = SIMILARITIES[similarity]
         losses = torch.empty(2 * n, dtype=torch.float32)
         lse = torch.empty((2, 2 * n), dtype=torch.float32)  # per row: max logit, log of the sum
-        keep = (2 * n) ** 2 * 4 <= _KEEP_LIMIT_BYTES
+        # keep W for the backward only if there will be one and the matrix is small
+        keep = any(ctx.needs_input_grad[:4]) and (2 * n) ** 2 * 4 <= _KEEP_LIMIT_BYTES
         w = torch.empty((2 * n, 2 * n), dtype=torch.float32) if keep else None
         ext.infonce_forward(x.data_ptr(), n, 2 * d, temperature, kind, losses.data_ptr(), lse.data_ptr(),
                             w.data_ptr() if keep else 0, threads())
