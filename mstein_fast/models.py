@@ -1,0 +1,368 @@
+"""Sequential recommenders: the STOSA backbone (MStein, STOSA) and the SASRec backbone (SASRec,
+CoSeRec, CoSeRec(WDM)), SPEC section 3. Device-agnostic: no ``.cuda()`` anywhere.
+
+Every model maps a left-padded ``[B, L]`` batch of item ids (0 = padding) to per-position outputs
+and offers the same four methods used by the trainer: :meth:`rec_loss` (next-item ranking loss),
+:meth:`contrastive_loss` (between two augmented views, or ``None``), :meth:`score_items`
+(higher = better, for every item 1..n_items) and :meth:`nearest_items` (item similarity for the
+insert / substitute augmentations).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mstein_fast
+
+COV_FLOOR = 1e-24  # ELU(x) + 1 underflows to 0 in float32 for x < -88: keep variances positive
+MASKED_SCORE = -1e9  # attention score of a masked key (finite: no NaN for a fully masked row)
+
+# model name -> (backbone, contrastive objective)
+MODELS = {
+    "mstein": ("stosa", "wasserstein"),
+    "stosa": ("stosa", None),
+    "sasrec": ("sasrec", None),
+    "coserec": ("sasrec", "dot"),
+    "coserec-wdm": ("sasrec", "wasserstein-split"),
+}
+
+
+def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
+    """``ELU(x) + 1``: the activation that makes covariances positive (floored at 1e-24)."""
+    return (F.elu(x) + 1.0).clamp_min(COV_FLOOR)
+
+
+def paired_w2(mean1, cov1, mean2, cov2) -> torch.Tensor:
+    """Squared W2 between matching rows ``[..., D]`` -> ``[...]`` (the diagonal of pairwise_w2)."""
+    std1 = torch.sqrt(cov1.clamp_min(COV_FLOOR))
+    std2 = torch.sqrt(cov2.clamp_min(COV_FLOOR))
+    return ((mean1 - mean2) ** 2).sum(-1) + ((std1 - std2) ** 2).sum(-1)
+
+
+def attention_mask(seqs: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, L, L]`` bool, True where query i may attend key j: j <= i and item j is not padding.
+
+    A query with no such key (a padding position, or a masked item with only masked items before
+    it) attends to itself only, instead of to every position (no NaN, no look-ahead).
+    """
+    L = seqs.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=seqs.device).tril()
+    allowed = causal & (seqs > 0)[:, None, None, :]
+    empty = ~allowed.any(-1, keepdim=True)
+    eye = torch.eye(L, dtype=torch.bool, device=seqs.device)
+    return allowed | (empty & eye)
+
+
+def dot_infonce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """CoSeRec's InfoNCE on dot products between two views ``[N, D]`` (the official ``NCELoss``)."""
+    n = a.shape[0]
+    sim11 = a @ a.T / temperature
+    sim22 = b @ b.T / temperature
+    sim12 = a @ b.T / temperature
+    eye = torch.eye(n, dtype=torch.bool, device=a.device)
+    sim11 = sim11.masked_fill(eye, float("-inf"))
+    sim22 = sim22.masked_fill(eye, float("-inf"))
+    logits = torch.cat([torch.cat([sim12, sim11], 1), torch.cat([sim22, sim12.T], 1)], 0)
+    return F.cross_entropy(logits, torch.arange(2 * n, device=a.device))
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (values * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+class FeedForward(nn.Module):
+    """Position-wise ``dense(4h) -> GELU -> dense(h) -> dropout -> LayerNorm(x + input)``."""
+
+    def __init__(self, hidden: int, dropout: float):
+        super().__init__()
+        self.dense_1 = nn.Linear(hidden, 4 * hidden)
+        self.dense_2 = nn.Linear(4 * hidden, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.dropout(self.dense_2(F.gelu(self.dense_1(x)))) + x)
+
+
+class WassersteinSelfAttention(nn.Module):
+    """STOSA's attention over Gaussians: score = -W(q_i, k_j) / sqrt(head_dim), masked softmax P;
+    mean out = P V_mean, cov out = P^2 V_cov; then dense + dropout + LayerNorm(residual) per stream."""
+
+    def __init__(self, hidden: int, heads: int, attn_dropout: float, dropout: float, backend: str):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+        self.heads, self.head_dim, self.backend = heads, hidden // heads, backend
+        self.mean_qkv = nn.Linear(hidden, 3 * hidden)
+        self.cov_qkv = nn.Linear(hidden, 3 * hidden)
+        self.mean_dense = nn.Linear(hidden, hidden)
+        self.cov_dense = nn.Linear(hidden, hidden)
+        self.mean_norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.cov_norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.attn_dropout = nn.Dropout(attn_dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def _split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        b, L, _ = x.shape
+        return [t.reshape(b, L, self.heads, self.head_dim).transpose(1, 2) for t in x.chunk(3, dim=-1)]
+
+    def forward(self, mean, cov, allowed):
+        b, L, h = mean.shape
+        q_mean, k_mean, v_mean = self._split(self.mean_qkv(mean))
+        q_cov, k_cov, v_cov = self._split(elu_plus_one(self.cov_qkv(cov)))
+        w = mstein_fast.pairwise_w2(q_mean, q_cov, k_mean, k_cov, backend=self.backend)  # [B, heads, L, L]
+        scores = (-w / math.sqrt(self.head_dim)).masked_fill(~allowed, MASKED_SCORE)
+        probs = self.attn_dropout(torch.softmax(scores, dim=-1))
+        mean_ctx = (probs @ v_mean).transpose(1, 2).reshape(b, L, h)
+        cov_ctx = ((probs * probs) @ v_cov).transpose(1, 2).reshape(b, L, h)
+        mean_out = self.mean_norm(self.dropout(self.mean_dense(mean_ctx)) + mean)
+        cov_out = self.cov_norm(self.dropout(self.cov_dense(cov_ctx)) + cov)
+        return mean_out, cov_out
+
+
+class DotSelfAttention(nn.Module):
+    """SASRec's scaled dot-product multi-head attention + dense + dropout + LayerNorm(residual)."""
+
+    def __init__(self, hidden: int, heads: int, attn_dropout: float, dropout: float):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+        self.heads, self.head_dim = heads, hidden // heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.dense = nn.Linear(hidden, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.attn_dropout = nn.Dropout(attn_dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, allowed):
+        b, L, h = x.shape
+        q, k, v = (t.reshape(b, L, self.heads, self.head_dim).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)).masked_fill(~allowed, MASKED_SCORE)
+        probs = self.attn_dropout(torch.softmax(scores, dim=-1))
+        ctx = (probs @ v).transpose(1, 2).reshape(b, L, h)
+        return self.norm(self.dropout(self.dense(ctx)) + x)
+
+
+class _Recommender(nn.Module):
+    """Shared parts: configuration, initialisation, item similarity, the contrastive dispatch."""
+
+    distributional = False
+
+    def __init__(self, n_items: int, cfg, contrastive: str | None):
+        super().__init__()
+        self.n_items = n_items
+        self.max_len = cfg.max_seq_length
+        self.hidden = cfg.hidden_size
+        self.contrastive = contrastive
+        self.backend = cfg.backend
+        self.temperature = cfg.temperature
+        self.similarity = cfg.similarity
+        self.dot_temperature = cfg.dot_temperature
+        self.double_cov_activation = cfg.cl_double_cov_activation
+        self.pvn_weight = cfg.pvn_weight
+        self.init_mean, self.init_std = cfg.init_mean, cfg.initializer_range
+
+    def _init_weights(self) -> None:
+        """normal(init_mean, initializer_range) for linear and embedding weights (the official
+        init: mean 0.01, std 0.02), zero biases, unit LayerNorm; the padding rows are zeroed."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=self.init_mean, std=self.init_std)
+                if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def _wasserstein_infonce(self, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+        """InfoNCE between the two halves (views) of ``[2B, L, H]`` flattened to ``[B, L*H]``."""
+        if self.double_cov_activation:  # the official loss activates its (already activated) cov again
+            cov = elu_plus_one(cov)
+        n2 = mean.shape[0]
+        mean, cov = mean.reshape(n2, -1), cov.reshape(n2, -1)
+        b = n2 // 2
+        return mstein_fast.wasserstein_infonce(
+            mean[:b], cov[:b], mean[b:], cov[b:],
+            temperature=self.temperature, similarity=self.similarity, reduction="mean", backend=self.backend,
+        )
+
+    @torch.no_grad()
+    def nearest_items(self, k: int, batch_size: int = 1024) -> torch.Tensor:
+        """``[n_items + 1, k]`` ids of each item's k most similar other items (row 0: padding, unused).
+
+        By W2 between the item Gaussians for the distributional models, by dot product otherwise;
+        computed ``batch_size`` items at a time (never the full n x n matrix)."""
+        ids = torch.arange(1, self.n_items + 1, device=self._device())
+        out = torch.zeros(self.n_items + 1, k, dtype=torch.int64)
+        for start in range(0, self.n_items, batch_size):
+            rows = ids[start:start + batch_size]
+            sim = self._item_similarity(rows)  # [b, n_items], higher = more similar
+            sim[torch.arange(len(rows)), rows - 1] = float("-inf")
+            out[rows.cpu()] = (sim.topk(k, dim=-1).indices + 1).cpu()
+        return out
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+class STOSA(_Recommender):
+    """STOSA backbone: items and positions as diagonal Gaussians, Wasserstein self-attention,
+    BPR on W2 distances + pvn regulariser; with ``contrastive="wasserstein"`` it is MStein."""
+
+    distributional = True
+
+    def __init__(self, n_items: int, cfg, contrastive: str | None = None):
+        super().__init__(n_items, cfg, contrastive)
+        h = cfg.hidden_size
+        self.stosa_compat = cfg.stosa_compat
+        self.item_mean = nn.Embedding(n_items + 1, h, padding_idx=0)
+        self.item_cov = nn.Embedding(n_items + 1, h, padding_idx=0)
+        self.position_mean = nn.Embedding(cfg.max_seq_length, h)
+        self.position_cov = nn.Embedding(cfg.max_seq_length, h)
+        self.embed_norm_mean = nn.LayerNorm(h, eps=1e-12)
+        self.embed_norm_cov = nn.LayerNorm(h, eps=1e-12)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.attention = nn.ModuleList(
+            WassersteinSelfAttention(h, cfg.num_attention_heads, cfg.attention_probs_dropout_prob,
+                                     cfg.hidden_dropout_prob, cfg.backend)
+            for _ in range(cfg.num_hidden_layers)
+        )
+        self.mean_ffn = nn.ModuleList(FeedForward(h, cfg.hidden_dropout_prob) for _ in range(cfg.num_hidden_layers))
+        self.cov_ffn = nn.ModuleList(FeedForward(h, cfg.hidden_dropout_prob) for _ in range(cfg.num_hidden_layers))
+        self._init_weights()
+
+    def encode(self, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, L]`` ids -> per-position Gaussians: mean ``[B, L, H]`` and variances ``[B, L, H]``.
+
+        Both streams go through every layer; with ``stosa_compat`` the mean stream is not
+        propagated (every layer sees, and the encoder returns, the embedded input means), as in
+        the original STOSA/MStein code."""
+        pos = torch.arange(seqs.shape[1], device=seqs.device)
+        mean = F.elu(self.dropout(self.embed_norm_mean(self.item_mean(seqs) + self.position_mean(pos))))
+        cov = elu_plus_one(self.dropout(self.embed_norm_cov(self.item_cov(seqs) + self.position_cov(pos))))
+        allowed = attention_mask(seqs)
+        for attention, mean_ffn, cov_ffn in zip(self.attention, self.mean_ffn, self.cov_ffn):
+            new_mean, cov = attention(mean, cov, allowed)
+            new_mean = mean_ffn(new_mean)
+            cov = elu_plus_one(cov_ffn(cov))
+            if not self.stosa_compat:
+                mean = new_mean
+        return mean, cov
+
+    def item_gaussians(self, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means and variances of the given item ids (default: all items 1..n_items)."""
+        if ids is None:
+            return self.item_mean.weight[1:], elu_plus_one(self.item_cov.weight[1:])
+        return self.item_mean(ids), elu_plus_one(self.item_cov(ids))
+
+    def rec_loss(self, seqs, targets, negatives) -> tuple[torch.Tensor, dict]:
+        """BPR on W2, ``-log sigmoid(W(seq, neg) - W(seq, pos))``, plus ``pvn_weight *
+        max(0, W(seq, pos) - W(pos, neg))``, both averaged over non-padding target positions."""
+        mean, cov = self.encode(seqs)
+        pos_mean, pos_cov = self.item_gaussians(targets)
+        neg_mean, neg_cov = self.item_gaussians(negatives)
+        d_pos = paired_w2(mean, cov, pos_mean, pos_cov)
+        d_neg = paired_w2(mean, cov, neg_mean, neg_cov)
+        d_pos_neg = paired_w2(pos_mean, pos_cov, neg_mean, neg_cov)
+        weight = (targets > 0).to(mean.dtype)
+        bpr = _weighted_mean(-F.logsigmoid(d_neg - d_pos), weight)
+        pvn = _weighted_mean(F.relu(d_pos - d_pos_neg), weight)
+        return bpr + self.pvn_weight * pvn, {"bpr": bpr.detach(), "pvn": pvn.detach()}
+
+    def contrastive_loss(self, views: torch.Tensor) -> torch.Tensor | None:
+        """Wasserstein InfoNCE between the two views stacked in ``views`` ``[2B, L]`` (MStein)."""
+        if self.contrastive is None:
+            return None
+        mean, cov = self.encode(views)
+        return self._wasserstein_infonce(mean, cov)
+
+    def last_gaussians(self, seqs):
+        mean, cov = self.encode(seqs)
+        return mean[:, -1], cov[:, -1]
+
+    def score_items(self, seqs: torch.Tensor) -> torch.Tensor:
+        """``[B, n_items]`` scores, ``-W`` between the last position and every item (column i: id i+1)."""
+        mean, cov = self.last_gaussians(seqs)
+        item_mean, item_cov = self.item_gaussians()
+        return -mstein_fast.pairwise_w2(mean, cov, item_mean, item_cov, backend=self.backend)
+
+    def _item_similarity(self, rows):
+        m, c = self.item_gaussians(rows)
+        item_mean, item_cov = self.item_gaussians()
+        return -mstein_fast.pairwise_w2(m, c, item_mean, item_cov, backend=self.backend)
+
+
+class SASRec(_Recommender):
+    """SASRec backbone: dot-product attention, BCE with one sampled negative per position.
+
+    ``contrastive="dot"`` is CoSeRec (dot-product InfoNCE on the flattened outputs);
+    ``"wasserstein-split"`` is CoSeRec(WDM): each output vector is split into halves
+    ``[mean ; ELU(cov) + 1]`` and the views are compared by Wasserstein InfoNCE."""
+
+    def __init__(self, n_items: int, cfg, contrastive: str | None = None):
+        super().__init__(n_items, cfg, contrastive)
+        h = cfg.hidden_size
+        if contrastive == "wasserstein-split" and h % 2:
+            raise ValueError(f"coserec-wdm splits the output in halves: hidden_size must be even, got {h}")
+        self.item_emb = nn.Embedding(n_items + 1, h, padding_idx=0)
+        self.position_emb = nn.Embedding(cfg.max_seq_length, h)
+        self.embed_norm = nn.LayerNorm(h, eps=1e-12)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.attention = nn.ModuleList(
+            DotSelfAttention(h, cfg.num_attention_heads, cfg.attention_probs_dropout_prob, cfg.hidden_dropout_prob)
+            for _ in range(cfg.num_hidden_layers)
+        )
+        self.ffn = nn.ModuleList(FeedForward(h, cfg.hidden_dropout_prob) for _ in range(cfg.num_hidden_layers))
+        self._init_weights()
+
+    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` ids -> ``[B, L, H]`` outputs."""
+        pos = torch.arange(seqs.shape[1], device=seqs.device)
+        x = self.dropout(self.embed_norm(self.item_emb(seqs) + self.position_emb(pos)))
+        allowed = attention_mask(seqs)
+        for attention, ffn in zip(self.attention, self.ffn):
+            x = ffn(attention(x, allowed))
+        return x
+
+    def rec_loss(self, seqs, targets, negatives) -> tuple[torch.Tensor, dict]:
+        """``-log sigmoid(<h, pos>) - log sigmoid(-<h, neg>)`` over non-padding target positions."""
+        out = self.encode(seqs)
+        pos_logit = (out * self.item_emb(targets)).sum(-1)
+        neg_logit = (out * self.item_emb(negatives)).sum(-1)
+        weight = (targets > 0).to(out.dtype)
+        bce = _weighted_mean(-F.logsigmoid(pos_logit) - F.logsigmoid(-neg_logit), weight)
+        return bce, {"bce": bce.detach()}
+
+    def contrastive_loss(self, views: torch.Tensor) -> torch.Tensor | None:
+        if self.contrastive is None:
+            return None
+        out = self.encode(views)
+        if self.contrastive == "dot":
+            flat = out.reshape(out.shape[0], -1)
+            b = flat.shape[0] // 2
+            return dot_infonce(flat[:b], flat[b:], self.dot_temperature)
+        half = self.hidden // 2
+        return self._wasserstein_infonce(out[..., :half], elu_plus_one(out[..., half:]))
+
+    def score_items(self, seqs: torch.Tensor) -> torch.Tensor:
+        """``[B, n_items]`` dot products of the last position with every item (column i: id i+1)."""
+        return self.encode(seqs)[:, -1] @ self.item_emb.weight[1:].T
+
+    def _item_similarity(self, rows):
+        return self.item_emb(rows) @ self.item_emb.weight[1:].T
+
+
+def build_model(name: str, n_items: int, cfg) -> _Recommender:
+    """The model called ``name`` (a key of :data:`MODELS`) for items ``1..n_items``."""
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
+    backbone, contrastive = MODELS[name]
+    cls = STOSA if backbone == "stosa" else SASRec
+    return cls(n_items, cfg, contrastive)
