@@ -1,0 +1,121 @@
+"""Full-ranking evaluation (SPEC section 4): every item is ranked for every user, the items of the
+user's input are excluded, and the 0-based rank of the held-out target gives the metrics.
+
+Ranks are computed in user batches on the model's device: ``rank = #items scored higher than the
+target + #items scored equal with a smaller id`` (ties broken by item id, so a constant scorer is
+not rewarded). An excluded item is never ranked above an allowed one; if the target itself was in
+the input (a repeated purchase) it is excluded too and counts as a miss, as in the original code.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mstein_fast.data import LeaveOneOut, Ragged
+
+KS = (1, 5, 10, 20)
+OFFICIAL_MRR_CUTOFF = 40  # the original code computes MRR over its top-40 list only
+
+
+def recall_at_k(ranks: torch.Tensor, k: int) -> float:
+    """Fraction of users whose target's 0-based rank is < k (= HR@k with one target)."""
+    return (ranks < k).double().mean().item()
+
+
+def ndcg_at_k(ranks: torch.Tensor, k: int) -> float:
+    """Mean of ``1 / log2(rank + 2)`` over users with rank < k (0 otherwise); one target per user."""
+    gain = 1.0 / torch.log2(ranks.double() + 2.0)
+    return torch.where(ranks < k, gain, torch.zeros_like(gain)).mean().item()
+
+
+def mrr(ranks: torch.Tensor, cutoff: int | None = None) -> float:
+    """Mean reciprocal rank ``1 / (rank + 1)``; with ``cutoff`` ranks >= cutoff count 0."""
+    rr = 1.0 / (ranks.double() + 1.0)
+    if cutoff is not None:
+        rr = torch.where(ranks < cutoff, rr, torch.zeros_like(rr))
+    return rr.mean().item()
+
+
+def ranking_metrics(ranks: torch.Tensor, ks=KS) -> dict[str, float]:
+    """``recall@k``, ``ndcg@k`` for k in ``ks``, full ``mrr`` and the official top-40 ``mrr@40``."""
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"recall@{k}"] = recall_at_k(ranks, k)
+        out[f"ndcg@{k}"] = ndcg_at_k(ranks, k)
+    out["mrr"] = mrr(ranks)
+    out[f"mrr@{OFFICIAL_MRR_CUTOFF}"] = mrr(ranks, OFFICIAL_MRR_CUTOFF)
+    return out
+
+
+def seen_mask(seen: Ragged, users: torch.Tensor, n_items: int, device) -> torch.Tensor:
+    """``[B, n_items]`` bool, True for the items (column id - 1) in each user's input."""
+    rows, items = seen.gather(users)
+    mask = torch.zeros(len(users), n_items, dtype=torch.bool, device=device)
+    mask[rows.to(device), (items - 1).to(device)] = True
+    return mask
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each target among all items (ties: smaller id first).
+
+    Args:
+        scores: ``[B, n_items]``, higher = better, column i is item id i + 1.
+        targets: ``[B]`` item ids. excluded: ``[B, n_items]`` bool, items to rank last.
+    """
+    scores = scores.float().masked_fill(excluded, float("-inf"))
+    col = (targets - 1).unsqueeze(1)
+    t = scores.gather(1, col)
+    before = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0) < col
+    higher = (scores > t) | ((scores == t) & before)
+    return higher.sum(1)  # an excluded target (score -inf) lands after every allowed item
+
+
+@torch.no_grad()
+def evaluate_ranks(model, split: LeaveOneOut, which: str, batch_size: int = 256) -> torch.Tensor:
+    """``[U]`` target ranks of ``"valid"`` or ``"test"`` for every user (CPU tensor)."""
+    inputs, targets, seen = split.eval_arrays(which)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    ranks = []
+    for start in range(0, len(targets), batch_size):
+        users = torch.arange(start, min(start + batch_size, len(targets)))
+        scores = model.score_items(inputs[users].to(device))
+        excluded = seen_mask(seen, users, split.n_items, device)
+        ranks.append(target_ranks(scores, targets[users].to(device), excluded).cpu())
+    model.train(was_training)
+    return torch.cat(ranks)
+
+
+def evaluate(model, split: LeaveOneOut, which: str, batch_size: int = 256) -> dict[str, float]:
+    """The metrics of :func:`ranking_metrics` for ``"valid"`` or ``"test"``."""
+    return ranking_metrics(evaluate_ranks(model, split, which, batch_size))
+
+
+def popularity_metrics(split: LeaveOneOut, which: str, batch_size: int = 1024) -> dict[str, float]:
+    """The same metrics for the popularity baseline (items ranked by training frequency)."""
+    inputs, targets, seen = split.eval_arrays(which)
+    popularity = split.item_counts[1:].double()
+    ranks = []
+    for start in range(0, len(targets), batch_size):
+        users = torch.arange(start, min(start + batch_size, len(targets)))
+        scores = popularity.expand(len(users), -1)
+        ranks.append(target_ranks(scores, targets[users], seen_mask(seen, users, split.n_items, "cpu")))
+    return ranking_metrics(torch.cat(ranks))
+
+
+@torch.no_grad()
+def recommend(model, history: torch.Tensor, k: int, exclude: torch.Tensor | None = None):
+    """Top-``k`` items for one left-padded history ``[L]``: ``(item_ids [k], scores [k])``.
+
+    Scores are ``-W2`` for the distributional models (so ``-score`` is the distance) and dot
+    products otherwise; items in ``exclude`` (ids) are never recommended."""
+    device = next(model.parameters()).device
+    model.eval()
+    scores = model.score_items(history.unsqueeze(0).to(device))[0].float()
+    if exclude is not None and len(exclude):
+        scores[(exclude - 1).to(device)] = float("-inf")
+    k = min(k, int(torch.isfinite(scores).sum()))
+    top = torch.topk(scores, k)
+    return (top.indices + 1).cpu(), top.values.cpu()
+

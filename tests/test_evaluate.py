@@ -1,0 +1,122 @@
+"""Metric functions on hand-computed rankings, rank computation, batched full-ranking evaluation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mstein_fast.data import Sequences, leave_one_out
+from mstein_fast.evaluate import (
+    evaluate,
+    evaluate_ranks,
+    mrr,
+    ndcg_at_k,
+    popularity_metrics,
+    ranking_metrics,
+    recall_at_k,
+    recommend,
+    target_ranks,
+)
+
+# four users whose targets landed at 0-based ranks 0, 2, 9 and 60
+RANKS = torch.tensor([0, 2, 9, 60])
+
+
+def test_recall():
+    assert recall_at_k(RANKS, 1) == 0.25
+    assert recall_at_k(RANKS, 5) == 0.5
+    assert recall_at_k(RANKS, 10) == 0.75
+    assert recall_at_k(RANKS, 20) == 0.75
+
+
+def test_ndcg():
+    assert ndcg_at_k(RANKS, 1) == pytest.approx(0.25)
+    assert ndcg_at_k(RANKS, 5) == pytest.approx((1 + 1 / math.log2(4)) / 4)
+    assert ndcg_at_k(RANKS, 10) == pytest.approx((1 + 0.5 + 1 / math.log2(11)) / 4)
+
+
+def test_mrr_full_and_cut():
+    assert mrr(RANKS) == pytest.approx((1 + 1 / 3 + 1 / 10 + 1 / 61) / 4)
+    assert mrr(RANKS, cutoff=40) == pytest.approx((1 + 1 / 3 + 1 / 10) / 4)
+
+
+def test_ranking_metrics_keys():
+    m = ranking_metrics(RANKS)
+    assert set(m) == {f"{n}@{k}" for n in ("recall", "ndcg") for k in (1, 5, 10, 20)} | {"mrr", "mrr@40"}
+    assert m["recall@1"] == m["ndcg@1"] == 0.25
+
+
+def test_target_ranks_ties_and_exclusion():
+    scores = torch.tensor([
+        [0.1, 0.9, 0.5, 0.7],  # target 3 (0.5): items 2, 4 higher -> rank 2
+        [0.1, 0.9, 0.5, 0.7],  # target 3 with item 2 excluded -> rank 1
+        [0.5, 0.5, 0.5, 0.5],  # constant: target 3 after ids 1, 2 -> rank 2 (no free lunch for ties)
+        [0.1, 0.9, 0.5, 0.7],  # target 2 excluded (already seen): after every allowed item -> rank 3
+    ])
+    targets = torch.tensor([3, 3, 3, 2])
+    excluded = torch.zeros(4, 4, dtype=torch.bool)
+    excluded[1, 1] = True
+    excluded[3, 1] = True
+    assert target_ranks(scores, targets, excluded).tolist() == [2, 1, 2, 3]
+
+
+class FixedScores(nn.Module):
+    """A 'model' that scores item j for a history by a fixed table indexed by the last item."""
+
+    distributional = False
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = nn.Parameter(table, requires_grad=False)
+
+    def score_items(self, seqs):
+        return self.table[seqs[:, -1]]
+
+
+def tiny_split():
+    rng = np.random.default_rng(0)
+    seqs = [rng.permutation(np.arange(1, 21))[: rng.integers(3, 12)] for _ in range(37)]
+    data = Sequences(list(range(1, 38)), seqs, 20, "test", "x")
+    return seqs, leave_one_out(data, max_len=5)
+
+
+def test_evaluate_matches_brute_force_in_any_batch_size():
+    seqs, split = tiny_split()
+    table = torch.randn(21, 20, generator=torch.Generator().manual_seed(1))
+    model = FixedScores(table)
+    for which, cut in (("valid", -2), ("test", -1)):
+        expected = []
+        for s in seqs:
+            scores = table[s[cut - 1]].clone()
+            scores[torch.from_numpy(s[:cut] - 1)] = float("-inf")
+            target = s[cut]
+            order = sorted(range(20), key=lambda j: (-scores[j].item(), j))
+            expected.append(order.index(target - 1))
+        for bs in (1, 5, 64):
+            assert evaluate_ranks(model, split, which, batch_size=bs).tolist() == expected
+    assert evaluate(model, split, "test")["recall@20"] == 1.0  # 20 items: everything is in the top 20
+
+
+def test_popularity_baseline():
+    seqs, split = tiny_split()
+    m = popularity_metrics(split, "test")
+    counts = np.bincount(np.concatenate([s[:-2] for s in seqs]), minlength=21)
+    hits = 0
+    for s in seqs:
+        pop = counts[1:].astype(float)
+        pop[s[:-1] - 1] = -np.inf
+        order = sorted(range(20), key=lambda j: (-pop[j], j))
+        hits += order.index(s[-1] - 1) < 5
+    assert m["recall@5"] == pytest.approx(hits / len(seqs))
+
+
+def test_recommend_excludes_and_sorts():
+    table = torch.arange(21 * 10, dtype=torch.float32).reshape(21, 10)
+    model = FixedScores(table)
+    ids, scores = recommend(model, torch.tensor([0, 0, 3]), k=3, exclude=torch.tensor([10, 9]))
+    assert ids.tolist() == [8, 7, 6]
+    assert (scores[:-1] >= scores[1:]).all()
+    ids, _ = recommend(model, torch.tensor([0, 0, 3]), k=50, exclude=torch.tensor([1]))
+    assert len(ids) == 9  # never more than the allowed items
