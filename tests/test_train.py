@@ -1,0 +1,144 @@
+"""End-to-end training on a tiny synthetic data set, checkpoints, resume, and model properties."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mstein_fast.train as train_module
+from mstein_fast.config import TrainConfig, build_config
+from mstein_fast.data import leave_one_out, synthetic_sequences
+from mstein_fast.evaluate import evaluate
+from mstein_fast.models import MODELS, attention_mask, build_model
+from mstein_fast.train import Interrupted, Trainer, load_checkpoint, model_from_checkpoint, train
+
+TINY = dict(synthetic_users=200, synthetic_items=60, synthetic_clusters=4, max_seq_length=20, hidden_size=16,
+            batch_size=64, lr=0.005, augmentation_warm_up_epochs=2, patience=100, progress=False, num_threads=1,
+            device="cpu")
+
+
+def tiny_config(**over):
+    cfg, quick = build_config(None, {**TINY, **over})
+    assert quick  # no data file: the quick preset was applied under our values
+    return cfg
+
+
+def read_metrics(run_dir):
+    with open(run_dir / "metrics.jsonl") as fh:
+        return [json.loads(line) for line in fh]
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_model_trains_and_beats_popularity(tmp_path, model):
+    result = train(tiny_config(model=model, epochs=6), str(tmp_path))
+    records = read_metrics(tmp_path)
+    assert [r["epoch"] for r in records] == list(range(1, 7))
+    assert records[-1]["loss"] < records[0]["loss"]
+    assert (records[0]["cl_loss"] is None) == (MODELS[model][1] is None)
+    assert result["test"]["mrr"] > 1.1 * result["popularity_test"]["mrr"]
+    assert result["test"]["recall@10"] > result["popularity_test"]["recall@10"]
+    assert json.loads((tmp_path / "test_metrics.json").read_text()) == result
+    # the best checkpoint round-trips: same test metrics from a fresh model
+    ckpt = load_checkpoint(str(tmp_path))
+    assert ckpt["epoch"] == result["best_epoch"] and ckpt["config"].model == model
+    restored = model_from_checkpoint(ckpt, torch.device("cpu"))
+    split = leave_one_out(synthetic_sequences(n_users=200, n_items=60, n_clusters=4), 20)
+    assert evaluate(restored, split, "test") == result["test"]
+
+
+def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
+    cfg = tiny_config(model="mstein", epochs=4)
+    full = train(cfg, str(tmp_path / "full"))
+
+    calls = {"n": 0}
+    real = train_module.sample_negatives
+
+    def interrupt_in_epoch_3(*args, **kwargs):  # Ctrl-C in the middle of epoch 3 (4 batches per epoch)
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "sample_negatives", interrupt_in_epoch_3)
+    with pytest.raises(Interrupted, match="epoch 2 is saved"):
+        train(cfg, str(tmp_path / "cut"))
+    monkeypatch.setattr(train_module, "sample_negatives", real)
+    assert load_checkpoint(str(tmp_path / "cut" / "last.pt"))["epoch"] == 2
+    assert len(read_metrics(tmp_path / "cut")) == 2
+    with pytest.raises(train_module.UserError, match="already holds a run"):
+        Trainer(cfg, str(tmp_path / "cut"))
+    resumed = Trainer(cfg, str(tmp_path / "cut"), resume=True).fit()
+    assert resumed == full
+    strip = [{k: v for k, v in r.items() if k != "time_s"} for r in read_metrics(tmp_path / "cut")]
+    assert strip == [{k: v for k, v in r.items() if k != "time_s"} for r in read_metrics(tmp_path / "full")]
+
+
+def test_early_stopping_and_resume_of_a_finished_run(tmp_path):
+    cfg = tiny_config(model="sasrec", epochs=30, patience=1, lr=0.05)
+    result = train(cfg, str(tmp_path))
+    assert result["epochs"] < 30 and result["epochs"] - result["best_epoch"] == 1
+    assert Trainer(cfg, str(tmp_path), resume=True).fit() == result  # nothing left to train
+
+
+def small_model(name, **over):
+    torch.manual_seed(0)
+    cfg = TrainConfig(model=name, hidden_size=8, max_seq_length=6, num_hidden_layers=2, backend="torch", **over)
+    return build_model(name, 20, cfg).eval()
+
+
+def test_stosa_compat_does_not_propagate_the_mean():
+    seqs = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
+    compat = small_model("stosa", stosa_compat=True)
+    fixed = small_model("stosa")
+    fixed.load_state_dict(compat.state_dict())
+    pos = torch.arange(6)
+    embedded = F.elu(compat.embed_norm_mean(compat.item_mean(seqs) + compat.position_mean(pos)))
+    mean_c, cov_c = compat.encode(seqs)
+    mean_f, cov_f = fixed.encode(seqs)
+    assert torch.allclose(mean_c, embedded)  # the original defect: the layers' mean output is dropped
+    assert not torch.allclose(mean_f, embedded)
+    assert not torch.allclose(cov_c, cov_f)  # the cov stream sees a different mean input from layer 2 on
+    assert (cov_f > 0).all() and (cov_c > 0).all()
+
+
+@pytest.mark.parametrize("name", ["stosa", "sasrec"])
+def test_attention_is_causal_and_finite(name):
+    model = small_model(name)
+    seqs = torch.tensor([[0, 0, 0, 0, 0, 0], [0, 0, 3, 0, 5, 6], [1, 2, 3, 4, 5, 6]])
+    out = model.encode(seqs)
+    out = out[0] if isinstance(out, tuple) else out
+    assert torch.isfinite(out).all()
+    changed = seqs.clone()
+    changed[:, 4:] = 7  # the future of position 3
+    out2 = model.encode(changed)
+    out2 = out2[0] if isinstance(out2, tuple) else out2
+    assert torch.allclose(out[2, :4], out2[2, :4])
+    mask = attention_mask(seqs)
+    assert mask[0, 0].equal(torch.eye(6, dtype=torch.bool))  # all padding: attend to self only
+    assert mask[1, 0, 3].tolist() == [False, False, True, False, False, False]  # masked item -> earlier item
+
+
+def test_losses_are_finite_for_far_away_gaussians():
+    model = small_model("mstein", initializer_range=30.0)
+    seqs = torch.tensor([[0, 1, 2, 3, 4, 5]])
+    targets = torch.tensor([[0, 2, 3, 4, 5, 6]])
+    negatives = torch.tensor([[0, 9, 9, 9, 9, 9]])
+    loss, parts = model.rec_loss(seqs, targets, negatives)
+    assert torch.isfinite(loss) and torch.isfinite(parts["bpr"])
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_padding_only_batch_gives_zero_rec_loss():
+    model = small_model("sasrec")
+    zeros = torch.zeros(2, 6, dtype=torch.long)
+    loss, _ = model.rec_loss(zeros, zeros, zeros)
+    assert loss.item() == 0.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_cuda_training_step(tmp_path, model):
+    result = train(tiny_config(model=model, epochs=2, device="cuda"), str(tmp_path))
+    assert result["test"]["mrr"] > 0
