@@ -10,7 +10,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from mstein_fast.data import UserError
 from mstein_fast.models import MODELS
@@ -28,7 +28,7 @@ def _key(default, help: str, choices=None):
 class TrainConfig:
     # what to train on
     model: str = _key("mstein", "model: mstein, stosa, sasrec, coserec or coserec-wdm", sorted(MODELS))
-    data: Optional[str] = _key(None, "sequence file 'user_id item_id ...'; none = the built-in synthetic data")
+    data: str | None = _key(None, "sequence file 'user_id item_id ...'; none = the built-in synthetic data")
     seed: int = _key(42, "seed of initialisation, shuffling, negatives, augmentation and dropout")
     device: str = _key("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
     backend: str = _key("auto", "backend of the Wasserstein ops: auto, cpp, triton or torch",
@@ -79,7 +79,7 @@ class TrainConfig:
     synthetic_clusters: int = _key(20, "synthetic data: number of latent item clusters")
     synthetic_seed: int = _key(0, "synthetic data: seed of the data set (independent of --seed)")
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check ranges and choices; raise :class:`ConfigError` naming the key."""
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
@@ -126,9 +126,9 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 def field_type(name: str) -> type:
-    """The Python type of a config key (``Optional[str]`` -> ``str``)."""
+    """The Python type of a config key (``str | None`` -> ``str``)."""
     t = FIELDS[name].type
-    return {"int": int, "float": float, "str": str, "bool": bool, "Optional[str]": str}[t]
+    return {"int": int, "float": float, "str": str, "bool": bool, "str | None": str}[t]
 
 
 def coerce(name: str, value: Any, where: str) -> Any:

@@ -432,7 +432,7 @@ def prepare_raw(raw_path: str, out_path: str, min_count: int = 5, fmt: str = "au
     item_id = item_rank[i]
     bounds = np.flatnonzero(np.diff(user_id)) + 1
     lines = [f"{k + 1} " + " ".join(map(str, chunk)) for k, chunk in enumerate(np.split(item_id, bounds))]
-    stem = out_path[:-4] if out_path.endswith(".txt") else out_path
+    stem = out_path.removesuffix(".txt")
     out_dir = os.path.dirname(out_path)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -444,5 +444,5 @@ def prepare_raw(raw_path: str, out_path: str, min_count: int = 5, fmt: str = "au
     item_raw = item_names[used_items[np.argsort(item_first[used_items])]]
     with open(f"{stem}.item_map.tsv", "w", encoding="utf-8") as fh:
         fh.write("raw_id\tid\n" + "".join(f"{name}\t{k + 1}\n" for k, name in enumerate(item_raw)))
-    return {"users": len(lines), "items": len(used_items), "interactions": int(len(u)),
+    return {"users": len(lines), "items": len(used_items), "interactions": len(u),
             "raw_interactions": len(users), "format": fmt}

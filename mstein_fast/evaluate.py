@@ -94,7 +94,7 @@ def evaluate(model, split: LeaveOneOut, which: str, batch_size: int = 256) -> di
 
 def popularity_metrics(split: LeaveOneOut, which: str, batch_size: int = 1024) -> dict[str, float]:
     """The same metrics for the popularity baseline (items ranked by training frequency)."""
-    inputs, targets, seen = split.eval_arrays(which)
+    _, targets, seen = split.eval_arrays(which)
     popularity = split.item_counts[1:].double()
     ranks = []
     for start in range(0, len(targets), batch_size):

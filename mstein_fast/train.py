@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import sys
 import time
@@ -113,7 +114,7 @@ def load_checkpoint(path: str) -> dict:
         raise UserError(f"{path}: no such checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle / zip errors of a file that is not a checkpoint
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:  # not a checkpoint
         raise UserError(f"{path}: not a mstein-fast checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not a mstein-fast checkpoint (format {CHECKPOINT_FORMAT})")

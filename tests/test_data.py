@@ -9,8 +9,8 @@ import torch
 
 from mstein_fast.data import (
     DataError,
-    left_pad,
     leave_one_out,
+    left_pad,
     load_sequences,
     prepare_raw,
     sample_negatives,

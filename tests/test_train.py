@@ -13,9 +13,9 @@ from mstein_fast.evaluate import evaluate
 from mstein_fast.models import MODELS, attention_mask, build_model
 from mstein_fast.train import Interrupted, Trainer, load_checkpoint, model_from_checkpoint, train
 
-TINY = dict(synthetic_users=200, synthetic_items=60, synthetic_clusters=4, max_seq_length=20, hidden_size=16,
-            batch_size=64, lr=0.005, augmentation_warm_up_epochs=2, patience=100, progress=False, num_threads=1,
-            device="cpu")
+TINY = {"synthetic_users": 200, "synthetic_items": 60, "synthetic_clusters": 4, "max_seq_length": 20,
+        "hidden_size": 16, "batch_size": 64, "lr": 0.005, "augmentation_warm_up_epochs": 2, "patience": 100,
+        "progress": False, "device": "cpu"}
 
 
 def tiny_config(**over):
