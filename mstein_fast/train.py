@@ -223,7 +223,8 @@ class Trainer:
         log(f"resumed {self.out} after epoch {self.epoch} (best epoch {self.best_epoch})")
 
     # -- training ----------------------------------------------------------------------------
-    def _train_epoch(self, epoch: int) -> EpochStats:
+    def train_epoch(self, epoch: int) -> EpochStats:
+        """One pass over the users in a random order (epoch ``epoch``, 1-based); returns losses and timings."""
         cfg, split, model = self.cfg, self.split, self.model
         g_shuffle = torch.Generator().manual_seed(stream_seed(cfg.seed, epoch, _SHUFFLE))
         g_neg = torch.Generator().manual_seed(stream_seed(cfg.seed, epoch, _NEGATIVES))
@@ -284,7 +285,7 @@ class Trainer:
         try:
             while self.epoch < cfg.epochs and self.bad_epochs < cfg.patience:
                 epoch = self.epoch + 1
-                stats = self._train_epoch(epoch)
+                stats = self.train_epoch(epoch)
                 t = time.perf_counter()
                 valid = evaluate(self.model, self.split, "valid", cfg.eval_batch_size)
                 t_eval = time.perf_counter() - t
@@ -308,6 +309,8 @@ class Trainer:
                     f"recall@10 {valid['recall@10']:.4f}  ndcg@10 {valid['ndcg@10']:.4f}  "
                     f"(best {self.best_score:.4f} @ {self.best_epoch}; {total_s:.1f} s)")
         except KeyboardInterrupt:
+            if self.epoch == 0:
+                raise Interrupted(f"interrupted in epoch 1; no epoch was completed, nothing saved in {self.out}") from None
             raise Interrupted(
                 f"interrupted in epoch {self.epoch + 1}; epoch {self.epoch} is saved in {self.last_path}; "
                 f"continue with: mstein-fast train --resume {self.out}"
