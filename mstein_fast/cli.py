@@ -118,8 +118,8 @@ def _cmd_train(args) -> int:
             raise UserError("--resume uses the run's saved configuration and directory; "
                             "do not combine it with --config or another --output")
         saved = load_checkpoint(os.path.join(args.resume, "last.pt"))["config"].to_dict()
-        cfg, quick = build_config(saved, cli_values)
-        quick = False  # the saved config already holds the preset values
+        cfg, _ = build_config(saved, cli_values)  # the saved config already holds any preset values
+        quick = False
         output = args.resume
     else:
         file_values = load_config_file(args.config) if args.config else None

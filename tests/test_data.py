@@ -124,8 +124,10 @@ def test_prepare_json_gz_and_csv(tmp_path):
     rows += [("b", f"i{k}", 10 + k) for k in range(5)] + [("c", "x", 5)]
     raw = tmp_path / "reviews.json.gz"
     with gzip.open(raw, "wt") as fh:
-        for u, i, t in rows:
-            fh.write(json.dumps({"reviewerID": u, "asin": i, "unixReviewTime": t, "overall": 5.0}) + "\n")
+        for k, (u, i, t) in enumerate(rows):
+            record = {"reviewerID": u, "asin": i, "unixReviewTime": t, "overall": 5.0}
+            # some Amazon dumps hold Python dict literals instead of JSON
+            fh.write((repr(record) if k == 3 else json.dumps(record)) + "\n")
     out = tmp_path / "out" / "data.txt"
     stats = prepare_raw(str(raw), str(out), min_count=2)
     assert stats["users"] == 2 and stats["items"] == 5 and stats["interactions"] == 11
