@@ -11,6 +11,9 @@
 // dx_r = 2 (sum_c Q(r, c) x_r - sum_c Q(r, c) x_c). Either each thread owns row blocks and forms
 // Q_I x (one long product per block; used with the stored W), or it visits block pairs I <= J once
 // and adds Q_IJ x_J to rows I and Q_IJ^T x_I to rows J in its own gradient buffer.
+//
+// All loops use static schedules, so for a given thread count the work each thread sums, and the
+// order of every sum, are fixed: results are bitwise reproducible (training runs resume exactly).
 #pragma once
 #include "gaussian_stack.h"
 
@@ -109,7 +112,7 @@ static void infonce_forward(const float* x, int64_t n, int64_t k, float temperat
     std::fill(run_sum, run_sum + rows_pad, 0.f);
     Buffer tile(BS * BS);
     float* t = tile.get();
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(static)
     for (size_t pi = 0; pi < pb.pairs.size(); ++pi) {
       const int64_t ib = pb.pairs[pi].first, jb = pb.pairs[pi].second;
       const int64_t i0 = ib * BS, j0 = jb * BS, ni = pb.valid(ib), nj = pb.valid(jb);
@@ -285,7 +288,7 @@ static void infonce_backward_rows(const InfoNCEProblem& pb, const Similarity& si
     DenormalsOff ftz;
     Buffer qpack(BS * rows_pad), tile(BS * BS), acc(BS * k_pad);
     std::vector<double> rowsum(BS);
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(static)
     for (int64_t ib = 0; ib < pb.blocks; ++ib) {
       std::fill(rowsum.begin(), rowsum.end(), 0.0);
       for (int64_t jb = 0; jb < pb.blocks; ++jb) {
@@ -325,7 +328,7 @@ static void infonce_backward_pairs(const InfoNCEProblem& pb, const Similarity& s
     float* my_acc = acc.get() + static_cast<size_t>(tid) * rows_pad * k_pad;
     double* my_rowsum = rowsums.data() + static_cast<size_t>(tid) * rows_pad;
     Buffer tile(BS * BS), qa(BS * BS), qta(BS * BS);
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(static)
     for (size_t pi = 0; pi < pb.pairs.size(); ++pi) {
       const int64_t ib = pb.pairs[pi].first, jb = pb.pairs[pi].second;
       pb.w_tile(ib, jb, nullptr, tile.get());
