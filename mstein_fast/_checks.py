@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -11,21 +12,34 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def check_choice(name: str, value, choices) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
+    try:
+        ok = value in choices
+    except TypeError:  # unhashable (e.g. a list) against a dict or set of choices
+        ok = False
+    if not ok:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
 
 
-def check_temperature(temperature) -> float:
-    """Return ``temperature`` as a positive finite float or raise ``ValueError``."""
+def check_temperature(temperature, dtype: torch.dtype | None = None) -> float:
+    """Return ``temperature`` as a positive finite float or raise ``ValueError``.
+
+    With ``dtype`` (the inputs' dtype), also require ``1 / temperature`` to be finite in the
+    precision the loss is computed in (float32 for every dtype but float64): below ~2.9e-39 the
+    logits are inf and the loss NaN.
+    """
     if isinstance(temperature, torch.Tensor):
         if temperature.numel() != 1:
             raise ValueError(f"temperature must be a scalar, got a tensor of shape {tuple(temperature.shape)}")
         temperature = temperature.item()
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
     temperature = float(temperature)
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be positive and finite, got {temperature}")
+    if dtype is not None:
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
+        if not 1.0 / temperature <= torch.finfo(compute).max:
+            raise ValueError(f"temperature {temperature} is too small: 1 / temperature overflows {compute}")
     return temperature
 
 
@@ -61,10 +75,12 @@ def check_gaussians(pairs, *, same_rows: bool = False, min_dim: int = 2) -> None
                 raise ValueError(f"{name} has D={t.shape[-1]} but {ref_name} has D={ref.shape[-1]}: the dimension D must match")
             if same_rows and t.shape[-2] != ref.shape[-2]:
                 raise ValueError(f"{name} has N={t.shape[-2]} rows but {ref_name} has {ref.shape[-2]}: the two views must have the same N")
-            if t.shape[-1] == 0 or t.shape[-2] == 0:
-                raise ValueError(f"{name} is empty (shape {tuple(t.shape)}): N and D must be at least 1")
+            if t.numel() == 0:
+                raise ValueError(f"{name} is empty (shape {tuple(t.shape)}): N, D and batch dims must be at least 1")
     # One pass per tensor (min and max propagate NaN, and show +-inf) and one host sync in all.
-    stats = torch.stack([v.float() for _, mean, _, cov in pairs for t in (mean, cov) for v in torch.aminmax(t)])
+    # Stats in float32, or float64 for float64 inputs: exact, so tiny or huge float64 values are judged as they are.
+    wide = torch.float64 if pairs[0][1].dtype == torch.float64 else torch.float32
+    stats = torch.stack([v.to(wide) for _, mean, _, cov in pairs for t in (mean, cov) for v in torch.aminmax(t)])
     lo_hi = stats.tolist()
     ok = []
     for i in range(len(pairs)):

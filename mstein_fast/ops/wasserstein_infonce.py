@@ -96,7 +96,7 @@ def wasserstein_infonce(
     check_gaussians([("mean_a", mean_a, "cov_a", cov_a), ("mean_b", mean_b, "cov_b", cov_b)], same_rows=True)
     if mean_a.dim() != 2:
         raise ValueError(f"mean_a must be [N, D], got shape {tuple(mean_a.shape)}")
-    temperature = check_temperature(temperature)
+    temperature = check_temperature(temperature, mean_a.dtype)
     check_choice("similarity", similarity, SIMILARITIES)
     check_choice("reduction", reduction, REDUCTIONS)
     name = resolve_backend(backend, mean_a.device)
@@ -131,7 +131,9 @@ def wasserstein_alignment_uniformity(
     The N x N distance matrix is formed (through :func:`pairwise_w2`); inputs are ``[N, D]``.
     """
     check_gaussians([("mean_a", mean_a, "cov_a", cov_a), ("mean_b", mean_b, "cov_b", cov_b)], same_rows=True)
-    temperature = check_temperature(temperature)
+    if mean_a.dim() != 2:
+        raise ValueError(f"mean_a must be [N, D], got shape {tuple(mean_a.shape)}")
+    temperature = check_temperature(temperature, mean_a.dtype)
     w = pairwise_w2(mean_a, cov_a, mean_b, cov_b, backend=backend)
     alignment = torch.diagonal(w, dim1=-2, dim2=-1).mean()
     uniformity = torch.logsumexp(-w / temperature, dim=-1).mean()
