@@ -19,3 +19,8 @@ def _has_cuda() -> bool:
 
 if not _has_cuda():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Subprocesses started by tests (`python -c`, `python -m mstein_fast.cli`) must import the
+# installed package, as this process does, not the source folder in the current directory
+# (which has no compiled extension after a plain `pip install .`). Python >= 3.11 honours this.
+os.environ["PYTHONSAFEPATH"] = "1"
