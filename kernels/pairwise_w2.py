@@ -1,0 +1,194 @@
+"""Triton ``pairwise_w2``: one tiled GEMM of inner dimension 2D with the norm epilogue fused.
+
+Forward: ``W = |x_i|^2 + |y_j|^2 - 2 x_i . y_j`` per ``[BLOCK_M, BLOCK_N]`` tile, the norms
+accumulated from the same tiles the dot product reads (so the cancellation is consistent).
+Backward: ``dx = 2 (rowsum(G) x - G y)`` and ``dy = 2 (colsum(G) y - G^T x)``: two GEMMs by one
+kernel (``G @ y`` plus the row sums of ``G``), the second reading ``G`` transposed by strides.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+from ._common import configs, device_guard, empty, gaussian_grads, kernel_dtypes, stack_centered
+
+_MAX_GRID_Y = 65535  # CUDA limit of the grid's second axis (the batch)
+
+
+def _cfg(bm, bn, bk, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+
+# (the last config of each list fits float64 tiles in shared memory)
+_FWD_CONFIGS = configs(
+    [_cfg(128, 128, 32, 8, 3), _cfg(128, 64, 64, 4, 3), _cfg(64, 64, 32, 4, 2)],
+    _cfg(64, 64, 64, 1, 1),
+)
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=["K"])
+@triton.jit
+def _pairwise_w2_fwd_kernel(
+    x_ptr, y_ptr, out_ptr, N, M,
+    K: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, QDOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # tiles in groups of 8 row blocks, so that consecutive programs share y tiles in L2
+    pid = tl.program_id(0)
+    batch = tl.program_id(1).to(tl.int64)
+    tiles_m = tl.cdiv(N, BLOCK_M)
+    tiles_n = tl.cdiv(M, BLOCK_N)
+    group = pid // (8 * tiles_n)
+    group_rows = tl.minimum(tiles_m - group * 8, 8)
+    pid_m = group * 8 + (pid % (8 * tiles_n)) % group_rows
+    pid_n = (pid % (8 * tiles_n)) // group_rows
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    col_ok = cols < M
+    x_rows = x_ptr + batch * N * K + rows.to(tl.int64) * K
+    y_cols = y_ptr + batch * M * K + cols.to(tl.int64) * K
+
+    dots = tl.zeros((BLOCK_M, BLOCK_N), ACC)
+    x_sq = tl.zeros((BLOCK_M,), ACC)
+    y_sq = tl.zeros((BLOCK_N,), ACC)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        a = tl.load(x_rows[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(y_cols[None, :] + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)  # [K, N]
+        a_acc = a.to(ACC)
+        b_acc = b.to(ACC)
+        x_sq += tl.sum(a_acc * a_acc, axis=1)
+        y_sq += tl.sum(b_acc * b_acc, axis=0)
+        if UPCAST:
+            a = a_acc
+            b = b_acc
+        dots = tl.dot(a, b, dots, input_precision=PRECISION, out_dtype=ACC)
+
+    w = x_sq[:, None] + y_sq[None, :] - 2.0 * dots
+    out = out_ptr + batch * N * M + rows.to(tl.int64)[:, None] * M + cols[None, :]
+    tl.store(out, w.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+_GRAD_CONFIGS = configs(
+    [_cfg(128, 64, 64, 4, 3), _cfg(64, 64, 128, 4, 3), _cfg(64, 32, 64, 4, 2)],
+    _cfg(64, 64, 64, 1, 1),
+)
+
+
+@triton.autotune(configs=_GRAD_CONFIGS, key=["K"])
+@triton.jit
+def _products_rowsum_kernel(
+    g_ptr, stride_gb, stride_gn, stride_gm, y_ptr, prod_ptr, rowsum_ptr, N, M,
+    K: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, QDOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """``prod[b, n, :] = sum_m G[b, n, m] y[b, m, :]`` and ``rowsum[b, n] = sum_m G[b, n, m]``.
+
+    Program tiles: ``BLOCK_M`` rows of G by ``BLOCK_K`` of the 2D columns; the loop runs over the
+    ``M`` (inner) dimension in steps of ``BLOCK_N``.
+    """
+    pid = tl.program_id(0)
+    batch = tl.program_id(1).to(tl.int64)
+    tiles_k = tl.cdiv(K, BLOCK_K)
+    pid_m = pid // tiles_k
+    pid_k = pid % tiles_k
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    row_ok = rows < N
+    k_ok = ks < K
+    g_rows = g_ptr + batch * stride_gb + rows.to(tl.int64) * stride_gn
+    y_base = y_ptr + batch * M * K
+
+    prod = tl.zeros((BLOCK_M, BLOCK_K), ACC)
+    rowsum = tl.zeros((BLOCK_M,), ACC)
+    for m0 in range(0, M, BLOCK_N):
+        ms = m0 + tl.arange(0, BLOCK_N)
+        m_ok = ms < M
+        g = tl.load(g_rows[:, None] + ms[None, :].to(tl.int64) * stride_gm, mask=row_ok[:, None] & m_ok[None, :],
+                    other=0.0)
+        y = tl.load(y_base + ms.to(tl.int64)[:, None] * K + ks[None, :], mask=m_ok[:, None] & k_ok[None, :],
+                    other=0.0)
+        rowsum += tl.sum(g.to(ACC), axis=1)
+        if UPCAST:
+            g = g.to(ACC)
+            y = y.to(ACC)
+        prod = tl.dot(g, y, prod, input_precision=PRECISION, out_dtype=ACC)
+
+    out = prod_ptr + batch * N * K + rows.to(tl.int64)[:, None] * K + ks[None, :]
+    tl.store(out, prod, mask=row_ok[:, None] & k_ok[None, :])
+    tl.store(rowsum_ptr + batch * N + rows, rowsum, mask=row_ok & (pid_k == 0))
+
+
+def _forward(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x`` ``[B, N, K]``, ``y`` ``[B, M, K]`` contiguous -> ``W`` ``[B, N, M]`` in their dtype."""
+    b, n, k = x.shape
+    m = y.shape[1]
+    out = empty((b, n, m), x.dtype, x.device)
+    meta = kernel_dtypes(x.dtype)
+    with device_guard(x.device):
+        for start in range(0, b, _MAX_GRID_Y):
+            stop = min(b, start + _MAX_GRID_Y)
+            grid = lambda cfg, batch=stop - start: (triton.cdiv(n, cfg["BLOCK_M"]) * triton.cdiv(m, cfg["BLOCK_N"]), batch)
+            _pairwise_w2_fwd_kernel[grid](x[start:stop], y[start:stop], out[start:stop], n, m, K=k, **meta)
+    return out
+
+
+def _products(g: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``g`` ``[B, N, M]`` (any strides), ``y`` ``[B, M, K]`` contiguous -> ``(g @ y, g.sum(-1))``."""
+    b, n, m = g.shape
+    k = y.shape[2]
+    meta = kernel_dtypes(y.dtype)
+    acc = torch.float64 if y.dtype == torch.float64 else torch.float32
+    prod = empty((b, n, k), acc, y.device)
+    rowsum = empty((b, n), acc, y.device)
+    with device_guard(y.device):
+        for start in range(0, b, _MAX_GRID_Y):
+            stop = min(b, start + _MAX_GRID_Y)
+            gs = g[start:stop]
+            grid = lambda cfg, batch=stop - start: (triton.cdiv(n, cfg["BLOCK_M"]) * triton.cdiv(k, cfg["BLOCK_K"]), batch)
+            _products_rowsum_kernel[grid](gs, gs.stride(0), gs.stride(1), gs.stride(2), y[start:stop],
+                                          prod[start:stop], rowsum[start:stop], n, m, K=k, **meta)
+    return prod, rowsum
+
+
+class _PairwiseW2(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mean1, cov1, mean2, cov2):
+        batch, (n, d), m = mean1.shape[:-2], mean1.shape[-2:], mean2.shape[-2]
+        x, y = stack_centered((mean1, cov1), (mean2, cov2))
+        x, y = x.reshape(-1, n, 2 * d), y.reshape(-1, m, 2 * d)
+        ctx.save_for_backward(x, y, cov1, cov2)
+        return _forward(x, y).reshape(*batch, n, m)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, y, cov1, cov2 = ctx.saved_tensors
+        b, n, _ = x.shape
+        m = y.shape[1]
+        g = grad.to(x.dtype).reshape(b, n, m)
+        grads = [None] * 4
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            prod, rowsum = _products(g, y)
+            grads[0:2] = gaussian_grads(x, prod, rowsum, cov1.reshape(b, n, -1))
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            prod, rowsum = _products(g.transpose(1, 2), x)
+            grads[2:4] = gaussian_grads(y, prod, rowsum, cov2.reshape(b, m, -1))
+        shapes = (cov1.shape, cov1.shape, cov2.shape, cov2.shape)
+        return tuple(None if gr is None else gr.reshape(s) for gr, s in zip(grads, shapes))
+
+
+def pairwise_w2(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: torch.Tensor) -> torch.Tensor:
+    """Squared W2 ``[..., N, M]`` between ``[..., N, D]`` and ``[..., M, D]`` diagonal Gaussians.
+
+    Inputs are validated by the caller (one dtype and device, finite, ``cov > 0``). Output in the
+    input dtype, accumulated in float32 (float64 for float64); differentiable w.r.t. all four.
+    """
+    return _PairwiseW2.apply(mean1, cov1, mean2, cov2)
