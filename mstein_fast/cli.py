@@ -103,7 +103,84 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--min-count", type=int, default=5, help="k of the k-core filter (default: 5)")
     q.add_argument("--format", choices=["auto", "json", "csv"], default="auto",
                    help="input format (default: auto, from the name or the first character)")
+    _add_analysis_parsers(sub)
     return parser
+
+
+def _add_analysis_parsers(sub) -> None:
+    """``analyze noise|batch-size|groups`` and ``plot``."""
+    from mstein_fast.analysis import (
+        DEFAULT_BATCH_SIZES,
+        DEFAULT_GROUPS,
+        DEFAULT_METRICS,
+        DEFAULT_MODELS,
+        DEFAULT_RATIOS,
+    )
+
+    def csv_text(values) -> str:
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+    p = sub.add_parser(
+        "analyze", help="the paper's analyses: noise robustness, batch size, user/item groups (CSV, JSON, figures)",
+        description="Analyses of SPEC section 5. Each writes CSV and JSON of its numbers and PNG + SVG figures "
+                    "into --output. Models come from --checkpoints (checkpoint files or run directories) or are "
+                    "trained with the train options below into OUTPUT/runs/ (a finished run there is reused, an "
+                    "unfinished one resumed).",
+    )
+    analyze_sub = p.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+    helps = {
+        "noise": ("metrics vs. ratio of noise items injected into the test sequences",
+                  ("Insert floor(ratio * length) random items the user never interacted with before random "
+                   "positions of every test input sequence and evaluate every model: one curve per model.")),
+        "batch-size": ("metrics vs. the (contrastive) training batch size",
+                       ("Train every model at each batch size (sequences per step; the contrastive loss is over "
+                        "the views of that batch) and plot the test metrics against it, one curve per model.")),
+        "groups": ("metrics by user history-length group and by target-item popularity group",
+                   ("Break the test metrics of every model down by the user's history length and by the "
+                    "training popularity of the test item (quantile groups by default): grouped bar charts.")),
+    }
+    for name, (short, long) in helps.items():
+        q = analyze_sub.add_parser(name, help=short, description=long)
+        q.add_argument("--output", metavar="DIR",
+                       help=f"output folder (default: runs/analysis-{name}-<date>-<time>)")
+        q.add_argument("--checkpoints", nargs="+", metavar="PATH",
+                       help="evaluate these checkpoints (files, or run directories: best.pt) instead of training")
+        q.add_argument("--models", default=csv_text(DEFAULT_MODELS), metavar="LIST",
+                       help=f"models to train when no --checkpoints are given (default: {csv_text(DEFAULT_MODELS)})")
+        q.add_argument("--metrics", default=csv_text(DEFAULT_METRICS), metavar="LIST",
+                       help=f"metrics to report and plot (default: {csv_text(DEFAULT_METRICS)})")
+        q.add_argument("--no-plots", action="store_true", help="write only CSV and JSON (no matplotlib needed)")
+        if name == "noise":
+            q.add_argument("--ratios", default=csv_text(DEFAULT_RATIOS), metavar="LIST",
+                           help=f"noise ratios (default: {csv_text(DEFAULT_RATIOS)})")
+            q.add_argument("--noise-seed", type=int, default=0, help="seed of the noise (default: 0)")
+        elif name == "batch-size":
+            q.add_argument("--batch-sizes", default=csv_text(DEFAULT_BATCH_SIZES), metavar="LIST",
+                           help=f"batch sizes to train at (default: {csv_text(DEFAULT_BATCH_SIZES)})")
+        else:
+            q.add_argument("--groups", type=int, default=DEFAULT_GROUPS, metavar="N",
+                           help=f"number of quantile groups (default: {DEFAULT_GROUPS})")
+            q.add_argument("--length-bins", metavar="LIST",
+                           help="cut points of the history-length groups instead of quantiles, e.g. 5,10,20 "
+                                "(groups <5, 5-9, 10-19, >=20)")
+            q.add_argument("--popularity-bins", metavar="LIST",
+                           help="cut points of the target-popularity groups instead of quantiles, e.g. 10,50")
+        q.add_argument("--data", default=argparse.SUPPRESS, metavar="FILE",
+                       help="sequence file (default: the built-in synthetic data with the quick preset, or, with "
+                            "--checkpoints, the data the first checkpoint was trained on)")
+        q.add_argument("--config", metavar="FILE", help="JSON file of config keys for training")
+        _add_config_options(q)
+
+    p = sub.add_parser(
+        "plot", help="training curves of runs (losses and validation metrics per epoch)",
+        description="Plot the losses and validation metrics per epoch from RUN_DIR/metrics.jsonl (several runs: "
+                    "one line each) and write them as CSV, JSON, PNG and SVG.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directory of `mstein-fast train`")
+    p.add_argument("--output", metavar="DIR", help="output folder (default: the first RUN_DIR)")
+    p.add_argument("--metrics", default=csv_text(DEFAULT_METRICS), metavar="LIST",
+                   help=f"validation metrics to plot (default: {csv_text(DEFAULT_METRICS)})")
+    p.add_argument("--no-plots", action="store_true", help="write only CSV and JSON (no matplotlib needed)")
 
 
 def _cmd_train(args) -> int:
@@ -219,11 +296,50 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def _cmd_analyze(args) -> int:
+    from mstein_fast import analysis
+
+    cli_values = {k: v for k, v in vars(args).items() if k in FIELDS}
+    file_values = load_config_file(args.config) if args.config else None
+    models = analysis.parse_list(args.models, str, "--models")
+    known = FIELDS["model"].metadata["choices"]
+    for m in models:
+        if m not in known:
+            raise UserError(f"--models: unknown model {m!r} (choose from {', '.join(known)})")
+    output = args.output or _default_output(f"analysis-{args.analysis}")
+    setup = analysis.Setup(output=output, cli_values=cli_values, file_values=file_values, models=tuple(models),
+                           checkpoints=args.checkpoints,
+                           metrics=tuple(analysis.check_metrics(analysis.parse_list(args.metrics, str, "--metrics"))),
+                           plots=not args.no_plots)
+    setup.config()  # validate the training options before anything runs
+    if args.analysis == "noise":
+        result = analysis.analyze_noise(setup, analysis.parse_list(args.ratios, float, "--ratios"), args.noise_seed)
+    elif args.analysis == "batch-size":
+        result = analysis.analyze_batch_size(setup, analysis.parse_list(args.batch_sizes, int, "--batch-sizes"))
+    else:
+        length = analysis.parse_list(args.length_bins, int, "--length-bins") if args.length_bins else None
+        popularity = (analysis.parse_list(args.popularity_bins, int, "--popularity-bins")
+                      if args.popularity_bins else None)
+        result = analysis.analyze_groups(setup, args.groups, length, popularity)
+    print(json.dumps({"output": output, "files": result["files"], "rows": result["rows"]}))
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from mstein_fast import analysis
+
+    metrics = analysis.check_metrics(analysis.parse_list(args.metrics, str, "--metrics"))
+    result = analysis.plot_runs(args.run_dirs, args.output or args.run_dirs[0], metrics, plots=not args.no_plots)
+    print(json.dumps({"files": result["files"]}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mstein_fast.train import Interrupted
 
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "recommend": _cmd_recommend, "data": _cmd_data}
+    commands.update({"analyze": _cmd_analyze, "plot": _cmd_plot})
     try:
         return commands[args.command](args)
     except UserError as err:
