@@ -9,9 +9,9 @@ struct KernelTable {
   const char* isa;
   // x [rows, 2d] = [mean ; sqrt(max(cov, 1e-24))] for mean, cov [rows, d].
   void (*stack_gaussian)(const float* mean, const float* cov, int64_t rows, int64_t d, float* x, int threads);
-  // g_mean, g_cov [rows, d] from the gradient gx [rows, 2d] w.r.t. the stacked x (and x, cov).
-  void (*unstack_gradient)(const float* gx, const float* x, const float* cov, int64_t rows, int64_t d, float* g_mean,
-                           float* g_cov, int threads);
+  // g_mean, g_cov [rows, d] from the gradient gx [rows, 2d] w.r.t. the stacked x (and cov).
+  void (*unstack_gradient)(const float* gx, const float* cov, int64_t rows, int64_t d, float* g_mean, float* g_cov,
+                           int threads);
   // out[b, i, j] = |x_bi - y_bj|^2 for x [B, N, K], y [B, M, K].
   void (*sqdist_forward)(const float* x, const float* y, float* out, int64_t b, int64_t n, int64_t m, int64_t k,
                          int threads);

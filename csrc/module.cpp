@@ -78,14 +78,13 @@ PYBIND11_MODULE(_C, m) {
       "x [rows, 2d] = [mean ; sqrt(max(cov, 1e-24))].");
   m.def(
       "unstack_gradient",
-      [](uintptr_t gx, uintptr_t x, uintptr_t cov, int64_t rows, int64_t d, uintptr_t g_mean, uintptr_t g_cov,
-         int threads) {
+      [](uintptr_t gx, uintptr_t cov, int64_t rows, int64_t d, uintptr_t g_mean, uintptr_t g_cov, int threads) {
         check_threads(threads);
         py::gil_scoped_release nogil;
-        table()->unstack_gradient(ptr<const float>(gx), ptr<const float>(x), ptr<const float>(cov), rows, d,
-                                  ptr<float>(g_mean), ptr<float>(g_cov), threads);
+        table()->unstack_gradient(ptr<const float>(gx), ptr<const float>(cov), rows, d, ptr<float>(g_mean),
+                                  ptr<float>(g_cov), threads);
       },
-      py::arg("gx"), py::arg("x"), py::arg("cov"), py::arg("rows"), py::arg("d"), py::arg("g_mean"), py::arg("g_cov"),
+      py::arg("gx"), py::arg("cov"), py::arg("rows"), py::arg("d"), py::arg("g_mean"), py::arg("g_cov"),
       py::arg("threads"), "Gradients w.r.t. mean and cov from the gradient w.r.t. the stacked x.");
   m.def(
       "sqdist_forward",

@@ -271,7 +271,7 @@ static void finish_rows(const InfoNCEProblem& pb, int64_t r0, int64_t nr, const 
     for (int64_t c = 0; c < d; ++c) gm[c] = 2.f * (rs * xr[c] - a[c]);
     for (int64_t c = 0; c < d; ++c) {
       const float g_std = 2.f * (rs * xr[d + c] - a[d + c]);
-      gc[c] = cov[c] >= COV_FLOOR ? g_std * 0.5f / xr[d + c] : 0.f;
+      gc[c] = cov[c] >= COV_FLOOR ? g_std * 0.5f / std::sqrt(cov[c]) : 0.f;
     }
   }
 }

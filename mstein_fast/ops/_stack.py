@@ -27,11 +27,28 @@ def cpp_stack(ext, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def cpp_unstack(ext, gx: torch.Tensor, x: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients w.r.t. mean and cov from the gradient ``gx`` w.r.t. ``x = cpp_stack(mean, cov)``."""
+def cpp_unstack(ext, gx: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients w.r.t. mean and cov from the gradient ``gx`` w.r.t. ``x = cpp_stack(mean, cov)`` (or a shift of it)."""
     d = cov.shape[-1]
     g_mean = torch.empty_like(cov)
     g_cov = torch.empty_like(cov)
-    ext.unstack_gradient(gx.data_ptr(), x.data_ptr(), cov.data_ptr(), cov.numel() // d, d, g_mean.data_ptr(),
+    ext.unstack_gradient(gx.data_ptr(), cov.data_ptr(), cov.numel() // d, d, g_mean.data_ptr(),
                          g_cov.data_ptr(), threads())
     return g_mean, g_cov
+
+
+def centre_rows_(*mats: torch.Tensor) -> None:
+    """Shift the rows of ``mats`` (``[B, rows_i, K]`` each, float32) in place by their common mean
+    row, per batch, when that mean dominates the spread of the rows.
+
+    W is translation invariant, so this changes no result mathematically; in float32 it removes the
+    cancellation in ``|x|^2 + |y|^2 - 2 x.y`` when the Gaussians sit far from the origin compared
+    with their distances. Where they do not, the shift would only add rounding, so it is skipped.
+    """
+    rows = sum(m.shape[1] for m in mats)
+    shift = sum(m.sum(1, keepdim=True) for m in mats) / rows
+    mean_sq = sum(m.square().sum((1, 2)) for m in mats) / rows  # mean |x|^2 per batch
+    shift_sq = shift.square().sum((1, 2))
+    dominant = (shift_sq > mean_sq - shift_sq).to(shift.dtype).view(-1, 1, 1)
+    for m in mats:
+        m -= shift * dominant

@@ -7,7 +7,7 @@ import torch
 from mstein_fast import reference
 from mstein_fast._checks import check_gaussians
 from mstein_fast.backends import cpp_extension, resolve_backend, triton_kernels
-from mstein_fast.ops._stack import cpp_stack, cpp_unstack, threads
+from mstein_fast.ops._stack import centre_rows_, cpp_stack, cpp_unstack, threads
 
 
 class _PairwiseW2Cpp(torch.autograd.Function):
@@ -20,9 +20,10 @@ class _PairwiseW2Cpp(torch.autograd.Function):
         m = mean2.shape[1]
         x = cpp_stack(ext, mean1, cov1)
         y = cpp_stack(ext, mean2, cov2)
+        centre_rows_(x, y)
         out = torch.empty((b, n, m), dtype=torch.float32)
         ext.sqdist_forward(x.data_ptr(), y.data_ptr(), out.data_ptr(), b, n, m, 2 * d, threads())
-        ctx.save_for_backward(x, y, cov1, cov2)
+        ctx.save_for_backward(x, y, cov1, cov2)  # x, y centred: the gradient formulas are shift invariant
         return out
 
     @staticmethod
@@ -36,7 +37,7 @@ class _PairwiseW2Cpp(torch.autograd.Function):
         gy = torch.empty_like(y)
         ext.sqdist_backward(grad_out.data_ptr(), x.data_ptr(), y.data_ptr(), gx.data_ptr(), gy.data_ptr(), b, n, m, k,
                             threads())
-        return (*cpp_unstack(ext, gx, x, cov1), *cpp_unstack(ext, gy, y, cov2))
+        return (*cpp_unstack(ext, gx, cov1), *cpp_unstack(ext, gy, cov2))
 
 
 def pairwise_w2(

@@ -9,7 +9,7 @@ import torch
 from mstein_fast import reference
 from mstein_fast._checks import check_choice, check_gaussians, check_temperature
 from mstein_fast.backends import cpp_extension, resolve_backend, triton_kernels
-from mstein_fast.ops._stack import cpp_stack, threads
+from mstein_fast.ops._stack import centre_rows_, cpp_stack, threads
 from mstein_fast.ops.pairwise_w2 import pairwise_w2
 
 SIMILARITIES = {"inv": 0, "neg": 1}
@@ -30,6 +30,7 @@ class _WassersteinInfoNCECpp(torch.autograd.Function):
         x = torch.empty((2 * n, 2 * d), dtype=torch.float32)
         x[:n] = cpp_stack(ext, mean_a, cov_a)
         x[n:] = cpp_stack(ext, mean_b, cov_b)
+        centre_rows_(x.unsqueeze(0))
         kind = SIMILARITIES[similarity]
         losses = torch.empty(2 * n, dtype=torch.float32)
         lse = torch.empty((2, 2 * n), dtype=torch.float32)  # per row: max logit, log of the sum
