@@ -230,7 +230,9 @@ def train_or_reuse(cfg: TrainConfig, run_dir: str) -> str:
     best = os.path.join(run_dir, "best.pt")
     saved = _saved_config(run_dir)
     if saved is not None:
-        differ = sorted(k for k, v in cfg.to_dict().items() if k not in _RUNTIME_KEYS and saved.get(k) != v)
+        defaults = TrainConfig().to_dict()  # a key newer than the saved run counts as its default
+        differ = sorted(k for k, v in cfg.to_dict().items()
+                        if k not in _RUNTIME_KEYS and saved.get(k, defaults[k]) != v)
         if differ:
             raise UserError(f"{run_dir} holds a run with another configuration ({', '.join(differ)} differ); "
                             "choose another --output or pass the run with --checkpoints")
