@@ -5,6 +5,10 @@ real shapes (N = batch size per view, D = max_seq_length * hidden_size).
 
     python benchmarks/train_throughput.py --data /work/shared/data/Office_Products.txt
     python benchmarks/train_throughput.py --backends cpp,torch --epochs 1 --csv out.csv
+    python benchmarks/train_throughput.py --backends cpp-full,cpp   # encoder over all L positions vs skip_padding
+
+A backend name with the suffix ``-full`` runs the straightforward encoder over all ``[B, L]``
+positions (``skip_padding`` off, the computation before the windowed encoder) for comparison.
 
 Writes one CSV row per measurement (benchmark, backend, phase, metric, value, config, device,
 torch, date) and prints a table with the ratio of each backend to the first one.
@@ -70,8 +74,10 @@ def main() -> None:
     rows = []
     torch.set_flush_denormal(True)  # as the trainer does on a CPU
     for backend in args.backends.split(","):
-        cfg, _ = build_config(None, {"data": args.data, "model": args.model, "backend": backend,
-                                     "batch_size": args.batch_size, "device": args.device, "progress": False})
+        name, full = backend.removesuffix("-full"), backend.endswith("-full")
+        cfg, _ = build_config(None, {"data": args.data, "model": args.model, "backend": name,
+                                     "batch_size": args.batch_size, "device": args.device, "progress": False,
+                                     "skip_padding": not full})
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(cfg, tmp)
             n_users = trainer.split.n_users

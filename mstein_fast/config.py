@@ -43,6 +43,9 @@ class TrainConfig:
     attention_probs_dropout_prob: float = _key(0.0, "dropout on attention probabilities")
     init_mean: float = _key(0.01, "mean of the normal init of linear and embedding weights")
     initializer_range: float = _key(0.02, "std of the normal init of linear and embedding weights")
+    skip_padding: bool = _key(True, "STOSA/MStein: encode each row only from its first item on (rows bucketed by "
+                              "length) and the leading padding without attention; same results as the full "
+                              "[B, L] computation, less work")
     stosa_compat: bool = _key(False, "reproduce the original STOSA defect: mean stream not propagated through layers")
     # objective
     pvn_weight: float = _key(0.01, "weight of the pvn regulariser max(0, W(seq,pos) - W(pos,neg)) (STOSA, MStein)")

@@ -70,6 +70,39 @@ def dot_infonce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.T
     return F.cross_entropy(logits, torch.arange(2 * n, device=a.device))
 
 
+BUCKET_COST = 2048.0  # overhead of one more encoder call, in units of one encoded position of one row
+
+
+def length_buckets(lengths: torch.Tensor, call_cost: float = BUCKET_COST) -> list[tuple[torch.Tensor, int]]:
+    """Split rows into buckets ``[(rows, width), ...]`` (every row once; ``width`` = the largest
+    length in the bucket) minimising ``sum(len(rows) * width * (1 + width / 64)) + call_cost *
+    buckets`` (token work plus quadratic attention work plus per-call overhead), by dynamic
+    programming over the distinct lengths of the rows sorted by length."""
+    sorted_len, order = torch.sort(lengths, stable=True)
+    values, counts = torch.unique_consecutive(sorted_len, return_counts=True)
+    values, counts = values.tolist(), counts.tolist()
+    m = len(values)
+    prefix = [0]
+    for c in counts:
+        prefix.append(prefix[-1] + c)
+    best = [0.0] + [float("inf")] * m
+    cut = [0] * (m + 1)
+    for j in range(1, m + 1):  # bucket = distinct lengths i .. j-1, width values[j - 1]
+        w = values[j - 1]
+        per_row = w * (1.0 + w / 64.0)
+        for i in range(j):
+            c = best[i] + (prefix[j] - prefix[i]) * per_row + call_cost
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    buckets = []
+    j = m
+    while j > 0:
+        i = cut[j]
+        buckets.append((order[prefix[i]:prefix[j]], int(values[j - 1])))
+        j = i
+    return buckets[::-1]
+
+
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (values * weights).sum() / weights.sum().clamp_min(1.0)
 
@@ -119,9 +152,26 @@ class WassersteinSelfAttention(nn.Module):
         probs = self.attn_dropout(torch.softmax(scores, dim=-1))
         mean_ctx = (probs @ v_mean).transpose(1, 2).reshape(b, L, h)
         cov_ctx = ((probs * probs) @ v_cov).transpose(1, 2).reshape(b, L, h)
+        return self._output(mean_ctx, cov_ctx, mean, cov)
+
+    def _output(self, mean_ctx, cov_ctx, mean, cov):
         mean_out = self.mean_norm(self.dropout(self.mean_dense(mean_ctx)) + mean)
         cov_out = self.cov_norm(self.dropout(self.cov_dense(cov_ctx)) + cov)
         return mean_out, cov_out
+
+    def forward_self_only(self, mean, cov):
+        """:meth:`forward` for positions that attend to themselves only (the leading padding of a
+        left-padded row): the softmax row is one-hot, so the contexts are the values themselves
+        (no queries, keys or distances needed; the softmax passes no gradient to the scores)."""
+        b, L, h = mean.shape
+        hd = self.head_dim
+        v_mean = F.linear(mean, self.mean_qkv.weight[2 * h:], self.mean_qkv.bias[2 * h:])
+        v_cov = elu_plus_one(F.linear(cov, self.cov_qkv.weight[2 * h:], self.cov_qkv.bias[2 * h:]))
+        if self.training and self.attn_dropout.p > 0:  # the one-hot probability is dropped (or scaled) per head
+            keep = self.attn_dropout(torch.ones(b, L, self.heads, 1, dtype=mean.dtype, device=mean.device))
+            v_mean = (v_mean.reshape(b, L, self.heads, hd) * keep).reshape(b, L, h)
+            v_cov = (v_cov.reshape(b, L, self.heads, hd) * (keep * keep)).reshape(b, L, h)
+        return self._output(v_mean, v_cov, mean, cov)
 
 
 class DotSelfAttention(nn.Module):
@@ -164,6 +214,8 @@ class _Recommender(nn.Module):
         self.dot_temperature = cfg.dot_temperature
         self.double_cov_activation = cfg.cl_double_cov_activation
         self.pvn_weight = cfg.pvn_weight
+        self.skip_padding = getattr(cfg, "skip_padding", True)
+        self.bucket_cost = BUCKET_COST
         self.init_mean, self.init_std = cfg.init_mean, cfg.initializer_range
 
     def _init_weights(self) -> None:
@@ -243,18 +295,78 @@ class STOSA(_Recommender):
 
         Both streams go through every layer; with ``stosa_compat`` the mean stream is not
         propagated (every layer sees, and the encoder returns, the embedded input means), as in
-        the original STOSA/MStein code."""
-        pos = torch.arange(seqs.shape[1], device=seqs.device)
-        mean = F.elu(self.dropout(self.embed_norm_mean(self.item_mean(seqs) + self.position_mean(pos))))
-        cov = elu_plus_one(self.dropout(self.embed_norm_cov(self.item_cov(seqs) + self.position_cov(pos))))
-        allowed = attention_mask(seqs)
+        the original STOSA/MStein code. This is the straightforward computation over all ``L``
+        positions; :meth:`encode_fast` gives the same result with less work on padding."""
+        return self._encode_window(seqs, 0)
+
+    def _embed(self, ids, pos):
+        mean = F.elu(self.dropout(self.embed_norm_mean(self.item_mean(ids) + self.position_mean(pos))))
+        cov = elu_plus_one(self.dropout(self.embed_norm_cov(self.item_cov(ids) + self.position_cov(pos))))
+        return mean, cov
+
+    def _layers(self, mean, cov, attend):
         for attention, mean_ffn, cov_ffn in zip(self.attention, self.mean_ffn, self.cov_ffn):
-            new_mean, cov = attention(mean, cov, allowed)
+            new_mean, cov = attend(attention, mean, cov)
             new_mean = mean_ffn(new_mean)
             cov = elu_plus_one(cov_ffn(cov))
             if not self.stosa_compat:
                 mean = new_mean
         return mean, cov
+
+    def _encode_window(self, seqs: torch.Tensor, offset: int):
+        """:meth:`encode` of the window ``seqs`` ``[B, w]`` = positions ``offset .. offset + w - 1``
+        of a longer left-padded batch whose earlier positions are all padding: causal attention
+        never reaches back into them (padding keys are masked), so the window's outputs are
+        those of the whole batch at these positions."""
+        pos = torch.arange(offset, offset + seqs.shape[1], device=seqs.device)
+        mean, cov = self._embed(seqs, pos)
+        allowed = attention_mask(seqs)
+        return self._layers(mean, cov, lambda attention, m, c: attention(m, c, allowed))
+
+    def _encode_lead(self, n: int, width: int):
+        """:meth:`encode` at positions ``0 .. width - 1`` of ``n`` rows that are padding there (and
+        before): each such position attends to itself only, so no attention scores are needed; the
+        embedding LayerNorm is computed once per position (dropout stays per row)."""
+        device = self.item_mean.weight.device
+        pos = torch.arange(width, device=device)
+        mean = self.embed_norm_mean(self.item_mean.weight[0].detach() + self.position_mean(pos))  # padding_idx: no grad
+        cov = self.embed_norm_cov(self.item_cov.weight[0].detach() + self.position_cov(pos))
+        mean = F.elu(self.dropout(mean.expand(n, width, -1)))
+        cov = elu_plus_one(self.dropout(cov.expand(n, width, -1)))
+        return self._layers(mean, cov, lambda attention, m, c: attention.forward_self_only(m, c))
+
+    def _windows(self, seqs: torch.Tensor, needed: torch.Tensor):
+        """Group the rows into buckets of similar active length: ``[(rows, w), ...]`` where the last
+        ``w`` positions of each row of ``rows`` hold everything from its first non-padding item (or
+        first ``needed`` position) on."""
+        L = seqs.shape[1]
+        active = needed | (seqs > 0)
+        first = torch.where(active.any(1), active.to(torch.int8).argmax(1), torch.full_like(active[:, 0], L, dtype=torch.long))
+        return length_buckets(L - first, self.bucket_cost)
+
+    def encode_fast(self, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode` with less work on the leading padding: the rows are bucketed by active
+        length; each bucket runs the full encoder on its window only and the cheap self-only path
+        (:meth:`_encode_lead`) on the padding before it. Same outputs as :meth:`encode` (up to
+        float rounding; dropout masks are drawn in another order, with the same distribution)."""
+        if not self.skip_padding:
+            return self.encode(seqs)
+        L = seqs.shape[1]
+        means, covs, order = [], [], []
+        for rows, w in self._windows(seqs, torch.zeros_like(seqs, dtype=torch.bool)):
+            parts = []
+            if w < L:
+                parts.append(self._encode_lead(len(rows), L - w))
+            if w > 0:
+                parts.append(self._encode_window(seqs[rows, L - w:], L - w))
+            means.append(torch.cat([p[0] for p in parts], 1) if len(parts) > 1 else parts[0][0])
+            covs.append(torch.cat([p[1] for p in parts], 1) if len(parts) > 1 else parts[0][1])
+            order.append(rows)
+        if len(order) == 1:
+            inverse = torch.argsort(order[0])
+            return means[0][inverse], covs[0][inverse]
+        inverse = torch.argsort(torch.cat(order))
+        return torch.cat(means)[inverse], torch.cat(covs)[inverse]
 
     def item_gaussians(self, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Means and variances of the given item ids (default: all items 1..n_items)."""
@@ -264,7 +376,40 @@ class STOSA(_Recommender):
 
     def rec_loss(self, seqs, targets, negatives) -> tuple[torch.Tensor, dict]:
         """BPR on W2, ``-log sigmoid(W(seq, neg) - W(seq, pos))``, plus ``pvn_weight *
-        max(0, W(seq, pos) - W(pos, neg))``, both averaged over non-padding target positions."""
+        max(0, W(seq, pos) - W(pos, neg))``, both averaged over non-padding target positions.
+
+        With ``skip_padding`` only the window of each row from its first item (or target) on is
+        encoded (rows bucketed by length): the loss ignores the other positions, and causal
+        attention never reaches back into them, so the loss is the same."""
+        if not self.skip_padding:
+            return self._rec_loss_full(seqs, targets, negatives)
+        L = seqs.shape[1]
+        bpr_sum = pvn_sum = weight_sum = 0.0
+        for rows, w in self._windows(seqs, targets > 0):
+            if w == 0:
+                continue
+            mean, cov = self._encode_window(seqs[rows, L - w:], L - w)
+            t, n = targets[rows, L - w:], negatives[rows, L - w:]
+            bpr, pvn, weight = self._rec_terms(mean, cov, t, n)
+            bpr_sum, pvn_sum, weight_sum = bpr_sum + bpr, pvn_sum + pvn, weight_sum + weight
+        if not torch.is_tensor(bpr_sum):  # nothing to predict (all padding): the zero loss of the full path
+            return self._rec_loss_full(seqs, targets, negatives)
+        weight_sum = weight_sum.clamp_min(1.0)
+        bpr, pvn = bpr_sum / weight_sum, pvn_sum / weight_sum
+        return bpr + self.pvn_weight * pvn, {"bpr": bpr.detach(), "pvn": pvn.detach()}
+
+    def _rec_terms(self, mean, cov, targets, negatives):
+        """Sums of the BPR and pvn terms over the non-padding targets, and their number."""
+        pos_mean, pos_cov = self.item_gaussians(targets)
+        neg_mean, neg_cov = self.item_gaussians(negatives)
+        d_pos = paired_w2(mean, cov, pos_mean, pos_cov)
+        d_neg = paired_w2(mean, cov, neg_mean, neg_cov)
+        d_pos_neg = paired_w2(pos_mean, pos_cov, neg_mean, neg_cov)
+        weight = (targets > 0).to(mean.dtype)
+        return (-F.logsigmoid(d_neg - d_pos) * weight).sum(), (F.relu(d_pos - d_pos_neg) * weight).sum(), weight.sum()
+
+    def _rec_loss_full(self, seqs, targets, negatives) -> tuple[torch.Tensor, dict]:
+        """:meth:`rec_loss` computed over all positions (the straightforward computation)."""
         mean, cov = self.encode(seqs)
         pos_mean, pos_cov = self.item_gaussians(targets)
         neg_mean, neg_cov = self.item_gaussians(negatives)
@@ -280,12 +425,24 @@ class STOSA(_Recommender):
         """Wasserstein InfoNCE between the two views stacked in ``views`` ``[2B, L]`` (MStein)."""
         if self.contrastive is None:
             return None
-        mean, cov = self.encode(views)
+        mean, cov = self.encode_fast(views)
         return self._wasserstein_infonce(mean, cov)
 
     def last_gaussians(self, seqs):
-        mean, cov = self.encode(seqs)
-        return mean[:, -1], cov[:, -1]
+        """The Gaussians at the last position ``[B, H]`` (with ``skip_padding``: each bucket of rows
+        encodes only its window from the first item on)."""
+        L = seqs.shape[1]
+        if not self.skip_padding:
+            mean, cov = self.encode(seqs)
+            return mean[:, -1], cov[:, -1]
+        means, covs, order = [], [], []
+        for rows, w in self._windows(seqs, torch.zeros_like(seqs, dtype=torch.bool)):
+            mean, cov = self._encode_window(seqs[rows, L - max(w, 1):], L - max(w, 1))
+            means.append(mean[:, -1])
+            covs.append(cov[:, -1])
+            order.append(rows)
+        inverse = torch.argsort(torch.cat(order))
+        return torch.cat(means)[inverse], torch.cat(covs)[inverse]
 
     def score_items(self, seqs: torch.Tensor) -> torch.Tensor:
         """``[B, n_items]`` scores, ``-W`` between the last position and every item (column i: id i+1)."""

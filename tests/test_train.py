@@ -10,7 +10,7 @@ import mstein_fast.train as train_module
 from mstein_fast.config import TrainConfig, build_config
 from mstein_fast.data import leave_one_out, synthetic_sequences
 from mstein_fast.evaluate import evaluate
-from mstein_fast.models import MODELS, attention_mask, build_model
+from mstein_fast.models import MODELS, attention_mask, build_model, length_buckets
 from mstein_fast.train import Interrupted, Trainer, load_checkpoint, model_from_checkpoint, train
 
 TINY = {"synthetic_users": 200, "synthetic_items": 60, "synthetic_clusters": 4, "max_seq_length": 20,
@@ -137,6 +137,56 @@ def test_padding_only_batch_gives_zero_rec_loss():
     zeros = torch.zeros(2, 6, dtype=torch.long)
     loss, _ = model.rec_loss(zeros, zeros, zeros)
     assert loss.item() == 0.0
+
+
+def test_length_buckets_cover_every_row_once():
+    lengths = torch.tensor([0, 3, 50, 7, 7, 1, 12, 50, 2, 0, 33])
+    for cost in (0.0, 10.0, 1e9):
+        buckets = length_buckets(lengths, cost)
+        rows = torch.cat([r for r, _ in buckets])
+        assert sorted(rows.tolist()) == list(range(len(lengths)))
+        for r, w in buckets:
+            assert w == int(lengths[r].max())
+    assert len(length_buckets(lengths, 1e9)) == 1
+    assert len(length_buckets(lengths, 0.0)) == len(lengths.unique())
+
+
+@pytest.mark.parametrize("compat,layers", [(False, 1), (False, 2), (True, 2)])
+def test_skip_padding_equals_the_full_computation(compat, layers):
+    # windowed / bucketed encoder (skip_padding, the default) vs the straightforward [B, L] one, in
+    # float64 so that only exact equivalence passes: outputs, losses and every parameter's gradient
+    torch.manual_seed(1)
+    cfg = TrainConfig(model="mstein", hidden_size=8, max_seq_length=12, num_hidden_layers=layers, backend="torch",
+                      stosa_compat=compat, temperature=0.5)
+    model = build_model("mstein", 30, cfg).double().eval()
+    b, L = 24, 12
+    lengths = torch.randint(0, L + 1, (b,))
+    lengths[:3] = torch.tensor([0, L, 1])  # an empty row, a full row, a single item
+    seqs = torch.randint(1, 31, (b, L)).masked_fill(torch.arange(L) < (L - lengths).unsqueeze(1), 0)
+    seqs = seqs.masked_fill(torch.rand(b, L) < 0.2, 0)  # masked items inside (the mask augmentation)
+    targets = torch.randint(1, 31, (b, L)) * (seqs > 0)
+    negatives = torch.randint(1, 31, (b, L)) * (seqs > 0)
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()]
+
+    for fast, full in zip(model.encode_fast(seqs), model.encode(seqs)):
+        torch.testing.assert_close(fast, full, rtol=1e-12, atol=1e-12)
+    rec_fast, rec_full = model.rec_loss(seqs, targets, negatives)[0], model._rec_loss_full(seqs, targets, negatives)[0]
+    torch.testing.assert_close(rec_fast, rec_full, rtol=1e-12, atol=0)
+    for g1, g2 in zip(grads(rec_fast), grads(rec_full)):
+        torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-15)
+    cl_fast, cl_full = model.contrastive_loss(seqs), model._wasserstein_infonce(*model.encode(seqs))
+    torch.testing.assert_close(cl_fast, cl_full, rtol=1e-12, atol=0)
+    for g1, g2 in zip(grads(cl_fast), grads(cl_full)):
+        torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-15)
+    assert model.item_mean.weight.grad[0].abs().max() == 0  # padding_idx gets no gradient
+    last = model.last_gaussians(seqs)
+    model.skip_padding = False
+    for fast, full in zip(last, model.last_gaussians(seqs)):
+        torch.testing.assert_close(fast, full, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
