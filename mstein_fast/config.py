@@ -46,6 +46,9 @@ class TrainConfig:
     skip_padding: bool = _key(True, "STOSA/MStein: encode each row only from its first item on (rows bucketed by "
                               "length) and the leading padding without attention; same results as the full "
                               "[B, L] computation, less work")
+    shared_padding: bool = _key(False, "MStein, with skip_padding: compute the leading padding positions of the "
+                                "contrastive views once per position WITHOUT dropout, shared by all rows (faster "
+                                "epochs; changes training, not the official computation; quality not validated)")
     stosa_compat: bool = _key(False, "reproduce the original STOSA defect: mean stream not propagated through layers")
     # objective
     pvn_weight: float = _key(0.01, "weight of the pvn regulariser max(0, W(seq,pos) - W(pos,neg)) (STOSA, MStein)")

@@ -215,6 +215,7 @@ class _Recommender(nn.Module):
         self.double_cov_activation = cfg.cl_double_cov_activation
         self.pvn_weight = cfg.pvn_weight
         self.skip_padding = getattr(cfg, "skip_padding", True)
+        self.shared_padding = getattr(cfg, "shared_padding", False)
         self.bucket_cost = BUCKET_COST
         self.init_mean, self.init_std = cfg.init_mean, cfg.initializer_range
 
@@ -348,14 +349,29 @@ class STOSA(_Recommender):
         """:meth:`encode` with less work on the leading padding: the rows are bucketed by active
         length; each bucket runs the full encoder on its window only and the cheap self-only path
         (:meth:`_encode_lead`) on the padding before it. Same outputs as :meth:`encode` (up to
-        float rounding; dropout masks are drawn in another order, with the same distribution)."""
+        float rounding; dropout masks are drawn in another order, with the same distribution).
+
+        With ``shared_padding`` (opt-in, changes training) the leading padding positions are
+        computed once per position without dropout and shared by all rows."""
         if not self.skip_padding:
             return self.encode(seqs)
         L = seqs.shape[1]
         means, covs, order = [], [], []
-        for rows, w in self._windows(seqs, torch.zeros_like(seqs, dtype=torch.bool)):
+        buckets = self._windows(seqs, torch.zeros_like(seqs, dtype=torch.bool))
+        shared = None
+        lead_width = L - min(w for _, w in buckets)
+        if self.shared_padding and self.training and lead_width > 0:
+            was_training = self.training
+            self.train(False)  # no dropout: one computation per position, shared by all rows
+            try:
+                shared = self._encode_lead(1, lead_width)
+            finally:
+                self.train(was_training)
+        for rows, w in buckets:
             parts = []
-            if w < L:
+            if w < L and shared is not None:
+                parts.append(tuple(t[:, :L - w].expand(len(rows), -1, -1) for t in shared))
+            elif w < L:
                 parts.append(self._encode_lead(len(rows), L - w))
             if w > 0:
                 parts.append(self._encode_window(seqs[rows, L - w:], L - w))
