@@ -1,4 +1,4 @@
-"""The ``mstein-fast`` command line: train, evaluate, recommend, data prepare.
+"""The ``mstein-fast`` command line: train, evaluate, recommend, data prepare, analyze, plot.
 
 User errors (missing or malformed files, bad options) print ``error: ...`` and exit with status 2;
 Ctrl-C during training exits with status 130 after saying how to resume.
