@@ -8,7 +8,8 @@ real shapes (N = batch size per view, D = max_seq_length * hidden_size).
     python benchmarks/train_throughput.py --backends cpp-full,cpp   # encoder over all L positions vs skip_padding
 
 A backend name with the suffix ``-full`` runs the straightforward encoder over all ``[B, L]``
-positions (``skip_padding`` off, the computation before the windowed encoder) for comparison.
+positions (``skip_padding`` off, the computation before the windowed encoder) for comparison;
+``-shared`` turns on the opt-in ``shared_padding`` (changes training, see the config help).
 
 Writes one CSV row per measurement (benchmark, backend, phase, metric, value, config, device,
 torch, date) and prints a table with the ratio of each backend to the first one.
@@ -74,10 +75,12 @@ def main() -> None:
     rows = []
     torch.set_flush_denormal(True)  # as the trainer does on a CPU
     for backend in args.backends.split(","):
-        name, full = backend.removesuffix("-full"), backend.endswith("-full")
+        name, _, variant = backend.partition("-")
+        if variant not in ("", "full", "shared"):
+            parser.error(f"unknown variant {backend!r}: use BACKEND, BACKEND-full or BACKEND-shared")
         cfg, _ = build_config(None, {"data": args.data, "model": args.model, "backend": name,
                                      "batch_size": args.batch_size, "device": args.device, "progress": False,
-                                     "skip_padding": not full})
+                                     "skip_padding": variant != "full", "shared_padding": variant == "shared"})
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(cfg, tmp)
             n_users = trainer.split.n_users

@@ -328,12 +328,25 @@ class STOSA(_Recommender):
         """:meth:`encode` at positions ``0 .. width - 1`` of ``n`` rows that are padding there (and
         before): each such position attends to itself only, so no attention scores are needed; the
         embedding LayerNorm is computed once per position (dropout stays per row)."""
+        mean, cov = self._encode_lead_packed([(n, width)])
+        return mean.reshape(n, width, -1), cov.reshape(n, width, -1)
+
+    def _encode_lead_packed(self, blocks: list[tuple[int, int]]):
+        """:meth:`_encode_lead` of several blocks ``(n, width)`` in one computation: returns the
+        ``[1, sum(n * width), H]`` outputs, block after block, each block row-major."""
         device = self.item_mean.weight.device
+        width = max(w for _, w in blocks)
         pos = torch.arange(width, device=device)
         mean = self.embed_norm_mean(self.item_mean.weight[0].detach() + self.position_mean(pos))  # padding_idx: no grad
         cov = self.embed_norm_cov(self.item_cov.weight[0].detach() + self.position_cov(pos))
-        mean = F.elu(self.dropout(mean.expand(n, width, -1)))
-        cov = elu_plus_one(self.dropout(cov.expand(n, width, -1)))
+        if len(blocks) == 1:
+            n, w = blocks[0]
+            mean, cov = mean[:w].repeat(n, 1), cov[:w].repeat(n, 1)
+        else:
+            index = torch.cat([torch.arange(w, device=device).repeat(n) for n, w in blocks])
+            mean, cov = mean[index], cov[index]
+        mean = F.elu(self.dropout(mean.unsqueeze(0)))
+        cov = elu_plus_one(self.dropout(cov.unsqueeze(0)))
         return self._layers(mean, cov, lambda attention, m, c: attention.forward_self_only(m, c))
 
     def _windows(self, seqs: torch.Tensor, needed: torch.Tensor):
@@ -367,12 +380,23 @@ class STOSA(_Recommender):
                 shared = self._encode_lead(1, lead_width)
             finally:
                 self.train(was_training)
-        for rows, w in buckets:
+        lead = {}
+        if shared is None and lead_width > 0:  # all buckets' leading padding in one computation
+            blocks = [(len(rows), L - w) for rows, w in buckets if w < L]
+            lead_mean, lead_cov = self._encode_lead_packed(blocks)
+            sizes = [n * width for n, width in blocks]
+            parts_mean, parts_cov = lead_mean[0].split(sizes), lead_cov[0].split(sizes)
+            blocks_iter = iter(zip(blocks, parts_mean, parts_cov))
+            for i, (rows, w) in enumerate(buckets):
+                if w < L:
+                    (n, width), m, c = next(blocks_iter)
+                    lead[i] = (m.reshape(n, width, -1), c.reshape(n, width, -1))
+        for i, (rows, w) in enumerate(buckets):
             parts = []
             if w < L and shared is not None:
                 parts.append(tuple(t[:, :L - w].expand(len(rows), -1, -1) for t in shared))
             elif w < L:
-                parts.append(self._encode_lead(len(rows), L - w))
+                parts.append(lead[i])
             if w > 0:
                 parts.append(self._encode_window(seqs[rows, L - w:], L - w))
             means.append(torch.cat([p[0] for p in parts], 1) if len(parts) > 1 else parts[0][0])
