@@ -1,8 +1,8 @@
 // Register-blocked matrix-product building blocks shared by the fused kernels.
 //
 // Included once per instruction set (isa_*.cpp) with MSTEIN_ISA (a namespace name), MSTEIN_VW
-// (floats per vector register), MSTEIN_MR (rows of a micro-tile) and MSTEIN_NV (vectors per
-// micro-tile row) defined. The code uses GCC/Clang vector extensions, so one source becomes
+// (floats per vector register), MSTEIN_MR (rows of a micro-tile), MSTEIN_NV (vectors per
+// micro-tile row) and MSTEIN_BS (rows of a block) defined. The code uses GCC/Clang vector extensions, so one source becomes
 // AVX-512, AVX2 or SSE/NEON code depending on the flags of the translation unit.
 //
 // Every product is C[MR x NR] (+)= sum_p A[p][0..MR) (x) B[p][0..NR): A is a "broadcast" panel
@@ -34,7 +34,7 @@ constexpr int VW = MSTEIN_VW;
 constexpr int MR = MSTEIN_MR;
 constexpr int NV = MSTEIN_NV;
 constexpr int NR = VW * NV;
-constexpr int BS = 96;   // rows of a tile: a multiple of MR and NR for every instruction set
+constexpr int BS = MSTEIN_BS;  // rows of a tile: a multiple of MR and NR (set per instruction set)
 constexpr int KC = 768;  // depth of one pass of the micro-kernel (keeps panels in L1/L2)
 static_assert(BS % MR == 0 && BS % NR == 0 && BS % VW == 0, "tile size must be a multiple of the micro-tile");
 

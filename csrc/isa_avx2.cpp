@@ -3,6 +3,7 @@
 #define MSTEIN_VW 8
 #define MSTEIN_MR 6
 #define MSTEIN_NV 2
+#define MSTEIN_BS 96
 #include "kernel_table.h"
 #include "gaussian_stack.h"
 #include "pairwise_w2.h"

@@ -2,7 +2,8 @@
 #define MSTEIN_ISA avx512
 #define MSTEIN_VW 16
 #define MSTEIN_MR 8
-#define MSTEIN_NV 3
+#define MSTEIN_NV 2
+#define MSTEIN_BS 128
 #include "kernel_table.h"
 #include "gaussian_stack.h"
 #include "pairwise_w2.h"

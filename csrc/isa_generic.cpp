@@ -3,6 +3,7 @@
 #define MSTEIN_VW 4
 #define MSTEIN_MR 4
 #define MSTEIN_NV 4
+#define MSTEIN_BS 128
 #include "kernel_table.h"
 #include "gaussian_stack.h"
 #include "pairwise_w2.h"

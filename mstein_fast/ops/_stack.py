@@ -47,8 +47,11 @@ def centre_rows_(*mats: torch.Tensor) -> None:
     """
     rows = sum(m.shape[1] for m in mats)
     shift = sum(m.sum(1, keepdim=True) for m in mats) / rows
-    mean_sq = sum(m.square().sum((1, 2)) for m in mats) / rows  # mean |x|^2 per batch
+    mean_sq = sum(torch.linalg.vector_norm(m, dim=(1, 2)) ** 2 for m in mats) / rows  # mean |x|^2 per batch
     shift_sq = shift.square().sum((1, 2))
-    dominant = (shift_sq > mean_sq - shift_sq).to(shift.dtype).view(-1, 1, 1)
+    dominant = shift_sq > mean_sq - shift_sq
+    if not bool(dominant.any()):
+        return
+    shift = shift * dominant.to(shift.dtype).view(-1, 1, 1)
     for m in mats:
-        m -= shift * dominant
+        m -= shift
