@@ -323,7 +323,8 @@ PAIRWISE_SHAPES = [  # (batch, N, M, D)
     ((), 1, 1, 1),
     ((), 1, 5, 7),
     ((), 5, 1, 3),
-    ((), 95, 96, 33),  # around the 96-row block
+    ((), 95, 96, 33),  # around the 96-row block (AVX2 builds)
+    ((), 127, 129, 20),  # around the 128-row block (AVX-512 builds)
     ((), 97, 191, 16),
     ((), 193, 97, 100),  # D not a multiple of 16/32, N and M past two blocks
     ((), 31, 33, 32),  # around the 32-wide micro-tile
@@ -392,7 +393,7 @@ def test_pairwise_w2_tiny_covariances(backend):
 # wasserstein_infonce
 # --------------------------------------------------------------------------------------------------
 
-INFONCE_SHAPES = [  # (N per view, D); the 2N rows go through 96-row blocks
+INFONCE_SHAPES = [  # (N per view, D); the 2N rows go through 96-row (AVX2) or 128-row (AVX-512) blocks
     (1, 1),  # 2 rows: the only candidate is the positive, loss 0
     (1, 7),
     (3, 1),
@@ -400,6 +401,9 @@ INFONCE_SHAPES = [  # (N per view, D); the 2N rows go through 96-row blocks
     (47, 100),  # 2N = 94
     (48, 16),  # 2N = 96: exactly one block
     (49, 7),  # 2N = 98
+    (63, 9),  # 2N = 126
+    (64, 17),  # 2N = 128: exactly one AVX-512 block
+    (65, 3),  # 2N = 130
     (95, 7),
     (96, 33),
     (97, 5),
