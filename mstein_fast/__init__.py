@@ -14,10 +14,10 @@ from mstein_fast.ops import pairwise_w2, wasserstein_alignment_uniformity, wasse
 __version__ = "0.1.0"
 
 __all__ = [
-    "pairwise_w2",
-    "wasserstein_infonce",
-    "wasserstein_alignment_uniformity",
-    "reference",
-    "available_backends",
     "__version__",
+    "available_backends",
+    "pairwise_w2",
+    "reference",
+    "wasserstein_alignment_uniformity",
+    "wasserstein_infonce",
 ]

@@ -17,7 +17,7 @@ def _load(name: str):
     if name not in _cache:
         try:
             if name == "cpp":
-                from mstein_fast import _C  # noqa: F401  (the compiled extension)
+                from mstein_fast import _C
 
                 _cache[name] = _C
             else:
@@ -31,7 +31,7 @@ def cpp_extension():
     """The compiled CPU extension module, or raise ``RuntimeError`` saying why it is missing."""
     mod = _load("cpp")
     if isinstance(mod, ImportError):
-        raise RuntimeError(
+        raise RuntimeError(  # noqa: TRY004  (a missing backend, not a wrong argument type)
             f"the C++ backend is not available ({mod}); reinstall with `pip install .` so the extension is built"
         )
     return mod
@@ -41,7 +41,7 @@ def triton_kernels():
     """The Triton kernel package, or raise ``RuntimeError`` saying why it is unavailable."""
     mod = _load("triton")
     if isinstance(mod, ImportError):
-        raise RuntimeError(
+        raise RuntimeError(  # noqa: TRY004  (a missing backend, not a wrong argument type)
             f"the triton backend is not available ({mod}); install it with `pip install .[triton]`"
         )
     return mod

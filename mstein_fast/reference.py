@@ -17,8 +17,8 @@ import torch.nn.functional as F
 __all__ = [
     "pairwise_w2",
     "similarity_from_w2",
-    "wasserstein_infonce",
     "wasserstein_alignment_uniformity",
+    "wasserstein_infonce",
 ]
 
 _COV_FLOOR = 1e-24  # the official code takes sqrt(clamp(cov, min=1e-24))

@@ -1,10 +1,11 @@
 """The C++ kernels are bitwise reproducible for a fixed thread count (exact training resume)."""
 
+import importlib
+
 import pytest
 import torch
 
 import mstein_fast
-import importlib
 
 infonce_op = importlib.import_module("mstein_fast.ops.wasserstein_infonce")  # the module, not the function
 

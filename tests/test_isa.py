@@ -63,7 +63,9 @@ CHECK = textwrap.dedent(
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 def test_isa_build_matches_float64(isa):
     env = dict(os.environ, MSTEIN_FAST_ISA=isa)
-    proc = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHECK], check=False, env=env, capture_output=True, text=True, timeout=300
+    )
     if proc.returncode != 0 and "is not available on this CPU" in proc.stderr:
         pytest.skip(f"{isa} is not supported by this CPU")
     assert proc.returncode == 0, proc.stderr

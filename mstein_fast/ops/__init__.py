@@ -3,4 +3,4 @@
 from mstein_fast.ops.pairwise_w2 import pairwise_w2
 from mstein_fast.ops.wasserstein_infonce import wasserstein_alignment_uniformity, wasserstein_infonce
 
-__all__ = ["pairwise_w2", "wasserstein_infonce", "wasserstein_alignment_uniformity"]
+__all__ = ["pairwise_w2", "wasserstein_alignment_uniformity", "wasserstein_infonce"]
