@@ -451,14 +451,9 @@ class STOSA(_Recommender):
     def _rec_loss_full(self, seqs, targets, negatives) -> tuple[torch.Tensor, dict]:
         """:meth:`rec_loss` computed over all positions (the straightforward computation)."""
         mean, cov = self.encode(seqs)
-        pos_mean, pos_cov = self.item_gaussians(targets)
-        neg_mean, neg_cov = self.item_gaussians(negatives)
-        d_pos = paired_w2(mean, cov, pos_mean, pos_cov)
-        d_neg = paired_w2(mean, cov, neg_mean, neg_cov)
-        d_pos_neg = paired_w2(pos_mean, pos_cov, neg_mean, neg_cov)
-        weight = (targets > 0).to(mean.dtype)
-        bpr = _weighted_mean(-F.logsigmoid(d_neg - d_pos), weight)
-        pvn = _weighted_mean(F.relu(d_pos - d_pos_neg), weight)
+        bpr_sum, pvn_sum, weight_sum = self._rec_terms(mean, cov, targets, negatives)
+        weight_sum = weight_sum.clamp_min(1.0)
+        bpr, pvn = bpr_sum / weight_sum, pvn_sum / weight_sum
         return bpr + self.pvn_weight * pvn, {"bpr": bpr.detach(), "pvn": pvn.detach()}
 
     def contrastive_loss(self, views: torch.Tensor) -> torch.Tensor | None:

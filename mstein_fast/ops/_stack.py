@@ -1,17 +1,10 @@
-"""The ``x = [mean ; sqrt(cov)]`` embedding that turns W2 into a squared Euclidean distance."""
+"""The ``x = [mean ; sqrt(cov)]`` embedding that turns W2 into a squared Euclidean distance
+(built and undone by the C++ extension, csrc/gaussian_stack.h, with the official
+sqrt(clamp(cov, min=1e-24)))."""
 
 from __future__ import annotations
 
 import torch
-
-COV_FLOOR = 1e-24  # as the official code: sqrt(clamp(cov, min=1e-24))
-
-
-def stack_gaussian(mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
-    """``[..., D]`` mean and variances -> contiguous ``[..., 2D]`` float32 ``[mean, sqrt(cov)]`` (differentiable)."""
-    mean = mean.float()
-    std = torch.sqrt(torch.clamp(cov.float(), min=COV_FLOOR))
-    return torch.cat([mean, std], dim=-1).contiguous()
 
 
 def threads() -> int:
@@ -20,7 +13,7 @@ def threads() -> int:
 
 
 def cpp_stack(ext, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
-    """The C++ version of :func:`stack_gaussian` for contiguous float32 ``[rows, D]`` inputs (one pass)."""
+    """``[mean, sqrt(max(cov, 1e-24))]`` of contiguous float32 ``[rows, D]`` inputs, in one C++ pass."""
     d = mean.shape[-1]
     x = torch.empty(mean.shape[:-1] + (2 * d,), dtype=torch.float32)
     ext.stack_gaussian(mean.data_ptr(), cov.data_ptr(), mean.numel() // d, d, x.data_ptr(), threads())
