@@ -1,0 +1,367 @@
+"""Contrastive losses over the global batch of a ``torch.distributed`` job (issue 6).
+
+Each rank holds its local two views (``n_r`` rows each); the loss is the one the single-process
+:func:`mstein_fast.wasserstein_infonce` computes on the concatenated global batch
+(``A = [A_0; A_1; ...]``, ``B = [B_0; B_1; ...]``, N = sum of ``n_r``): every local row is contrasted
+with all 2N - 1 other Gaussians of the global ``Z = [A; B]``, its positive being its other view.
+
+How it is computed, per rank:
+
+* the local Gaussians are stacked once as ``x = [mean ; sqrt(max(cov, 1e-24))]`` (so that
+  ``W = |x_r - x_c|^2``) and all-gathered (padded to the largest ``n_r``, so ranks may hold
+  different numbers of rows);
+* the ``2 n_r x 2N`` logits are visited in column tiles of at most
+  ``MSTEIN_FAST_DISTRIBUTED_TILE_MB`` (default 32 MiB): the squared distances of a tile come from
+  the fused C++ kernel on CPUs (``sqdist_forward``) and one GEMM elsewhere, the per-row
+  logsumexp is accumulated online, and only O(n_r) statistics are kept (plus the tiles themselves
+  while they fit in ``MSTEIN_FAST_KEEP_MATRIX_MB``, which saves recomputing them);
+* the backward revisits the tiles, forms ``P = dL/dW`` and accumulates the gradient of the local
+  rows and of every global column (the fused ``sqdist_backward`` on CPUs, two GEMMs elsewhere);
+  the column gradients are summed over ranks with one ``all_reduce`` of ``[2N, 2D]``, so the
+  gradient of a rank's inputs includes what every other rank's rows contributed.
+
+The returned loss (``"mean"``/``"sum"``) is the global one, the same value on every rank, and the
+gradient each rank gets for its local inputs is exactly the gradient of that global loss.
+Under ``DistributedDataParallel``, which *averages* parameter gradients over ranks, multiply the
+loss by the world size before ``backward`` (the trainer does) to get the gradient of the global
+loss w.r.t. the parameters. Every rank must call the function (and its backward) collectively.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from mstein_fast._checks import check_choice, check_gaussians, check_temperature
+from mstein_fast.backends import BACKENDS, cpp_extension, resolve_backend
+from mstein_fast.ops._stack import centre_rows_, threads
+
+__all__ = ["all_gather_rows", "dot_infonce", "gather_with_grad", "wasserstein_infonce", "world"]
+
+_COV_FLOOR = 1e-24
+_TILE_BYTES = int(float(os.environ.get("MSTEIN_FAST_DISTRIBUTED_TILE_MB", "32")) * 2**20)
+_KEEP_BYTES = int(float(os.environ.get("MSTEIN_FAST_KEEP_MATRIX_MB", "64")) * 2**20)
+SIMILARITIES = ("inv", "neg")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def world(group=None) -> tuple[int, int]:
+    """``(rank, world_size)`` in ``group`` (the default group when None); ``(0, 1)`` when
+    ``torch.distributed`` is not initialised."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _sizes(n: int, extra: list[int], device, group) -> torch.Tensor:
+    """All ranks' ``[n, *extra]`` as a ``[world, 1 + len(extra)]`` int64 tensor."""
+    _, size = world(group)
+    mine = torch.tensor([n, *extra], dtype=torch.int64, device=device)
+    out = [torch.empty_like(mine) for _ in range(size)]
+    dist.all_gather(out, mine, group=group)
+    return torch.stack(out).cpu()
+
+
+def all_gather_rows(t: torch.Tensor, sizes: list[int] | None = None, group=None) -> torch.Tensor:
+    """Concatenate every rank's ``t`` ``[n_r, ...]`` along dim 0, in rank order (no gradient).
+
+    Ranks may hold different ``n_r`` (given in ``sizes``, or exchanged first): the tensors are
+    padded to the largest for the collective and cut back after."""
+    if sizes is None:
+        sizes = _sizes(t.shape[0], [], t.device, group)[:, 0].tolist()
+    _, size = world(group)
+    if size == 1:
+        return t.detach().clone()
+    top = max(sizes)
+    padded = t.detach().new_zeros((top, *t.shape[1:]))
+    padded[: t.shape[0]] = t.detach()
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded.contiguous(), group=group)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t, group):
+        ctx.group = group
+        sizes = _sizes(t.shape[0], [], t.device, group)[:, 0].tolist()
+        rank, _ = world(group)
+        ctx.offset, ctx.n = sum(sizes[:rank]), t.shape[0]
+        return all_gather_rows(t, sizes, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.offset: ctx.offset + ctx.n], None
+
+
+def gather_with_grad(t: torch.Tensor, group=None) -> torch.Tensor:
+    """:func:`all_gather_rows` whose backward sends each rank the sum over ranks of the gradient
+    w.r.t. its own rows (so a loss computed from the gathered tensor on every rank back-propagates
+    to each rank's inputs from every rank's use of them)."""
+    return _GatherWithGrad.apply(t, group)
+
+
+def _global_reduce(rows: torch.Tensor, total_rows: int, reduction: str, group) -> torch.Tensor:
+    """Global sum or mean of the rows of all ranks: the value is all-reduced, the gradient flows
+    to the local rows only (the other ranks' rows reach their inputs on their own rank)."""
+    if reduction == "none":
+        return rows
+    local = rows.sum()
+    total = local.detach().clone()
+    dist.all_reduce(total, group=group)
+    value = local + (total - local.detach())
+    return value / total_rows if reduction == "mean" else value
+
+
+def _empty_like(t: torch.Tensor, shape=None) -> torch.Tensor:
+    """An uninitialised buffer, filled with NaN when ``MSTEIN_FAST_POISON=1`` (tests: any element
+    a kernel fails to write shows up)."""
+    out = torch.empty(t.shape if shape is None else shape, dtype=t.dtype, device=t.device)
+    if os.environ.get("MSTEIN_FAST_POISON") == "1":
+        out.fill_(float("nan"))
+    return out
+
+
+def _stack(mean: torch.Tensor, cov: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.cat([mean.to(dtype), torch.sqrt(torch.clamp(cov.to(dtype), min=_COV_FLOOR))], dim=1)
+
+
+class _Tiles:
+    """Squared-distance tiles ``|x_r - x_c|^2`` of local rows against global columns and their
+    gradients: the fused C++ kernels for float32 CPU tensors, GEMMs otherwise."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, use_cpp: bool):
+        self.rows, self.cols = rows, cols
+        self.ext = cpp_extension() if use_cpp else None
+        if self.ext is None:
+            self.sq_rows = rows.square().sum(1, keepdim=True)
+            self.sq_cols = cols.square().sum(1)
+
+    def w(self, c0: int, c1: int) -> torch.Tensor:
+        r, k = self.rows.shape
+        if self.ext is not None:
+            out = _empty_like(self.rows, (r, c1 - c0))
+            self.ext.sqdist_forward(self.rows.data_ptr(), self.cols[c0:c1].data_ptr(), out.data_ptr(), 1, r, c1 - c0, k,
+                                    threads())
+            return out
+        return torch.addmm(self.sq_rows + self.sq_cols[c0:c1], self.rows, self.cols[c0:c1].T, alpha=-2.0)
+
+    def backward(self, p: torch.Tensor, c0: int, c1: int, g_rows: torch.Tensor, g_cols: torch.Tensor) -> None:
+        """Add the gradients of ``sum(p * W[:, c0:c1])`` to ``g_rows`` and write those of the
+        columns into ``g_cols[c0:c1]``."""
+        cols = self.cols[c0:c1]
+        if self.ext is not None:
+            p = p.contiguous()
+            g_tile = torch.empty_like(self.rows)
+            r, k = self.rows.shape
+            self.ext.sqdist_backward(p.data_ptr(), self.rows.data_ptr(), cols.data_ptr(), g_tile.data_ptr(),
+                                     g_cols[c0:c1].data_ptr(), 1, r, c1 - c0, k, threads())
+            g_rows += g_tile
+            return
+        g_rows += 2.0 * (p.sum(1, keepdim=True) * self.rows - p @ cols)
+        g_cols[c0:c1] = 2.0 * (p.sum(0).unsqueeze(1) * cols - p.T @ self.rows)
+
+
+def _logits(w: torch.Tensor, temperature: float, similarity: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``s(W) / T`` and their slope ``s'(W) / T``."""
+    if similarity == "inv":
+        sim = 1.0 / (1.0 + w)
+        return sim / temperature, -(sim * sim) / temperature
+    return -w / temperature, torch.full_like(w, -1.0 / temperature)
+
+
+class _DistributedInfoNCE(torch.autograd.Function):
+    """Per-row losses ``[2 n_r]`` of the local rows against the global batch (see the module doc)."""
+
+    @staticmethod
+    def forward(ctx, mean_a, cov_a, mean_b, cov_b, temperature, similarity, group, use_cpp, sizes):
+        dtype = torch.float64 if mean_a.dtype == torch.float64 else torch.float32
+        rank, _ = world(group)
+        n, total = mean_a.shape[0], sum(sizes)
+        off = sum(sizes[:rank])
+        local = torch.cat([_stack(mean_a, cov_a, dtype), _stack(mean_b, cov_b, dtype)])
+        glob = all_gather_rows(local.view(2, n, -1).transpose(0, 1).reshape(n, -1), sizes, group)
+        k = local.shape[1]
+        x = torch.cat([glob[:, :k], glob[:, k:]]).contiguous()  # [A; B] of the global batch, [2N, K]
+        centre_rows_(x.unsqueeze(0))  # the same shift on every rank: it sees the same x
+        idx = torch.arange(n, device=x.device)
+        row_ids = torch.cat([off + idx, total + off + idx])  # global index of each local row
+        partner = torch.cat([total + off + idx, off + idx])
+        rows = x[row_ids].contiguous()
+        tiles = _Tiles(rows, x, use_cpp)
+        r, c = rows.shape[0], 2 * total
+        chunk = max(256, _TILE_BYTES // (4 * r))
+        keep = any(ctx.needs_input_grad[:4]) and r * c * 4 <= _KEEP_BYTES
+        kept = []
+        run_max = torch.full((r,), float("-inf"), dtype=dtype, device=x.device)
+        run_sum = torch.zeros(r, dtype=dtype, device=x.device)
+        pos = torch.empty(r, dtype=dtype, device=x.device)
+        ar = torch.arange(r, device=x.device)
+        for c0 in range(0, c, chunk):
+            c1 = min(c, c0 + chunk)
+            w = tiles.w(c0, c1)
+            if keep:
+                kept.append(w)
+            logit, _ = _logits(w, temperature, similarity)
+            logit = _mask_self(logit, row_ids, c0, c1)
+            inside = (partner >= c0) & (partner < c1)
+            pos[inside] = logit[ar[inside], partner[inside] - c0]
+            new_max = torch.maximum(run_max, logit.max(1).values)
+            run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(logit - new_max.unsqueeze(1)).sum(1)
+            run_max = new_max
+        lse = run_max + torch.log(run_sum)
+        ctx.save_for_backward(x, rows, row_ids, partner, lse, cov_a, cov_b, *kept)
+        ctx.temperature, ctx.similarity, ctx.group, ctx.use_cpp = temperature, similarity, group, use_cpp
+        ctx.chunk, ctx.keep, ctx.n, ctx.total, ctx.off = chunk, keep, n, total, off
+        return lse - pos
+
+    @staticmethod
+    def backward(ctx, grad_rows):
+        x, rows, row_ids, partner, lse, cov_a, cov_b, *kept = ctx.saved_tensors
+        tiles = _Tiles(rows, x, ctx.use_cpp)
+        r, c = rows.shape[0], x.shape[0]
+        g = grad_rows.to(x.dtype)
+        g_rows = torch.zeros_like(rows)
+        g_x = _empty_like(x)
+        ar = torch.arange(r, device=x.device)
+        for t, c0 in enumerate(range(0, c, ctx.chunk)):
+            c1 = min(c, c0 + ctx.chunk)
+            w = kept[t] if ctx.keep else tiles.w(c0, c1)
+            logit, slope = _logits(w, ctx.temperature, ctx.similarity)
+            logit = _mask_self(logit, row_ids, c0, c1)
+            soft = torch.exp(logit - lse.unsqueeze(1))
+            inside = (partner >= c0) & (partner < c1)
+            soft[ar[inside], partner[inside] - c0] -= 1.0
+            p = (g.unsqueeze(1) * soft * slope).contiguous()
+            tiles.backward(p, c0, c1, g_rows, g_x)
+        g_x.index_add_(0, row_ids, g_rows)
+        if world(ctx.group)[1] > 1:
+            dist.all_reduce(g_x, group=ctx.group)
+        n, total, off = ctx.n, ctx.total, ctx.off
+        out = []
+        for g_view, cov in ((g_x[off:off + n], cov_a), (g_x[total + off:total + off + n], cov_b)):
+            d = cov.shape[1]
+            cov_c = cov.to(x.dtype)
+            g_cov = g_view[:, d:] * 0.5 / torch.sqrt(torch.clamp(cov_c, min=_COV_FLOOR))
+            g_cov = torch.where(cov_c >= _COV_FLOOR, g_cov, torch.zeros_like(g_cov))
+            out += [g_view[:, :d].to(cov.dtype), g_cov.to(cov.dtype)]
+        return (*out, None, None, None, None, None)
+
+
+def _mask_self(logit: torch.Tensor, row_ids: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
+    """``-inf`` where a row meets itself (its own global column) in columns ``[c0, c1)``."""
+    inside = (row_ids >= c0) & (row_ids < c1)
+    if bool(inside.any()):
+        hit = torch.nonzero(inside).squeeze(1)
+        logit[hit, row_ids[hit] - c0] = float("-inf")
+    return logit
+
+
+def _check_collectively(pairs, extra: list[int], device, group) -> list[int]:
+    """Validate the local inputs on every rank and agree on the outcome: a rank whose inputs are
+    bad raises its own error, the others a RuntimeError naming it (instead of hanging in a
+    collective). Returns every rank's local row count."""
+    error = None
+    try:
+        check_gaussians(pairs, same_rows=True)
+        if pairs[0][1].dim() != 2:
+            raise ValueError(f"{pairs[0][0]} must be [N, D], got shape {tuple(pairs[0][1].shape)}")
+    except (TypeError, ValueError) as err:
+        error = err
+    mean = pairs[0][1]
+    ok = error is None
+    n = mean.shape[0] if ok else 0
+    d = mean.shape[-1] if ok else -1
+    comm_device = device if isinstance(mean, torch.Tensor) and ok else torch.device("cpu")
+    meta = _sizes(n, [d, int(ok), *extra], comm_device, group)
+    if error is not None:
+        raise error
+    bad = [i for i, row in enumerate(meta.tolist()) if not row[2]]
+    if bad:
+        raise RuntimeError(f"the inputs of rank(s) {bad} are invalid (see the error raised there)")
+    dims = sorted(set(meta[:, 1].tolist()))
+    if len(dims) > 1:
+        raise ValueError(f"all ranks must have the same D; got D = {dims} across ranks")
+    if meta[:, 3:].unique(dim=0).shape[0] > 1:
+        raise ValueError("all ranks must call with the same temperature, similarity and reduction")
+    return meta[:, 0].tolist()
+
+
+def wasserstein_infonce(
+    mean_a: torch.Tensor,
+    cov_a: torch.Tensor,
+    mean_b: torch.Tensor,
+    cov_b: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    similarity: str = "inv",
+    reduction: str = "mean",
+    backend: str = "auto",
+    group=None,
+) -> torch.Tensor:
+    """Wasserstein InfoNCE of the global batch of a distributed job (collective: call on every rank).
+
+    Args:
+        mean_a, cov_a, mean_b, cov_b: this rank's ``[n_r, D]`` means and variances of both views
+            (ranks may hold different ``n_r``; D must agree).
+        temperature, similarity: as in :func:`mstein_fast.wasserstein_infonce`.
+        reduction: ``"mean"`` / ``"sum"`` over all 2N rows of all ranks (the same value on every
+            rank), or ``"none"`` for this rank's ``[2 n_r]`` row losses (local A rows, then B).
+        backend: ``"auto"``/``"cpp"`` use the fused C++ tile kernels for float32 CPU tensors;
+            ``"torch"``/``"triton"`` (and CUDA tensors) use GEMM tiles.
+        group: the process group (default: the world). Without an initialised process group the
+            function is the single-process loss.
+
+    Returns:
+        The loss in the input dtype; its gradient w.r.t. the local inputs is that of the global
+        loss (multiply by the world size under DDP, which averages gradients).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        from mstein_fast.ops.wasserstein_infonce import wasserstein_infonce as single
+
+        return single(mean_a, cov_a, mean_b, cov_b, temperature=temperature, similarity=similarity,
+                      reduction=reduction, backend=backend)
+    check_choice("similarity", similarity, SIMILARITIES)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("backend", backend, BACKENDS)
+    dtype = mean_a.dtype if isinstance(mean_a, torch.Tensor) else torch.float32
+    temperature = check_temperature(temperature, dtype)
+    code = [struct.unpack("<q", struct.pack("<d", temperature))[0], SIMILARITIES.index(similarity),
+            REDUCTIONS.index(reduction)]
+    device = mean_a.device if isinstance(mean_a, torch.Tensor) else torch.device("cpu")
+    sizes = _check_collectively([("mean_a", mean_a, "cov_a", cov_a), ("mean_b", mean_b, "cov_b", cov_b)], code,
+                                device, group)
+    name = resolve_backend(backend, device) if backend != "triton" else "triton"
+    use_cpp = name == "cpp" and device.type == "cpu" and mean_a.dtype != torch.float64
+    if use_cpp:
+        inputs = [t.float().contiguous() for t in (mean_a, cov_a, mean_b, cov_b)]
+    else:
+        inputs = [t.contiguous() for t in (mean_a, cov_a, mean_b, cov_b)]
+    rows = _DistributedInfoNCE.apply(*inputs, temperature, similarity, group, use_cpp, sizes)
+    return _global_reduce(rows, 2 * sum(sizes), reduction, group).to(mean_a.dtype)
+
+
+def dot_infonce(a: torch.Tensor, b: torch.Tensor, temperature: float, group=None) -> torch.Tensor:
+    """CoSeRec's dot-product InfoNCE over the global batch (mean over all 2N rows, the same value
+    on every rank). The local rows' ``[2 n_r, 2N]`` logits are formed (dot products are cheap);
+    the views are gathered with :func:`gather_with_grad`, so the gradient w.r.t. the local inputs
+    is that of the global loss (multiply by the world size under DDP)."""
+    rank, _ = world(group)
+    n = a.shape[0]
+    sizes = _sizes(n, [], a.device, group)[:, 0].tolist()
+    total, off = sum(sizes), sum(sizes[:rank])
+    z = torch.cat([gather_with_grad(a, group), gather_with_grad(b, group)])  # [2N, D]
+    rows = torch.cat([a, b])
+    logits = rows @ z.T / temperature
+    idx = torch.arange(n, device=a.device)
+    row_ids = torch.cat([off + idx, total + off + idx])
+    logits[torch.arange(2 * n, device=a.device), row_ids] = float("-inf")
+    labels = torch.cat([total + off + idx, off + idx])
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    return _global_reduce(losses, 2 * total, "mean", group)
