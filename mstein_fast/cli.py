@@ -184,7 +184,7 @@ def _add_analysis_parsers(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from mstein_fast.train import train
+    from mstein_fast.train import init_distributed, is_main_process, train
 
     cli_values = {k: v for k, v in vars(args).items() if k in FIELDS}
     resume = args.resume is not None
@@ -205,11 +205,13 @@ def _cmd_train(args) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    if quick:
+    init_distributed(cfg.device)  # under torchrun: join the group (so that only rank 0 talks)
+    if quick and is_main_process():
         print(f"no --data: training on the built-in synthetic data set with the quick preset "
               f"{json.dumps(QUICK_PRESET)}", file=sys.stderr)
     result = train(cfg, output, resume=resume)
-    print(json.dumps(result))
+    if is_main_process():  # under torchrun every rank returns the same result; print it once
+        print(json.dumps(result))
     return 0
 
 
@@ -351,6 +353,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Tear down the torch.distributed group a torchrun training joined (no-op otherwise)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

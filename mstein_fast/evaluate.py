@@ -71,15 +71,20 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Te
 
 
 @torch.no_grad()
-def evaluate_ranks(model, split: LeaveOneOut, which: str, batch_size: int = 256) -> torch.Tensor:
-    """``[U]`` target ranks of ``"valid"`` or ``"test"`` for every user (CPU tensor)."""
+def evaluate_ranks(model, split: LeaveOneOut, which: str, batch_size: int = 256,
+                   users: torch.Tensor | None = None) -> torch.Tensor:
+    """Target ranks of ``"valid"`` or ``"test"`` for every user, or for the user indices ``users``
+    (e.g. one process's share), in that order (CPU tensor)."""
     inputs, targets, seen = split.eval_arrays(which)
+    if users is None:
+        users = torch.arange(len(targets))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     ranks = []
-    for start in range(0, len(targets), batch_size):
-        users = torch.arange(start, min(start + batch_size, len(targets)))
+    everyone = users
+    for start in range(0, len(everyone), batch_size):
+        users = everyone[start:start + batch_size]
         scores = model.score_items(inputs[users].to(device))
         excluded = seen_mask(seen, users, split.n_items, device)
         ranks.append(target_ranks(scores, targets[users].to(device), excluded).cpu())

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mstein_fast
+from mstein_fast import distributed
 
 COV_FLOOR = 1e-24  # ELU(x) + 1 underflows to 0 in float32 for x < -88: keep variances positive
 MASKED_SCORE = -1e9  # attention score of a masked key (finite: no NaN for a fully masked row)
@@ -218,6 +219,9 @@ class _Recommender(nn.Module):
         self.shared_padding = getattr(cfg, "shared_padding", False)
         self.bucket_cost = BUCKET_COST
         self.init_mean, self.init_std = cfg.init_mean, cfg.initializer_range
+        # a torch.distributed process group: the contrastive losses then contrast each local
+        # row with the global batch (set by the trainer under torchrun; None: one process)
+        self.cl_group = None
 
     def _init_weights(self) -> None:
         """normal(init_mean, initializer_range) for linear and embedding weights (the official
@@ -241,6 +245,10 @@ class _Recommender(nn.Module):
         n2 = mean.shape[0]
         mean, cov = mean.reshape(n2, -1), cov.reshape(n2, -1)
         b = n2 // 2
+        if self.cl_group is not None:
+            return distributed.wasserstein_infonce(
+                mean[:b], cov[:b], mean[b:], cov[b:], temperature=self.temperature, similarity=self.similarity,
+                reduction="mean", backend=self.backend, group=self.cl_group)
         return mstein_fast.wasserstein_infonce(
             mean[:b], cov[:b], mean[b:], cov[b:],
             temperature=self.temperature, similarity=self.similarity, reduction="mean", backend=self.backend,
@@ -539,6 +547,8 @@ class SASRec(_Recommender):
         if self.contrastive == "dot":
             flat = out.reshape(out.shape[0], -1)
             b = flat.shape[0] // 2
+            if self.cl_group is not None:
+                return distributed.dot_infonce(flat[:b], flat[b:], self.dot_temperature, group=self.cl_group)
             return dot_infonce(flat[:b], flat[b:], self.dot_temperature)
         half = self.hidden // 2
         return self._wasserstein_infonce(out[..., :half], elu_plus_one(out[..., half:]))

@@ -8,6 +8,13 @@ Run directory layout::
     best.pt            model with the best validation score: evaluate / recommend / the final test
     test_metrics.json  the test metrics of best.pt
 
+Distributed (``torchrun --nproc_per_node=K ...``, see :func:`init_distributed`): every rank draws
+the same global batch (same shuffling, negatives and augmentations as one process) and trains on
+its contiguous share of it under ``DistributedDataParallel``; the contrastive loss contrasts each
+local row with the whole global batch (:mod:`mstein_fast.distributed`); validation and test users
+are split across ranks and their ranks gathered, so the metrics are those of the whole set; rank 0
+logs and writes the run directory.
+
 Reproducibility: the randomness of epoch e (shuffling, negatives, augmentation, dropout) is
 drawn from generators seeded by ``(seed, e)``; the model, the optimizer and the early-stopping
 state are in ``last.pt``. A run resumed after a kill therefore repeats exactly what the
@@ -26,8 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
+from mstein_fast import distributed
 from mstein_fast.augment import Augmenter, itemcf_iuf_topk
 from mstein_fast.config import TrainConfig, config_from_dict
 from mstein_fast.data import (
@@ -39,7 +48,7 @@ from mstein_fast.data import (
     sample_negatives,
     synthetic_sequences,
 )
-from mstein_fast.evaluate import evaluate, popularity_metrics
+from mstein_fast.evaluate import evaluate_ranks, popularity_metrics, ranking_metrics
 from mstein_fast.models import build_model
 
 CHECKPOINT_FORMAT = 1
@@ -52,8 +61,31 @@ class Interrupted(Exception):
 
 
 def log(message: str) -> None:
-    """Progress messages go to stderr (stdout carries only the final JSON)."""
-    print(message, file=sys.stderr, flush=True)
+    """Progress messages go to stderr (stdout carries only the final JSON); rank 0 only."""
+    if is_main_process():
+        print(message, file=sys.stderr, flush=True)
+
+
+def is_main_process() -> bool:
+    """True unless this is a rank other than 0 of a distributed job."""
+    return distributed.world()[0] == 0
+
+
+def init_distributed(device: str = "auto") -> bool:
+    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment).
+
+    The backend is NCCL when the job trains on CUDA, gloo otherwise; on CUDA each process uses
+    ``cuda:LOCAL_RANK``. Returns whether this is a distributed run. Idempotent."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return dist.is_available() and dist.is_initialized()
+    if not dist.is_available():
+        raise UserError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
+    if not dist.is_initialized():
+        cuda = device != "cpu" and not device.startswith("cpu") and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return True
 
 
 def seed_everything(seed: int) -> None:
@@ -69,6 +101,8 @@ def stream_seed(seed: int, epoch: int, stream: int) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
+    if name in ("auto", "cuda") and distributed.world()[1] > 1 and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())  # cuda:LOCAL_RANK under torchrun
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -141,11 +175,50 @@ class EpochStats:
     time_train_s: float
 
 
+def batch_bounds(n_users: int, batch_size: int, world: int = 1) -> list[int]:
+    """Start offsets of the global batches (and the end): ``batch_size`` users each, the last
+    possibly fewer; with ``world`` > 1 a last batch of fewer than ``world`` users is merged into
+    the one before, so that every process gets at least one row."""
+    bounds = list(range(0, n_users, batch_size)) + [n_users]
+    if world > 1 and len(bounds) > 2 and bounds[-1] - bounds[-2] < world:
+        del bounds[-2]
+    return bounds
+
+
+class _TrainStep(torch.nn.Module):
+    """The training loss of one batch as a module (what DistributedDataParallel wraps).
+
+    Returns ``(loss to back-propagate, recommendation loss, contrastive loss or None)``; the
+    contrastive term is weighted by ``cl_weight`` (``cf_weight`` times the number of processes:
+    the distributed contrastive loss is the global one, and DDP averages gradients over ranks)."""
+
+    def __init__(self, model, cl_weight: float):
+        super().__init__()
+        self.model = model
+        self.cl_weight = cl_weight
+
+    def forward(self, inputs, targets, negatives, views):
+        rec, _ = self.model.rec_loss(inputs, targets, negatives)
+        if views is None:
+            return rec, rec, None
+        cl = self.model.contrastive_loss(views)
+        return rec + self.cl_weight * cl, rec, cl
+
+
 class Trainer:
     """Trains ``cfg.model`` on ``cfg.data``; :meth:`fit` returns the final metrics."""
 
     def __init__(self, cfg: TrainConfig, output_dir: str, resume: bool = False):
         self.cfg = cfg
+        init_distributed(cfg.device)
+        self.rank, self.world = distributed.world()
+        # the contrastive loss and the evaluation gather on a group of their own, so that their
+        # collectives never interleave with DDP's gradient all-reduces on the default group
+        self.group = dist.new_group() if self.world > 1 else None
+        if self.world > 1:
+            box = [output_dir]
+            dist.broadcast_object_list(box, src=0)  # rank 0's (possibly time-stamped) directory
+            output_dir = box[0]
         self.out = output_dir
         self.device = resolve_device(cfg.device)
         if cfg.num_threads:
@@ -158,6 +231,16 @@ class Trainer:
         log(f"data: {self.data.source}: {self.data.n_users} users, {self.data.n_items} items, "
             f"{self.data.n_interactions} interactions")
         self.model = build_model(cfg.model, self.data.n_items, cfg).to(self.device)
+        self.model.cl_group = self.group
+        self.step = _TrainStep(self.model, cfg.cf_weight * self.world)
+        if self.world > 1:
+            if cfg.batch_size < self.world:
+                raise UserError(f"batch_size {cfg.batch_size} is smaller than the {self.world} processes")
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.step = DistributedDataParallel(self.step, device_ids=[self.device] if self.device.type == "cuda" else None)
+            log(f"distributed: {self.world} processes ({dist.get_backend()}), global batch {cfg.batch_size}, "
+                f"about {cfg.batch_size // self.world} sequences per process")
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                           betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.augmenter = None
@@ -172,19 +255,41 @@ class Trainer:
         self.best_score = float("-inf")
         self.best_epoch = 0
         self.bad_epochs = 0
-        os.makedirs(self.out, exist_ok=True)
-        log(f"run directory: {self.out}")
         self.last_path = os.path.join(self.out, "last.pt")
         self.best_path = os.path.join(self.out, "best.pt")
         self.metrics_path = os.path.join(self.out, "metrics.jsonl")
+        self._on_rank0(self._prepare_directory, resume)
         if resume:
             self._restore()
+        log(f"run directory: {self.out}")
+
+    def _on_rank0(self, fn, *args) -> None:
+        """Run ``fn`` on rank 0 only; a UserError it raises is raised on every rank (no rank is
+        left waiting in a collective)."""
+        error = None
+        if self.rank == 0:
+            try:
+                fn(*args)
+            except UserError as err:
+                error = str(err)
+        if self.world > 1:
+            box = [error]
+            dist.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error is not None:
+            raise UserError(error)
+
+    def _prepare_directory(self, resume: bool) -> None:
+        os.makedirs(self.out, exist_ok=True)
+        if resume:
+            if not os.path.isfile(self.last_path):
+                raise UserError(f"{self.out}: nothing to resume (no last.pt)")
+        elif os.path.exists(self.last_path):
+            raise UserError(f"{self.out} already holds a run; continue it with --resume {self.out} "
+                            "or choose another --output")
         else:
-            if os.path.exists(self.last_path):
-                raise UserError(f"{self.out} already holds a run; continue it with --resume {self.out} "
-                                "or choose another --output")
             open(self.metrics_path, "w").close()
-        write_text_atomic(json.dumps(cfg.to_dict(), indent=2) + "\n", os.path.join(self.out, "config.json"))
+        write_text_atomic(json.dumps(self.cfg.to_dict(), indent=2) + "\n", os.path.join(self.out, "config.json"))
 
     # -- checkpoints -------------------------------------------------------------------------
     def _state(self, with_optimizer: bool) -> dict:
@@ -205,8 +310,7 @@ class Trainer:
         return state
 
     def _restore(self) -> None:
-        if not os.path.isfile(self.last_path):
-            raise UserError(f"{self.out}: nothing to resume (no last.pt)")
+        """Load ``last.pt`` (every rank reads it: the run directory must be visible to all nodes)."""
         ckpt = load_checkpoint(self.last_path)
         if ckpt["data_fingerprint"] != self.data.fingerprint:
             raise UserError(f"{self.out} was trained on different data ({ckpt['data_source']}); cannot resume")
@@ -214,7 +318,10 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.epoch, self.best_score = ckpt["epoch"], ckpt["best_score"]
         self.best_epoch, self.bad_epochs = ckpt["best_epoch"], ckpt["bad_epochs"]
-        # drop metric lines of epochs after the checkpoint (written before a kill)
+        self._on_rank0(self._trim_metrics)
+
+    def _trim_metrics(self) -> None:
+        """Drop metric lines of epochs after the checkpoint (written before a kill)."""
         kept = []
         if os.path.exists(self.metrics_path):
             with open(self.metrics_path, encoding="utf-8") as fh:
@@ -229,7 +336,7 @@ class Trainer:
         g_shuffle = torch.Generator().manual_seed(stream_seed(cfg.seed, epoch, _SHUFFLE))
         g_neg = torch.Generator().manual_seed(stream_seed(cfg.seed, epoch, _NEGATIVES))
         g_aug = torch.Generator().manual_seed(stream_seed(cfg.seed, epoch, _AUGMENT))
-        torch.manual_seed(stream_seed(cfg.seed, epoch, _DROPOUT))
+        torch.manual_seed(stream_seed(cfg.seed, epoch, _DROPOUT) + self.rank)
         t_sim = 0.0
         if self.augmenter is not None:
             t = time.perf_counter()
@@ -240,42 +347,54 @@ class Trainer:
             t_sim = time.perf_counter() - t
         model.train()
         order = torch.randperm(split.n_users, generator=g_shuffle)
-        n_batches = (split.n_users + cfg.batch_size - 1) // cfg.batch_size
+        bounds = batch_bounds(split.n_users, cfg.batch_size, self.world)
+        n_batches = len(bounds) - 1
         t_data = t_aug = t_train = 0.0
-        total = rec_total = cl_total = 0.0
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}", leave=False, file=sys.stderr, disable=not cfg.progress,
-                   dynamic_ncols=True)
+        sums = torch.zeros(3, dtype=torch.float64)  # loss, rec, cl (this rank's)
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
+                   disable=not (cfg.progress and self.rank == 0), dynamic_ncols=True)
         for b in range(n_batches):
             t0 = time.perf_counter()
-            users = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            # the whole global batch is drawn on every rank (the random streams advance as in one
+            # process), then each rank keeps its contiguous share of the rows
+            users = order[bounds[b]:bounds[b + 1]]
+            mine = torch.tensor_split(torch.arange(len(users)), self.world)[self.rank]
             inputs, targets = split.train_inputs[users], split.train_targets[users]
             negatives = sample_negatives(targets, users, split.user_item_keys, split.n_items, g_neg)
+            inputs, targets, negatives = inputs[mine], targets[mine], negatives[mine]
             t1 = time.perf_counter()
             views = None
             if self.augmenter is not None:
                 lengths = split.train_lengths[users]
                 full = split.train_full[users][:, -max(1, int(lengths.max())):]
-                views = self.augmenter.views(full, lengths, g_aug).to(self.device, non_blocking=True)
+                views = self.augmenter.views(full, lengths, g_aug)
+                views = torch.cat([views[mine], views[len(users) + mine]]).to(self.device, non_blocking=True)
             t2 = time.perf_counter()
-            rec, _ = model.rec_loss(inputs.to(self.device), targets.to(self.device), negatives.to(self.device))
-            loss = rec
-            if views is not None:
-                cl = model.contrastive_loss(views)
-                loss = rec + cfg.cf_weight * cl
-                cl_total += cl.item()
+            loss, rec, cl = self.step(inputs.to(self.device), targets.to(self.device), negatives.to(self.device), views)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total += loss.item()
-            rec_total += rec.item()
+            sums += torch.tensor([rec.item() + (cfg.cf_weight * cl.item() if cl is not None else 0.0), rec.item(),
+                                  cl.item() if cl is not None else 0.0], dtype=torch.float64)
             t3 = time.perf_counter()
             t_data, t_aug, t_train = t_data + t1 - t0, t_aug + t2 - t1, t_train + t3 - t2
             bar.update()
-            bar.set_postfix(loss=f"{total / (b + 1):.4f}", refresh=False)
+            bar.set_postfix(loss=f"{sums[0].item() / (b + 1):.4f}", refresh=False)
         bar.close()
-        return EpochStats(total / n_batches, rec_total / n_batches,
-                          cl_total / n_batches if self.augmenter is not None else None,
+        if self.world > 1:  # report the mean over ranks (the contrastive loss is already global)
+            dist.all_reduce(sums, group=self.group)
+            sums /= self.world
+        total, rec_total, cl_total = (sums / n_batches).tolist()
+        return EpochStats(total, rec_total, cl_total if self.augmenter is not None else None,
                           t_data, t_aug, t_sim, t_train)
+
+    def evaluate(self, which: str) -> dict:
+        """Metrics of ``"valid"`` or ``"test"`` over all users (split across ranks, ranks gathered)."""
+        users = torch.tensor_split(torch.arange(self.split.n_users), self.world)[self.rank]
+        ranks = evaluate_ranks(self.model, self.split, which, self.cfg.eval_batch_size, users=users)
+        if self.world > 1:
+            ranks = distributed.all_gather_rows(ranks.to(self.device), group=self.group).cpu()
+        return ranking_metrics(ranks)
 
     def fit(self) -> dict:
         """Train until ``epochs`` or early stopping, then test ``best.pt``; returns the result JSON."""
@@ -287,13 +406,13 @@ class Trainer:
                 epoch = self.epoch + 1
                 stats = self.train_epoch(epoch)
                 t = time.perf_counter()
-                valid = evaluate(self.model, self.split, "valid", cfg.eval_batch_size)
+                valid = self.evaluate("valid")
                 t_eval = time.perf_counter() - t
                 score = valid[cfg.early_stop_metric]
                 self.epoch = epoch
-                if score > self.best_score:
+                improved = score > self.best_score
+                if improved:
                     self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
-                    save_atomic(self._state(with_optimizer=False), self.best_path)
                 else:
                     self.bad_epochs += 1
                 record = {"epoch": epoch, "loss": stats.loss, "rec_loss": stats.rec_loss, "cl_loss": stats.cl_loss,
@@ -301,9 +420,12 @@ class Trainer:
                           "time_s": {"data": stats.time_data_s, "augment": stats.time_augment_s,
                                      "similarity": stats.time_similarity_s, "train": stats.time_train_s,
                                      "eval": t_eval}}
-                with open(self.metrics_path, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(record) + "\n")
-                save_atomic(self._state(with_optimizer=True), self.last_path)
+                if self.rank == 0:
+                    if improved:
+                        save_atomic(self._state(with_optimizer=False), self.best_path)
+                    with open(self.metrics_path, "a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                    save_atomic(self._state(with_optimizer=True), self.last_path)
                 total_s = sum(record["time_s"].values())
                 log(f"epoch {epoch}: loss {stats.loss:.4f}  valid {cfg.early_stop_metric} {score:.4f}  "
                     f"recall@10 {valid['recall@10']:.4f}  ndcg@10 {valid['ndcg@10']:.4f}  "
@@ -324,6 +446,8 @@ class Trainer:
 
     def test(self) -> dict:
         """Restore ``best.pt`` and evaluate it; writes ``test_metrics.json``."""
+        if self.world > 1:
+            dist.barrier()  # rank 0 has written best.pt
         if not os.path.isfile(self.best_path):
             raise UserError(f"{self.out}: no best.pt (no epoch was completed)")
         self.model.load_state_dict(load_checkpoint(self.best_path)["model"])
@@ -332,11 +456,14 @@ class Trainer:
             "data": self.data.source,
             "best_epoch": self.best_epoch,
             "epochs": self.epoch,
-            "valid": evaluate(self.model, self.split, "valid", self.cfg.eval_batch_size),
-            "test": evaluate(self.model, self.split, "test", self.cfg.eval_batch_size),
+            "valid": self.evaluate("valid"),
+            "test": self.evaluate("test"),
             "popularity_test": popularity_metrics(self.split, "test"),
         }
-        write_text_atomic(json.dumps(result, indent=2) + "\n", os.path.join(self.out, "test_metrics.json"))
+        if self.world > 1:
+            result["processes"] = self.world
+        if self.rank == 0:
+            write_text_atomic(json.dumps(result, indent=2) + "\n", os.path.join(self.out, "test_metrics.json"))
         return result
 
 
