@@ -57,10 +57,18 @@ def world(group=None) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
-def _sizes(n: int, extra: list[int], device, group) -> torch.Tensor:
+def comm_device(group=None) -> torch.device:
+    """Where tensors for collectives on ``group`` must live: the current CUDA device for NCCL,
+    the CPU otherwise."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _sizes(n: int, extra: list[int], group) -> torch.Tensor:
     """All ranks' ``[n, *extra]`` as a ``[world, 1 + len(extra)]`` int64 tensor."""
     _, size = world(group)
-    mine = torch.tensor([n, *extra], dtype=torch.int64, device=device)
+    mine = torch.tensor([n, *extra], dtype=torch.int64, device=comm_device(group))
     out = [torch.empty_like(mine) for _ in range(size)]
     dist.all_gather(out, mine, group=group)
     return torch.stack(out).cpu()
@@ -72,7 +80,7 @@ def all_gather_rows(t: torch.Tensor, sizes: list[int] | None = None, group=None)
     Ranks may hold different ``n_r`` (given in ``sizes``, or exchanged first): the tensors are
     padded to the largest for the collective and cut back after."""
     if sizes is None:
-        sizes = _sizes(t.shape[0], [], t.device, group)[:, 0].tolist()
+        sizes = _sizes(t.shape[0], [], group)[:, 0].tolist()
     _, size = world(group)
     if size == 1:
         return t.detach().clone()
@@ -88,7 +96,7 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t, group):
         ctx.group = group
-        sizes = _sizes(t.shape[0], [], t.device, group)[:, 0].tolist()
+        sizes = _sizes(t.shape[0], [], group)[:, 0].tolist()
         rank, _ = world(group)
         ctx.offset, ctx.n = sum(sizes[:rank]), t.shape[0]
         return all_gather_rows(t, sizes, group)
@@ -263,7 +271,7 @@ def _mask_self(logit: torch.Tensor, row_ids: torch.Tensor, c0: int, c1: int) -> 
     return logit
 
 
-def _check_collectively(pairs, extra: list[int], device, group) -> list[int]:
+def _check_collectively(pairs, extra: list[int], group) -> list[int]:
     """Validate the local inputs on every rank and agree on the outcome: a rank whose inputs are
     bad raises its own error, the others a RuntimeError naming it (instead of hanging in a
     collective). Returns every rank's local row count."""
@@ -278,8 +286,7 @@ def _check_collectively(pairs, extra: list[int], device, group) -> list[int]:
     ok = error is None
     n = mean.shape[0] if ok else 0
     d = mean.shape[-1] if ok else -1
-    comm_device = device if isinstance(mean, torch.Tensor) and ok else torch.device("cpu")
-    meta = _sizes(n, [d, int(ok), *extra], comm_device, group)
+    meta = _sizes(n, [d, int(ok), *extra], group)
     if error is not None:
         raise error
     bad = [i for i, row in enumerate(meta.tolist()) if not row[2]]
@@ -336,7 +343,7 @@ def wasserstein_infonce(
             REDUCTIONS.index(reduction)]
     device = mean_a.device if isinstance(mean_a, torch.Tensor) else torch.device("cpu")
     sizes = _check_collectively([("mean_a", mean_a, "cov_a", cov_a), ("mean_b", mean_b, "cov_b", cov_b)], code,
-                                device, group)
+                                group)
     name = resolve_backend(backend, device) if backend != "triton" else "triton"
     use_cpp = name == "cpp" and device.type == "cpu" and mean_a.dtype != torch.float64
     if use_cpp:
@@ -354,7 +361,7 @@ def dot_infonce(a: torch.Tensor, b: torch.Tensor, temperature: float, group=None
     is that of the global loss (multiply by the world size under DDP)."""
     rank, _ = world(group)
     n = a.shape[0]
-    sizes = _sizes(n, [], a.device, group)[:, 0].tolist()
+    sizes = _sizes(n, [], group)[:, 0].tolist()
     total, off = sum(sizes), sum(sizes[:rank])
     z = torch.cat([gather_with_grad(a, group), gather_with_grad(b, group)])  # [2N, D]
     rows = torch.cat([a, b])

@@ -382,8 +382,9 @@ class Trainer:
             bar.set_postfix(loss=f"{sums[0].item() / (b + 1):.4f}", refresh=False)
         bar.close()
         if self.world > 1:  # report the mean over ranks (the contrastive loss is already global)
+            sums = sums.to(distributed.comm_device(self.group))
             dist.all_reduce(sums, group=self.group)
-            sums /= self.world
+            sums = sums.cpu() / self.world
         total, rec_total, cl_total = (sums / n_batches).tolist()
         return EpochStats(total, rec_total, cl_total if self.augmenter is not None else None,
                           t_data, t_aug, t_sim, t_train)
@@ -393,7 +394,7 @@ class Trainer:
         users = torch.tensor_split(torch.arange(self.split.n_users), self.world)[self.rank]
         ranks = evaluate_ranks(self.model, self.split, which, self.cfg.eval_batch_size, users=users)
         if self.world > 1:
-            ranks = distributed.all_gather_rows(ranks.to(self.device), group=self.group).cpu()
+            ranks = distributed.all_gather_rows(ranks.to(distributed.comm_device(self.group)), group=self.group).cpu()
         return ranking_metrics(ranks)
 
     def fit(self) -> dict:
