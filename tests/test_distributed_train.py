@@ -72,3 +72,19 @@ def test_errors_reach_every_rank(runs):
     again = _run(_torchrun(2, "train", *ARGS, "--output", "two"), tmp)
     assert again.returncode != 0
     assert "already holds a run" in again.stderr
+
+
+def test_resume_under_torchrun_repeats_the_uninterrupted_run(runs):
+    tmp, _, _ = runs
+    args = list(ARGS)
+    args[args.index("--epochs") + 1] = "2"
+    first = _run(_torchrun(2, "train", *args, "--output", "cut"), tmp)
+    assert first.returncode == 0, first.stderr
+    resumed = _run(_torchrun(2, "train", "--resume", "cut", "--epochs", "4", "--no-progress"), tmp)
+    assert resumed.returncode == 0, resumed.stderr
+    with open(tmp / "cut" / "test_metrics.json", encoding="utf-8") as fh:
+        got = json.load(fh)
+    with open(tmp / "two" / "test_metrics.json", encoding="utf-8") as fh:
+        want = json.load(fh)
+    assert got["epochs"] == 4
+    assert got["valid"] == want["valid"] and got["test"] == want["test"]
