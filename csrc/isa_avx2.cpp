@@ -8,11 +8,12 @@
 #include "gaussian_stack.h"
 #include "pairwise_w2.h"
 #include "wasserstein_infonce.h"
+#include "dropout.h"
 
 namespace mstein {
 const KernelTable* table_avx2() {
   static const KernelTable table{"avx2", avx2::stack_gaussian, avx2::unstack_gradient, avx2::sqdist_forward, avx2::sqdist_backward, avx2::infonce_forward,
-                                 avx2::infonce_backward};
+                                 avx2::infonce_backward, avx2::dropout};
   return &table;
 }
 }  // namespace mstein

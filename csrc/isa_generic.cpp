@@ -8,11 +8,12 @@
 #include "gaussian_stack.h"
 #include "pairwise_w2.h"
 #include "wasserstein_infonce.h"
+#include "dropout.h"
 
 namespace mstein {
 const KernelTable* table_generic() {
   static const KernelTable table{"generic", generic::stack_gaussian, generic::unstack_gradient, generic::sqdist_forward, generic::sqdist_backward, generic::infonce_forward,
-                                 generic::infonce_backward};
+                                 generic::infonce_backward, generic::dropout};
   return &table;
 }
 }  // namespace mstein

@@ -28,6 +28,8 @@ struct KernelTable {
                            const float* grad_rows, const float* lse, const float* w, const float* cov_a,
                            const float* cov_b, float* g_mean_a, float* g_cov_a, float* g_mean_b, float* g_cov_b,
                            int threads);
+  // out[i] = x[i] * scale where hash(seed, i) >= threshold, else 0 (counter-based dropout mask).
+  void (*dropout)(const float* x, float* out, int64_t n, uint32_t threshold, float scale, uint64_t seed, int threads);
 };
 
 }  // namespace mstein

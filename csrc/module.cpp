@@ -137,4 +137,13 @@ PYBIND11_MODULE(_C, m) {
       py::arg("lse"), py::arg("w"), py::arg("cov_a"), py::arg("cov_b"), py::arg("g_mean_a"), py::arg("g_cov_a"),
       py::arg("g_mean_b"), py::arg("g_cov_b"), py::arg("threads"),
       "Gradients of sum(grad_rows * losses) w.r.t. mean and cov of both views.");
+  m.def(
+      "dropout",
+      [](uintptr_t x, uintptr_t out, int64_t n, uint32_t threshold, float scale, uint64_t seed, int threads) {
+        check_threads(threads);
+        py::gil_scoped_release nogil;
+        table()->dropout(ptr<const float>(x), ptr<float>(out), n, threshold, scale, seed, threads);
+      },
+      py::arg("x"), py::arg("out"), py::arg("n"), py::arg("threshold"), py::arg("scale"), py::arg("seed"),
+      py::arg("threads"), "out[i] = x[i] * scale if hash(seed, i) >= threshold else 0 (x, out: float32 [n]).");
 }

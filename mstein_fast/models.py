@@ -18,6 +18,7 @@ from torch import nn
 
 import mstein_fast
 from mstein_fast import distributed
+from mstein_fast.ops.dropout import Dropout
 
 COV_FLOOR = 1e-24  # ELU(x) + 1 underflows to 0 in float32 for x < -88: keep variances positive
 MASKED_SCORE = -1e9  # attention score of a masked key (finite: no NaN for a fully masked row)
@@ -116,7 +117,7 @@ class FeedForward(nn.Module):
         self.dense_1 = nn.Linear(hidden, 4 * hidden)
         self.dense_2 = nn.Linear(4 * hidden, hidden)
         self.norm = nn.LayerNorm(hidden, eps=1e-12)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.dropout(self.dense_2(F.gelu(self.dense_1(x)))) + x)
@@ -137,8 +138,8 @@ class WassersteinSelfAttention(nn.Module):
         self.cov_dense = nn.Linear(hidden, hidden)
         self.mean_norm = nn.LayerNorm(hidden, eps=1e-12)
         self.cov_norm = nn.LayerNorm(hidden, eps=1e-12)
-        self.attn_dropout = nn.Dropout(attn_dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.attn_dropout = Dropout(attn_dropout)
+        self.dropout = Dropout(dropout)
 
     def _split(self, x: torch.Tensor) -> list[torch.Tensor]:
         b, L, _ = x.shape
@@ -186,8 +187,8 @@ class DotSelfAttention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.dense = nn.Linear(hidden, hidden)
         self.norm = nn.LayerNorm(hidden, eps=1e-12)
-        self.attn_dropout = nn.Dropout(attn_dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.attn_dropout = Dropout(attn_dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x, allowed):
         b, L, h = x.shape
@@ -289,7 +290,7 @@ class STOSA(_Recommender):
         self.position_cov = nn.Embedding(cfg.max_seq_length, h)
         self.embed_norm_mean = nn.LayerNorm(h, eps=1e-12)
         self.embed_norm_cov = nn.LayerNorm(h, eps=1e-12)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
         self.attention = nn.ModuleList(
             WassersteinSelfAttention(h, cfg.num_attention_heads, cfg.attention_probs_dropout_prob,
                                      cfg.hidden_dropout_prob, cfg.backend)
@@ -514,7 +515,7 @@ class SASRec(_Recommender):
         self.item_emb = nn.Embedding(n_items + 1, h, padding_idx=0)
         self.position_emb = nn.Embedding(cfg.max_seq_length, h)
         self.embed_norm = nn.LayerNorm(h, eps=1e-12)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
         self.attention = nn.ModuleList(
             DotSelfAttention(h, cfg.num_attention_heads, cfg.attention_probs_dropout_prob, cfg.hidden_dropout_prob)
             for _ in range(cfg.num_hidden_layers)

@@ -1,0 +1,41 @@
+// Dropout with a counter-based random mask: element i is kept iff hash(seed, i) >= threshold
+// (threshold = p * 2^32), so the mask is a pure function of (seed, i). The forward and the
+// backward (which regenerates the mask instead of storing it) therefore agree, and the result does
+// not depend on the number of threads. The hash is two rounds of a 32-bit integer finaliser
+// ("lowbias32": xor-shift / multiply), which the compiler vectorises.
+#pragma once
+#include <cstdint>
+
+namespace mstein {
+namespace MSTEIN_ISA {
+
+static inline uint32_t mix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x7feb352du;
+  h ^= h >> 15;
+  h *= 0x846ca68bu;
+  h ^= h >> 16;
+  return h;
+}
+
+// out[i] = keep(i) ? x[i] * scale : 0 for i < n (x and out may alias).
+static void dropout(const float* x, float* out, int64_t n, uint32_t threshold, float scale, uint64_t seed,
+                    int threads) {
+  constexpr int64_t CHUNK = 1 << 14;
+  const int64_t chunks = (n + CHUNK - 1) / CHUNK;
+  const uint32_t key_lo = mix32(static_cast<uint32_t>(seed) ^ 0x9e3779b9u);
+  const uint32_t seed_hi = static_cast<uint32_t>(seed >> 32);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t begin = c * CHUNK, end = begin + CHUNK < n ? begin + CHUNK : n;
+    // the high half of the index enters the key, so indices >= 2^32 do not repeat the mask
+    const uint32_t key_hi = mix32(seed_hi + static_cast<uint32_t>(begin >> 32) * 0x85ebca6bu);
+    for (int64_t i = begin; i < end; ++i) {
+      const uint32_t u = mix32(mix32(static_cast<uint32_t>(i) ^ key_lo) + key_hi);
+      out[i] = u >= threshold ? x[i] * scale : 0.f;
+    }
+  }
+}
+
+}  // namespace MSTEIN_ISA
+}  // namespace mstein
