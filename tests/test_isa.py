@@ -55,9 +55,16 @@ CHECK = textwrap.dedent(
             g = torch.rand_like(expect)
             out.backward(g.float()); expect.backward(g)
             worst = max(worst, rel(out, expect), *(rel(a.grad, r.grad) for a, r in zip(ins32, ref)))
-    print(_C.isa(), worst)
+    # dropout: the mask is a function of (seed, index) only, the same in every build
+    from mstein_fast.ops.dropout import dropout
+    torch.manual_seed(5)
+    mask = dropout(torch.ones(100_003), 0.3) == 0
+    print(_C.isa(), worst, hex(int((mask.nonzero().squeeze(1) * 2654435761 % 2**31).sum())), int(mask.sum()))
     """
 )
+
+
+MASKS: dict[str, str] = {}  # the dropout mask of the first build checked
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
@@ -69,8 +76,11 @@ def test_isa_build_matches_float64(isa):
     if proc.returncode != 0 and "is not available on this CPU" in proc.stderr:
         pytest.skip(f"{isa} is not supported by this CPU")
     assert proc.returncode == 0, proc.stderr
-    name, worst = proc.stdout.split()
+    name, worst, mask_hash, dropped = proc.stdout.split()
     assert name == isa
+    MASKS.setdefault("mask", mask_hash)
+    assert mask_hash == MASKS["mask"], "the dropout mask differs between instruction-set builds"
+    assert abs(int(dropped) - 30_001) < 6 * 145  # binomial(100003, 0.3): sd 145
     # float32 products over <= 80 terms of O(1) values: relative RMS errors ~1e-6 (measured 1e-7..3e-6);
     # 1e-4 leaves margin for conditioning yet catches any indexing or masking bug (errors O(1)).
     assert float(worst) < 1e-4, f"{isa}: worst relative RMS error {worst}"
