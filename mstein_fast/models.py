@@ -75,6 +75,31 @@ def dot_infonce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.T
 BUCKET_COST = 2048.0  # overhead of one more encoder call, in units of one encoded position of one row
 
 
+class _Unpermute(torch.autograd.Function):
+    """Scatter the row blocks ``parts`` to the rows ``orders`` of one new tensor; the backward
+    gathers the gradient's rows back (autograd's default for ``cat(parts)[inverse]`` is a copy,
+    a gather and a scatter-add into zeros)."""
+
+    @staticmethod
+    def forward(ctx, orders, *parts):
+        rows = sum(len(o) for o in orders)
+        out = parts[0].new_empty((rows, *parts[0].shape[1:]))
+        for o, part in zip(orders, parts):
+            out.index_copy_(0, o, part)
+        ctx.orders = orders
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None, *(grad.index_select(0, o) for o in ctx.orders))
+
+
+def unpermute(parts: list[torch.Tensor], orders: list[torch.Tensor]) -> torch.Tensor:
+    """Rows of ``parts`` put back in their original order: row ``k`` of ``parts[i]`` is original
+    row ``orders[i][k]`` (the orders together hold every original row exactly once)."""
+    return _Unpermute.apply(tuple(orders), *parts)
+
+
 def length_buckets(lengths: torch.Tensor, call_cost: float = BUCKET_COST) -> list[tuple[torch.Tensor, int]]:
     """Split rows into buckets ``[(rows, width), ...]`` (every row once; ``width`` = the largest
     length in the bucket) minimising ``sum(len(rows) * width * (1 + width / 64)) + call_cost *
@@ -411,11 +436,7 @@ class STOSA(_Recommender):
             means.append(torch.cat([p[0] for p in parts], 1) if len(parts) > 1 else parts[0][0])
             covs.append(torch.cat([p[1] for p in parts], 1) if len(parts) > 1 else parts[0][1])
             order.append(rows)
-        if len(order) == 1:
-            inverse = torch.argsort(order[0])
-            return means[0][inverse], covs[0][inverse]
-        inverse = torch.argsort(torch.cat(order))
-        return torch.cat(means)[inverse], torch.cat(covs)[inverse]
+        return unpermute(means, order), unpermute(covs, order)
 
     def item_gaussians(self, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Means and variances of the given item ids (default: all items 1..n_items)."""
@@ -485,8 +506,7 @@ class STOSA(_Recommender):
             means.append(mean[:, -1])
             covs.append(cov[:, -1])
             order.append(rows)
-        inverse = torch.argsort(torch.cat(order))
-        return torch.cat(means)[inverse], torch.cat(covs)[inverse]
+        return unpermute(means, order), unpermute(covs, order)
 
     def score_items(self, seqs: torch.Tensor) -> torch.Tensor:
         """``[B, n_items]`` scores, ``-W`` between the last position and every item (column i: id i+1)."""
