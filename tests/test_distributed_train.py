@@ -88,3 +88,13 @@ def test_resume_under_torchrun_repeats_the_uninterrupted_run(runs):
         want = json.load(fh)
     assert got["epochs"] == 4
     assert got["valid"] == want["valid"] and got["test"] == want["test"]
+
+
+def test_batch_bounds_give_every_process_a_row():
+    from mstein_fast.train import batch_bounds
+
+    assert batch_bounds(10, 4) == [0, 4, 8, 10]
+    assert batch_bounds(10, 4, world=2) == [0, 4, 8, 10]  # the last batch of 2 rows feeds 2 processes
+    assert batch_bounds(9, 4, world=2) == [0, 4, 9]  # a last batch of 1 row is merged into the one before
+    assert batch_bounds(3, 4, world=2) == [0, 3]  # a single batch stays
+    assert batch_bounds(12, 4, world=3) == [0, 4, 8, 12]
