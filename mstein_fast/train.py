@@ -234,8 +234,9 @@ class Trainer:
         self.model.cl_group = self.group
         self.step = _TrainStep(self.model, cfg.cf_weight * self.world)
         if self.world > 1:
-            if cfg.batch_size < self.world:
-                raise UserError(f"batch_size {cfg.batch_size} is smaller than the {self.world} processes")
+            if min(cfg.batch_size, self.split.n_users) < self.world:
+                raise UserError(f"batch_size {cfg.batch_size} or the {self.split.n_users} users are fewer than the "
+                                f"{self.world} processes: every process needs at least one sequence per batch")
             from torch.nn.parallel import DistributedDataParallel
 
             self.step = DistributedDataParallel(self.step, device_ids=[self.device] if self.device.type == "cuda" else None)
