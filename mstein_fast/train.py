@@ -375,8 +375,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            sums += torch.tensor([rec.item() + (cfg.cf_weight * cl.item() if cl is not None else 0.0), rec.item(),
-                                  cl.item() if cl is not None else 0.0], dtype=torch.float64)
+            rec_v, cl_v = rec.item(), cl.item() if cl is not None else 0.0
+            sums += torch.tensor([rec_v + cfg.cf_weight * cl_v, rec_v, cl_v], dtype=torch.float64)
             t3 = time.perf_counter()
             t_data, t_aug, t_train = t_data + t1 - t0, t_aug + t2 - t1, t_train + t3 - t2
             bar.update()
