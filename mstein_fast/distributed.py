@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from mstein_fast._checks import check_choice, check_gaussians, check_temperature
 from mstein_fast.backends import BACKENDS, cpp_extension, resolve_backend
 from mstein_fast.ops._stack import centre_rows_, threads
+from mstein_fast.reference import _COV_FLOOR  # the official sqrt(clamp(cov, min=1e-24))
 
 __all__ = ["all_gather_rows", "dot_infonce", "gather_with_grad", "wasserstein_infonce", "world"]
 
-_COV_FLOOR = 1e-24
 _TILE_BYTES = int(float(os.environ.get("MSTEIN_FAST_DISTRIBUTED_TILE_MB", "32")) * 2**20)
 _KEEP_BYTES = int(float(os.environ.get("MSTEIN_FAST_KEEP_MATRIX_MB", "64")) * 2**20)
 SIMILARITIES = ("inv", "neg")
@@ -94,9 +94,8 @@ def all_gather_rows(t: torch.Tensor, sizes: list[int] | None = None, group=None)
 
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, t, group):
+    def forward(ctx, t, group, sizes):
         ctx.group = group
-        sizes = _sizes(t.shape[0], [], group)[:, 0].tolist()
         rank, _ = world(group)
         ctx.offset, ctx.n = sum(sizes[:rank]), t.shape[0]
         return all_gather_rows(t, sizes, group)
@@ -105,14 +104,17 @@ class _GatherWithGrad(torch.autograd.Function):
     def backward(ctx, grad):
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, group=ctx.group)
-        return grad[ctx.offset: ctx.offset + ctx.n], None
+        return grad[ctx.offset: ctx.offset + ctx.n], None, None
 
 
-def gather_with_grad(t: torch.Tensor, group=None) -> torch.Tensor:
+def gather_with_grad(t: torch.Tensor, group=None, sizes: list[int] | None = None) -> torch.Tensor:
     """:func:`all_gather_rows` whose backward sends each rank the sum over ranks of the gradient
     w.r.t. its own rows (so a loss computed from the gathered tensor on every rank back-propagates
-    to each rank's inputs from every rank's use of them)."""
-    return _GatherWithGrad.apply(t, group)
+    to each rank's inputs from every rank's use of them). ``sizes``: every rank's row count, if
+    already known (otherwise exchanged first)."""
+    if sizes is None:
+        sizes = _sizes(t.shape[0], [], group)[:, 0].tolist()
+    return _GatherWithGrad.apply(t, group, sizes)
 
 
 def _global_reduce(rows: torch.Tensor, total_rows: int, reduction: str, group) -> torch.Tensor:
@@ -363,7 +365,7 @@ def dot_infonce(a: torch.Tensor, b: torch.Tensor, temperature: float, group=None
     n = a.shape[0]
     sizes = _sizes(n, [], group)[:, 0].tolist()
     total, off = sum(sizes), sum(sizes[:rank])
-    z = torch.cat([gather_with_grad(a, group), gather_with_grad(b, group)])  # [2N, D]
+    z = torch.cat([gather_with_grad(a, group, sizes), gather_with_grad(b, group, sizes)])  # [2N, D]
     rows = torch.cat([a, b])
     logits = rows @ z.T / temperature
     idx = torch.arange(n, device=a.device)

@@ -82,12 +82,11 @@ def evaluate_ranks(model, split: LeaveOneOut, which: str, batch_size: int = 256,
     was_training = model.training
     model.eval()
     ranks = []
-    everyone = users
-    for start in range(0, len(everyone), batch_size):
-        users = everyone[start:start + batch_size]
-        scores = model.score_items(inputs[users].to(device))
-        excluded = seen_mask(seen, users, split.n_items, device)
-        ranks.append(target_ranks(scores, targets[users].to(device), excluded).cpu())
+    for start in range(0, len(users), batch_size):
+        batch = users[start:start + batch_size]
+        scores = model.score_items(inputs[batch].to(device))
+        excluded = seen_mask(seen, batch, split.n_items, device)
+        ranks.append(target_ranks(scores, targets[batch].to(device), excluded).cpu())
     model.train(was_training)
     return torch.cat(ranks)
 

@@ -24,11 +24,10 @@ def global_batch(case: dict):
     """``(mean_a, cov_a, mean_b, cov_b, upstream)`` of the whole global batch, in float64."""
     g = torch.Generator().manual_seed(case["seed"])
     n, d = sum(case["sizes"]), case["d"]
-    scale = case.get("scale", 1.0)
-    mean_a = torch.randn(n, d, generator=g, dtype=torch.float64) * scale
-    mean_b = mean_a + 0.3 * scale * torch.randn(n, d, generator=g, dtype=torch.float64)
-    cov_a = torch.rand(n, d, generator=g, dtype=torch.float64) * scale**2 + 0.05
-    cov_b = torch.rand(n, d, generator=g, dtype=torch.float64) * scale**2 + 0.05
+    mean_a = torch.randn(n, d, generator=g, dtype=torch.float64)
+    mean_b = mean_a + 0.3 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    cov_a = torch.rand(n, d, generator=g, dtype=torch.float64) + 0.05
+    cov_b = torch.rand(n, d, generator=g, dtype=torch.float64) + 0.05
     upstream = torch.randn(2 * n, generator=g, dtype=torch.float64)
     offset = case.get("offset", 0.0)  # a common shift: W does not change, float32 cancellation does
     return mean_a + offset, cov_a, mean_b + offset, cov_b, upstream
