@@ -311,18 +311,24 @@ def _clean(value):
 
 
 def write_outputs(output: str, name: str, rows: list[dict], meta: dict) -> list[str]:
-    """``OUTPUT/<name>.csv`` (one row per dict) and ``OUTPUT/<name>.json`` (``meta`` + ``rows``)."""
-    os.makedirs(output, exist_ok=True)
+    """``OUTPUT/<name>.csv`` (one row per dict) and ``OUTPUT/<name>.json`` (``meta`` + ``rows``);
+    UserError if ``output`` cannot be created or written."""
+    if os.path.lexists(output) and not os.path.isdir(output):
+        raise UserError(f"--output {output} exists and is not a directory; choose another --output")
     rows = [{k: _clean(v) for k, v in r.items()} for r in rows]
     columns = list(dict.fromkeys(k for r in rows for k in r))
     csv_path, json_path = os.path.join(output, f"{name}.csv"), os.path.join(output, f"{name}.json")
-    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(json_path, "w", encoding="utf-8") as fh:
-        json.dump({**meta, "rows": rows}, fh, indent=2)
-        fh.write("\n")
+    try:
+        os.makedirs(output, exist_ok=True)
+        with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump({**meta, "rows": rows}, fh, indent=2)
+            fh.write("\n")
+    except OSError as err:
+        raise UserError(f"cannot write into {output}: {err.strerror or err}") from None
     return [csv_path, json_path]
 
 

@@ -12,7 +12,16 @@ import os
 import sys
 import time
 
-from mstein_fast.config import FIELDS, QUICK_PRESET, TrainConfig, build_config, field_type, load_config_file
+from mstein_fast.config import (
+    FIELDS,
+    QUICK_PRESET,
+    RESUME_KEYS,
+    TrainConfig,
+    build_config,
+    check_resume,
+    field_type,
+    load_config_file,
+)
 from mstein_fast.data import UserError
 
 # keys with their own, shorter flags (the rest are --key-name for config key key_name)
@@ -34,7 +43,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     for name, f in FIELDS.items():
         if name in _OWN_FLAGS:
             continue
-        help_text = f"{f.metadata['help']} (default: {getattr(defaults, name)})"
+        valid = f.metadata.get("range")
+        help_text = f"{f.metadata['help']} (default: {getattr(defaults, name)}" + (f"; range {valid})" if valid else ")")
         t = field_type(name)
         if t is bool:
             group.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction,
@@ -67,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="DIR", help="run directory (default: runs/<model>-<date>-<time>)")
     p.add_argument("--resume", metavar="DIR",
                    help="continue the run in DIR from its last completed epoch (its saved config is used; "
-                        "options given here override it)")
+                        f"only {', '.join(RESUME_KEYS)} may be changed with options here)")
     p.add_argument("--print-config", action="store_true", help="print the merged configuration as JSON and exit")
     _add_config_options(p)
 
@@ -194,8 +204,9 @@ def _cmd_train(args) -> int:
         if args.config or (args.output and os.path.abspath(args.output) != os.path.abspath(args.resume)):
             raise UserError("--resume uses the run's saved configuration and directory; "
                             "do not combine it with --config or another --output")
-        saved = load_checkpoint(os.path.join(args.resume, "last.pt"))["config"].to_dict()
-        cfg, _ = build_config(saved, cli_values)  # the saved config already holds any preset values
+        saved = load_checkpoint(os.path.join(args.resume, "last.pt"))["config"]
+        cfg, _ = build_config(saved.to_dict(), cli_values)  # the saved config already holds any preset values
+        check_resume(saved, cfg)  # before anything is written
         quick = False
         output = args.resume
     else:
@@ -331,7 +342,9 @@ def _cmd_plot(args) -> int:
     from mstein_fast import analysis
 
     metrics = analysis.check_metrics(analysis.parse_list(args.metrics, str, "--metrics"))
-    result = analysis.plot_runs(args.run_dirs, args.output or args.run_dirs[0], metrics, plots=not args.no_plots)
+    first = args.run_dirs[0]
+    default = first if os.path.isdir(first) else os.path.dirname(os.path.abspath(first))  # RUN/metrics.jsonl
+    result = analysis.plot_runs(args.run_dirs, args.output or default, metrics, plots=not args.no_plots)
     print(json.dumps({"files": result["files"]}))
     return 0
 

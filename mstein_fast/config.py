@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +22,44 @@ class ConfigError(UserError, ValueError):
     """A configuration value or file is invalid."""
 
 
-def _key(default, help: str, choices=None):
-    return field(default=default, metadata={"help": help, "choices": choices})
+@dataclass(frozen=True)
+class Range:
+    """The valid interval of a numeric key: ``[lo, hi]``, either end open; floats must also be finite."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, value) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        def num(v):
+            return "inf" if v == math.inf else "-inf" if v == -math.inf else f"{v:g}" if isinstance(v, float) else str(v)
+
+        return f"{'(' if self.lo_open else '['}{num(self.lo)}, {num(self.hi)}{')' if self.hi_open else ']'}"
+
+
+FRACTION = Range(0, 1, hi_open=True)  # [0, 1)
+RATE = Range(0, 1, lo_open=True)  # (0, 1]
+POSITIVE = Range(0, math.inf, lo_open=True, hi_open=True)  # finite > 0
+NON_NEGATIVE = Range(0, math.inf, hi_open=True)  # finite >= 0
+FINITE = Range(-math.inf, math.inf, lo_open=True, hi_open=True)
+SEED = Range(0, 2**63 - 1)
+# 1 / temperature must stay finite in float32 (the ops' compute type)
+TEMPERATURE = Range(1e-30, math.inf, hi_open=True)
+COUNT = Range(1, 10**9)  # epochs and the like
+ROWS = Range(1, 10**7)  # batch sizes, users, items
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
+
+
+def _key(default, help: str, choices=None, valid: Range | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices, "range": valid})
 
 
 @dataclass
@@ -29,20 +67,24 @@ class TrainConfig:
     # what to train on
     model: str = _key("mstein", "model: mstein, stosa, sasrec, coserec or coserec-wdm", sorted(MODELS))
     data: str | None = _key(None, "sequence file 'user_id item_id ...'; none = the built-in synthetic data")
-    seed: int = _key(42, "seed of initialisation, shuffling, negatives, augmentation and dropout")
+    seed: int = _key(42, "seed of initialisation, shuffling, negatives, augmentation and dropout",
+                    valid=SEED)
     device: str = _key("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
     backend: str = _key("auto", "backend of the Wasserstein ops: auto, cpp, triton or torch",
                         ["auto", "cpp", "triton", "torch"])
-    num_threads: int = _key(0, "CPU threads for torch (0 = torch's default)")
+    num_threads: int = _key(0, "CPU threads for torch (0 = torch's default)", valid=Range(0, 4096))
     # model
-    max_seq_length: int = _key(50, "items of history fed to the model (left-padded with 0)")
-    hidden_size: int = _key(64, "embedding and hidden size")
-    num_hidden_layers: int = _key(1, "self-attention layers")
-    num_attention_heads: int = _key(2, "attention heads per layer")
-    hidden_dropout_prob: float = _key(0.1, "dropout on embeddings and layer outputs")
-    attention_probs_dropout_prob: float = _key(0.0, "dropout on attention probabilities")
-    init_mean: float = _key(0.01, "mean of the normal init of linear and embedding weights")
-    initializer_range: float = _key(0.02, "std of the normal init of linear and embedding weights")
+    max_seq_length: int = _key(50, "items of history fed to the model (left-padded with 0)",
+                               valid=Range(1, 100_000))
+    hidden_size: int = _key(64, "embedding and hidden size", valid=Range(1, 16384))
+    num_hidden_layers: int = _key(1, "self-attention layers", valid=Range(1, 256))
+    num_attention_heads: int = _key(2, "attention heads per layer", valid=Range(1, 1024))
+    hidden_dropout_prob: float = _key(0.1, "dropout on embeddings and layer outputs", valid=FRACTION)
+    attention_probs_dropout_prob: float = _key(0.0, "dropout on attention probabilities", valid=FRACTION)
+    init_mean: float = _key(0.01, "mean of the normal init of linear and embedding weights",
+                            valid=FINITE)
+    initializer_range: float = _key(0.02, "std of the normal init of linear and embedding weights",
+                                     valid=POSITIVE)
     skip_padding: bool = _key(True, "STOSA/MStein: encode each row only from its first item on (rows bucketed by "
                               "length) and the leading padding without attention; same results as the full "
                               "[B, L] computation, less work")
@@ -51,69 +93,76 @@ class TrainConfig:
                                 "epochs; changes training, not the official computation; quality not validated)")
     stosa_compat: bool = _key(False, "reproduce the original STOSA defect: mean stream not propagated through layers")
     # objective
-    pvn_weight: float = _key(0.01, "weight of the pvn regulariser max(0, W(seq,pos) - W(pos,neg)) (STOSA, MStein)")
-    cf_weight: float = _key(0.005, "weight of the contrastive (InfoNCE) loss (mstein, coserec, coserec-wdm)")
-    temperature: float = _key(1e-6, "temperature of the Wasserstein InfoNCE")
+    pvn_weight: float = _key(0.01, "weight of the pvn regulariser max(0, W(seq,pos) - W(pos,neg)) (STOSA, MStein)",
+                              valid=NON_NEGATIVE)
+    cf_weight: float = _key(0.005, "weight of the contrastive (InfoNCE) loss (mstein, coserec, coserec-wdm)",
+                             valid=NON_NEGATIVE)
+    temperature: float = _key(1e-6, "temperature of the Wasserstein InfoNCE", valid=TEMPERATURE)
     similarity: str = _key("inv", "W2 -> similarity in the InfoNCE: inv = 1/(1+W) (official), neg = -W",
                            ["inv", "neg"])
-    dot_temperature: float = _key(1.0, "temperature of CoSeRec's dot-product InfoNCE")
+    dot_temperature: float = _key(1.0, "temperature of CoSeRec's dot-product InfoNCE", valid=TEMPERATURE)
     cl_double_cov_activation: bool = _key(False, "apply ELU+1 again to the cov before the InfoNCE, as the official code")
     # augmentation (CoSeRec)
-    tao: float = _key(0.2, "crop: fraction of the sequence kept")
-    gamma: float = _key(0.7, "mask: fraction of items replaced by 0")
-    beta: float = _key(0.2, "reorder: fraction of the sequence shuffled")
-    insert_rate: float = _key(0.3, "insert: fraction of positions that get similar items inserted before them")
-    max_insert_num_per_pos: int = _key(1, "insert: up to max_insert_num_per_pos / insert_rate items per position")
-    substitute_rate: float = _key(0.5, "substitute: fraction of items replaced by their most similar item")
-    augment_threshold: int = _key(16, "sequences up to this length use {insert, substitute, mask}; longer use all five")
-    augmentation_warm_up_epochs: int = _key(160, "epochs on ItemCF-IUF similarity before switching to the model's own items")
+    tao: float = _key(0.2, "crop: fraction of the sequence kept", valid=FRACTION)
+    gamma: float = _key(0.7, "mask: fraction of items replaced by 0", valid=FRACTION)
+    beta: float = _key(0.2, "reorder: fraction of the sequence shuffled", valid=FRACTION)
+    insert_rate: float = _key(0.3, "insert: fraction of positions that get similar items inserted before them",
+                               valid=RATE)
+    max_insert_num_per_pos: int = _key(1, "insert: up to max_insert_num_per_pos / insert_rate items per position",
+                                     valid=Range(1, 1000))
+    substitute_rate: float = _key(0.5, "substitute: fraction of items replaced by their most similar item",
+                                   valid=RATE)
+    augment_threshold: int = _key(16, "sequences up to this length use {insert, substitute, mask}; longer use all five",
+                                  valid=Range(0, 100_000))
+    augmentation_warm_up_epochs: int = _key(160, "epochs on ItemCF-IUF similarity before switching to the model's own items",
+                                            valid=Range(0, 10**9))
     # optimisation
-    lr: float = _key(0.001, "Adam learning rate")
-    weight_decay: float = _key(0.0, "Adam weight decay")
-    adam_beta1: float = _key(0.9, "Adam beta1")
-    adam_beta2: float = _key(0.999, "Adam beta2")
-    batch_size: int = _key(1024, "training sequences per step")
-    epochs: int = _key(500, "maximum number of epochs")
-    patience: int = _key(100, "stop after this many epochs without a better validation score")
+    lr: float = _key(0.001, "Adam learning rate", valid=POSITIVE)
+    weight_decay: float = _key(0.0, "Adam weight decay", valid=NON_NEGATIVE)
+    adam_beta1: float = _key(0.9, "Adam beta1", valid=FRACTION)
+    adam_beta2: float = _key(0.999, "Adam beta2", valid=FRACTION)
+    batch_size: int = _key(1024, "training sequences per step", valid=ROWS)
+    epochs: int = _key(500, "maximum number of epochs", valid=COUNT)
+    patience: int = _key(100, "stop after this many epochs without a better validation score",
+                        valid=COUNT)
     early_stop_metric: str = _key("mrr", "validation metric for early stopping and the best checkpoint",
                                   ["mrr", "mrr@40", "ndcg@10", "ndcg@20", "recall@10", "recall@20"])
-    eval_batch_size: int = _key(256, "users per evaluation batch")
+    eval_batch_size: int = _key(256, "users per evaluation batch", valid=ROWS)
     progress: bool = _key(True, "show a progress bar with the running loss")
     # built-in synthetic data (used when data is not given)
-    synthetic_users: int = _key(2000, "synthetic data: number of users")
-    synthetic_items: int = _key(500, "synthetic data: number of items")
-    synthetic_clusters: int = _key(20, "synthetic data: number of latent item clusters")
-    synthetic_seed: int = _key(0, "synthetic data: seed of the data set (independent of --seed)")
+    synthetic_users: int = _key(2000, "synthetic data: number of users", valid=ROWS)
+    synthetic_items: int = _key(500, "synthetic data: number of items", valid=Range(2, 10**7))
+    synthetic_clusters: int = _key(20, "synthetic data: number of latent item clusters",
+                                 valid=Range(1, 10**6))
+    synthetic_seed: int = _key(0, "synthetic data: seed of the data set (independent of --seed)",
+                             valid=SEED)
 
     def validate(self) -> TrainConfig:
-        """Check ranges and choices; raise :class:`ConfigError` naming the key."""
+        """Check types, choices and the range declared beside each key, and the cross-key
+        constraints; raise :class:`ConfigError` naming the key."""
         for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            coerce(f.name, value, "config")  # the declared type (an API caller may pass anything)
             choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}")
-        positive = ["max_seq_length", "hidden_size", "num_hidden_layers", "num_attention_heads", "batch_size",
-                    "eval_batch_size", "epochs", "patience", "temperature", "dot_temperature", "lr",
-                    "max_insert_num_per_pos", "synthetic_users", "synthetic_items", "synthetic_clusters"]
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        fractions = ["hidden_dropout_prob", "attention_probs_dropout_prob", "tao", "gamma", "beta"]
-        for name in fractions:
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        for name in ["insert_rate", "substitute_rate"]:
-            if not 0 < getattr(self, name) <= 1:
-                raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
-        for name in ["num_threads", "augmentation_warm_up_epochs", "augment_threshold", "pvn_weight", "cf_weight",
-                     "weight_decay", "initializer_range"]:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name} must be one of {choices}, got {value!r}")
+            valid = f.metadata.get("range")
+            if valid is not None and value not in valid:
+                raise ConfigError(f"{f.name} must be in {valid}{' and finite' if isinstance(value, float) else ''}, "
+                                  f"got {value!r}")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.data is not None and not self.data.strip():
+            raise ConfigError("data must be a file name, got an empty string")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})"
             )
         if self.model == "coserec-wdm" and self.hidden_size % 2:
             raise ConfigError(f"coserec-wdm splits the output in halves: hidden_size must be even, got {self.hidden_size}")
+        if self.data is None and self.synthetic_items < 2 * self.synthetic_clusters:
+            raise ConfigError(f"synthetic_items ({self.synthetic_items}) must be at least 2 x synthetic_clusters "
+                              f"({self.synthetic_clusters})")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +179,21 @@ QUICK_PRESET: dict[str, Any] = {
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
+# The keys that `train --resume` may change: none of them changes the model, the data or what the
+# next epochs compute. `data` may be given again (e.g. the file moved); the trainer refuses a file
+# whose content differs from the one the run was trained on.
+RESUME_KEYS = ("epochs", "patience", "progress", "num_threads", "eval_batch_size", "device", "data")
+
+
+def check_resume(saved: TrainConfig, new: TrainConfig) -> None:
+    """Raise :class:`ConfigError` if ``new`` differs from the run's ``saved`` config outside :data:`RESUME_KEYS`."""
+    changed = [name for name in FIELDS if name not in RESUME_KEYS and getattr(saved, name) != getattr(new, name)]
+    if changed:
+        shown = ", ".join(f"{name} ({getattr(saved, name)!r} -> {getattr(new, name)!r})" for name in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise ConfigError(f"--resume cannot change {shown}{more}: they change the model or the training; "
+                          f"only {', '.join(RESUME_KEYS)} may be changed (train a new run with --output for the rest)")
+
 
 def field_type(name: str) -> type:
     """The Python type of a config key (``str | None`` -> ``str``)."""
@@ -142,7 +206,7 @@ def coerce(name: str, value: Any, where: str) -> Any:
     if name not in FIELDS:
         raise ConfigError(f"{where}: unknown config key {name!r} (known keys: see `mstein-fast train --help`)")
     t = field_type(name)
-    if value is None and FIELDS[name].default is None:
+    if value is None and FIELDS[name].default is None and FIELDS[name].default_factory is dataclasses.MISSING:
         return None
     if t is bool:
         if isinstance(value, bool):

@@ -5,6 +5,7 @@ Ranks are computed in user batches on the model's device: ``rank = #items scored
 target + #items scored equal with a smaller id`` (ties broken by item id, so a constant scorer is
 not rewarded). An excluded item is never ranked above an allowed one; if the target itself was in
 the input (a repeated purchase) it is excluded too and counts as a miss, as in the original code.
+A target with a NaN or +inf score (a diverged model) is ranked after every item: a miss, never a hit.
 """
 
 from __future__ import annotations
@@ -67,14 +68,25 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Te
     t = scores.gather(1, col)
     before = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0) < col
     higher = (scores > t) | ((scores == t) & before)
-    return higher.sum(1)  # an excluded target (score -inf) lands after every allowed item
+    ranks = higher.sum(1)  # an excluded target (score -inf) lands after every allowed item
+    # NaN compares false with everything (it would rank first) and +inf beats every finite score:
+    # a target scored so by a diverged model is a miss, ranked after all items
+    broken = torch.isnan(t[:, 0]) | (t[:, 0] == float("inf"))
+    return torch.where(broken, torch.full_like(ranks, scores.shape[1]), ranks)
+
+
+class NonFiniteScores(ValueError):
+    """The model scored some item NaN or +-inf (a diverged model): its ranks mean nothing."""
 
 
 @torch.no_grad()
 def evaluate_ranks(model, split: LeaveOneOut, which: str, batch_size: int = 256,
-                   users: torch.Tensor | None = None) -> torch.Tensor:
+                   users: torch.Tensor | None = None, require_finite: bool = False) -> torch.Tensor:
     """Target ranks of ``"valid"`` or ``"test"`` for every user, or for the user indices ``users``
-    (e.g. one process's share), in that order (CPU tensor)."""
+    (e.g. one process's share), in that order (CPU tensor).
+
+    A non-finite target score is a miss (see :func:`target_ranks`); with ``require_finite`` any
+    non-finite score raises :class:`NonFiniteScores` instead (one host sync at the end)."""
     inputs, targets, seen = split.eval_arrays(which)
     if users is None:
         users = torch.arange(len(targets))
@@ -82,12 +94,17 @@ def evaluate_ranks(model, split: LeaveOneOut, which: str, batch_size: int = 256,
     was_training = model.training
     model.eval()
     ranks = []
+    finite = torch.ones((), dtype=torch.bool, device=device)
     for start in range(0, len(users), batch_size):
         batch = users[start:start + batch_size]
         scores = model.score_items(inputs[batch].to(device))
+        if require_finite:
+            finite &= torch.isfinite(scores).all()
         excluded = seen_mask(seen, batch, split.n_items, device)
         ranks.append(target_ranks(scores, targets[batch].to(device), excluded).cpu())
     model.train(was_training)
+    if require_finite and not bool(finite):
+        raise NonFiniteScores(f"the model scores some {which} items NaN or inf")
     return torch.cat(ranks)
 
 

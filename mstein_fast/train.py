@@ -19,14 +19,22 @@ Reproducibility: the randomness of epoch e (shuffling, negatives, augmentation, 
 drawn from generators seeded by ``(seed, e)``; the model, the optimizer and the early-stopping
 state are in ``last.pt``. A run resumed after a kill therefore repeats exactly what the
 uninterrupted run would have done (same final metrics on the same device and thread count).
+
+Failures: a non-finite loss or validation score stops the run with :class:`Diverged` before the
+epoch is recorded (``last.pt``, ``best.pt`` and ``metrics.jsonl`` keep the last good epoch);
+files are written atomically and never through symbolic links; a failed write (full disk,
+read-only place) is a :class:`UserError` naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
-import pickle
 import random
+import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -38,7 +46,8 @@ from tqdm import tqdm
 
 from mstein_fast import distributed
 from mstein_fast.augment import Augmenter, itemcf_iuf_topk
-from mstein_fast.config import TrainConfig, config_from_dict
+from mstein_fast.backends import available_backends
+from mstein_fast.config import FIELDS, TrainConfig, check_resume, config_from_dict
 from mstein_fast.data import (
     LeaveOneOut,
     Sequences,
@@ -48,7 +57,7 @@ from mstein_fast.data import (
     sample_negatives,
     synthetic_sequences,
 )
-from mstein_fast.evaluate import evaluate_ranks, popularity_metrics, ranking_metrics
+from mstein_fast.evaluate import NonFiniteScores, evaluate_ranks, popularity_metrics, ranking_metrics
 from mstein_fast.models import build_model
 
 CHECKPOINT_FORMAT = 1
@@ -56,8 +65,17 @@ CHECKPOINT_FORMAT = 1
 _SHUFFLE, _NEGATIVES, _AUGMENT, _DROPOUT, _SIMILARITY = range(5)
 
 
+# the files of a run directory (anything else there means it is not a run of ours)
+RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "test_metrics.json")
+_TEMPORARY = re.compile(r"(" + "|".join(re.escape(n) for n in RUN_FILES) + r")\.tmp\d+")
+
+
 class Interrupted(Exception):
     """Training was stopped by Ctrl-C; the last completed epoch is saved."""
+
+
+class Diverged(UserError):
+    """The loss or the validation scores became NaN or infinite; the last good epoch is kept."""
 
 
 def log(message: str) -> None:
@@ -101,6 +119,7 @@ def stream_seed(seed: int, epoch: int, stream: int) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of ``name`` (auto, cpu, cuda, cuda:N); UserError if it cannot run here."""
     if name in ("auto", "cuda") and distributed.world()[1] > 1 and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())  # cuda:LOCAL_RANK under torchrun
     if name == "auto":
@@ -109,9 +128,26 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"device {name!r} is not a torch device (try cpu or cuda)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device {name!r} requested but there are only {torch.cuda.device_count()} CUDA devices")
     return device
+
+
+def check_backend(backend: str, device: torch.device) -> None:
+    """UserError if the Wasserstein ops' ``backend`` cannot run on ``device`` here."""
+    if backend in ("auto", "torch"):
+        return
+    if backend not in available_backends():
+        raise UserError(f"backend {backend!r} is not available here (available: {', '.join(available_backends())})")
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if backend == "triton" and device.type != "cuda" and not interpreting:
+        raise UserError(f"backend 'triton' needs a CUDA device, but this run is on {device}; use --backend auto")
+    if backend == "cpp" and device.type != "cpu":
+        raise UserError(f"backend 'cpp' runs on the CPU only, but this run is on {device}; use --backend auto")
 
 
 def load_data(cfg: TrainConfig) -> Sequences:
@@ -122,22 +158,75 @@ def load_data(cfg: TrainConfig) -> Sequences:
     return load_sequences(cfg.data)
 
 
+def write_failure(path: str, err: BaseException) -> UserError:
+    """A one-line UserError for a failed write of ``path`` (naming the free space when the disk is full)."""
+    try:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    except OSError:
+        free = None
+    text = str(err).strip()
+    reason = getattr(err, "strerror", None) or (text.splitlines()[0] if text else type(err).__name__)
+    full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "unexpected pos" in str(err)
+    if full or (free is not None and free < 2**20):
+        space = f"{free / 2**20:.1f} MiB free" if free is not None else "free space unknown"
+        return UserError(f"cannot write {path}: no space left on the device ({space}); free some disk space, then "
+                         "continue with --resume (the last completed epoch is kept)")
+    return UserError(f"cannot write {path}: {reason}")
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 def save_atomic(obj, path: str) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file.
+    A failed write (full disk, read-only place) is a UserError naming the file; ``path`` is unchanged."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
+        _remove_quietly(tmp)  # never write through a link left there
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch reports a full disk as RuntimeError "unexpected pos ..."
+        raise write_failure(path, err) from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if os.path.lexists(tmp):
+            _remove_quietly(tmp)
 
 
 def write_text_atomic(text: str, path: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename (a link at ``path`` is replaced,
+    not followed); UserError naming the file if the write fails."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        _remove_quietly(tmp)
+        with open(tmp, "x", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise write_failure(path, err) from None
+    finally:
+        if os.path.lexists(tmp):
+            _remove_quietly(tmp)
+
+
+def append_line(text: str, path: str) -> None:
+    """Append one line to ``path`` (created if missing), never through a symbolic link."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UserError(f"{path} is a symbolic link; a run directory must hold its own files") from None
+        raise write_failure(path, err) from None
+
+
+# what a checkpoint holds, with the types a real one has
+_CHECKPOINT_KEYS = {"config": dict, "n_items": int, "data_fingerprint": str, "data_source": str, "model": dict,
+                    "epoch": int, "best_score": (int, float), "best_epoch": int, "bad_epochs": int}
 
 
 def load_checkpoint(path: str) -> dict:
@@ -148,18 +237,37 @@ def load_checkpoint(path: str) -> dict:
         raise UserError(f"{path}: no such checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:  # not a checkpoint
-        raise UserError(f"{path}: not a mstein-fast checkpoint ({type(err).__name__}: {err})") from None
+    except Exception as err:  # noqa: BLE001  any failure to unpickle means: not one of our checkpoints
+        # (torch's own message advises weights_only=False, i.e. running the file's code: never do that)
+        raise UserError(f"{path}: not a mstein-fast checkpoint (unreadable as a weights-only torch file: "
+                        f"{type(err).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not a mstein-fast checkpoint (format {CHECKPOINT_FORMAT})")
+    for key, kind in _CHECKPOINT_KEYS.items():
+        if not isinstance(ckpt.get(key), kind) or isinstance(ckpt.get(key), bool):
+            raise UserError(f"{path}: not a mstein-fast checkpoint ({key!r} is missing or malformed)")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
+        raise UserError(f"{path}: not a mstein-fast checkpoint (the model state is malformed)")
+    if not 1 <= ckpt["n_items"] <= 10**8 or ckpt["epoch"] < 0:
+        raise UserError(f"{path}: not a mstein-fast checkpoint (n_items {ckpt['n_items']}, epoch {ckpt['epoch']})")
     ckpt["config"] = config_from_dict(ckpt["config"], path)
     ckpt["path"] = path
     return ckpt
 
 
+def load_model_state(model, state: dict, path: str) -> None:
+    """``model.load_state_dict(state)``; UserError naming ``path`` if the state does not fit the model."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: the saved model does not match its configuration ({first})") from None
+
+
 def model_from_checkpoint(ckpt: dict, device: torch.device):
+    """The model of a :func:`load_checkpoint` result, on ``device``, in eval mode."""
     model = build_model(ckpt["config"].model, ckpt["n_items"], ckpt["config"]).to(device)
-    model.load_state_dict(ckpt["model"])
+    load_model_state(model, ckpt["model"], ckpt["path"])
     model.eval()
     return model
 
@@ -221,6 +329,7 @@ class Trainer:
             output_dir = box[0]
         self.out = output_dir
         self.device = resolve_device(cfg.device)
+        check_backend(cfg.backend, self.device)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
@@ -259,9 +368,11 @@ class Trainer:
         self.last_path = os.path.join(self.out, "last.pt")
         self.best_path = os.path.join(self.out, "best.pt")
         self.metrics_path = os.path.join(self.out, "metrics.jsonl")
+        if resume:
+            self._restore()  # checks everything before the run directory is touched
         self._on_rank0(self._prepare_directory, resume)
         if resume:
-            self._restore()
+            self._on_rank0(self._trim_metrics)
         log(f"run directory: {self.out}")
 
     def _on_rank0(self, fn, *args) -> None:
@@ -281,16 +392,53 @@ class Trainer:
             raise UserError(error)
 
     def _prepare_directory(self, resume: bool) -> None:
-        os.makedirs(self.out, exist_ok=True)
+        """Create or check the run directory and write ``config.json`` (rank 0). A non-empty
+        directory that is not a run of ours, or one holding symbolic links, is refused."""
+        out = self.out
+        if os.path.lexists(out) and not os.path.isdir(out):
+            raise UserError(f"--output {out} exists and is not a directory; choose another --output")
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create the run directory {out}: {err.strerror or err}") from None
+        for name in RUN_FILES:
+            path = os.path.join(out, name)
+            if os.path.islink(path):
+                raise UserError(f"{path} is a symbolic link; a run directory must hold its own files "
+                                "(refusing to write through it): choose another --output")
+        try:
+            entries = os.listdir(out)
+        except OSError as err:
+            raise UserError(f"cannot read the run directory {out}: {err.strerror or err}") from None
+        for name in entries:  # temporaries of a write that was killed
+            if _TEMPORARY.fullmatch(name) and not os.path.isdir(os.path.join(out, name)):
+                _remove_quietly(os.path.join(out, name))
+        entries = [e for e in entries if not _TEMPORARY.fullmatch(e)]
         if resume:
             if not os.path.isfile(self.last_path):
-                raise UserError(f"{self.out}: nothing to resume (no last.pt)")
+                raise UserError(f"{out}: nothing to resume (no last.pt)")
         elif os.path.exists(self.last_path):
-            raise UserError(f"{self.out} already holds a run; continue it with --resume {self.out} "
+            raise UserError(f"{out} already holds a run; continue it with --resume {out} "
                             "or choose another --output")
+        elif entries and not self._is_unstarted_run(entries):
+            shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+            raise UserError(f"--output {out} is not empty ({shown}) and is not a run of mstein-fast train; "
+                            f"choose another --output (or continue a run with --resume DIR)")
         else:
-            open(self.metrics_path, "w").close()
-        write_text_atomic(json.dumps(self.cfg.to_dict(), indent=2) + "\n", os.path.join(self.out, "config.json"))
+            write_text_atomic("", self.metrics_path)
+        write_text_atomic(json.dumps(self.cfg.to_dict(), indent=2) + "\n", os.path.join(out, "config.json"))
+
+    def _is_unstarted_run(self, entries: list[str]) -> bool:
+        """Whether ``entries`` are the files of a run of ours that never completed an epoch
+        (a ``config.json`` of our keys and nothing but run files), which may be started again."""
+        if not set(entries) <= set(RUN_FILES) or "config.json" not in entries:
+            return False
+        try:
+            with open(os.path.join(self.out, "config.json"), encoding="utf-8") as fh:
+                saved = json.load(fh)
+        except (OSError, ValueError):
+            return False
+        return isinstance(saved, dict) and set(saved) <= set(FIELDS)
 
     # -- checkpoints -------------------------------------------------------------------------
     def _state(self, with_optimizer: bool) -> dict:
@@ -311,22 +459,49 @@ class Trainer:
         return state
 
     def _restore(self) -> None:
-        """Load ``last.pt`` (every rank reads it: the run directory must be visible to all nodes)."""
+        """Load ``last.pt`` (every rank reads it: the run directory must be visible to all nodes),
+        after checking that it belongs to this configuration and data; nothing is written here."""
+        if not os.path.isfile(self.last_path):
+            raise UserError(f"{self.out}: nothing to resume (no last.pt)")
         ckpt = load_checkpoint(self.last_path)
+        check_resume(ckpt["config"], self.cfg)
         if ckpt["data_fingerprint"] != self.data.fingerprint:
             raise UserError(f"{self.out} was trained on different data ({ckpt['data_source']}); cannot resume")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if "optimizer" not in ckpt or not isinstance(ckpt["optimizer"], dict):
+            raise UserError(f"{self.last_path}: no optimizer state (is it a best.pt?); cannot resume")
+        load_model_state(self.model, ckpt["model"], self.last_path)
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError):
+            raise UserError(f"{self.last_path}: the optimizer state does not match the model; cannot resume") from None
         self.epoch, self.best_score = ckpt["epoch"], ckpt["best_score"]
         self.best_epoch, self.bad_epochs = ckpt["best_epoch"], ckpt["bad_epochs"]
-        self._on_rank0(self._trim_metrics)
 
     def _trim_metrics(self) -> None:
-        """Drop metric lines of epochs after the checkpoint (written before a kill)."""
+        """Drop metric lines of epochs after the checkpoint (written before a kill), and a torn
+        last line (a kill during its write); a corrupt line before the last is an error."""
         kept = []
         if os.path.exists(self.metrics_path):
-            with open(self.metrics_path, encoding="utf-8") as fh:
-                kept = [line for line in fh if line.strip() and json.loads(line)["epoch"] <= self.epoch]
+            try:
+                with open(self.metrics_path, encoding="utf-8") as fh:
+                    lines = fh.read().splitlines()
+            except (OSError, UnicodeDecodeError) as err:
+                raise UserError(f"cannot read {self.metrics_path}: {err}") from None
+            numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+            for i, (lineno, line) in enumerate(numbered):
+                try:
+                    record = json.loads(line)
+                    epoch = record["epoch"]
+                    ok = isinstance(epoch, int)
+                except (ValueError, TypeError, KeyError):
+                    ok = False
+                if not ok:
+                    if i == len(numbered) - 1:
+                        log(f"{self.metrics_path}:{lineno}: dropping a torn last line")
+                        continue
+                    raise UserError(f"{self.metrics_path}:{lineno}: not an epoch record; cannot resume")
+                if epoch <= self.epoch:
+                    kept.append(line + "\n")
         write_text_atomic("".join(kept), self.metrics_path)
         log(f"resumed {self.out} after epoch {self.epoch} (best epoch {self.best_epoch})")
 
@@ -371,11 +546,17 @@ class Trainer:
                 views = self.augmenter.views(full, lengths, g_aug)
                 views = torch.cat([views[mine], views[len(users) + mine]]).to(self.device, non_blocking=True)
             t2 = time.perf_counter()
-            loss, rec, cl = self.step(inputs.to(self.device), targets.to(self.device), negatives.to(self.device), views)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            try:
+                loss, rec, cl = self.step(inputs.to(self.device), targets.to(self.device), negatives.to(self.device),
+                                          views)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            except ValueError as err:  # the Wasserstein ops refuse NaN/inf Gaussians of a diverged model
+                raise self._diverged_or(err, epoch, f"non-finite Gaussians in batch {b + 1}") from None
             self.optimizer.step()
-            rec_v, cl_v = rec.item(), cl.item() if cl is not None else 0.0
+            rec_v, cl_v = rec.item(), cl.item() if cl is not None else 0.0  # the one host sync of a batch
+            if self.world == 1 and not math.isfinite(rec_v + cl_v):  # (distributed: checked on the epoch's sums)
+                raise self._divergence(epoch, f"loss {rec_v + cfg.cf_weight * cl_v} in batch {b + 1}")
             sums += torch.tensor([rec_v + cfg.cf_weight * cl_v, rec_v, cl_v], dtype=torch.float64)
             t3 = time.perf_counter()
             t_data, t_aug, t_train = t_data + t1 - t0, t_aug + t2 - t1, t_train + t3 - t2
@@ -387,13 +568,52 @@ class Trainer:
             dist.all_reduce(sums, group=self.group)
             sums = sums.cpu() / self.world
         total, rec_total, cl_total = (sums / n_batches).tolist()
+        if not math.isfinite(total + rec_total + cl_total):  # identical on every rank after the all-reduce
+            raise self._divergence(epoch, f"mean loss {total}")
         return EpochStats(total, rec_total, cl_total if self.augmenter is not None else None,
                           t_data, t_aug, t_sim, t_train)
 
-    def evaluate(self, which: str) -> dict:
-        """Metrics of ``"valid"`` or ``"test"`` over all users (split across ranks, ranks gathered)."""
+    def _divergence(self, epoch: int, what: str) -> Diverged:
+        """The error that stops a run whose epoch ``epoch`` produced ``what`` (a NaN or inf)."""
+        if self.epoch == 0:
+            kept = "no epoch was completed, nothing was saved"
+        else:
+            kept = (f"epoch {self.epoch} is saved in {self.last_path} and the best epoch {self.best_epoch} in "
+                    f"{self.best_path}; neither includes epoch {epoch}")
+        return Diverged(f"training diverged at epoch {epoch} ({what}); {kept}; try a smaller --lr "
+                        f"(now {self.cfg.lr:g}) in a new run")
+
+    def _diverged_or(self, err: ValueError, epoch: int, what: str) -> Exception:
+        """:meth:`_divergence` if ``err`` comes from non-finite values (NaN/inf parameters or an op's
+        refusal of NaN/inf inputs), else ``err`` itself (a genuine bug stays a traceback)."""
+        text = str(err)
+        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        if isinstance(err, NonFiniteScores) or not finite or "NaN" in text or " inf" in text or "finite" in text:
+            return self._divergence(epoch, what)
+        return err
+
+    def evaluate(self, which: str, epoch: int | None = None) -> dict:
+        """Metrics of ``"valid"`` or ``"test"`` over all users (split across ranks, ranks gathered).
+
+        With ``epoch`` (training), a non-finite score raises :class:`Diverged` on every rank."""
         users = torch.tensor_split(torch.arange(self.split.n_users), self.world)[self.rank]
-        ranks = evaluate_ranks(self.model, self.split, which, self.cfg.eval_batch_size, users=users)
+        error = None
+        try:
+            ranks = evaluate_ranks(self.model, self.split, which, self.cfg.eval_batch_size, users=users,
+                                   require_finite=epoch is not None)
+        except ValueError as err:
+            if epoch is None:
+                raise
+            error = self._diverged_or(err, epoch, f"non-finite {which} scores")
+            if not isinstance(error, Diverged):
+                raise
+        if self.world > 1 and epoch is not None:  # every rank stops, or none
+            flag = torch.tensor([error is not None], dtype=torch.float32, device=distributed.comm_device(self.group))
+            dist.all_reduce(flag, group=self.group)
+            if flag.item() and error is None:
+                error = self._divergence(epoch, f"non-finite {which} scores")
+        if error is not None:
+            raise error
         if self.world > 1:
             ranks = distributed.all_gather_rows(ranks.to(distributed.comm_device(self.group)), group=self.group).cpu()
         return ranking_metrics(ranks)
@@ -408,7 +628,7 @@ class Trainer:
                 epoch = self.epoch + 1
                 stats = self.train_epoch(epoch)
                 t = time.perf_counter()
-                valid = self.evaluate("valid")
+                valid = self.evaluate("valid", epoch=epoch)
                 t_eval = time.perf_counter() - t
                 score = valid[cfg.early_stop_metric]
                 self.epoch = epoch
@@ -425,8 +645,7 @@ class Trainer:
                 if self.rank == 0:
                     if improved:
                         save_atomic(self._state(with_optimizer=False), self.best_path)
-                    with open(self.metrics_path, "a", encoding="utf-8") as fh:
-                        fh.write(json.dumps(record) + "\n")
+                    append_line(json.dumps(record), self.metrics_path)
                     save_atomic(self._state(with_optimizer=True), self.last_path)
                 total_s = sum(record["time_s"].values())
                 log(f"epoch {epoch}: loss {stats.loss:.4f}  valid {cfg.early_stop_metric} {score:.4f}  "
@@ -452,7 +671,7 @@ class Trainer:
             dist.barrier()  # rank 0 has written best.pt
         if not os.path.isfile(self.best_path):
             raise UserError(f"{self.out}: no best.pt (no epoch was completed)")
-        self.model.load_state_dict(load_checkpoint(self.best_path)["model"])
+        load_model_state(self.model, load_checkpoint(self.best_path)["model"], self.best_path)
         result = {
             "model": self.cfg.model,
             "data": self.data.source,

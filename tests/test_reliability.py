@@ -1,0 +1,342 @@
+"""Hostile input and faults (issue 14): divergence, the run directory, resume, config ranges,
+checkpoints, file-system errors, and a small fuzz of the CLI. Every failure must be a one-line
+``error:`` with exit status 2 (or a success), never a traceback, a silently wrong number or an
+overwritten file."""
+
+import errno
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import mstein_fast.train as train_module
+from mstein_fast.cli import main
+from mstein_fast.config import FIELDS, RESUME_KEYS, ConfigError, TrainConfig, build_config
+from mstein_fast.evaluate import ranking_metrics, target_ranks
+from mstein_fast.train import Diverged, Trainer, UserError, load_checkpoint, train
+
+TINY = {"synthetic_users": 120, "synthetic_items": 40, "synthetic_clusters": 3, "max_seq_length": 8,
+        "hidden_size": 8, "batch_size": 64, "augmentation_warm_up_epochs": 1, "progress": False, "device": "cpu",
+        "epochs": 2}
+TINY_ARGS = ["--synthetic-users", "120", "--synthetic-items", "40", "--synthetic-clusters", "3",
+             "--max-seq-length", "8", "--hidden-size", "8", "--batch-size", "64", "--epochs", "1", "--no-progress",
+             "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**over):
+    return build_config(None, {**TINY, **over})[0]
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code, err, *fragments):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[-1], err
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def snapshot(path):
+    """{relative path: bytes} of every file under ``path``."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            full = os.path.join(root, f)
+            with open(full, "rb") as fh:
+                out[os.path.relpath(full, path)] = fh.read()
+    return out
+
+
+# -- 1. divergence ---------------------------------------------------------------------------------
+
+def test_nan_and_inf_target_scores_are_misses():
+    scores = torch.tensor([[float("nan")] * 5, [0.0, float("inf"), 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0]])
+    ranks = target_ranks(scores, torch.tensor([3, 2, 2]), torch.zeros(3, 5, dtype=torch.bool))
+    assert ranks.tolist() == [5, 5, 0]
+    assert ranking_metrics(ranks[:2])["recall@1"] == 0.0
+
+
+def _poison_parameters_in_epoch(monkeypatch, epoch_call):
+    """Fill the model's parameters with NaN at the ``epoch_call``-th negative sampling."""
+    calls = {"n": 0, "trainer": None}
+    real = train_module.sample_negatives
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == epoch_call:
+            with torch.no_grad():
+                for p in calls["trainer"].model.parameters():
+                    p.fill_(float("nan"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "sample_negatives", poisoned)
+    return calls
+
+
+@pytest.mark.parametrize("model", ["sasrec", "mstein"])
+def test_divergence_stops_and_keeps_the_last_good_epoch(tmp_path, monkeypatch, model):
+    cfg = tiny(model=model, epochs=3)
+    calls = _poison_parameters_in_epoch(monkeypatch, 3)  # 2 batches per epoch: first batch of epoch 2
+    trainer = Trainer(cfg, str(tmp_path))
+    calls["trainer"] = trainer
+    with pytest.raises(Diverged, match="training diverged at epoch 2") as info:
+        trainer.fit()
+    assert "epoch 1 is saved" in str(info.value) and "\n" not in str(info.value)
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1]
+    assert load_checkpoint(str(tmp_path / "last.pt"))["epoch"] == 1
+    assert load_checkpoint(str(tmp_path / "best.pt"))["epoch"] == 1
+    assert not (tmp_path / "test_metrics.json").exists()
+
+
+def test_nan_validation_scores_stop_the_run(tmp_path, monkeypatch):
+    trainer = Trainer(tiny(model="sasrec", epochs=3), str(tmp_path))
+    real = trainer.model.score_items
+    state = {"calls": 0}
+
+    def nan_in_epoch_2(inputs):
+        state["calls"] += 1
+        scores = real(inputs)
+        return scores.fill_(float("nan")) if state["calls"] > 1 else scores  # 1 eval batch per epoch
+
+    monkeypatch.setattr(trainer.model, "score_items", nan_in_epoch_2)
+    with pytest.raises(Diverged, match=r"training diverged at epoch 2 \(non-finite valid scores\)"):
+        trainer.fit()
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1]
+
+
+def test_diverged_run_via_cli_is_one_line(tmp_path, monkeypatch, capsys):
+    real = train_module.Trainer.train_epoch
+
+    def nan_loss(self, epoch):
+        with torch.no_grad():
+            for p in self.model.parameters():
+                p.fill_(float("inf"))
+        return real(self, epoch)
+
+    monkeypatch.setattr(train_module.Trainer, "train_epoch", nan_loss)
+    code, out, err = run_cli(capsys, "train", "--output", tmp_path / "run", "--model", "mstein", *TINY_ARGS)
+    assert_user_error(code, err, "training diverged at epoch 1", "nothing was saved")
+    assert out == ""
+
+
+# -- 2. the output directory -----------------------------------------------------------------------
+
+def test_foreign_directory_is_refused_untouched(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"my": "settings"}')
+    (out / "notes.txt").write_text("precious")
+    before = snapshot(out)
+    code, _, err = run_cli(capsys, "train", "--output", out, *TINY_ARGS)
+    assert_user_error(code, err, "is not empty", "choose another --output", "--resume")
+    assert snapshot(out) == before
+
+
+def test_symlinked_run_file_is_refused(tmp_path, capsys):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    os.symlink(outside, out / "metrics.jsonl")
+    code, _, err = run_cli(capsys, "train", "--output", out, *TINY_ARGS)
+    assert_user_error(code, err, "symbolic link")
+    assert outside.read_text() == "keep me"
+
+
+def test_unstarted_run_directory_may_be_reused_and_temporaries_are_cleaned(tmp_path):
+    cfg = tiny(model="sasrec", epochs=1)
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (tmp_path / "metrics.jsonl").write_text("")
+    (tmp_path / "last.pt.tmp12345").write_bytes(b"half a checkpoint")
+    train(cfg, str(tmp_path))
+    assert not (tmp_path / "last.pt.tmp12345").exists()
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1]
+
+
+def test_file_valued_output_is_a_user_error(tmp_path, capsys):
+    target = tmp_path / "afile"
+    target.write_text("x")
+    code, _, err = run_cli(capsys, "train", "--output", target, *TINY_ARGS)
+    assert_user_error(code, err, "not a directory")
+    assert target.read_text() == "x"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_output_is_a_user_error(tmp_path, capsys):
+    tmp_path.chmod(0o500)
+    try:
+        code, _, err = run_cli(capsys, "train", "--output", tmp_path / "run", *TINY_ARGS)
+    finally:
+        tmp_path.chmod(0o700)
+    assert_user_error(code, err, "cannot create the run directory")
+
+
+# -- 3. resume ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(tiny(model="sasrec", epochs=2), str(out))
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.mark.parametrize("option", [["--model", "stosa"], ["--hidden-size", "16"], ["--max-seq-length", "12"],
+                                    ["--lr", "0.5"], ["--model", "mstein"]])
+def test_resume_refuses_overrides_that_change_the_model(finished_run, capsys, option):
+    before = snapshot(finished_run)
+    code, _, err = run_cli(capsys, "train", "--resume", finished_run, *option)
+    assert_user_error(code, err, "--resume cannot change", "epochs")
+    assert snapshot(finished_run) == before
+
+
+def test_resume_with_other_data_writes_nothing(finished_run, tmp_path, capsys):
+    data = tmp_path / "d.txt"
+    data.write_text("".join(f"{u} 1 2 3 4\n" for u in range(1, 20)))
+    before = snapshot(finished_run)
+    code, _, err = run_cli(capsys, "train", "--resume", finished_run, "--data", data)
+    assert_user_error(code, err, "different data")
+    assert snapshot(finished_run) == before
+
+
+def test_resume_accepts_the_allowed_keys(finished_run, tmp_path, capsys):
+    assert {"epochs", "patience", "progress"} <= set(RESUME_KEYS) and "model" not in RESUME_KEYS
+    code, out, _ = run_cli(capsys, "train", "--resume", finished_run, "--epochs", "2", "--patience", "7",
+                             "--no-progress", "--eval-batch-size", "32", "--print-config")
+    assert code == 0 and json.loads(out)["patience"] == 7
+
+
+def test_resume_tolerates_a_torn_last_metrics_line(tmp_path):
+    cfg = tiny(model="sasrec", epochs=2)
+    train(cfg, str(tmp_path))
+    whole = (tmp_path / "metrics.jsonl").read_text()
+    lines = whole.splitlines()
+    (tmp_path / "metrics.jsonl").write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    ckpt["epoch"] = 1  # as if killed while writing epoch 2
+    torch.save(ckpt, tmp_path / "last.pt")
+    Trainer(cfg, str(tmp_path), resume=True)
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1]
+    # a corrupt line before the last is not a torn write: refused
+    (tmp_path / "metrics.jsonl").write_text("garbage\n" + lines[0] + "\n")
+    with pytest.raises(UserError, match="metrics.jsonl:1: not an epoch record"):
+        Trainer(cfg, str(tmp_path), resume=True)
+
+
+# -- 4. config ranges --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key, value", [
+    ("adam_beta1", 1.0), ("adam_beta2", -0.1), ("weight_decay", math.nan), ("initializer_range", math.nan),
+    ("initializer_range", 0.0), ("temperature", math.inf), ("temperature", math.nan), ("cf_weight", math.nan),
+    ("pvn_weight", -1.0), ("lr", math.inf), ("init_mean", math.nan), ("seed", 2**64), ("seed", -1),
+    ("max_seq_length", 10**9), ("synthetic_items", 10), ("device", "meta"), ("device", "mps"),
+    ("dot_temperature", 0.0), ("hidden_size", 10**6),
+])
+def test_config_ranges(key, value):
+    with pytest.raises(ConfigError, match=key if key != "synthetic_items" else "synthetic_items"):
+        TrainConfig(**{key: value}).validate()
+
+
+def test_every_numeric_key_declares_its_range():
+    for name, f in FIELDS.items():
+        if f.type in ("int", "float"):
+            assert f.metadata.get("range") is not None, name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--adam-beta1", "1.5"], "adam_beta1 must be in [0, 1)"),
+    (["--weight-decay", "nan"], "weight_decay"),
+    (["--seed", str(2**70)], "seed must be in"),
+    (["--device", "meta"], "device must be"),
+    (["--max-seq-length", "1000000000"], "max_seq_length"),
+    (["--synthetic-items", "5", "--synthetic-clusters", "3"], "synthetic_items (5) must be at least"),
+])
+def test_bad_config_values_are_refused_before_anything_is_written(tmp_path, capsys, argv, message):
+    code, _, err = run_cli(capsys, "train", "--output", tmp_path / "run", *TINY_ARGS, *argv)
+    assert_user_error(code, err, message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_triton_backend_without_cuda_is_a_user_error(tmp_path, capsys, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    code, _, err = run_cli(capsys, "train", "--output", tmp_path / "run", "--backend", "triton", *TINY_ARGS)
+    assert_user_error(code, err, "triton")
+    assert not (tmp_path / "run").exists()
+
+
+# -- 5. checkpoints, plots and file-system faults ---------------------------------------------------
+
+def _crafted_checkpoints(tmp_path, finished_run):
+    good = torch.load(finished_run / "best.pt", weights_only=True)
+    cases = {"garbage.pt": b"\x00garbage" * 10, "text.pt": b"just text\n"}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    variants = {
+        "no_config.pt": {k: v for k, v in good.items() if k != "config"},
+        "config_list.pt": {**good, "config": [1, 2]},
+        "bad_model.pt": {**good, "model": {"x": torch.zeros(3)}},
+        "n_items_str.pt": {**good, "n_items": "many"},
+        "list.pt": [1, 2, 3],
+        "bad_key.pt": {**good, "config": {**good["config"], "zzz": 1}},
+    }
+    for name, obj in variants.items():
+        torch.save(obj, tmp_path / name)
+    (tmp_path / "pickle.pt").write_bytes(b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x8c\x06system\x93.")
+    return sorted(list(cases) + list(variants) + ["pickle.pt"])
+
+
+def test_crafted_checkpoints_are_one_line_errors(finished_run, tmp_path, capsys):
+    for name in _crafted_checkpoints(tmp_path, finished_run):
+        for command in (["evaluate"], ["recommend", "--user", "1"]):
+            code, _, err = run_cli(capsys, command[0], tmp_path / name, *command[1:])
+            assert_user_error(code, err)
+            assert "weights_only=False" not in err and len(err.strip().splitlines()) == 1, (name, err)
+
+
+def test_plot_accepts_a_metrics_file(finished_run, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "plot", finished_run / "metrics.jsonl", "--no-plots")
+    assert code == 0, err
+    assert (finished_run / "training_curves.csv").exists()
+    code, _, err = run_cli(capsys, "plot", finished_run, "--no-plots", "--output", finished_run / "metrics.jsonl")
+    assert_user_error(code, err, "not a directory")
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"),
+                                     RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")])
+def test_full_disk_during_a_checkpoint_is_a_one_line_error(tmp_path, monkeypatch, capsys, failure):
+    def full(obj, path, *args, **kwargs):
+        with open(path, "wb") as fh:
+            fh.write(b"partial")
+        raise failure
+
+    monkeypatch.setattr(train_module.torch, "save", full)
+    code, _, err = run_cli(capsys, "train", "--output", tmp_path / "run", "--model", "sasrec", *TINY_ARGS)
+    assert_user_error(code, err, "no space left", "disk space")
+    assert not [f for f in os.listdir(tmp_path / "run") if ".tmp" in f]
