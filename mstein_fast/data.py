@@ -2,7 +2,8 @@
 vectorised negative sampling (SPEC section 4).
 
 File format: one line per user, ``user_id item_id item_id ...`` in time order, ids are positive
-integers (0 is the padding id). Users with fewer than 3 interactions cannot be split into
+integers in plain ASCII digits (0 is the padding id; item ids up to :data:`MAX_ITEM_ID`); a UTF-8
+byte-order mark is skipped. Users with fewer than 3 interactions cannot be split into
 train / valid / test and are skipped (and counted).
 """
 
@@ -16,6 +17,10 @@ import numpy as np
 import torch
 
 MIN_INTERACTIONS = 3  # one training pair needs >= 1 more, but valid and test need the last two
+# Item ids index the embedding tables (one row per id up to the largest): larger ids would ask for
+# absurd allocations. User ids are only labels, but must fit in int64.
+MAX_ITEM_ID = 10**7
+MAX_USER_ID = 2**63 - 1
 
 
 class UserError(Exception):
@@ -52,10 +57,15 @@ def load_sequences(path: str) -> Sequences:
         raise DataError(f"{path}: no such file")
     if os.path.isdir(path):
         raise DataError(f"{path}: is a directory, expected a sequence file 'user_id item_id item_id ...'")
-    with open(path, "rb") as fh:
-        raw = fh.read()
+    if not os.path.isfile(path):  # a FIFO, /dev/zero, ...: could be read without end
+        raise DataError(f"{path}: not a regular file, expected a sequence file 'user_id item_id item_id ...'")
     try:
-        text = raw.decode("utf-8")
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
 
@@ -71,12 +81,16 @@ def load_sequences(path: str) -> Sequences:
         ids = []
         for pos, tok in enumerate(tokens):
             what = "user id" if pos == 0 else "item id"
-            try:
-                value = int(tok)
-            except ValueError:
-                raise DataError(f"{path}:{lineno}: {what} {tok!r} is not an integer") from None
+            digits = tok[1:] if tok[:1] == "-" else tok
+            if not (digits.isascii() and digits.isdigit()):  # int() would also take "+5", "1_0", "٣"
+                raise DataError(f"{path}:{lineno}: {what} {tok!r} is not an integer (ids are plain digits 1, 2, ...)")
+            value = int(tok)
             if value <= 0:
                 raise DataError(f"{path}:{lineno}: {what} {value} is not positive (ids start at 1; 0 is padding)")
+            limit = MAX_USER_ID if pos == 0 else MAX_ITEM_ID
+            if value > limit:
+                raise DataError(f"{path}:{lineno}: {what} {value} is larger than {limit} (item ids index the "
+                                "embeddings: renumber them 1..n, e.g. with `mstein-fast data prepare`)")
             ids.append(value)
         user = ids[0]
         if len(ids) == 1:
@@ -381,6 +395,13 @@ def prepare_raw(raw_path: str, out_path: str, min_count: int = 5, fmt: str = "au
     """
     if not os.path.isfile(raw_path):
         raise DataError(f"{raw_path}: no such file")
+    stem = out_path.removesuffix(".txt")
+    outputs = [out_path, f"{stem}.user_map.tsv", f"{stem}.item_map.tsv"]
+    for target in outputs:
+        if os.path.isdir(target):
+            raise DataError(f"-o {out_path}: {target} is a directory; name a file to write")
+        if os.path.exists(target) and os.path.samefile(target, raw_path):
+            raise DataError(f"-o {out_path}: {target} is the input file; choose another output name")
     if fmt == "auto":
         name = raw_path.lower().removesuffix(".gz")
         if name.endswith(".csv"):
@@ -432,17 +453,22 @@ def prepare_raw(raw_path: str, out_path: str, min_count: int = 5, fmt: str = "au
     item_id = item_rank[i]
     bounds = np.flatnonzero(np.diff(user_id)) + 1
     lines = [f"{k + 1} " + " ".join(map(str, chunk)) for k, chunk in enumerate(np.split(item_id, bounds))]
-    stem = out_path.removesuffix(".txt")
-    out_dir = os.path.dirname(out_path)
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-    with open(out_path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
     user_raw = user_names[u[np.r_[0, bounds]]]
-    with open(f"{stem}.user_map.tsv", "w", encoding="utf-8") as fh:
-        fh.write("raw_id\tid\n" + "".join(f"{name}\t{k + 1}\n" for k, name in enumerate(user_raw)))
     item_raw = item_names[used_items[np.argsort(item_first[used_items])]]
-    with open(f"{stem}.item_map.tsv", "w", encoding="utf-8") as fh:
-        fh.write("raw_id\tid\n" + "".join(f"{name}\t{k + 1}\n" for k, name in enumerate(item_raw)))
+    for name in (*user_raw, *item_raw):
+        if any(c in str(name) for c in "\t\n\r"):
+            raise DataError(f"{raw_path}: the id {str(name)!r} holds a tab or a line break; the id maps cannot hold it")
+    texts = ["\n".join(lines) + "\n",
+             "raw_id\tid\n" + "".join(f"{name}\t{k + 1}\n" for k, name in enumerate(user_raw)),
+             "raw_id\tid\n" + "".join(f"{name}\t{k + 1}\n" for k, name in enumerate(item_raw))]
+    try:
+        out_dir = os.path.dirname(out_path)
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
+        for target, text in zip(outputs, texts):
+            with open(target, "w", encoding="utf-8") as fh:
+                fh.write(text)
+    except OSError as err:
+        raise DataError(f"cannot write {err.filename or out_path}: {err.strerror or err}") from None
     return {"users": len(lines), "items": len(used_items), "interactions": len(u),
             "raw_interactions": len(users), "format": fmt}

@@ -7,6 +7,7 @@ import errno
 import json
 import math
 import os
+import random
 
 import pytest
 import torch
@@ -340,3 +341,93 @@ def test_full_disk_during_a_checkpoint_is_a_one_line_error(tmp_path, monkeypatch
     code, _, err = run_cli(capsys, "train", "--output", tmp_path / "run", "--model", "sasrec", *TINY_ARGS)
     assert_user_error(code, err, "no space left", "disk space")
     assert not [f for f in os.listdir(tmp_path / "run") if ".tmp" in f]
+
+
+# -- 6-7. data files and data prepare -----------------------------------------------------------------
+
+@pytest.mark.parametrize("token, message", [
+    ("1_0", "is not an integer"), ("+5", "is not an integer"), ("\u0663", "is not an integer"),
+    ("-2", "-2 is not positive"), (str(2**40), "is larger than"), (str(2**64), "is larger than"),
+])
+def test_data_ids_must_be_plain_bounded_digits(tmp_path, token, message):
+    from mstein_fast.data import DataError, load_sequences
+
+    path = tmp_path / "d.txt"
+    path.write_text(f"1 1 2 3\n2 1 {token} 3\n", encoding="utf-8")
+    with pytest.raises(DataError, match=f"d.txt:2: item id .*{message}"):
+        load_sequences(str(path))
+
+
+def test_data_utf8_bom_is_skipped_and_fifo_refused(tmp_path):
+    from mstein_fast.data import DataError, load_sequences
+
+    path = tmp_path / "bom.txt"
+    path.write_bytes("\ufeff1 1 2 3\n2 2 3 4\n".encode())
+    assert load_sequences(str(path)).user_ids == [1, 2]
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(DataError, match="not a regular file"):
+        load_sequences(str(tmp_path / "fifo"))
+
+
+def test_data_prepare_never_overwrites_its_input(tmp_path, capsys):
+    raw = tmp_path / "ratings.csv"
+    text = "".join(f"u{u},i{(u + k) % 7},5.0,{k}\n" for u in range(8) for k in range(5))
+    raw.write_text(text)
+    code, _, err = run_cli(capsys, "data", "prepare", raw, "-o", raw)
+    assert_user_error(code, err, "is the input file")
+    assert raw.read_text() == text
+    code, _, err = run_cli(capsys, "data", "prepare", raw, "-o", tmp_path)
+    assert_user_error(code, err, "is a directory")
+
+
+def test_data_prepare_refuses_tabs_in_ids(tmp_path, capsys):
+    raw = tmp_path / "r.csv"
+    raw.write_text("".join(f'"u\t{u}",i{(u + k) % 7},5.0,{k}\n' for u in range(8) for k in range(5)))
+    code, _, err = run_cli(capsys, "data", "prepare", raw, "-o", tmp_path / "o.txt")
+    assert_user_error(code, err, "tab or a line break")
+    assert not (tmp_path / "o.txt").exists()
+
+
+# -- fuzz ---------------------------------------------------------------------------------------------
+
+_BAD_TOKENS = ["1_0", "+5", "٣", "-1", "0", "x", "1e3", "", "2" * 30, "\ufeff1", "1.5", "nan", "\x00", "\t7"]
+_BAD_OPTIONS = [("--lr", ["-1", "nan", "inf", "0", "1e400", "abc"]), ("--adam-beta2", ["1", "2", "-0"]),
+                ("--batch-size", ["0", "-3", "99999999999"]), ("--hidden-size", ["0", "7", "100000"]),
+                ("--temperature", ["0", "1e-40", "inf"]), ("--device", ["meta", "cuda:99", "gpu", ""]),
+                ("--epochs", ["0", "-1"]), ("--seed", ["-5", str(2**64)]), ("--max-seq-length", ["0", "10000000"]),
+                ("--init-mean", ["nan", "-inf"]), ("--patience", ["0"]), ("--num-threads", ["-2", "100000"])]
+
+
+def test_fuzz_cli_exits_0_or_2_with_one_line_errors(tmp_path, capsys):
+    rng = random.Random(14)
+    before = set(os.listdir(tmp_path))
+    codes = []
+    for case in range(16):
+        lines = [" ".join(str(v) for v in [user] + [rng.randint(1, 20) for _ in range(rng.randint(3, 8))])
+                 for user in range(1, 30)]
+        if rng.random() < 0.5:  # one malformed token somewhere
+            row = rng.randrange(len(lines))
+            tokens = lines[row].split()
+            tokens[rng.randrange(len(tokens))] = rng.choice(_BAD_TOKENS)
+            lines[row] = " ".join(tokens)
+        data = tmp_path / f"data{case}.txt"
+        data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        flag, values = rng.choice(_BAD_OPTIONS)
+        argv = ["train", "--data", str(data), "--output", str(tmp_path / f"out{case}"), "--model",
+                rng.choice(["sasrec", "mstein"]), "--max-seq-length", "6", "--hidden-size", "8", "--epochs", "1",
+                "--no-progress", "--device", "cpu"]
+        if rng.random() < 0.5:
+            argv += [flag, rng.choice(values)]
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse: a value of the wrong type
+            code = exit_.code
+        _, err = capsys.readouterr()
+        codes.append(code)
+        assert code in (0, 2), (argv, err)
+        assert "Traceback" not in err, (argv, err)
+        if code == 2:
+            assert err.strip().splitlines()[-1].startswith(("error: ", "usage: ", "mstein-fast train: error:")), err
+    assert 0 in codes and 2 in codes, codes  # the fuzz exercises both outcomes
+    created = set(os.listdir(tmp_path)) - before
+    assert all(name.startswith(("data", "out")) for name in created), created
