@@ -346,10 +346,14 @@ def _read_json_lines(path: str, fh):
             continue
         try:
             obj = json.loads(line)
+        except RecursionError:
+            raise DataError(f"{path}:{lineno}: JSON nested too deeply for a review record") from None
         except json.JSONDecodeError:
+            if line.lstrip()[:1] != "{":
+                raise DataError(f"{path}:{lineno}: not a JSON object") from None
             try:  # some Amazon dumps hold Python dict literals, not JSON
                 obj = ast.literal_eval(line.strip())
-            except (ValueError, SyntaxError):
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                 raise DataError(f"{path}:{lineno}: not a JSON object") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
@@ -369,7 +373,15 @@ def _read_json_lines(path: str, fh):
 def _read_csv(path: str, fh):
     import csv
 
-    for lineno, row in enumerate(csv.reader(fh), start=1):
+    reader = csv.reader(fh)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise DataError(f"{path}:{reader.line_num}: not a CSV line user,item,rating,timestamp ({err})") from None
+        lineno = reader.line_num
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) != 4:
@@ -424,8 +436,9 @@ def prepare_raw(raw_path: str, out_path: str, min_count: int = 5, fmt: str = "au
                 times.append(t)
     except UnicodeDecodeError:
         raise DataError(f"{raw_path}: not a UTF-8 text (or gzipped UTF-8) file") from None
-    except OSError as err:  # e.g. a truncated gzip file
-        raise DataError(f"{raw_path}: cannot read ({err})") from None
+    except (OSError, EOFError) as err:  # e.g. a truncated gzip file
+        raise DataError(f"{raw_path}: cannot read ({str(err).splitlines()[0] if str(err) else type(err).__name__}; "
+                        "a truncated or corrupt .gz?)") from None
     if not users:
         raise DataError(f"{raw_path}: the file holds no interactions")
     user_names, u = np.unique(np.asarray(users, dtype=object), return_inverse=True)

@@ -388,6 +388,27 @@ def test_data_prepare_refuses_tabs_in_ids(tmp_path, capsys):
     assert not (tmp_path / "o.txt").exists()
 
 
+def _raw_inputs(tmp_path):
+    import gzip
+
+    rows = "".join(json.dumps({"reviewerID": f"u{u}", "asin": f"i{(u + k) % 7}", "unixReviewTime": k}) + "\n"
+                   for u in range(8) for k in range(5))
+    packed = gzip.compress(rows.encode())
+    (tmp_path / "trunc.json.gz").write_bytes(packed[: len(packed) // 2])
+    (tmp_path / "binary.json").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    (tmp_path / "wide.csv").write_text("a" * 200_000 + ",b,1,2\n")
+    return {"trunc.json.gz": "truncated", "binary.json": "not a UTF-8", "deep.json": "nested too deeply",
+            "wide.csv": "wide.csv:1: not a CSV line"}
+
+
+def test_data_prepare_malformed_raw_files(tmp_path, capsys):
+    for name, message in _raw_inputs(tmp_path).items():
+        code, _, err = run_cli(capsys, "data", "prepare", tmp_path / name, "-o", tmp_path / "o.txt")
+        assert_user_error(code, err, message)
+    assert not (tmp_path / "o.txt").exists()
+
+
 # -- fuzz ---------------------------------------------------------------------------------------------
 
 _BAD_TOKENS = ["1_0", "+5", "٣", "-1", "0", "x", "1e3", "", "2" * 30, "\ufeff1", "1.5", "nan", "\x00", "\t7"]
