@@ -350,8 +350,13 @@ def _cmd_plot(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from mstein_fast.train import Interrupted
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        from mstein_fast.train import Interrupted
+    except KeyboardInterrupt:  # Ctrl-C during start-up
+        print("interrupted", file=sys.stderr)
+        return 130
 
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "recommend": _cmd_recommend, "data": _cmd_data}
     commands.update({"analyze": _cmd_analyze, "plot": _cmd_plot})

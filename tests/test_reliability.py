@@ -343,6 +343,39 @@ def test_full_disk_during_a_checkpoint_is_a_one_line_error(tmp_path, monkeypatch
     assert not [f for f in os.listdir(tmp_path / "run") if ".tmp" in f]
 
 
+def test_unwritable_output_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(train_module.os, "makedirs", refuse)  # what a read-only parent does (also as root)
+    code, _, err = run_cli(capsys, "train", "--output", tmp_path / "run", *TINY_ARGS)
+    assert_user_error(code, err, "cannot create the run directory", "Permission denied")
+
+
+def test_full_disk_while_appending_metrics(tmp_path, monkeypatch, capsys):
+    real_open = train_module.os.open
+
+    def full(path, flags, *args):
+        if str(path).endswith("metrics.jsonl"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(train_module.os, "open", full)
+    code, _, err = run_cli(capsys, "train", "--output", tmp_path / "run", "--model", "sasrec", *TINY_ARGS)
+    assert_user_error(code, err, "metrics.jsonl", "no space left")
+
+
+def test_ctrl_c_during_start_up_is_not_a_traceback(monkeypatch, capsys):
+    from mstein_fast import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    code, _, err = run_cli(capsys, "train")
+    assert code == 130 and err.strip() == "interrupted"
+
+
 # -- 6-7. data files and data prepare -----------------------------------------------------------------
 
 @pytest.mark.parametrize("token, message", [
