@@ -456,13 +456,13 @@ def test_fuzz_cli_exits_0_or_2_with_one_line_errors(tmp_path, capsys):
     rng = random.Random(14)
     before = set(os.listdir(tmp_path))
     codes = []
-    for case in range(16):
+    for case in range(len(_BAD_TOKENS) + 8):
         lines = [" ".join(str(v) for v in [user] + [rng.randint(1, 20) for _ in range(rng.randint(3, 8))])
                  for user in range(1, 30)]
-        if rng.random() < 0.5:  # one malformed token somewhere
+        if case < len(_BAD_TOKENS):  # each malformed token once, somewhere; then clean data
             row = rng.randrange(len(lines))
             tokens = lines[row].split()
-            tokens[rng.randrange(len(tokens))] = rng.choice(_BAD_TOKENS)
+            tokens[rng.randrange(len(tokens))] = _BAD_TOKENS[case]
             lines[row] = " ".join(tokens)
         data = tmp_path / f"data{case}.txt"
         data.write_text("\n".join(lines) + "\n", encoding="utf-8")
