@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from mstein_fast import distributed
 from mstein_fast.augment import Augmenter, itemcf_iuf_topk
-from mstein_fast.backends import available_backends
+from mstein_fast.backends import resolve_backend
 from mstein_fast.config import FIELDS, TrainConfig, check_resume, config_from_dict
 from mstein_fast.data import (
     LeaveOneOut,
@@ -139,16 +139,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_backend(backend: str, device: torch.device) -> None:
-    """UserError if the Wasserstein ops' ``backend`` cannot run on ``device`` here."""
+    """UserError if the Wasserstein ops' ``backend`` cannot run on ``device`` here (loads only that backend)."""
     if backend in ("auto", "torch"):
         return
-    if backend not in available_backends():
-        raise UserError(f"backend {backend!r} is not available here (available: {', '.join(available_backends())})")
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    if backend == "triton" and device.type != "cuda" and not interpreting:
-        raise UserError(f"backend 'triton' needs a CUDA device, but this run is on {device}; use --backend auto")
-    if backend == "cpp" and device.type != "cpu":
-        raise UserError(f"backend 'cpp' runs on the CPU only, but this run is on {device}; use --backend auto")
+    try:
+        resolve_backend(backend, device)
+    except (ValueError, RuntimeError) as err:
+        raise UserError(f"backend {backend!r} cannot run here: {err}; use --backend auto") from None
 
 
 def load_data(cfg: TrainConfig) -> Sequences:
@@ -465,7 +462,10 @@ class Trainer:
         if not os.path.isfile(self.last_path):
             raise UserError(f"{self.out}: nothing to resume (no last.pt)")
         ckpt = load_checkpoint(self.last_path)
-        check_resume(ckpt["config"], self.cfg)
+        try:
+            check_resume(ckpt["config"], self.cfg)
+        except UserError as err:
+            raise UserError(f"{self.out}: {err}") from None
         if ckpt["data_fingerprint"] != self.data.fingerprint:
             raise UserError(f"{self.out} was trained on different data ({ckpt['data_source']}); cannot resume")
         if "optimizer" not in ckpt or not isinstance(ckpt["optimizer"], dict):
