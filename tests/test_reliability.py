@@ -329,6 +329,16 @@ def test_plot_accepts_a_metrics_file(finished_run, tmp_path, capsys):
     assert_user_error(code, err, "not a directory")
 
 
+def test_plot_skips_a_torn_last_line(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = (finished_run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n" + lines[1][:20])
+    code, _, err = run_cli(capsys, "plot", run, "--no-plots")
+    assert code == 0, err
+    assert len(json.loads((run / "training_curves.json").read_text())["rows"]) == 1
+
+
 @pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"),
                                      RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")])
 def test_full_disk_during_a_checkpoint_is_a_one_line_error(tmp_path, monkeypatch, capsys, failure):
