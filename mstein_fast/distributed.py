@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from mstein_fast._checks import check_choice, check_gaussians, check_temperature
 from mstein_fast.backends import BACKENDS, cpp_extension, resolve_backend
-from mstein_fast.ops._stack import centre_rows_, threads
+from mstein_fast.ops._stack import centre_rows_, empty_buffer, threads
 from mstein_fast.reference import _COV_FLOOR  # the official sqrt(clamp(cov, min=1e-24))
 
 __all__ = ["all_gather_rows", "dot_infonce", "gather_with_grad", "wasserstein_infonce", "world"]
@@ -129,15 +129,6 @@ def _global_reduce(rows: torch.Tensor, total_rows: int, reduction: str, group) -
     return value / total_rows if reduction == "mean" else value
 
 
-def _empty_like(t: torch.Tensor, shape=None) -> torch.Tensor:
-    """An uninitialised buffer, filled with NaN when ``MSTEIN_FAST_POISON=1`` (tests: any element
-    a kernel fails to write shows up)."""
-    out = torch.empty(t.shape if shape is None else shape, dtype=t.dtype, device=t.device)
-    if os.environ.get("MSTEIN_FAST_POISON") == "1":
-        out.fill_(float("nan"))
-    return out
-
-
 def _stack(mean: torch.Tensor, cov: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.cat([mean.to(dtype), torch.sqrt(torch.clamp(cov.to(dtype), min=_COV_FLOOR))], dim=1)
 
@@ -156,7 +147,7 @@ class _Tiles:
     def w(self, c0: int, c1: int) -> torch.Tensor:
         r, k = self.rows.shape
         if self.ext is not None:
-            out = _empty_like(self.rows, (r, c1 - c0))
+            out = empty_buffer(self.rows, (r, c1 - c0))
             self.ext.sqdist_forward(self.rows.data_ptr(), self.cols[c0:c1].data_ptr(), out.data_ptr(), 1, r, c1 - c0, k,
                                     threads())
             return out
@@ -238,7 +229,7 @@ class _DistributedInfoNCE(torch.autograd.Function):
         r, c = rows.shape[0], x.shape[0]
         g = grad_rows.to(x.dtype)
         g_rows = torch.zeros_like(rows)
-        g_x = _empty_like(x)
+        g_x = empty_buffer(x)
         ar = torch.arange(r, device=x.device)
         for t, c0 in enumerate(range(0, c, ctx.chunk)):
             c1 = min(c, c0 + ctx.chunk)

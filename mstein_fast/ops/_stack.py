@@ -4,7 +4,18 @@ sqrt(clamp(cov, min=1e-24)))."""
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+
+def empty_buffer(like: torch.Tensor, shape=None) -> torch.Tensor:
+    """An uninitialised buffer with the dtype and device of ``like``, filled with NaN when
+    ``MSTEIN_FAST_POISON=1`` (tests: any element a kernel fails to write shows up)."""
+    out = torch.empty(like.shape if shape is None else shape, dtype=like.dtype, device=like.device)
+    if os.environ.get("MSTEIN_FAST_POISON") == "1":
+        out.fill_(float("nan"))
+    return out
 
 
 def threads() -> int:
