@@ -1,15 +1,41 @@
 """Training throughput of the MStein trainer: epoch wall time and sequences/s, split into data
 (batches + negative sampling), augmentation, forward/backward/step and evaluation, for each
 backend of the Wasserstein ops; plus the InfoNCE loss alone (forward + backward) on the trainer's
-real shapes (N = batch size per view, D = max_seq_length * hidden_size).
+real shapes (N = batch size per view, D = max_seq_length * hidden_size). Two more modes: the
+original research code side by side (``--original DIR``) and a profiled epoch (``--profile``).
 
     python benchmarks/train_throughput.py --data /work/shared/data/Office_Products.txt
     python benchmarks/train_throughput.py --backends cpp,torch --epochs 1 --csv out.csv
     python benchmarks/train_throughput.py --backends cpp-full,cpp   # encoder over all L positions vs skip_padding
 
+    # the original code (a checkout of github zfan20/MStein) against this trainer, same data, alternating
+    python benchmarks/train_throughput.py --original /path/to/MStein --epochs 6 --rounds 2 --csv out.csv
+    # where the time of one epoch goes (torch.profiler over epoch 2; --profile-trace for a Chrome trace)
+    python benchmarks/train_throughput.py --profile --csv out.csv
+
 A backend name with the suffix ``-full`` runs the straightforward encoder over all ``[B, L]``
 positions (``skip_padding`` off, the computation before the windowed encoder) for comparison;
 ``-shared`` turns on the opt-in ``shared_padding`` (changes training, see the config help).
+
+Side by side (``--original DIR``): each round runs the original ``main.py`` with the official
+MStein command (``_original.OFFICIAL_ARGS``, ``--no_cuda`` unless this trainer runs on a GPU) for
+epochs 1..K in a subprocess, then this trainer (the first of ``--backends``, default cpp, default
+settings = the official ones) for epochs 1..K in this process, each from a fresh model; ``--rounds``
+repeats the pair, alternating. Reported per epoch: training and validation wall time of each side,
+and the medians over epochs 2..K of all rounds (epoch 1 is a warm-up) with the ratio original /
+ours. The original's times come from its log lines, stamped as they arrive (see ``_original.py``);
+this trainer's are ``Trainer.train_epoch`` and ``Trainer.evaluate("valid")`` as ``fit`` runs them.
+The original needs numpy, scipy, tqdm and torch (``--original-python`` if this venv lacks them, or
+a directory holding scipy on ``PYTHONPATH``, which the subprocess inherits); shims written at run
+time restore the numpy aliases it uses and stand in for gensim, and its process flushes denormals
+like this trainer (``--original-keep-denormals`` to leave them, as the unmodified code runs).
+
+Profile (``--profile``): epoch 1 unprofiled (warm-up), then epoch 2 and its validation pass under
+``torch.profiler``, split into data, augmentation, encoder forward (main sequence, two views) and
+backward, Wasserstein InfoNCE forward and backward, optimizer and validation, from the trainer's
+timing fields, ``record_function`` labels this script wraps around the model's methods, and the
+profiler's events (``_WassersteinInfoNCECpp``, ``_WassersteinInfoNCECppBackward``,
+``Optimizer.step#Adam.step``); also the top operators by self CPU time.
 
 Writes one CSV row per measurement (benchmark, backend, phase, metric, value, config, device,
 torch, date) and prints a table with the ratio of each backend to the first one.
@@ -18,9 +44,13 @@ torch, date) and prints a table with the ratio of each backend to the first one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
+import importlib
+import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +60,17 @@ import torch
 import mstein_fast
 from mstein_fast.config import build_config
 from mstein_fast.evaluate import evaluate
-from mstein_fast.train import Trainer
+from mstein_fast.train import Trainer, resolve_device
+
+CSV_HEADER = ["benchmark", "backend", "phase", "metric", "value", "config", "device", "torch", "date"]
+
+
+def load_original():
+    """``benchmarks/_original.py`` (the plumbing that runs the original code), imported from beside this script."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module("_original")
 
 
 def infonce_time(trainer: Trainer, repeats: int) -> float:
@@ -60,29 +100,50 @@ def infonce_time(trainer: Trainer, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="/work/shared/data/Office_Products.txt", help="sequence file")
-    parser.add_argument("--model", default="mstein", help="model (default: mstein)")
-    parser.add_argument("--backends", default="cpp,torch", help="comma-separated backends (first = baseline)")
-    parser.add_argument("--epochs", type=int, default=1, help="timed training epochs per backend")
-    parser.add_argument("--batch-size", type=int, default=1024, help="training batch size (official: 1024)")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats of the InfoNCE-only measurement")
-    parser.add_argument("--device", default="auto", help="torch device")
-    parser.add_argument("--csv", help="append the rows to this CSV file")
-    args = parser.parse_args()
+def make_config(args, backend: str):
+    """The trainer's config for ``backend`` (``NAME``, ``NAME-full`` or ``NAME-shared``): defaults
+    (the official MStein settings) plus this script's options."""
+    name, _, variant = backend.partition("-")
+    if variant not in ("", "full", "shared"):
+        raise ValueError(f"unknown variant {backend!r}: use BACKEND, BACKEND-full or BACKEND-shared")
+    cfg, _ = build_config(None, {"data": args.data, "model": args.model, "backend": name,
+                                 "batch_size": args.batch_size, "device": args.device, "progress": False,
+                                 "num_threads": args.threads,
+                                 "skip_padding": variant != "full", "shared_padding": variant == "shared"})
+    return cfg
 
+
+def device_name(device: torch.device) -> str:
+    return str(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def write_csv(path: str, benchmark: str, rows, config: str, device: str) -> None:
+    """Append ``rows`` of (backend, phase, metric, value) to the CSV file ``path``."""
+    new = not os.path.exists(path)
+    date = datetime.date.today().isoformat()
+    with open(path, "a", newline="") as fh:
+        writer = csv.writer(fh)
+        if new:
+            writer.writerow(CSV_HEADER)
+        for backend, phase, metric, value in rows:
+            writer.writerow([benchmark, backend, phase, metric, f"{value:.6g}", config, device, torch.__version__,
+                             date])
+
+
+# -- throughput per backend (the default mode) ------------------------------------------------------
+def throughput(args, backends: list[str]) -> None:
     rows = []
-    torch.set_flush_denormal(True)  # as the trainer does on a CPU
-    for backend in args.backends.split(","):
-        name, _, variant = backend.partition("-")
-        if variant not in ("", "full", "shared"):
-            parser.error(f"unknown variant {backend!r}: use BACKEND, BACKEND-full or BACKEND-shared")
-        cfg, _ = build_config(None, {"data": args.data, "model": args.model, "backend": name,
-                                     "batch_size": args.batch_size, "device": args.device, "progress": False,
-                                     "skip_padding": variant != "full", "shared_padding": variant == "shared"})
+    device = "cpu"
+    for backend in backends:
+        cfg = make_config(args, backend)
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(cfg, tmp)
+            device = device_name(trainer.device)
             n_users = trainer.split.n_users
             for epoch in range(1, args.epochs + 1):
                 t = time.perf_counter()
@@ -101,8 +162,6 @@ def main() -> None:
                       + f", {n_users / wall:.0f} sequences/s", file=sys.stderr)
             if trainer.augmenter is not None:
                 rows.append((backend, "infonce_fwd_bwd", "seconds", infonce_time(trainer, args.repeats)))
-    device = str(trainer.device) if trainer.device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
-    date = datetime.date.today().isoformat()
     config = f"{os.path.basename(args.data)} model={args.model} batch={args.batch_size}"
     print(f"\n{config}, {device}")
     base = {(phase, metric): value for backend, phase, metric, value in rows if backend == rows[0][0]}
@@ -111,15 +170,252 @@ def main() -> None:
         ratio = value / base[(phase, metric)] if base.get((phase, metric)) else float("nan")
         print(f"{backend:8} {phase:24} {metric:16} {value:10.3f} {ratio:8.2f}")
     if args.csv:
-        new = not os.path.exists(args.csv)
-        with open(args.csv, "a", newline="") as fh:
-            writer = csv.writer(fh)
-            if new:
-                writer.writerow(["benchmark", "backend", "phase", "metric", "value", "config", "device", "torch",
-                                 "date"])
-            for backend, phase, metric, value in rows:
-                writer.writerow(["train_throughput", backend, phase, metric, f"{value:.6g}", config, device,
-                                 torch.__version__, date])
+        write_csv(args.csv, "train_throughput", rows, config, device)
+
+
+# -- side by side with the original research code ---------------------------------------------------
+def ours_epochs(cfg, epochs: int, label: str) -> list[tuple[int, float, float]]:
+    """(epoch, training s, validation s) of epochs 1..``epochs`` of a fresh trainer, as ``fit`` runs them."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, tmp)
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            trainer.train_epoch(epoch)
+            sync(trainer.device)
+            t1 = time.perf_counter()
+            trainer.evaluate("valid", epoch=epoch)
+            sync(trainer.device)
+            t2 = time.perf_counter()
+            out.append((epoch, t1 - t0, t2 - t1))
+            print(f"[{label}] epoch {epoch}: train {t1 - t0:.2f} s, validation {t2 - t1:.2f} s", file=sys.stderr)
+        del trainer
+    return out
+
+
+def summarize(times: dict, backend: str, header: str) -> list[tuple]:
+    """Print the side-by-side table of ``times`` (side -> [(round, epoch, train s, valid s)], the
+    original first) and return its CSV rows: every epoch, the medians over epochs >= 2 and their ratios."""
+    rows, medians = [], {}
+    for side, entries in times.items():
+        for r, e, train_s, valid_s in entries:
+            for phase, value in (("train_epoch", train_s), ("validation", valid_s), ("epoch_total", train_s + valid_s)):
+                rows.append((side, phase, f"seconds_r{r}_e{e}", value))
+        kept = [(t, v) for _, e, t, v in entries if e >= 2]
+        medians[side] = (statistics.median(t for t, _ in kept), statistics.median(v for _, v in kept),
+                         statistics.median(t + v for t, v in kept))
+        for phase, value in zip(("train_epoch", "validation", "epoch_total"), medians[side]):
+            rows.append((side, phase, "median_seconds", value))
+    ratios = tuple(o / m for o, m in zip(medians["original"], medians[backend]))
+    for phase, value in zip(("train_epoch", "validation", "epoch_total"), ratios):
+        rows.append((f"original/{backend}", phase, "ratio_of_medians", value))
+
+    last = max(e for _, e, _, _ in times["original"])
+    n_kept = sum(1 for _, e, _, _ in times["original"] if e >= 2)
+    print(f"\nside by side: {header}")
+    print(f"{'round':>5} {'epoch':>5} | {'original train':>14} {'valid':>7} | {'ours train':>10} {'valid':>7}")
+    ours = {(r, e): (t, v) for r, e, t, v in times[backend]}
+    for r, e, t, v in times["original"]:
+        mt, mv = ours[(r, e)]
+        print(f"{r:5d} {e:5d} | {t:14.2f} {v:7.2f} | {mt:10.2f} {mv:7.2f}")
+    print(f"\n{f'median of epochs 2-{last} ({n_kept} a side)':36} {'train_s':>8} {'valid_s':>8} {'epoch_s':>8}")
+    print(f"{'original':36}" + "".join(f" {v:8.2f}" for v in medians["original"]))
+    print(f"{f'ours ({backend})':36}" + "".join(f" {v:8.2f}" for v in medians[backend]))
+    print(f"{'original / ours':36}" + "".join(f" {v:7.2f}x" for v in ratios))
+    return rows
+
+
+def side_by_side(args, backend: str) -> None:
+    _original = load_original()
+    directory = _original.check_checkout(args.original)
+    if args.epochs < 2:
+        raise SystemExit("--original needs --epochs >= 2 (epoch 1 of each side is a warm-up)")
+    cfg = make_config(args, backend)
+    device = resolve_device(cfg.device)
+    python = args.original_python or sys.executable
+    times = {"original": [], backend: []}  # side -> [(round, epoch, train s, valid s)]
+    with tempfile.TemporaryDirectory(prefix="mstein-original-") as work:
+        shims, data_dir, name = _original.prepare(work, args.data, not args.original_keep_denormals, args.threads)
+        _original.check_python(python, shims)
+        for r in range(1, args.rounds + 1):
+            print(f"round {r}/{args.rounds}: the original ({directory}), epochs 1-{args.epochs}", file=sys.stderr)
+
+            def echo(line: str) -> None:
+                print(f"[original] {line[:110]}", file=sys.stderr)
+
+            run = _original.run(directory, work, shims, data_dir, name, args.epochs, python=python,
+                                cuda=device.type == "cuda", echo=echo)
+            print(f"[original] start-up (imports, data, similarity) {run.startup_s:.1f} s", file=sys.stderr)
+            for e in run.epochs:
+                times["original"].append((r, e.epoch, e.train_s, e.valid_s))
+                print(f"[original] epoch {e.epoch}: train {e.train_s:.2f} s, validation {e.valid_s:.2f} s",
+                      file=sys.stderr)
+            print(f"round {r}/{args.rounds}: this trainer ({backend}), epochs 1-{args.epochs}", file=sys.stderr)
+            for epoch, train_s, valid_s in ours_epochs(cfg, args.epochs, backend):
+                times[backend].append((r, epoch, train_s, valid_s))
+
+    dev = device_name(device)
+    denormals = "kept" if args.original_keep_denormals else "flushed"
+    config = (f"{os.path.basename(args.data)} official MStein command, epochs 1-{args.epochs} x {args.rounds} rounds "
+              f"alternating, medians of epochs 2-{args.epochs}, original denormals {denormals}")
+    rows = summarize(times, backend, f"{config}; {dev}, torch {torch.__version__}, {datetime.date.today().isoformat()}")
+    if args.csv:
+        write_csv(args.csv, "side_by_side", rows, config, dev)
+
+
+# -- one profiled epoch ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def labelled(obj, attribute: str, label: str, on_class: bool = False):
+    """Wrap ``obj.attribute`` (a method) in ``torch.profiler.record_function(label)`` for the duration."""
+    original = getattr(obj, attribute)
+
+    def wrapper(*a, **k):
+        with torch.profiler.record_function(label):
+            return original(*a, **k)
+
+    setattr(obj, attribute, wrapper)
+    try:
+        yield
+    finally:
+        if on_class:
+            setattr(obj, attribute, original)
+        else:
+            delattr(obj, attribute)  # back to the class's method
+
+
+def profile_epoch(args, backend: str) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = make_config(args, backend)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, tmp)
+        model, device = trainer.model, trainer.device
+        t = time.perf_counter()
+        warm = trainer.train_epoch(1)
+        t1 = time.perf_counter()
+        trainer.evaluate("valid", epoch=1)
+        t2 = time.perf_counter()
+        print(f"[profile] epoch 1 (unprofiled): train {t1 - t:.2f} s (data {warm.time_data_s:.2f}, augment "
+              f"{warm.time_augment_s:.2f}, step {warm.time_train_s:.2f}), validation {t2 - t1:.2f} s", file=sys.stderr)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(labelled(model, "rec_loss", "bench::rec_forward"))
+            if model.contrastive is not None:
+                stack.enter_context(labelled(model, "contrastive_loss", "bench::contrastive_forward"))
+                stack.enter_context(labelled(model, "_wasserstein_infonce", "bench::infonce_forward"))
+            if trainer.augmenter is not None:
+                stack.enter_context(labelled(trainer.augmenter, "views", "bench::augment"))
+            stack.enter_context(labelled(torch.Tensor, "backward", "bench::backward", on_class=True))
+            prof = stack.enter_context(profile(activities=activities))
+            t = time.perf_counter()
+            with torch.profiler.record_function("bench::train_epoch"):
+                stats = trainer.train_epoch(2)
+                sync(device)
+            t1 = time.perf_counter()
+            with torch.profiler.record_function("bench::validation"):
+                trainer.evaluate("valid", epoch=2)
+                sync(device)
+            t2 = time.perf_counter()
+        del trainer
+    events = prof.key_averages()
+
+    def seconds(match) -> float | None:
+        found = [e for e in events if match(e.key)]
+        return sum(e.cpu_time_total for e in found) / 1e6 if found else None
+
+    def named(name):
+        return seconds(lambda key: key == name)
+
+    train_wall, valid_wall = t1 - t, t2 - t1
+    rec_fwd = named("bench::rec_forward") or 0.0
+    cl_fwd = named("bench::contrastive_forward") or 0.0
+    infonce_fwd = named("bench::infonce_forward") or 0.0
+    backward = named("bench::backward") or 0.0
+    infonce_bwd = seconds(lambda key: "WassersteinInfoNCE" in key and key.endswith("Backward")
+                          and not key.startswith("autograd::"))
+    optimizer = sum(named(n) or 0.0 for n in ("Optimizer.step#Adam.step", "Optimizer.zero_grad#Adam.zero_grad"))
+    split = [  # (CSV phase, label, seconds)
+        ("data", "data (batches + negatives)", stats.time_data_s),
+        ("augmentation", "augmentation (two views)", stats.time_augment_s),
+        ("similarity", "similarity switch", stats.time_similarity_s),
+        ("encoder_forward_sequence", "encoder + BPR forward (sequence)", rec_fwd),
+        ("encoder_forward_views", "encoder forward (two views)", cl_fwd - infonce_fwd),
+        ("infonce_forward", "InfoNCE forward", infonce_fwd),
+        ("encoder_backward", "encoder + BPR backward", backward - (infonce_bwd or 0.0)),
+        ("infonce_backward", "InfoNCE backward", infonce_bwd if infonce_bwd is not None else float("nan")),
+        ("optimizer", "optimizer (zero_grad + Adam.step)", optimizer),
+    ]
+    accounted = sum(v for _, _, v in split if not math.isnan(v))
+    split.append(("other", "other (loss sync, bookkeeping)", train_wall - accounted))
+    split.append(("validation", "validation", valid_wall))
+
+    print(events.table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
+    if args.profile_trace:
+        prof.export_chrome_trace(args.profile_trace)
+        print(f"Chrome trace: {args.profile_trace}", file=sys.stderr)
+    dev = device_name(device)
+    config = f"{os.path.basename(args.data)} model={args.model} batch={args.batch_size} epoch 2 under torch.profiler"
+    print(f"\nprofile: {config}; {backend}, {dev}, torch {torch.__version__}")
+    print(f"{'phase':36} {'seconds':>8} {'share':>6}")
+    total = train_wall + valid_wall
+    for _, label, value in split:
+        print(f"{label:36} {value:8.2f} {100 * value / total:5.1f}%")
+    print(f"{'training epoch (profiled wall)':36} {train_wall:8.2f}")
+    print(f"{'epoch + validation (profiled wall)':36} {total:8.2f}")
+    if args.csv:
+        rows = [(backend, phase, "seconds", value) for phase, _, value in split if not math.isnan(value)]
+        rows += [(backend, "train_epoch_wall", "seconds", train_wall)]
+        write_csv(args.csv, "profile", rows, config, dev)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--data", default="/work/shared/data/Office_Products.txt", help="sequence file")
+    parser.add_argument("--model", default="mstein", help="model (default: mstein)")
+    parser.add_argument("--backends", default="cpp,torch",
+                        help="comma-separated backends (first = baseline; --original and --profile use the first)")
+    parser.add_argument("--epochs", type=int, help="timed training epochs per backend (default 1; with --original: "
+                                                   "epochs 1..K of each side per round, default 6)")
+    parser.add_argument("--batch-size", type=int, default=1024, help="training batch size (official: 1024)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the InfoNCE-only measurement")
+    parser.add_argument("--device", default="auto", help="torch device")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads of both sides (0 = torch's default)")
+    parser.add_argument("--csv", help="append the rows to this CSV file")
+    side = parser.add_argument_group("side by side with the original code")
+    side.add_argument("--original", metavar="DIR", help="a checkout of github zfan20/MStein: run it side by side")
+    side.add_argument("--rounds", type=int, default=2, help="original-then-ours rounds (default 2)")
+    side.add_argument("--original-python", metavar="PY", help="python for the original (default: this one)")
+    side.add_argument("--original-keep-denormals", action="store_true",
+                      help="do not flush denormals in the original's process (its unmodified behaviour)")
+    prof = parser.add_argument_group("profile")
+    prof.add_argument("--profile", action="store_true", help="profile epoch 2 of this trainer")
+    prof.add_argument("--profile-rows", type=int, default=20, help="operators listed by self CPU time")
+    prof.add_argument("--profile-trace", metavar="FILE", help="also write a Chrome trace of the profiled epoch")
+    args = parser.parse_args()
+    if args.model != "mstein" and args.original:
+        parser.error("--original compares the mstein model (the official MStein command)")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    backends = args.backends.split(",")
+    for backend in backends:
+        if backend.partition("-")[2] not in ("", "full", "shared"):
+            parser.error(f"unknown variant {backend!r}: use BACKEND, BACKEND-full or BACKEND-shared")
+    if args.epochs is None:
+        args.epochs = 6 if args.original else 1
+
+    original_error = load_original().OriginalError
+    torch.set_flush_denormal(True)  # as the trainer does on a CPU
+    try:
+        if args.original:
+            side_by_side(args, backends[0])
+        if args.profile:
+            profile_epoch(args, backends[0])
+        if not (args.original or args.profile):
+            throughput(args, backends)
+    except original_error as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":
