@@ -1,11 +1,17 @@
 // Python bindings of the fused CPU kernels (module mstein_fast._C).
 //
 // Tensors cross as raw data pointers (integers) of contiguous float32 buffers that the Python
-// wrappers allocate and validate; the GIL is released while a kernel runs. The instruction set
+// wrappers allocate and validate (mstein_fast/ops/_library.py checks each buffer's dtype, device,
+// contiguity and shape against the sizes passed here; no libtorch link, so one build serves every
+// torch version). Here the sizes themselves are checked: non-negative, element counts that fit in
+// int64, non-null and float-aligned pointers wherever elements are read or written. The entry
+// points carry the names of the torch ops they implement (mstein_fast::pairwise_w2_fwd, ...);
+// the GIL is released while a kernel runs. The instruction set
 // is chosen once at import: AVX-512 > AVX2 > portable, overridable with MSTEIN_FAST_ISA.
 #include <pybind11/pybind11.h>
 
 #include <cstdlib>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
@@ -62,6 +68,27 @@ void check_threads(int threads) {
   if (threads < 1) throw std::invalid_argument("threads must be >= 1");
 }
 
+// Product of the sizes (each >= 0), or throw naming the buffer if one is negative or it overflows.
+int64_t count(const char* name, std::initializer_list<int64_t> sizes) {
+  int64_t total = 1;
+  for (int64_t s : sizes) {
+    if (s < 0) throw std::invalid_argument(std::string(name) + ": negative size " + std::to_string(s));
+    if (__builtin_mul_overflow(total, s, &total))
+      throw std::invalid_argument(std::string(name) + ": element count overflows int64");
+  }
+  return total;
+}
+
+// A float buffer of `n` elements: non-null (unless empty) and aligned.
+void check_pointer(const char* name, uintptr_t p, int64_t n) {
+  if (n > 0 && p == 0) throw std::invalid_argument(std::string(name) + ": null pointer for a non-empty buffer");
+  if (p % alignof(float) != 0) throw std::invalid_argument(std::string(name) + ": pointer not aligned to float");
+}
+
+void check_buffer(const char* name, uintptr_t p, std::initializer_list<int64_t> sizes) {
+  check_pointer(name, p, count(name, sizes));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -71,6 +98,9 @@ PYBIND11_MODULE(_C, m) {
       "stack_gaussian",
       [](uintptr_t mean, uintptr_t cov, int64_t rows, int64_t d, uintptr_t x, int threads) {
         check_threads(threads);
+        check_buffer("mean", mean, {rows, d});
+        check_buffer("cov", cov, {rows, d});
+        check_buffer("x", x, {rows, 2, d});
         py::gil_scoped_release nogil;
         table()->stack_gaussian(ptr<const float>(mean), ptr<const float>(cov), rows, d, ptr<float>(x), threads);
       },
@@ -80,6 +110,10 @@ PYBIND11_MODULE(_C, m) {
       "unstack_gradient",
       [](uintptr_t gx, uintptr_t cov, int64_t rows, int64_t d, uintptr_t g_mean, uintptr_t g_cov, int threads) {
         check_threads(threads);
+        check_buffer("gx", gx, {rows, 2, d});
+        check_buffer("cov", cov, {rows, d});
+        check_buffer("g_mean", g_mean, {rows, d});
+        check_buffer("g_cov", g_cov, {rows, d});
         py::gil_scoped_release nogil;
         table()->unstack_gradient(ptr<const float>(gx), ptr<const float>(cov), rows, d, ptr<float>(g_mean),
                                   ptr<float>(g_cov), threads);
@@ -87,19 +121,27 @@ PYBIND11_MODULE(_C, m) {
       py::arg("gx"), py::arg("cov"), py::arg("rows"), py::arg("d"), py::arg("g_mean"), py::arg("g_cov"),
       py::arg("threads"), "Gradients w.r.t. mean and cov from the gradient w.r.t. the stacked x.");
   m.def(
-      "sqdist_forward",
+      "pairwise_w2_fwd",
       [](uintptr_t x, uintptr_t y, uintptr_t out, int64_t b, int64_t n, int64_t mm, int64_t k, int threads) {
         check_threads(threads);
+        check_buffer("x", x, {b, n, k});
+        check_buffer("y", y, {b, mm, k});
+        check_buffer("out", out, {b, n, mm});
         py::gil_scoped_release nogil;
         table()->sqdist_forward(ptr<const float>(x), ptr<const float>(y), ptr<float>(out), b, n, mm, k, threads);
       },
       py::arg("x"), py::arg("y"), py::arg("out"), py::arg("b"), py::arg("n"), py::arg("m"), py::arg("k"),
       py::arg("threads"), "out[b,i,j] = |x[b,i]-y[b,j]|^2 for x [b,n,k], y [b,m,k] (float32, contiguous).");
   m.def(
-      "sqdist_backward",
+      "pairwise_w2_bwd",
       [](uintptr_t g, uintptr_t x, uintptr_t y, uintptr_t gx, uintptr_t gy, int64_t b, int64_t n, int64_t mm,
          int64_t k, int threads) {
         check_threads(threads);
+        check_buffer("g", g, {b, n, mm});
+        check_buffer("x", x, {b, n, k});
+        check_buffer("gx", gx, {b, n, k});
+        check_buffer("y", y, {b, mm, k});
+        check_buffer("gy", gy, {b, mm, k});
         py::gil_scoped_release nogil;
         table()->sqdist_backward(ptr<const float>(g), ptr<const float>(x), ptr<const float>(y), ptr<float>(gx),
                                  ptr<float>(gy), b, n, mm, k, threads);
@@ -107,11 +149,15 @@ PYBIND11_MODULE(_C, m) {
       py::arg("g"), py::arg("x"), py::arg("y"), py::arg("gx"), py::arg("gy"), py::arg("b"), py::arg("n"),
       py::arg("m"), py::arg("k"), py::arg("threads"), "Gradients of sqdist_forward for upstream gradient g [b,n,m].");
   m.def(
-      "infonce_forward",
+      "wasserstein_infonce_fwd",
       [](uintptr_t x, int64_t n, int64_t k, float temperature, int kind, uintptr_t losses, uintptr_t lse, uintptr_t w,
          int threads) {
         check_threads(threads);
         if (kind != 0 && kind != 1) throw std::invalid_argument("kind must be 0 (inv) or 1 (neg)");
+        check_buffer("x", x, {2, n, k});
+        check_buffer("losses", losses, {2, n});
+        check_buffer("lse", lse, {2, 2, n});
+        if (w) check_buffer("w", w, {2, n, 2, n});
         py::gil_scoped_release nogil;
         table()->infonce_forward(ptr<const float>(x), n, k, temperature, kind, ptr<float>(losses), ptr<float>(lse),
                                  w ? ptr<float>(w) : nullptr, threads);
@@ -120,13 +166,24 @@ PYBIND11_MODULE(_C, m) {
       py::arg("lse"), py::arg("w"), py::arg("threads"),
       "Per-row InfoNCE losses of x [2n,k]; lse [2,2n]; w [2n,2n] stored when non-zero.");
   m.def(
-      "infonce_backward",
+      "wasserstein_infonce_bwd",
       [](uintptr_t x, int64_t n, int64_t k, float temperature, int kind, uintptr_t grad_rows, uintptr_t lse,
          uintptr_t w, uintptr_t cov_a, uintptr_t cov_b, uintptr_t g_mean_a, uintptr_t g_cov_a, uintptr_t g_mean_b,
          uintptr_t g_cov_b, int threads) {
         check_threads(threads);
         if (kind != 0 && kind != 1) throw std::invalid_argument("kind must be 0 (inv) or 1 (neg)");
         if (k % 2 != 0) throw std::invalid_argument("k must be even (x = [mean ; sqrt(cov)])");
+        check_buffer("x", x, {2, n, k});
+        check_buffer("grad_rows", grad_rows, {2, n});
+        check_buffer("lse", lse, {2, 2, n});
+        if (w) check_buffer("w", w, {2, n, 2, n});
+        const int64_t d = k / 2;
+        check_buffer("cov_a", cov_a, {n, d});
+        check_buffer("cov_b", cov_b, {n, d});
+        check_buffer("g_mean_a", g_mean_a, {n, d});
+        check_buffer("g_cov_a", g_cov_a, {n, d});
+        check_buffer("g_mean_b", g_mean_b, {n, d});
+        check_buffer("g_cov_b", g_cov_b, {n, d});
         py::gil_scoped_release nogil;
         table()->infonce_backward(ptr<const float>(x), n, k, temperature, kind, ptr<const float>(grad_rows),
                                   ptr<const float>(lse), w ? ptr<const float>(w) : nullptr, ptr<const float>(cov_a),
@@ -141,9 +198,16 @@ PYBIND11_MODULE(_C, m) {
       "dropout",
       [](uintptr_t x, uintptr_t out, int64_t n, uint32_t threshold, float scale, uint64_t seed, int threads) {
         check_threads(threads);
+        check_buffer("x", x, {n});
+        check_buffer("out", out, {n});
         py::gil_scoped_release nogil;
         table()->dropout(ptr<const float>(x), ptr<float>(out), n, threshold, scale, seed, threads);
       },
       py::arg("x"), py::arg("out"), py::arg("n"), py::arg("threshold"), py::arg("scale"), py::arg("seed"),
       py::arg("threads"), "out[i] = x[i] * scale if hash(seed, i) >= threshold else 0 (x, out: float32 [n]).");
+  // the names before the ops were registered with torch.library (distributed.py still calls these)
+  m.attr("sqdist_forward") = m.attr("pairwise_w2_fwd");
+  m.attr("sqdist_backward") = m.attr("pairwise_w2_bwd");
+  m.attr("infonce_forward") = m.attr("wasserstein_infonce_fwd");
+  m.attr("infonce_backward") = m.attr("wasserstein_infonce_bwd");
 }

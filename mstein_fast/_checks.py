@@ -9,6 +9,9 @@ import torch
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+# torch.compile traces this as the constant True (torch < 2.3 has no torch.compiler.is_compiling)
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+
 
 def check_choice(name: str, value, choices) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
@@ -49,6 +52,9 @@ def check_gaussians(pairs, *, same_rows: bool = False, min_dim: int = 2) -> None
     Checks types, dtypes (floating, all equal), devices (all equal), shapes (mean and cov equal,
     at least ``min_dim`` dims, leading batch dims and D equal across groups, N equal across groups
     when ``same_rows``), non-empty, finite means and finite positive covariances.
+
+    Under ``torch.compile`` the value checks (finite, ``cov > 0``) are skipped: they read the
+    values on the host, which would break the graph; the rest is checked while tracing.
     """
     first = None
     for mean_name, mean, cov_name, cov in pairs:
@@ -77,6 +83,8 @@ def check_gaussians(pairs, *, same_rows: bool = False, min_dim: int = 2) -> None
                 raise ValueError(f"{name} has N={t.shape[-2]} rows but {ref_name} has {ref.shape[-2]}: the two views must have the same N")
             if t.numel() == 0:
                 raise ValueError(f"{name} is empty (shape {tuple(t.shape)}): N, D and batch dims must be at least 1")
+    if _is_compiling():
+        return
     # One pass per tensor (min and max propagate NaN, and show +-inf) and one host sync in all.
     # Stats in float32, or float64 for float64 inputs: exact, so tiny or huge float64 values are judged as they are.
     wide = torch.float64 if pairs[0][1].dtype == torch.float64 else torch.float32

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mstein_fast.backends import _load
+from mstein_fast.ops._library import check_buffer, define_op
 from mstein_fast.ops._stack import threads
 
 
@@ -24,24 +25,35 @@ def _threshold(p: float) -> int:
     return min(round(p * 2**32), 2**32 - 1)
 
 
-class _DropoutCpp(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float):
-        ext = _load("cpp")
-        seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64).item())
-        out = torch.empty_like(x)
-        scale = 1.0 / (1.0 - p)
-        ext.dropout(x.data_ptr(), out.data_ptr(), x.numel(), _threshold(p), scale, seed, threads())
-        ctx.seed, ctx.p, ctx.scale = seed, p, scale
-        return out
+def _dropout(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
+    """``mstein_fast::dropout``: ``x`` (contiguous float32) with each element dropped with
+    probability ``p`` by the mask of the int64 scalar ``seed``, kept ones scaled by ``1 / (1 - p)``."""
+    check_buffer("seed", seed, (), dtype=torch.int64)
+    check_buffer("x", x, tuple(x.shape))
+    out = torch.empty_like(x)
+    _load("cpp").dropout(x.data_ptr(), out.data_ptr(), x.numel(), _threshold(p), 1.0 / (1.0 - p), int(seed.item()),
+                         threads())
+    return out
 
-    @staticmethod
-    def backward(ctx, grad):
-        ext = _load("cpp")
-        grad = grad.float().contiguous()
-        out = torch.empty_like(grad)
-        ext.dropout(grad.data_ptr(), out.data_ptr(), grad.numel(), _threshold(ctx.p), ctx.scale, ctx.seed, threads())
-        return out, None
+
+def _dropout_fake(x, seed, p):
+    return torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs, output):
+    _, seed, p = inputs
+    ctx.save_for_backward(seed)
+    ctx.p = p
+
+
+def _backward(ctx, grad):
+    # linear in x: the gradient is dropped by the same mask (regenerated from the seed, nothing stored)
+    (seed,) = ctx.saved_tensors
+    return dropout_op(grad.contiguous(), seed, ctx.p), None, None
+
+
+dropout_op = define_op("dropout", "(Tensor x, Tensor seed, float p) -> Tensor", _dropout, _dropout_fake,
+                       backward=_backward, setup_context=_setup_context)
 
 
 def _cpp_usable(x: torch.Tensor) -> bool:
@@ -58,7 +70,9 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Ten
         return x
     if p == 1.0 or not _cpp_usable(x):
         return F.dropout(x, p, training)
-    return _DropoutCpp.apply(x.contiguous(), float(p))
+    # the seed stays a tensor: drawn inside a compiled graph, it costs no host sync there
+    seed = torch.randint(0, 2**63 - 1, (), dtype=torch.int64)
+    return dropout_op(x.contiguous(), seed, float(p))
 
 
 class Dropout(nn.Dropout):

@@ -9,6 +9,7 @@ import torch
 from mstein_fast import reference
 from mstein_fast._checks import check_choice, check_gaussians, check_temperature
 from mstein_fast.backends import cpp_extension, resolve_backend, triton_kernels
+from mstein_fast.ops._library import check_buffer, check_dims, define_op
 from mstein_fast.ops._stack import centre_rows_, cpp_stack, threads
 from mstein_fast.ops.pairwise_w2 import pairwise_w2
 
@@ -20,43 +21,85 @@ REDUCTIONS = ("mean", "sum", "none")
 _KEEP_LIMIT_BYTES = int(float(os.environ.get("MSTEIN_FAST_KEEP_MATRIX_MB", "64")) * 2**20)
 
 
-class _WassersteinInfoNCECpp(torch.autograd.Function):
-    """Per-row InfoNCE losses ``[2N]`` by the fused C++ kernels (contiguous float32 ``[N, D]`` views)."""
+def _fwd(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor, cov_b: torch.Tensor, temperature: float,
+         similarity: str, keep: bool):
+    """``mstein_fast::wasserstein_infonce_fwd``: per-row losses ``[2N]`` of contiguous float32
+    ``[N, D]`` views, and what the backward needs: the centred stacked rows ``x`` ``[2N, 2D]``, the
+    per-row max logit and log-sum ``lse`` ``[2, 2N]``, and with ``keep`` the distance matrix ``w``
+    ``[2N, 2N]`` (else an empty ``[0]``: the backward recomputes it)."""
+    ext = cpp_extension()
+    check_dims("mean_a", mean_a, 2)
+    n, d = mean_a.shape
+    for name, t in (("mean_a", mean_a), ("cov_a", cov_a), ("mean_b", mean_b), ("cov_b", cov_b)):
+        check_buffer(name, t, (n, d))
+    x = torch.empty((2 * n, 2 * d), dtype=torch.float32)
+    x[:n] = cpp_stack(ext, mean_a, cov_a)
+    x[n:] = cpp_stack(ext, mean_b, cov_b)
+    centre_rows_(x.unsqueeze(0))
+    losses = torch.empty(2 * n, dtype=torch.float32)
+    lse = torch.empty((2, 2 * n), dtype=torch.float32)  # per row: max logit, log of the sum
+    w = torch.empty((2 * n, 2 * n) if keep else (0,), dtype=torch.float32)
+    ext.wasserstein_infonce_fwd(x.data_ptr(), n, 2 * d, temperature, SIMILARITIES[similarity], losses.data_ptr(),
+                                lse.data_ptr(), w.data_ptr() if keep else 0, threads())
+    return losses, x, lse, w
 
-    @staticmethod
-    def forward(ctx, mean_a, cov_a, mean_b, cov_b, temperature: float, similarity: str):
-        ext = cpp_extension()
-        n, d = mean_a.shape
-        x = torch.empty((2 * n, 2 * d), dtype=torch.float32)
-        x[:n] = cpp_stack(ext, mean_a, cov_a)
-        x[n:] = cpp_stack(ext, mean_b, cov_b)
-        centre_rows_(x.unsqueeze(0))
-        kind = SIMILARITIES[similarity]
-        losses = torch.empty(2 * n, dtype=torch.float32)
-        lse = torch.empty((2, 2 * n), dtype=torch.float32)  # per row: max logit, log of the sum
-        # keep W for the backward only if there will be one and the matrix is small
-        keep = any(ctx.needs_input_grad[:4]) and (2 * n) ** 2 * 4 <= _KEEP_LIMIT_BYTES
-        w = torch.empty((2 * n, 2 * n), dtype=torch.float32) if keep else None
-        ext.infonce_forward(x.data_ptr(), n, 2 * d, temperature, kind, losses.data_ptr(), lse.data_ptr(),
-                            w.data_ptr() if keep else 0, threads())
-        ctx.save_for_backward(x, lse, cov_a, cov_b, *([w] if keep else []))
-        ctx.temperature, ctx.kind, ctx.keep = temperature, kind, keep
-        return losses
 
-    @staticmethod
-    def backward(ctx, grad_rows):
-        ext = cpp_extension()
-        x, lse, cov_a, cov_b, *rest = ctx.saved_tensors
-        w = rest[0] if ctx.keep else None
-        rows2, k = x.shape
-        n = rows2 // 2
-        grad_rows = grad_rows.float().contiguous()
-        grads = [torch.empty_like(cov_a) for _ in range(4)]  # d mean_a, d cov_a, d mean_b, d cov_b
-        ext.infonce_backward(x.data_ptr(), n, k, ctx.temperature, ctx.kind, grad_rows.data_ptr(), lse.data_ptr(),
-                             w.data_ptr() if w is not None else 0, cov_a.data_ptr(), cov_b.data_ptr(),
-                             *(g.data_ptr() for g in grads), threads())
-        g_mean_a, g_cov_a, g_mean_b, g_cov_b = grads
-        return g_mean_a, g_cov_a, g_mean_b, g_cov_b, None, None
+def _fwd_fake(mean_a, cov_a, mean_b, cov_b, temperature, similarity, keep):
+    n, d = mean_a.shape
+    new = mean_a.new_empty
+    return new((2 * n,)), new((2 * n, 2 * d)), new((2, 2 * n)), new((2 * n, 2 * n) if keep else (0,))
+
+
+def _bwd(grad_rows: torch.Tensor, x: torch.Tensor, lse: torch.Tensor, w: torch.Tensor, cov_a: torch.Tensor,
+         cov_b: torch.Tensor, temperature: float, similarity: str):
+    """``mstein_fast::wasserstein_infonce_bwd``: gradients w.r.t. ``mean_a, cov_a, mean_b, cov_b``
+    of ``sum(grad_rows * losses)``, from the forward's ``x``, ``lse`` and ``w`` (empty: recompute)."""
+    ext = cpp_extension()
+    check_dims("x", x, 2)
+    rows2, k = x.shape
+    if rows2 % 2 or k % 2:
+        raise ValueError(f"x must be the [2N, 2D] stacked rows of the forward, got shape {tuple(x.shape)}")
+    n, d = rows2 // 2, k // 2
+    keep = w.numel() > 0
+    for name, t, shape in (("grad_rows", grad_rows, (rows2,)), ("x", x, (rows2, k)), ("lse", lse, (2, rows2)),
+                           ("w", w, (rows2, rows2) if keep else (0,)), ("cov_a", cov_a, (n, d)),
+                           ("cov_b", cov_b, (n, d))):
+        check_buffer(name, t, shape)
+    grads = [torch.empty_like(cov_a) for _ in range(4)]  # d mean_a, d cov_a, d mean_b, d cov_b
+    ext.wasserstein_infonce_bwd(x.data_ptr(), n, k, temperature, SIMILARITIES[similarity], grad_rows.data_ptr(),
+                                lse.data_ptr(), w.data_ptr() if keep else 0, cov_a.data_ptr(), cov_b.data_ptr(),
+                                *(g.data_ptr() for g in grads), threads())
+    return tuple(grads)
+
+
+def _bwd_fake(grad_rows, x, lse, w, cov_a, cov_b, temperature, similarity):
+    return tuple(torch.empty_like(cov_a) for _ in range(4))
+
+
+def _setup_context(ctx, inputs, output):
+    _, cov_a, _, cov_b, temperature, similarity, keep = inputs
+    _, x, lse, w = output
+    ctx.mark_non_differentiable(x, lse, w)
+    ctx.save_for_backward(x, lse, w, cov_a, cov_b)
+    ctx.temperature, ctx.similarity, ctx.keep = temperature, similarity, keep
+
+
+def _backward(ctx, grad_rows, _grad_x, _grad_lse, _grad_w):
+    x, lse, w, cov_a, cov_b = ctx.saved_tensors
+    grads = wasserstein_infonce_bwd(grad_rows.contiguous(), x, lse, w, cov_a, cov_b, ctx.temperature, ctx.similarity)
+    return (*grads, None, None, None)
+
+
+wasserstein_infonce_bwd = define_op(
+    "wasserstein_infonce_bwd",
+    "(Tensor grad_rows, Tensor x, Tensor lse, Tensor w, Tensor cov_a, Tensor cov_b, float temperature, "
+    "str similarity) -> (Tensor, Tensor, Tensor, Tensor)",
+    _bwd, _bwd_fake)
+wasserstein_infonce_fwd = define_op(
+    "wasserstein_infonce_fwd",
+    "(Tensor mean_a, Tensor cov_a, Tensor mean_b, Tensor cov_b, float temperature, str similarity, bool keep) "
+    "-> (Tensor, Tensor, Tensor, Tensor)",
+    _fwd, _fwd_fake, backward=_backward, setup_context=_setup_context)
 
 
 def _reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -119,7 +162,10 @@ def wasserstein_infonce(
         rows = triton_kernels().wasserstein_infonce_rows(mean_a, cov_a, mean_b, cov_b, temperature, similarity)
     else:
         views = [t.float().contiguous() for t in (mean_a, cov_a, mean_b, cov_b)]
-        rows = _WassersteinInfoNCECpp.apply(*views, temperature, similarity)
+        # keep W for the backward only if there will be one and the matrix is small
+        n = mean_a.shape[0]
+        keep = torch.is_grad_enabled() and any(t.requires_grad for t in views) and (2 * n) ** 2 * 4 <= _KEEP_LIMIT_BYTES
+        rows = wasserstein_infonce_fwd(*views, temperature, similarity, keep)[0]
     return _reduce(rows, reduction).to(mean_a.dtype)
 
 

@@ -1,0 +1,77 @@
+"""Registration of the C++ kernels as ``torch.library`` ops in the ``mstein_fast`` namespace, and
+the checks every call into the extension makes on its buffers.
+
+The extension takes raw data pointers (it does not link libtorch, so one build serves every torch
+version); each op's real implementation is a Python function that allocates the outputs, checks
+the buffers and passes their pointers. Registered with ``torch.library.custom_op`` plus a fake
+(shape-only) implementation and the autograd formula, the ops are opaque single nodes to
+``torch.compile`` (no graph break) and ``torch.library.opcheck`` can test them. With a torch
+without ``custom_op`` (before 2.4) the same functions run through a plain ``autograd.Function``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+NAMESPACE = "mstein_fast"
+
+HAS_CUSTOM_OP = hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_fake")
+
+
+def check_buffer(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> None:
+    """Raise ``ValueError`` unless ``t`` is a contiguous ``dtype`` CPU tensor of shape ``shape``:
+    the memory the C++ kernel will read or write through its pointer, given the sizes it is passed."""
+    if t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous() or tuple(t.shape) != tuple(shape):
+        raise ValueError(
+            f"{name}: the C++ kernel needs a contiguous {dtype} CPU tensor of shape {tuple(shape)}, got "
+            f"{t.dtype} on {t.device}, shape {tuple(t.shape)}{'' if t.is_contiguous() else ', not contiguous'}"
+        )
+
+
+def check_dims(name: str, t: torch.Tensor, dims: int) -> None:
+    """Raise ``ValueError`` unless ``t`` has ``dims`` dimensions (the layout an op's kernel expects)."""
+    if t.dim() != dims:
+        raise ValueError(f"{name} must have {dims} dims, got shape {tuple(t.shape)}")
+
+
+def define_op(
+    name: str,
+    schema: str,
+    impl: Callable,
+    fake: Callable,
+    *,
+    backward: Callable | None = None,
+    setup_context: Callable | None = None,
+) -> Callable:
+    """Register ``impl`` as the CPU kernel of ``mstein_fast::<name>`` with ``schema`` (arguments
+    and returns, as in ``"(Tensor x, float p) -> Tensor"``), ``fake`` as its shape rule and, when
+    given, ``backward``/``setup_context`` as its autograd formula (``torch.library.register_autograd``
+    conventions). Returns the callable op (positional arguments).
+
+    Without ``torch.library.custom_op`` returns ``impl``, wrapped in an ``autograd.Function`` that
+    runs the same ``setup_context`` and ``backward`` when a backward is given."""
+    if HAS_CUSTOM_OP:
+        op = torch.library.custom_op(f"{NAMESPACE}::{name}", impl, mutates_args=(), device_types="cpu",
+                                     schema=schema)
+        op.register_fake(fake)
+        if backward is not None:
+            op.register_autograd(backward, setup_context=setup_context)
+        return op
+    if backward is None:
+        return impl
+    return _autograd_function(name, impl, backward, setup_context)
+
+
+def _autograd_function(name: str, impl: Callable, backward: Callable, setup_context: Callable) -> Callable:
+    def forward(ctx, *args):
+        output = impl(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    cls = type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward),
+        "backward": staticmethod(backward),
+    })
+    return cls.apply
