@@ -380,12 +380,10 @@ class STOSA(_Recommender):
         pos = torch.arange(width, device=device)
         mean = self.embed_norm_mean(self.item_mean.weight[0].detach() + self.position_mean(pos))  # padding_idx: no grad
         cov = self.embed_norm_cov(self.item_cov.weight[0].detach() + self.position_cov(pos))
-        if len(blocks) == 1:
-            n, w = blocks[0]
-            mean, cov = mean[:w].repeat(n, 1), cov[:w].repeat(n, 1)
-        else:
-            index = torch.cat([torch.arange(w, device=device).repeat(n) for n, w in blocks])
-            mean, cov = mean[index], cov[index]
+        # repeated blocks, not a gather: the backward of a gather (an accumulating index_put) is not
+        # deterministic on a multi-threaded CPU, that of repeat (a sum) is
+        mean = torch.cat([mean[:w].repeat(n, 1) for n, w in blocks])
+        cov = torch.cat([cov[:w].repeat(n, 1) for n, w in blocks])
         mean = F.elu(self.dropout(mean.unsqueeze(0)))
         cov = elu_plus_one(self.dropout(cov.unsqueeze(0)))
         return self._layers(mean, cov, lambda attention, m, c: attention.forward_self_only(m, c))

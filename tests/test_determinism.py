@@ -27,3 +27,30 @@ def test_infonce_repeats_bitwise(monkeypatch, keep):
     for other in results[1:]:
         for a, b in zip(other, results[0]):
             assert torch.equal(a, b)
+
+
+def test_mstein_gradients_repeat_bitwise_with_two_threads():
+    # a multi-threaded CPU must not change the gradients from one identical step to the next (the
+    # gather that once built the leading-padding inputs accumulated its backward nondeterministically)
+    from mstein_fast.config import TrainConfig
+    from mstein_fast.models import build_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        cfg = TrainConfig(model="mstein", hidden_size=16, max_seq_length=40, backend="cpp", temperature=1e-6)
+        model = build_model("mstein", 200, cfg).train()
+        lengths = torch.randint(1, 41, (1024, 1)) ** 2 // 40 + 1  # mostly short rows, some long: several buckets
+        views = torch.randint(1, 201, (1024, 40)).masked_fill(torch.arange(40) < 40 - lengths, 0)
+        results = []
+        for _ in range(2):
+            model.zero_grad()
+            torch.manual_seed(1)  # the same dropout masks
+            model.contrastive_loss(views).backward()
+            results.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+        for other in results[1:]:
+            for a, b in zip(other, results[0]):
+                assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(threads)
