@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import torch
 
@@ -11,6 +12,22 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # torch.compile traces this as the constant True (torch < 2.3 has no torch.compiler.is_compiling)
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+
+
+def env_megabytes(name: str, default_mb: float) -> int:
+    """The size in bytes set by the environment variable ``name`` (in megabytes, a non-negative
+    number; ``default_mb`` when unset). Read at each call, so that a bad value fails the operation
+    that uses it, with a ``ValueError`` naming the variable, and not every import."""
+    text = os.environ.get(name)
+    if text is None:
+        return int(default_mb * 2**20)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a non-negative number of megabytes, got {text!r}")
+    return int(value * 2**20)
 
 
 def check_choice(name: str, value, choices) -> None:

@@ -29,22 +29,31 @@ loss w.r.t. the parameters. Every rank must call the function (and its backward)
 
 from __future__ import annotations
 
-import os
 import struct
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from mstein_fast._checks import check_choice, check_gaussians, check_temperature
+from mstein_fast._checks import check_choice, check_gaussians, check_temperature, env_megabytes
 from mstein_fast.backends import BACKENDS, cpp_extension, resolve_backend
 from mstein_fast.ops._stack import centre_rows_, empty_buffer, threads
 from mstein_fast.reference import _COV_FLOOR  # the official sqrt(clamp(cov, min=1e-24))
 
 __all__ = ["all_gather_rows", "dot_infonce", "gather_with_grad", "wasserstein_infonce", "world"]
 
-_TILE_BYTES = int(float(os.environ.get("MSTEIN_FAST_DISTRIBUTED_TILE_MB", "32")) * 2**20)
-_KEEP_BYTES = int(float(os.environ.get("MSTEIN_FAST_KEEP_MATRIX_MB", "64")) * 2**20)
+# MSTEIN_FAST_DISTRIBUTED_TILE_MB and MSTEIN_FAST_KEEP_MATRIX_MB, read at use (tests may set these instead)
+_TILE_BYTES: int | None = None
+_KEEP_BYTES: int | None = None
+
+
+def _tile_bytes() -> int:
+    return _TILE_BYTES if _TILE_BYTES is not None else env_megabytes("MSTEIN_FAST_DISTRIBUTED_TILE_MB", 32)
+
+
+def _keep_bytes() -> int:
+    return _KEEP_BYTES if _KEEP_BYTES is not None else env_megabytes("MSTEIN_FAST_KEEP_MATRIX_MB", 64)
+
 SIMILARITIES = ("inv", "neg")
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -197,8 +206,8 @@ class _DistributedInfoNCE(torch.autograd.Function):
         rows = x[row_ids].contiguous()
         tiles = _Tiles(rows, x, use_cpp)
         r, c = rows.shape[0], 2 * total
-        chunk = max(256, _TILE_BYTES // (4 * r))
-        keep = any(ctx.needs_input_grad[:4]) and r * c * 4 <= _KEEP_BYTES
+        chunk = max(256, _tile_bytes() // (4 * r))
+        keep = any(ctx.needs_input_grad[:4]) and r * c * 4 <= _keep_bytes()
         kept = []
         run_max = torch.full((r,), float("-inf"), dtype=dtype, device=x.device)
         run_sum = torch.zeros(r, dtype=dtype, device=x.device)

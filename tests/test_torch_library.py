@@ -232,3 +232,18 @@ def test_compile_fullgraph_mstein_training_loss_equals_eager():
     # gradients together by relative RMS error, not each element or each (cancelling) parameter
     assert_close_rel(torch.cat([c.flatten() for c in compiled[3] if c is not None]),
                      torch.cat([e.flatten() for e in eager[3] if e is not None]), 1e-5, "parameter gradients")
+
+
+# ------------------------------------------------------------------ settings and sizes checked at use
+
+def test_bad_keep_matrix_setting_fails_the_op_not_the_import(monkeypatch):
+    monkeypatch.setenv("MSTEIN_FAST_KEEP_MATRIX_MB", "abc")
+    ma, ca = gaussians(4, 3, seed=10, requires_grad=True)
+    with pytest.raises(ValueError, match="MSTEIN_FAST_KEEP_MATRIX_MB"):
+        mstein_fast.wasserstein_infonce(ma, ca, ma, ca)
+
+
+def test_pairwise_w2_refuses_an_output_larger_than_memory():
+    mean, cov = torch.zeros(10**6, 2), torch.ones(10**6, 2)
+    with pytest.raises(ValueError, match=r"output of shape \[1000000, 1000000\]"):
+        mstein_fast.pairwise_w2(mean, cov, mean, cov)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import os
+
 import torch
 
 from mstein_fast import reference
-from mstein_fast._checks import check_gaussians
+from mstein_fast._checks import _is_compiling, check_gaussians
 from mstein_fast.backends import cpp_extension, resolve_backend, triton_kernels
 from mstein_fast.ops._library import check_buffer, check_dims, define_op
 from mstein_fast.ops._stack import centre_rows_, cpp_stack, cpp_unstack, threads
@@ -80,6 +83,30 @@ pairwise_w2_fwd = define_op(
     _fwd, _fwd_fake, backward=_backward, setup_context=_setup_context)
 
 
+def _memory_bytes(device: torch.device) -> int | None:
+    """The memory of ``device`` (CPU: physical RAM), or None where it cannot be told."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory
+        if device.type == "cpu":
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        pass
+    return None
+
+
+def _check_output_fits(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+    """Raise ``ValueError`` if a ``shape`` output (computed in float32 at least) would not fit in
+    the device's memory, before anything is allocated."""
+    numel = math.prod(shape)
+    nbytes = numel * max(torch.empty((), dtype=dtype).element_size(), 4)
+    limit = _memory_bytes(device)
+    if numel >= 2**63 or (limit is not None and nbytes > limit):
+        raise ValueError(f"pairwise_w2 output of shape {list(shape)} needs {nbytes / 2**30:.3g} GiB, more than the "
+                         f"{limit / 2**30:.3g} GiB of memory of {device}" if limit is not None else
+                         f"pairwise_w2 output of shape {list(shape)} has too many elements")
+
+
 def pairwise_w2(
     mean1: torch.Tensor,
     cov1: torch.Tensor,
@@ -102,6 +129,8 @@ def pairwise_w2(
     """
     check_gaussians([("mean1", mean1, "cov1", cov1), ("mean2", mean2, "cov2", cov2)])
     name = resolve_backend(backend, mean1.device)
+    if not _is_compiling():  # static shapes there; the allocation itself fails clearly enough
+        _check_output_fits((*mean1.shape[:-1], mean2.shape[-2]), mean1.dtype, mean1.device)
     if name == "torch" or (name == "cpp" and mean1.dtype == torch.float64):
         return reference.pairwise_w2(mean1, cov1, mean2, cov2)
     if name == "triton":

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from mstein_fast import reference
-from mstein_fast._checks import check_choice, check_gaussians, check_temperature
+from mstein_fast._checks import check_choice, check_gaussians, check_temperature, env_megabytes
 from mstein_fast.backends import cpp_extension, resolve_backend, triton_kernels
 from mstein_fast.ops._library import check_buffer, check_dims, define_op
 from mstein_fast.ops._stack import centre_rows_, cpp_stack, threads
@@ -16,9 +14,25 @@ from mstein_fast.ops.pairwise_w2 import pairwise_w2
 SIMILARITIES = {"inv": 0, "neg": 1}
 REDUCTIONS = ("mean", "sum", "none")
 
-# Below this size the forward keeps the 2N x 2N distance matrix for the backward (saving a
-# recomputation: fewer GEMM flops); above it only the per-row logsumexp is kept (O(N) memory).
-_KEEP_LIMIT_BYTES = int(float(os.environ.get("MSTEIN_FAST_KEEP_MATRIX_MB", "64")) * 2**20)
+
+# torch.compile calls the function below while tracing and keeps the result (not traced: globals, os.environ)
+_trace_constant = getattr(getattr(torch, "compiler", None), "assume_constant_result", lambda fn: fn)
+
+
+@_trace_constant
+def _keep_limit_bytes() -> int:
+    """Below this size the forward keeps the 2N x 2N distance matrix for the backward (saving a
+    recomputation: fewer GEMM flops); above it only the per-row logsumexp is kept (O(N) memory).
+    ``MSTEIN_FAST_KEEP_MATRIX_MB`` (default 64), unless a test has set ``_KEEP_LIMIT_BYTES`` here."""
+    forced = globals().get("_KEEP_LIMIT_BYTES")
+    return forced if forced is not None else env_megabytes("MSTEIN_FAST_KEEP_MATRIX_MB", 64)
+
+
+def __getattr__(name: str):
+    # `from ...wasserstein_infonce import _KEEP_LIMIT_BYTES` (the sequence op) and tests read the setting
+    if name == "_KEEP_LIMIT_BYTES":
+        return _keep_limit_bytes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _fwd(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor, cov_b: torch.Tensor, temperature: float,
@@ -164,7 +178,7 @@ def wasserstein_infonce(
         views = [t.float().contiguous() for t in (mean_a, cov_a, mean_b, cov_b)]
         # keep W for the backward only if there will be one and the matrix is small
         n = mean_a.shape[0]
-        keep = torch.is_grad_enabled() and any(t.requires_grad for t in views) and (2 * n) ** 2 * 4 <= _KEEP_LIMIT_BYTES
+        keep = torch.is_grad_enabled() and any(t.requires_grad for t in views) and (2 * n) ** 2 * 4 <= _keep_limit_bytes()
         rows = wasserstein_infonce_fwd(*views, temperature, similarity, keep)[0]
     return _reduce(rows, reduction).to(mean_a.dtype)
 
