@@ -18,8 +18,9 @@ logs and writes the run directory.
 Reproducibility: the randomness of epoch e (shuffling, negatives, augmentation, dropout) is
 drawn from generators seeded by ``(seed, e)``; the model, the optimizer and the early-stopping
 state are in ``last.pt``. A run resumed after a kill therefore repeats exactly what the
-uninterrupted run would have done: bit for bit with one CPU thread; with several threads the
-threaded reductions may make any two runs differ in the last digits (issue 14, item 8).
+uninterrupted run would have done, bit for bit on the same device and thread count (every op
+of the training step is deterministic for a fixed thread count; another thread count changes
+the rounding of threaded sums).
 
 Failures: a non-finite loss or validation score stops the run with :class:`Diverged` before the
 epoch is recorded (``last.pt``, ``best.pt`` and ``metrics.jsonl`` keep the last good epoch);
