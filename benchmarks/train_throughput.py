@@ -15,7 +15,8 @@ original research code side by side (``--original DIR``) and a profiled epoch (`
 
 A backend name with the suffix ``-full`` runs the straightforward encoder over all ``[B, L]``
 positions (``skip_padding`` off, the computation before the windowed encoder) for comparison;
-``-shared`` turns on the opt-in ``shared_padding`` (changes training, see the config help).
+``-shared`` turns on the opt-in ``shared_padding`` and ``-poolK`` the opt-in ``padding_pool = K``
+(both change training, see the config help).
 
 Side by side (``--original DIR``): each round runs the original ``main.py`` with the official
 MStein command (``_original.OFFICIAL_ARGS``, ``--no_cuda`` unless this trainer runs on a GPU) for
@@ -100,16 +101,23 @@ def infonce_time(trainer: Trainer, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def make_config(args, backend: str):
-    """The trainer's config for ``backend`` (``NAME``, ``NAME-full`` or ``NAME-shared``): defaults
-    (the official MStein settings) plus this script's options."""
+def variant_settings(backend: str) -> tuple[str, dict]:
+    """``NAME``, ``NAME-full``, ``NAME-shared`` or ``NAME-poolK`` -> (backend name, config overrides)."""
     name, _, variant = backend.partition("-")
-    if variant not in ("", "full", "shared"):
-        raise ValueError(f"unknown variant {backend!r}: use BACKEND, BACKEND-full or BACKEND-shared")
+    if variant in ("", "full", "shared"):
+        return name, {"skip_padding": variant != "full", "shared_padding": variant == "shared"}
+    if variant.startswith("pool") and variant[4:].isdigit() and int(variant[4:]) > 0:
+        return name, {"padding_pool": int(variant[4:])}
+    raise ValueError(f"unknown variant {backend!r}: use BACKEND, BACKEND-full, BACKEND-shared or BACKEND-poolK")
+
+
+def make_config(args, backend: str):
+    """The trainer's config for ``backend`` (see :func:`variant_settings`): defaults (the official
+    MStein settings) plus this script's options."""
+    name, overrides = variant_settings(backend)
     cfg, _ = build_config(None, {"data": args.data, "model": args.model, "backend": name,
                                  "batch_size": args.batch_size, "device": args.device, "progress": False,
-                                 "num_threads": args.threads,
-                                 "skip_padding": variant != "full", "shared_padding": variant == "shared"})
+                                 "num_threads": args.threads, **overrides})
     return cfg
 
 
@@ -400,8 +408,10 @@ def main() -> None:
         parser.error("--rounds must be >= 1")
     backends = args.backends.split(",")
     for backend in backends:
-        if backend.partition("-")[2] not in ("", "full", "shared"):
-            parser.error(f"unknown variant {backend!r}: use BACKEND, BACKEND-full or BACKEND-shared")
+        try:
+            variant_settings(backend)
+        except ValueError as err:
+            parser.error(str(err))
     if args.epochs is None:
         args.epochs = 6 if args.original else 1
 

@@ -14,13 +14,18 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
-def env_megabytes(name: str, default_mb: float) -> int:
-    """The size in bytes set by the environment variable ``name`` (in megabytes, a non-negative
-    number; ``default_mb`` when unset). Read at each call, so that a bad value fails the operation
-    that uses it, with a ``ValueError`` naming the variable, and not every import."""
+# size settings read from the environment: name -> default in megabytes (README, "Settings")
+ENV_MEGABYTES = {"MSTEIN_FAST_KEEP_MATRIX_MB": 64, "MSTEIN_FAST_DISTRIBUTED_TILE_MB": 32}
+
+
+def env_megabytes(name: str) -> int:
+    """The size in bytes set by the environment variable ``name`` of :data:`ENV_MEGABYTES` (in
+    megabytes, a non-negative number; its default when unset). Read at each call, so that a bad
+    value fails the operation that uses it, with a ``ValueError`` naming the variable, and not
+    every import (the CLI checks them all before it starts: :func:`check_environment`)."""
     text = os.environ.get(name)
     if text is None:
-        return int(default_mb * 2**20)
+        return int(ENV_MEGABYTES[name] * 2**20)
     try:
         value = float(text)
     except ValueError:
@@ -28,6 +33,12 @@ def env_megabytes(name: str, default_mb: float) -> int:
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a non-negative number of megabytes, got {text!r}")
     return int(value * 2**20)
+
+
+def check_environment() -> None:
+    """Raise ``ValueError`` naming the first malformed ``MSTEIN_FAST_*`` size setting, if any."""
+    for name in ENV_MEGABYTES:
+        env_megabytes(name)
 
 
 def check_choice(name: str, value, choices) -> None:

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+from mstein_fast._checks import check_environment
 from mstein_fast.config import (
     FIELDS,
     QUICK_PRESET,
@@ -361,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "recommend": _cmd_recommend, "data": _cmd_data}
     commands.update({"analyze": _cmd_analyze, "plot": _cmd_plot})
     try:
+        try:
+            check_environment()
+        except ValueError as err:
+            raise UserError(str(err)) from None
         return commands[args.command](args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

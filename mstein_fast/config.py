@@ -90,7 +90,11 @@ class TrainConfig:
                               "[B, L] computation, less work")
     shared_padding: bool = _key(False, "MStein, with skip_padding: compute the leading padding positions of the "
                                 "contrastive views once per position WITHOUT dropout, shared by all rows (faster "
-                                "epochs; changes training, not the official computation; quality not validated)")
+                                "epochs; changes training: measured worse on Office, see benchmarks/RESULTS.md)")
+    padding_pool: int = _key(0, "MStein, with skip_padding: draw each leading padding position of the contrastive "
+                             "views from this many dropout samples per position instead of encoding every row's "
+                             "own (0: off, the exact computation; faster epochs, changes training slightly)",
+                             valid=Range(0, 1 << 20))
     stosa_compat: bool = _key(False, "reproduce the original STOSA defect: mean stream not propagated through layers")
     # objective
     pvn_weight: float = _key(0.01, "weight of the pvn regulariser max(0, W(seq,pos) - W(pos,neg)) (STOSA, MStein)",

@@ -48,11 +48,11 @@ _KEEP_BYTES: int | None = None
 
 
 def _tile_bytes() -> int:
-    return _TILE_BYTES if _TILE_BYTES is not None else env_megabytes("MSTEIN_FAST_DISTRIBUTED_TILE_MB", 32)
+    return _TILE_BYTES if _TILE_BYTES is not None else env_megabytes("MSTEIN_FAST_DISTRIBUTED_TILE_MB")
 
 
 def _keep_bytes() -> int:
-    return _KEEP_BYTES if _KEEP_BYTES is not None else env_megabytes("MSTEIN_FAST_KEEP_MATRIX_MB", 64)
+    return _KEEP_BYTES if _KEEP_BYTES is not None else env_megabytes("MSTEIN_FAST_KEEP_MATRIX_MB")
 
 SIMILARITIES = ("inv", "neg")
 REDUCTIONS = ("mean", "sum", "none")

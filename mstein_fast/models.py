@@ -244,6 +244,7 @@ class _Recommender(nn.Module):
         self.pvn_weight = cfg.pvn_weight
         self.skip_padding = getattr(cfg, "skip_padding", True)
         self.shared_padding = getattr(cfg, "shared_padding", False)
+        self.padding_pool = getattr(cfg, "padding_pool", 0)
         self.bucket_cost = BUCKET_COST
         self.init_mean, self.init_std = cfg.init_mean, cfg.initializer_range
         # a torch.distributed process group: the contrastive losses then contrast each local
@@ -404,7 +405,11 @@ class STOSA(_Recommender):
         float rounding; dropout masks are drawn in another order, with the same distribution).
 
         With ``shared_padding`` (opt-in, changes training) the leading padding positions are
-        computed once per position without dropout and shared by all rows."""
+        computed once per position without dropout and shared by all rows. With ``padding_pool =
+        K`` (opt-in, changes training slightly) they are encoded for K rows of padding only, each
+        with its own dropout, and every row takes each of its padding positions from one of the K
+        samples drawn at random: the same distribution per position as the exact computation
+        (rows meet the same sample with probability 1/K), at the cost of K rows instead of all."""
         if not self.skip_padding:
             return self.encode(seqs)
         L = seqs.shape[1]
@@ -420,7 +425,17 @@ class STOSA(_Recommender):
             finally:
                 self.train(was_training)
         lead = {}
-        if shared is None and lead_width > 0:  # all buckets' leading padding in one computation
+        if shared is None and self.padding_pool and self.training and lead_width > 0:
+            pool_mean, pool_cov = self._encode_lead(self.padding_pool, lead_width)  # [K, lead_width, H]
+            for i, (rows, w) in enumerate(buckets):
+                if w < L:
+                    width = L - w
+                    sample = torch.randint(self.padding_pool, (len(rows), width), device=seqs.device)
+                    index = sample * lead_width + torch.arange(width, device=seqs.device)
+                    # an embedding lookup: its backward accumulates deterministically
+                    lead[i] = (F.embedding(index, pool_mean.reshape(-1, pool_mean.shape[-1])),
+                               F.embedding(index, pool_cov.reshape(-1, pool_cov.shape[-1])))
+        elif shared is None and lead_width > 0:  # all buckets' leading padding in one computation
             blocks = [(len(rows), L - w) for rows, w in buckets if w < L]
             lead_mean, lead_cov = self._encode_lead_packed(blocks)
             sizes = [n * width for n, width in blocks]

@@ -29,7 +29,8 @@ def test_infonce_repeats_bitwise(monkeypatch, keep):
             assert torch.equal(a, b)
 
 
-def test_mstein_gradients_repeat_bitwise_with_two_threads():
+@pytest.mark.parametrize("padding_pool", [0, 16])
+def test_mstein_gradients_repeat_bitwise_with_two_threads(padding_pool):
     # a multi-threaded CPU must not change the gradients from one identical step to the next (the
     # gather that once built the leading-padding inputs accumulated its backward nondeterministically)
     from mstein_fast.config import TrainConfig
@@ -39,7 +40,8 @@ def test_mstein_gradients_repeat_bitwise_with_two_threads():
     torch.set_num_threads(2)
     try:
         torch.manual_seed(0)
-        cfg = TrainConfig(model="mstein", hidden_size=16, max_seq_length=40, backend="cpp", temperature=1e-6)
+        cfg = TrainConfig(model="mstein", hidden_size=16, max_seq_length=40, backend="cpp", temperature=1e-6,
+                          padding_pool=padding_pool)
         model = build_model("mstein", 200, cfg).train()
         lengths = torch.randint(1, 41, (1024, 1)) ** 2 // 40 + 1  # mostly short rows, some long: several buckets
         views = torch.randint(1, 201, (1024, 40)).masked_fill(torch.arange(40) < 40 - lengths, 0)

@@ -113,7 +113,7 @@ def test_any_anchor_gives_the_same_result(sparse_calls):
     upstream = torch.tensor(1.0)
     results = []
     for anchor in (int(widths.argmin()), 1, 0):  # shares the most, shares nothing, shares some
-        results.append(grads_of(lambda m, c: wasserstein_infonce_sequences(m, c, temperature=0.2, anchor=anchor),
+        results.append(grads_of(lambda m, c, a=anchor: wasserstein_infonce_sequences(m, c, temperature=0.2, anchor=a),
                                 leaves, widths, upstream))
     for out, grads in results[1:]:
         assert_close("loss", out, results[0][0], TOL32)

@@ -495,3 +495,14 @@ def test_fuzz_cli_exits_0_or_2_with_one_line_errors(tmp_path, capsys):
     assert 0 in codes and 2 in codes, codes  # the fuzz exercises both outcomes
     created = set(os.listdir(tmp_path)) - before
     assert all(name.startswith(("data", "out")) for name in created), created
+
+
+@pytest.mark.parametrize("name", ["MSTEIN_FAST_KEEP_MATRIX_MB", "MSTEIN_FAST_DISTRIBUTED_TILE_MB"])
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf"])
+def test_malformed_size_setting_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, name, value):
+    monkeypatch.setenv(name, value)
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and name in err[-1] and "Traceback" not in "\n".join(err)
+    assert not out.exists()

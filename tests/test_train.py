@@ -208,6 +208,45 @@ def test_shared_padding_without_dropout_equals_the_full_computation():
         torch.testing.assert_close(g1, p.grad, rtol=1e-9, atol=1e-15)
 
 
+def test_padding_pool_without_dropout_equals_the_full_computation():
+    # padding_pool only changes which dropout sample a padding position gets: with no dropout every
+    # sample is the same and the views are exactly those of the full encoder
+    torch.manual_seed(2)
+    cfg = TrainConfig(model="mstein", hidden_size=8, max_seq_length=10, backend="torch", padding_pool=3,
+                      hidden_dropout_prob=0.0)
+    model = build_model("mstein", 30, cfg).double().train()
+    seqs = torch.randint(1, 31, (16, 10)).masked_fill(torch.arange(10) < torch.randint(0, 11, (16, 1)), 0)
+    for fast, full in zip(model.encode_fast(seqs), model.encode(seqs)):
+        torch.testing.assert_close(fast, full, rtol=1e-12, atol=1e-12)
+
+
+def test_padding_pool_draws_every_padding_position_from_its_pool():
+    torch.manual_seed(3)
+    cfg = TrainConfig(model="mstein", hidden_size=8, max_seq_length=12, backend="torch", padding_pool=4,
+                      hidden_dropout_prob=0.3)
+    model = build_model("mstein", 30, cfg).double().train()
+    lengths = torch.randint(1, 5, (64, 1))
+    seqs = torch.randint(1, 31, (64, 12)).masked_fill(torch.arange(12) < 12 - lengths, 0)
+    pool = {}
+    original = model._encode_lead
+
+    def recorded(n, width):
+        pool["mean"], pool["cov"] = original(n, width)
+        return pool["mean"], pool["cov"]
+
+    model._encode_lead = recorded
+    mean, cov = model.encode_fast(seqs)
+    assert pool["mean"].shape[0] == 4  # the pool: 4 rows of padding only
+    lead = 12 - int(lengths.max())  # positions that are padding in every row
+    for out, samples in ((mean, pool["mean"]), (cov, pool["cov"])):
+        # [rows, positions, K]: which pool samples each padding position equals
+        same = (out[:, :lead, None, :] == samples[:, :lead].transpose(0, 1)[None]).all(-1)
+        assert bool(same.any(-1).all()), "a padding position is not one of its pool's samples"
+        assert len(set(same.int().argmax(-1).flatten().tolist())) > 1, "every row took the same sample"
+    (mean.sum() + cov.sum()).backward()
+    assert model.position_mean.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_cuda_training_step(tmp_path, model):

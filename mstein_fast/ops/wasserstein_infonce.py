@@ -25,7 +25,7 @@ def _keep_limit_bytes() -> int:
     recomputation: fewer GEMM flops); above it only the per-row logsumexp is kept (O(N) memory).
     ``MSTEIN_FAST_KEEP_MATRIX_MB`` (default 64), unless a test has set ``_KEEP_LIMIT_BYTES`` here."""
     forced = globals().get("_KEEP_LIMIT_BYTES")
-    return forced if forced is not None else env_megabytes("MSTEIN_FAST_KEEP_MATRIX_MB", 64)
+    return forced if forced is not None else env_megabytes("MSTEIN_FAST_KEEP_MATRIX_MB")
 
 
 def __getattr__(name: str):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from mstein_fast import reference
 from mstein_fast._checks import check_choice
 from mstein_fast.ops._stack import empty_buffer
-from mstein_fast.ops.wasserstein_infonce import _KEEP_LIMIT_BYTES, REDUCTIONS, SIMILARITIES, wasserstein_infonce
+from mstein_fast.ops.wasserstein_infonce import REDUCTIONS, SIMILARITIES, _keep_limit_bytes, wasserstein_infonce
 
 MAX_GROUPS = 12  # row groups of distinct width (more groups: less wasted work, more small products)
 # the sparse path runs when its Gram flops are below this fraction of the fused kernel's (1.5
@@ -156,7 +156,7 @@ def wasserstein_infonce_sequences(
                                    similarity=similarity, reduction=reduction, backend=backend)
 
     # the sparse path holds a few 2N x 2N matrices: only where the fused kernel would keep one too
-    if rows % 2 or n == 0 or mean.dtype != torch.float32 or rows * rows * 4 > _KEEP_LIMIT_BYTES:
+    if rows % 2 or n == 0 or mean.dtype != torch.float32 or rows * rows * 4 > _keep_limit_bytes():
         return fused()
     x = torch.cat([mean, torch.sqrt(cov.clamp_min(reference._COV_FLOOR))], -1)  # [2N, L, 2H]
     with torch.no_grad():
