@@ -20,9 +20,9 @@ positions (``skip_padding`` off, the computation before the windowed encoder) fo
 
 Side by side (``--original DIR``): each round runs the original ``main.py`` with the official
 MStein command (``_original.OFFICIAL_ARGS``, ``--no_cuda`` unless this trainer runs on a GPU) for
-epochs 1..K in a subprocess, then this trainer (the first of ``--backends``, default cpp, default
-settings = the official ones) for epochs 1..K in this process, each from a fresh model; ``--rounds``
-repeats the pair, alternating. Reported per epoch: training and validation wall time of each side,
+epochs 1..K in a subprocess, then this trainer for epochs 1..K in this process once per entry of
+``--backends`` (default cpp, the official settings; e.g. ``cpp,cpp-pool128``), each from a fresh
+model; ``--rounds`` repeats the sequence, alternating. Reported per epoch: training and validation wall time of each side,
 and the medians over epochs 2..K of all rounds (epoch 1 is a warm-up) with the ratio original /
 ours. The original's times come from its log lines, stamped as they arrive (see ``_original.py``);
 this trainer's are ``Trainer.train_epoch`` and ``Trainer.evaluate("valid")`` as ``fit`` runs them.
@@ -201,9 +201,10 @@ def ours_epochs(cfg, epochs: int, label: str) -> list[tuple[int, float, float]]:
     return out
 
 
-def summarize(times: dict, backend: str, header: str) -> list[tuple]:
+def summarize(times: dict, header: str) -> list[tuple]:
     """Print the side-by-side table of ``times`` (side -> [(round, epoch, train s, valid s)], the
-    original first) and return its CSV rows: every epoch, the medians over epochs >= 2 and their ratios."""
+    original first, then each backend of this trainer) and return its CSV rows: every epoch, the
+    medians over epochs >= 2 and the ratio of the original's medians to each backend's."""
     rows, medians = [], {}
     for side, entries in times.items():
         for r, e, train_s, valid_s in entries:
@@ -214,34 +215,37 @@ def summarize(times: dict, backend: str, header: str) -> list[tuple]:
                          statistics.median(t + v for t, v in kept))
         for phase, value in zip(("train_epoch", "validation", "epoch_total"), medians[side]):
             rows.append((side, phase, "median_seconds", value))
-    ratios = tuple(o / m for o, m in zip(medians["original"], medians[backend]))
-    for phase, value in zip(("train_epoch", "validation", "epoch_total"), ratios):
-        rows.append((f"original/{backend}", phase, "ratio_of_medians", value))
+    ours = [side for side in times if side != "original"]
+    ratios = {side: tuple(o / m for o, m in zip(medians["original"], medians[side])) for side in ours}
+    for side in ours:
+        for phase, value in zip(("train_epoch", "validation", "epoch_total"), ratios[side]):
+            rows.append((f"original/{side}", phase, "ratio_of_medians", value))
 
     last = max(e for _, e, _, _ in times["original"])
     n_kept = sum(1 for _, e, _, _ in times["original"] if e >= 2)
     print(f"\nside by side: {header}")
-    print(f"{'round':>5} {'epoch':>5} | {'original train':>14} {'valid':>7} | {'ours train':>10} {'valid':>7}")
-    ours = {(r, e): (t, v) for r, e, t, v in times[backend]}
-    for r, e, t, v in times["original"]:
-        mt, mv = ours[(r, e)]
-        print(f"{r:5d} {e:5d} | {t:14.2f} {v:7.2f} | {mt:10.2f} {mv:7.2f}")
+    by_epoch = {side: {(r, e): (t, v) for r, e, t, v in entries} for side, entries in times.items()}
+    print(f"{'round':>5} {'epoch':>5} " + " ".join(f"| {side[:14]:>14} {'valid':>6}" for side in times))
+    for r, e, _, _ in times["original"]:
+        cells = [by_epoch[side].get((r, e), (float("nan"), float("nan"))) for side in times]
+        print(f"{r:5d} {e:5d} " + " ".join(f"| {t:14.2f} {v:6.2f}" for t, v in cells))
     print(f"\n{f'median of epochs 2-{last} ({n_kept} a side)':36} {'train_s':>8} {'valid_s':>8} {'epoch_s':>8}")
-    print(f"{'original':36}" + "".join(f" {v:8.2f}" for v in medians["original"]))
-    print(f"{f'ours ({backend})':36}" + "".join(f" {v:8.2f}" for v in medians[backend]))
-    print(f"{'original / ours':36}" + "".join(f" {v:7.2f}x" for v in ratios))
+    for side in times:
+        print(f"{side if side == 'original' else f'ours ({side})':36}" + "".join(f" {v:8.2f}" for v in medians[side]))
+    for side in ours:
+        print(f"{f'original / ours ({side})':36}" + "".join(f" {v:7.2f}x" for v in ratios[side]))
     return rows
 
 
-def side_by_side(args, backend: str) -> None:
+def side_by_side(args, backends: list[str]) -> None:
     _original = load_original()
     directory = _original.check_checkout(args.original)
     if args.epochs < 2:
         raise SystemExit("--original needs --epochs >= 2 (epoch 1 of each side is a warm-up)")
-    cfg = make_config(args, backend)
-    device = resolve_device(cfg.device)
+    configs = {backend: make_config(args, backend) for backend in backends}
+    device = resolve_device(configs[backends[0]].device)
     python = args.original_python or sys.executable
-    times = {"original": [], backend: []}  # side -> [(round, epoch, train s, valid s)]
+    times = {"original": [], **{backend: [] for backend in backends}}  # side -> [(round, epoch, train s, valid s)]
     with tempfile.TemporaryDirectory(prefix="mstein-original-") as work:
         shims, data_dir, name = _original.prepare(work, args.data, not args.original_keep_denormals, args.threads)
         _original.check_python(python, shims)
@@ -258,15 +262,16 @@ def side_by_side(args, backend: str) -> None:
                 times["original"].append((r, e.epoch, e.train_s, e.valid_s))
                 print(f"[original] epoch {e.epoch}: train {e.train_s:.2f} s, validation {e.valid_s:.2f} s",
                       file=sys.stderr)
-            print(f"round {r}/{args.rounds}: this trainer ({backend}), epochs 1-{args.epochs}", file=sys.stderr)
-            for epoch, train_s, valid_s in ours_epochs(cfg, args.epochs, backend):
-                times[backend].append((r, epoch, train_s, valid_s))
+            for backend in backends:
+                print(f"round {r}/{args.rounds}: this trainer ({backend}), epochs 1-{args.epochs}", file=sys.stderr)
+                for epoch, train_s, valid_s in ours_epochs(configs[backend], args.epochs, backend):
+                    times[backend].append((r, epoch, train_s, valid_s))
 
     dev = device_name(device)
     denormals = "kept" if args.original_keep_denormals else "flushed"
     config = (f"{os.path.basename(args.data)} official MStein command, epochs 1-{args.epochs} x {args.rounds} rounds "
               f"alternating, medians of epochs 2-{args.epochs}, original denormals {denormals}")
-    rows = summarize(times, backend, f"{config}; {dev}, torch {torch.__version__}, {datetime.date.today().isoformat()}")
+    rows = summarize(times, f"{config}; {dev}, torch {torch.__version__}, {datetime.date.today().isoformat()}")
     if args.csv:
         write_csv(args.csv, "side_by_side", rows, config, dev)
 
@@ -383,7 +388,7 @@ def main() -> None:
     parser.add_argument("--data", default="/work/shared/data/Office_Products.txt", help="sequence file")
     parser.add_argument("--model", default="mstein", help="model (default: mstein)")
     parser.add_argument("--backends", default="cpp,torch",
-                        help="comma-separated backends (first = baseline; --original and --profile use the first)")
+                        help="comma-separated backends (first = baseline; --original runs each after the original, --profile the first)")
     parser.add_argument("--epochs", type=int, help="timed training epochs per backend (default 1; with --original: "
                                                    "epochs 1..K of each side per round, default 6)")
     parser.add_argument("--batch-size", type=int, default=1024, help="training batch size (official: 1024)")
@@ -419,7 +424,7 @@ def main() -> None:
     torch.set_flush_denormal(True)  # as the trainer does on a CPU
     try:
         if args.original:
-            side_by_side(args, backends[0])
+            side_by_side(args, backends)
         if args.profile:
             profile_epoch(args, backends[0])
         if not (args.original or args.profile):
