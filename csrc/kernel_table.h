@@ -1,9 +1,15 @@
 // The entry points every instruction-set build of the kernels provides (float32, row-major,
 // contiguous buffers passed as raw pointers). module.cpp picks one table at run time.
 #pragma once
+#include <atomic>
 #include <cstdint>
 
 namespace mstein {
+
+// Raised by the module (Ctrl-C during a long call, see module.cpp) to make the long kernels skip
+// their remaining tiles; their outputs are then incomplete and the call raises KeyboardInterrupt.
+std::atomic<int>& stop_flag();
+inline bool stop_requested() { return stop_flag().load(std::memory_order_relaxed) != 0; }
 
 struct KernelTable {
   const char* isa;

@@ -6,21 +6,82 @@
 // torch version). Here the sizes themselves are checked: non-negative, element counts that fit in
 // int64, non-null and float-aligned pointers wherever elements are read or written. The entry
 // points carry the names of the torch ops they implement (mstein_fast::pairwise_w2_fwd, ...);
-// the GIL is released while a kernel runs. The instruction set
+// the GIL is released while a kernel runs, and long InfoNCE calls stop on Ctrl-C (run_kernel). The instruction set
 // is chosen once at import: AVX-512 > AVX2 > portable, overridable with MSTEIN_FAST_ISA.
 #include <pybind11/pybind11.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
+#include <exception>
 #include <initializer_list>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "kernel_table.h"
 
 namespace py = pybind11;
 using mstein::KernelTable;
 
+std::atomic<int>& mstein::stop_flag() {
+  static std::atomic<int> flag{0};
+  return flag;
+}
+
 namespace {
+
+// Calls of at least this many multiply-adds (about a second here) can be interrupted with Ctrl-C.
+constexpr double INTERRUPTIBLE_WORK = 1e11;
+
+// Run the kernel call ``f`` without the GIL. A long call runs on a worker thread while this
+// (Python's main) thread wakes every 50 ms to let Python see signals: on Ctrl-C the kernels are
+// told to skip their remaining tiles and the call raises KeyboardInterrupt once they have stopped.
+template <class F>
+void run_kernel(double work, F&& f) {
+  if (work < INTERRUPTIBLE_WORK) {
+    py::gil_scoped_release nogil;
+    f();
+    return;
+  }
+  std::exception_ptr error;
+  bool interrupted = false;
+  {
+    py::gil_scoped_release nogil;
+    std::mutex m;
+    std::condition_variable cv;
+    bool done = false;
+    mstein::stop_flag().store(0);
+    std::thread worker([&] {
+      try {
+        f();
+      } catch (...) {
+        error = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lock(m);
+      done = true;
+      cv.notify_one();
+    });
+    {
+      std::unique_lock<std::mutex> lock(m);
+      while (!cv.wait_for(lock, std::chrono::milliseconds(50), [&] { return done; })) {
+        if (interrupted) continue;
+        lock.unlock();
+        {
+          py::gil_scoped_acquire gil;
+          if (PyErr_CheckSignals() != 0) interrupted = true;  // the KeyboardInterrupt stays pending
+        }
+        if (interrupted) mstein::stop_flag().store(1);
+        lock.lock();
+      }
+    }
+    worker.join();
+    mstein::stop_flag().store(0);
+  }
+  if (interrupted) throw py::error_already_set();
+  if (error) std::rethrow_exception(error);
+}
 
 bool isa_supported(const std::string& name) {
 #if defined(MSTEIN_X86)
@@ -158,9 +219,10 @@ PYBIND11_MODULE(_C, m) {
         check_buffer("losses", losses, {2, n});
         check_buffer("lse", lse, {2, 2, n});
         if (w) check_buffer("w", w, {2, n, 2, n});
-        py::gil_scoped_release nogil;
-        table()->infonce_forward(ptr<const float>(x), n, k, temperature, kind, ptr<float>(losses), ptr<float>(lse),
-                                 w ? ptr<float>(w) : nullptr, threads);
+        run_kernel(4.0 * n * n * k, [&] {
+          table()->infonce_forward(ptr<const float>(x), n, k, temperature, kind, ptr<float>(losses),
+                                   ptr<float>(lse), w ? ptr<float>(w) : nullptr, threads);
+        });
       },
       py::arg("x"), py::arg("n"), py::arg("k"), py::arg("temperature"), py::arg("kind"), py::arg("losses"),
       py::arg("lse"), py::arg("w"), py::arg("threads"),
@@ -184,11 +246,12 @@ PYBIND11_MODULE(_C, m) {
         check_buffer("g_cov_a", g_cov_a, {n, d});
         check_buffer("g_mean_b", g_mean_b, {n, d});
         check_buffer("g_cov_b", g_cov_b, {n, d});
-        py::gil_scoped_release nogil;
-        table()->infonce_backward(ptr<const float>(x), n, k, temperature, kind, ptr<const float>(grad_rows),
-                                  ptr<const float>(lse), w ? ptr<const float>(w) : nullptr, ptr<const float>(cov_a),
-                                  ptr<const float>(cov_b), ptr<float>(g_mean_a), ptr<float>(g_cov_a),
-                                  ptr<float>(g_mean_b), ptr<float>(g_cov_b), threads);
+        run_kernel(4.0 * n * n * k, [&] {
+          table()->infonce_backward(ptr<const float>(x), n, k, temperature, kind, ptr<const float>(grad_rows),
+                                    ptr<const float>(lse), w ? ptr<const float>(w) : nullptr,
+                                    ptr<const float>(cov_a), ptr<const float>(cov_b), ptr<float>(g_mean_a),
+                                    ptr<float>(g_cov_a), ptr<float>(g_mean_b), ptr<float>(g_cov_b), threads);
+        });
       },
       py::arg("x"), py::arg("n"), py::arg("k"), py::arg("temperature"), py::arg("kind"), py::arg("grad_rows"),
       py::arg("lse"), py::arg("w"), py::arg("cov_a"), py::arg("cov_b"), py::arg("g_mean_a"), py::arg("g_cov_a"),

@@ -114,6 +114,7 @@ static void infonce_forward(const float* x, int64_t n, int64_t k, float temperat
     float* t = tile.get();
 #pragma omp for schedule(static)
     for (size_t pi = 0; pi < pb.pairs.size(); ++pi) {
+      if (stop_requested()) continue;  // Ctrl-C: the caller discards the outputs
       const int64_t ib = pb.pairs[pi].first, jb = pb.pairs[pi].second;
       const int64_t i0 = ib * BS, j0 = jb * BS, ni = pb.valid(ib), nj = pb.valid(jb);
       pb.w_tile(ib, jb, nullptr, t);
@@ -291,6 +292,7 @@ static void infonce_backward_rows(const InfoNCEProblem& pb, const Similarity& si
 #pragma omp for schedule(static)
     for (int64_t ib = 0; ib < pb.blocks; ++ib) {
       std::fill(rowsum.begin(), rowsum.end(), 0.0);
+      if (stop_requested()) continue;  // Ctrl-C: the caller discards the outputs
       for (int64_t jb = 0; jb < pb.blocks; ++jb) {
         pb.w_tile(ib, jb, w, tile.get());
         q_tile(pb, sim, ib, jb, br.g.data(), br.max.data(), br.log.data(), tile.get(), rowsum.data(), nullptr);
@@ -330,6 +332,7 @@ static void infonce_backward_pairs(const InfoNCEProblem& pb, const Similarity& s
     Buffer tile(BS * BS), qa(BS * BS), qta(BS * BS);
 #pragma omp for schedule(static)
     for (size_t pi = 0; pi < pb.pairs.size(); ++pi) {
+      if (stop_requested()) continue;  // Ctrl-C: the caller discards the outputs
       const int64_t ib = pb.pairs[pi].first, jb = pb.pairs[pi].second;
       pb.w_tile(ib, jb, nullptr, tile.get());
       q_tile(pb, sim, ib, jb, br.g.data(), br.max.data(), br.log.data(), tile.get(), my_rowsum + ib * BS,

@@ -9,6 +9,7 @@ import os
 import torch
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 # torch.compile traces this as the constant True (torch < 2.3 has no torch.compiler.is_compiling)
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
@@ -129,3 +130,11 @@ def check_gaussians(pairs, *, same_rows: bool = False, min_dim: int = 2) -> None
         if not ok[2 * i + 1]:
             bad = cov[~(torch.isfinite(cov) & (cov > 0))].flatten()[0].item()
             raise ValueError(f"{cov_name} must hold finite variances > 0 (found {bad}); apply e.g. ELU(x) + 1 first")
+    if wide == torch.float32:  # the kernels compute in float32: W up to 4 D max(|mean|^2 + cov) must not overflow
+        for i, (mean_name, mean, cov_name, cov) in enumerate(pairs):
+            m_lo, m_hi, _, c_hi = lo_hi[4 * i : 4 * i + 4]
+            big_mean = max(abs(m_lo), abs(m_hi))
+            if 4.0 * mean.shape[-1] * (big_mean * big_mean + c_hi) > _FLOAT32_MAX:
+                name, value = (mean_name, big_mean) if big_mean * big_mean >= c_hi else (cov_name, c_hi)
+                raise ValueError(f"{name} holds values up to {value:.3g}: the squared W2 distances of such Gaussians "
+                                 "overflow float32; rescale them or pass float64 tensors")

@@ -590,7 +590,7 @@ class Trainer:
         refusal of NaN/inf inputs), else ``err`` itself (a genuine bug stays a traceback)."""
         text = str(err)
         finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
-        if isinstance(err, NonFiniteScores) or not finite or "NaN" in text or " inf" in text or "finite" in text:
+        if isinstance(err, NonFiniteScores) or not finite or any(w in text for w in ("NaN", " inf", "finite", "overflow")):
             return self._divergence(epoch, what)
         return err
 

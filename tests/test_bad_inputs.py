@@ -294,3 +294,19 @@ def test_cpp_missing_is_a_clear_error(op, monkeypatch):
     monkeypatch.setitem(backends._cache, "cpp", ImportError("simulated: extension not built"))
     message = expect_error(RuntimeError, "C++", op, valid_inputs(op), backend="cpp")
     assert "simulated: extension not built" in message
+
+
+@pytest.mark.parametrize("op", ALL_OPS)
+@pytest.mark.parametrize("which", [0, 1])  # a huge mean, a huge variance
+def test_values_whose_distances_overflow_float32_are_refused(op, which):
+    # finite float32 inputs whose squared W2 overflows float32 once gave NaN silently (inf - inf)
+    tensors = valid_inputs(op)
+    names = OPS[op][1]
+    name = names[which]
+    tensors[name] = tensors[name] * (1e20 if which == 0 else 1e38)
+    message = expect_error(ValueError, name, op, tensors)
+    assert "overflow" in message
+    # in float64 the same values are fine
+    result = call(op, {k: v.double() for k, v in tensors.items()})
+    for r in (result if isinstance(result, tuple) else (result,)):
+        assert not torch.isnan(r).any()

@@ -506,3 +506,38 @@ def test_malformed_size_setting_is_one_line_and_writes_nothing(tmp_path, monkeyp
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and name in err[-1] and "Traceback" not in "\n".join(err)
     assert not out.exists()
+
+
+@pytest.mark.skipif("cpp" not in __import__("mstein_fast").available_backends(), reason="C++ extension not built")
+def test_ctrl_c_stops_a_long_fused_infonce(tmp_path):
+    # a forward of ~5e12 multiply-adds (tens of seconds here) must stop within seconds of SIGINT
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import sys, torch, mstein_fast\n"
+        "n, d = 16384, 1024\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "m, c = torch.randn(n, d, generator=g), torch.rand(n, d, generator=g) + 0.5\n"
+        "print('ready', flush=True)\n"
+        "try:\n"
+        "    mstein_fast.wasserstein_infonce(m, c, m + 0.1, c, temperature=1.0, backend='cpp')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+        "    sys.exit(3)\n"
+        "print('finished', flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        start = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=120)[0]
+        elapsed = time.perf_counter() - start
+    finally:
+        proc.kill()
+    assert proc.returncode == 3 and out.strip() == "interrupted", out
+    assert elapsed < 5.0, f"the kernel ran on for {elapsed:.1f} s after Ctrl-C"
