@@ -35,7 +35,7 @@ Profile (``--profile``): epoch 1 unprofiled (warm-up), then epoch 2 and its vali
 ``torch.profiler``, split into data, augmentation, encoder forward (main sequence, two views) and
 backward, Wasserstein InfoNCE forward and backward, optimizer and validation, from the trainer's
 timing fields, ``record_function`` labels this script wraps around the model's methods, and the
-profiler's events (``_WassersteinInfoNCECpp``, ``_WassersteinInfoNCECppBackward``,
+profiler's events (the InfoNCE's backward node, ``wasserstein_infonce_fwdBackward``, and
 ``Optimizer.step#Adam.step``); also the top operators by self CPU time.
 
 Writes one CSV row per measurement (benchmark, backend, phase, metric, value, config, device,
@@ -344,8 +344,9 @@ def profile_epoch(args, backend: str) -> None:
     cl_fwd = named("bench::contrastive_forward") or 0.0
     infonce_fwd = named("bench::infonce_forward") or 0.0
     backward = named("bench::backward") or 0.0
-    infonce_bwd = seconds(lambda key: "WassersteinInfoNCE" in key and key.endswith("Backward")
-                          and not key.startswith("autograd::"))
+    # the backward node of the fused InfoNCE (the registered op's, or the plain autograd.Function's)
+    infonce_bwd = seconds(lambda key: key.lower().replace("_", "").startswith(("wassersteininfonce", "groupedsquared"))
+                          and key.endswith("Backward"))
     optimizer = sum(named(n) or 0.0 for n in ("Optimizer.step#Adam.step", "Optimizer.zero_grad#Adam.zero_grad"))
     split = [  # (CSV phase, label, seconds)
         ("data", "data (batches + negatives)", stats.time_data_s),

@@ -81,6 +81,9 @@ def define_op(
 
 def _autograd_function(name: str, impl: Callable, backward: Callable, setup_context: Callable) -> Callable:
     def forward(ctx, *args):
+        # the extra outputs (buffers saved for the backward) get no gradient: without this autograd
+        # would fill zero tensors for them on every backward (a 2N x 2N one for the InfoNCE)
+        ctx.set_materialize_grads(False)
         output = impl(*args)
         setup_context(ctx, args, output)
         return output
