@@ -5,6 +5,14 @@ Public ops (differentiable, dispatched to C++ on CPU and Triton on CUDA):
 Plain-PyTorch oracles live in :mod:`mstein_fast.reference`.
 """
 
+import os
+
+# OpenMP threads that spin while they wait make every training step many times slower as soon as
+# another process competes for the cores (9x on 2 cores with two other jobs running); waiting
+# passively cost nothing measurable on a quiet machine. Set only when the user has not chosen, and
+# effective only if torch (its OpenMP runtime) is not loaded yet, as with the `mstein-fast` command.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch  # noqa: F401  (import torch before the extension so both share one OpenMP runtime)
 
 from mstein_fast import reference

@@ -23,3 +23,17 @@ def test_unknown_backend_is_rejected():
     x = torch.rand(2, 3) + 0.1
     with pytest.raises(ValueError, match="backend"):
         mstein_fast.pairwise_w2(x, x, x, x, backend="cuda-magic")
+
+
+def test_omp_wait_policy_defaults_to_passive_but_a_users_choice_stays():
+    # spinning OpenMP waits collapse throughput when other jobs share the cores (README, Settings)
+    import subprocess
+    import sys
+
+    code = "import os, mstein_fast; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "ACTIVE"
