@@ -499,7 +499,7 @@ def test_infonce_bigger(backend, keep, similarity, temperature, monkeypatch):
 
 def test_keep_limit_env_var_is_read():
     # MSTEIN_FAST_KEEP_MATRIX_MB=0 makes every problem take the stream path (no stored matrix).
-    code = "import sys, mstein_fast; print(sys.modules['mstein_fast.ops.wasserstein_infonce']._KEEP_LIMIT_BYTES)"
+    code = "import sys, mstein_fast; print(sys.modules['mstein_fast.ops.wasserstein_infonce']._keep_limit_bytes())"
     env = dict(os.environ, MSTEIN_FAST_KEEP_MATRIX_MB="0")
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False

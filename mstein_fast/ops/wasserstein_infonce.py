@@ -19,20 +19,15 @@ REDUCTIONS = ("mean", "sum", "none")
 _trace_constant = getattr(getattr(torch, "compiler", None), "assume_constant_result", lambda fn: fn)
 
 
+_KEEP_LIMIT_BYTES: int | None = None  # tests: force the stored-matrix (large) or recompute (0) path
+
+
 @_trace_constant
 def _keep_limit_bytes() -> int:
     """Below this size the forward keeps the 2N x 2N distance matrix for the backward (saving a
     recomputation: fewer GEMM flops); above it only the per-row logsumexp is kept (O(N) memory).
-    ``MSTEIN_FAST_KEEP_MATRIX_MB`` (default 64), unless a test has set ``_KEEP_LIMIT_BYTES`` here."""
-    forced = globals().get("_KEEP_LIMIT_BYTES")
-    return forced if forced is not None else env_megabytes("MSTEIN_FAST_KEEP_MATRIX_MB")
-
-
-def __getattr__(name: str):
-    # `from ...wasserstein_infonce import _KEEP_LIMIT_BYTES` (the sequence op) and tests read the setting
-    if name == "_KEEP_LIMIT_BYTES":
-        return _keep_limit_bytes()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    ``MSTEIN_FAST_KEEP_MATRIX_MB`` (default 64), unless ``_KEEP_LIMIT_BYTES`` is set."""
+    return _KEEP_LIMIT_BYTES if _KEEP_LIMIT_BYTES is not None else env_megabytes("MSTEIN_FAST_KEEP_MATRIX_MB")
 
 
 def _fwd(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor, cov_b: torch.Tensor, temperature: float,
