@@ -6,23 +6,29 @@ substitute} otherwise. All randomness comes from the ``torch.Generator`` passed 
 views are a function of the generator's seed.
 
 - crop: keep a contiguous window of ``max(1, int(tao * n))`` items (every window equally likely;
-  the original's ``randint(0, n - k - 1)`` never picked the last window).
+  the original's ``randint(0, n - k - 1)`` never picks the last window: ``original_windows``).
 - mask: ``int(gamma * n)`` random items are replaced by 0, the padding id (as the original code,
   so the attention then ignores them); this is the only augmentation that produces a 0 inside a
   sequence.
-- reorder: a random window of ``int(beta * n)`` items is shuffled.
+- reorder: a random window of ``int(beta * n)`` items is shuffled (beta defaults to 0.7: the
+  original passes its mask ratio gamma here; window start as crop's).
 - substitute: ``max(1, int(substitute_rate * n))`` random items are replaced by their most
   similar item.
-- insert: before each of ``max(1, int(insert_rate * n))`` random items, its ``c`` most similar
+- insert: before each of ``m = max(1, int(insert_rate * n))`` random items, its ``c`` most similar
   items are inserted (most similar first), ``c`` uniform in ``1..max(1, int(max_insert_num_per_pos
-  / insert_rate))``; the sequence grows by the total ``c``.
+  / m))`` (the original's rule: with max_insert_num_per_pos = 1, exactly one item); the sequence
+  grows by the total ``c``.
 
 The augmentations act on the whole training sequence (not only its last ``max_len`` items, as the
 original), whose last ``max_len`` items then form the view. A sequence of length 0 stays empty.
 
 Item similarity is a ``[n_items + 1, k]`` tensor of each item's most similar items: ItemCF-IUF on
 the training sequences (:func:`itemcf_iuf_topk`) during the warm-up epochs, then the model's own
-item representations (``model.nearest_items``), refreshed every epoch by the trainer.
+item representations (``model.nearest_items``), refreshed every epoch by the trainer. With
+``degenerate`` (compat = "original", after the warm-up) the augmentations use the original's
+online similarity as it behaves: every item scores the same, so the "most similar" items are
+always items 0 and 1 (the item itself excluded): substitute writes 0 (the padding id), insert
+puts 0 and 1 before the chosen item (only 0 before item 1).
 """
 
 from __future__ import annotations
@@ -109,9 +115,14 @@ class Augmenter:
     def __init__(self, cfg, similar: torch.Tensor | None = None):
         self.tao, self.gamma, self.beta = cfg.tao, cfg.gamma, cfg.beta
         self.insert_rate, self.substitute_rate = cfg.insert_rate, cfg.substitute_rate
-        self.max_insert = max(1, int(cfg.max_insert_num_per_pos / cfg.insert_rate))
+        self.max_insert = cfg.max_insert_num_per_pos
         self.threshold = cfg.augment_threshold
         self.max_len = cfg.max_seq_length
+        # compat = "original": crop / reorder windows start in 0..n-k-1, reorder uses gamma
+        self.original_windows = getattr(cfg, "compat", "none") == "original"
+        if self.original_windows:
+            self.beta = self.gamma
+        self.degenerate = False
         self.similar = None
         if similar is not None:
             self.set_similarity(similar)
@@ -122,9 +133,19 @@ class Augmenter:
         return self.max_insert
 
     def set_similarity(self, similar: torch.Tensor) -> None:
+        """Use the ``[n_items + 1, >= similar_k]`` table of each item's most similar items."""
         if similar.dim() != 2 or similar.shape[1] < self.similar_k:
             raise ValueError(f"similarity table must be [n_items + 1, >= {self.similar_k}], got {tuple(similar.shape)}")
         self.similar = similar.cpu()
+        self.degenerate = False
+
+    def set_degenerate(self, n_items: int) -> None:
+        """Use the original's degenerate online similarity (see the module docstring)."""
+        table = torch.zeros(n_items + 1, max(2, self.similar_k), dtype=torch.int64)
+        table[:, 1] = 1
+        table[1, 1] = 0
+        self.similar = table
+        self.degenerate = True
 
     def views(self, seqs: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """``[2B, max_len]``: view A of every sequence, then view B (left-padded with 0).
@@ -171,16 +192,24 @@ class Augmenter:
         chosen = _choose_positions(n, _count(self.substitute_rate, n, True), x.shape[1], g)
         return torch.where(chosen, self.similar[x, 0], x), n
 
+    def _window_start(self, n, size, g):
+        """Uniform start of a window of ``size`` items in rows of length ``n``: every window, or the
+        original's ``randint(0, n - size - 1)`` (not the last window) with ``original_windows``."""
+        last = n - size - 1 if self.original_windows else n - size
+        return _uniform_int(last.clamp_min(0), g)
+
     def _crop(self, x, n, g):
-        keep = torch.maximum(_count(self.tao, n, False), torch.ones_like(n)).minimum(n)
-        start = _uniform_int((n - keep).clamp_min(0), g)
+        size = _count(self.tao, n, False)
+        keep = torch.maximum(size, torch.ones_like(n)).minimum(n)
+        # the original draws the start for int(tao * n) items, also when it then keeps one item
+        start = self._window_start(n, size if self.original_windows else keep, g)
         idx = (start.unsqueeze(1) + torch.arange(x.shape[1])).clamp_max(x.shape[1] - 1)
         out = torch.gather(x, 1, idx).masked_fill(torch.arange(x.shape[1]) >= keep.unsqueeze(1), 0)
         return out, keep
 
     def _reorder(self, x, n, g):
         size = _count(self.beta, n, False)
-        start = _uniform_int((n - size).clamp_min(0), g)
+        start = self._window_start(n, size, g)
         pos = torch.arange(x.shape[1]).unsqueeze(0).double()
         inside = (pos >= start.unsqueeze(1)) & (pos < (start + size).unsqueeze(1))
         # sort keys: outside the window the position itself; inside, random keys within [start, start + size)
@@ -190,9 +219,16 @@ class Augmenter:
 
     def _insert(self, x, n, g):
         b, width = x.shape
-        k = self.max_insert
-        chosen = _choose_positions(n, _count(self.insert_rate, n, True), width, g)
-        count = torch.where(chosen, torch.randint(1, k + 1, (b, width), generator=g), 0)  # items inserted before t
+        m = _count(self.insert_rate, n, True)
+        chosen = _choose_positions(n, m, width, g)
+        if self.degenerate:  # items 0 and 1 before every chosen item (only 0 before item 1)
+            k = 2
+            count = torch.where(chosen, torch.where(x == 1, 1, 2), 0)
+        else:
+            k = self.max_insert
+            most = torch.clamp(self.max_insert // m, min=1).unsqueeze(1)  # the original's max(1, int(M / m))
+            draw = torch.floor(torch.rand(b, width, generator=g, dtype=torch.float64) * most).long() + 1
+            count = torch.where(chosen, draw.minimum(most), 0)  # items inserted before position t
         slots = count + (torch.arange(width) < n.unsqueeze(1)).long()  # output slots taken by position t
         end = torch.cumsum(slots, 1)  # one past the last slot of position t
         start = end - slots

@@ -15,6 +15,7 @@ import time
 from mstein_fast._checks import check_environment
 from mstein_fast.config import (
     FIELDS,
+    MODEL_PRESETS,
     QUICK_PRESET,
     RESUME_KEYS,
     TrainConfig,
@@ -37,7 +38,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "configuration keys",
         "Each option sets the config key of the same name with '_' for '-' (the JSON config file uses those "
-        "keys). Layers, later wins: defaults (the official MStein command) < quick preset (built-in "
+        "keys). Layers, later wins: defaults (the official MStein command) < the model's own published "
+        f"command (stosa: {json.dumps(MODEL_PRESETS['stosa'])}) < quick preset (built-in "
         f"synthetic data only: {json.dumps(QUICK_PRESET)}) < --config FILE < these options.",
     )
     defaults = TrainConfig()

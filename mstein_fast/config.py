@@ -81,8 +81,9 @@ class TrainConfig:
     num_attention_heads: int = _key(2, "attention heads per layer", valid=Range(1, 1024))
     hidden_dropout_prob: float = _key(0.1, "dropout on embeddings and layer outputs", valid=FRACTION)
     attention_probs_dropout_prob: float = _key(0.0, "dropout on attention probabilities", valid=FRACTION)
-    init_mean: float = _key(0.01, "mean of the normal init of linear and embedding weights",
-                            valid=FINITE)
+    init_mean: float | None = _key(None, "mean of the normal init of linear and embedding weights (default: the "
+                                   "original code's, 0.01 for mstein/stosa, 0.0 for sasrec/coserec/coserec-wdm)",
+                                   valid=FINITE)
     initializer_range: float = _key(0.02, "std of the normal init of linear and embedding weights",
                                      valid=POSITIVE)
     skip_padding: bool = _key(True, "STOSA/MStein: encode each row only from its first item on (rows bucketed by "
@@ -95,7 +96,9 @@ class TrainConfig:
                              "views from this many dropout samples per position instead of encoding every row's "
                              "own (0: off, the exact computation; faster epochs, changes training slightly)",
                              valid=Range(0, 1 << 20))
-    stosa_compat: bool = _key(False, "reproduce the original STOSA defect: mean stream not propagated through layers")
+    compat: str = _key("none", "original: reproduce every behaviour of the original research code that changes "
+                       "training or evaluation, its defects included (README: Differences from the original code)",
+                       ["none", "original"])
     # objective
     pvn_weight: float = _key(0.01, "weight of the pvn regulariser max(0, W(seq,pos) - W(pos,neg)) (STOSA, MStein)",
                               valid=NON_NEGATIVE)
@@ -109,10 +112,12 @@ class TrainConfig:
     # augmentation (CoSeRec)
     tao: float = _key(0.2, "crop: fraction of the sequence kept", valid=FRACTION)
     gamma: float = _key(0.7, "mask: fraction of items replaced by 0", valid=FRACTION)
-    beta: float = _key(0.2, "reorder: fraction of the sequence shuffled", valid=FRACTION)
+    beta: float = _key(0.7, "reorder: fraction of the sequence shuffled (the original code passes its mask ratio "
+                       "gamma, 0.7, here)", valid=FRACTION)
     insert_rate: float = _key(0.3, "insert: fraction of positions that get similar items inserted before them",
                                valid=RATE)
-    max_insert_num_per_pos: int = _key(1, "insert: up to max_insert_num_per_pos / insert_rate items per position",
+    max_insert_num_per_pos: int = _key(1, "insert: up to int(max_insert_num_per_pos / positions chosen) similar "
+                                       "items per chosen position (the original's rule: 1 means exactly one)",
                                      valid=Range(1, 1000))
     substitute_rate: float = _key(0.5, "substitute: fraction of items replaced by their most similar item",
                                    valid=RATE)
@@ -151,7 +156,7 @@ class TrainConfig:
             if choices and value not in choices:
                 raise ConfigError(f"{f.name} must be one of {choices}, got {value!r}")
             valid = f.metadata.get("range")
-            if valid is not None and value not in valid:
+            if valid is not None and value is not None and value not in valid:
                 raise ConfigError(f"{f.name} must be in {valid}{' and finite' if isinstance(value, float) else ''}, "
                                   f"got {value!r}")
         if not DEVICE_PATTERN.fullmatch(self.device):
@@ -200,13 +205,16 @@ def check_resume(saved: TrainConfig, new: TrainConfig) -> None:
 
 
 def field_type(name: str) -> type:
-    """The Python type of a config key (``str | None`` -> ``str``)."""
+    """The Python type of a config key (``str | None`` -> ``str``, ``float | None`` -> ``float``)."""
     t = FIELDS[name].type
-    return {"int": int, "float": float, "str": str, "bool": bool, "str | None": str}[t]
+    return {"int": int, "float": float, "str": str, "bool": bool, "str | None": str, "float | None": float}[t]
 
 
 def coerce(name: str, value: Any, where: str) -> Any:
     """Check / convert ``value`` for key ``name`` (from JSON or a checkpoint); ConfigError otherwise."""
+    if name == "stosa_compat":
+        raise ConfigError(f"{where}: stosa_compat was replaced by compat = \"original\" (every behaviour of the "
+                          f"original code, not only its mean-stream defect)")
     if name not in FIELDS:
         raise ConfigError(f"{where}: unknown config key {name!r} (known keys: see `mstein-fast train --help`)")
     t = field_type(name)
@@ -242,13 +250,29 @@ def load_config_file(path: str) -> dict[str, Any]:
     return {k: coerce(k, v, path) for k, v in raw.items()}
 
 
+# The settings of each model's own published command where they differ from the official MStein
+# command (the defaults): STOSA's README command (github zfan20/STOSA). The other models have none.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "stosa": {"batch_size": 256, "max_seq_length": 100, "hidden_dropout_prob": 0.3, "num_attention_heads": 4,
+              "pvn_weight": 0.005},
+}
+
+# What ``compat = "original"`` changes among the config keys (below explicit values): the original
+# code early-stops on its MRR, which it computes over its top-40 list only.
+COMPAT_DEFAULTS: dict[str, Any] = {"early_stop_metric": "mrr@40"}
+
+
 def build_config(file_values: dict | None = None, cli_values: dict | None = None) -> tuple[TrainConfig, bool]:
-    """Merge the layers; returns the validated config and whether the quick preset was applied."""
+    """Merge the layers (defaults < the model's preset < quick preset < file < options; with
+    ``compat = "original"`` also :data:`COMPAT_DEFAULTS` below the file); returns the validated
+    config and whether the quick preset was applied."""
     values: dict[str, Any] = {}
     values.update(file_values or {})
     values.update(cli_values or {})
     quick = values.get("data") is None
-    merged = {**(QUICK_PRESET if quick else {}), **values}
+    preset = MODEL_PRESETS.get(values.get("model", TrainConfig.model), {})
+    compat = COMPAT_DEFAULTS if values.get("compat") == "original" else {}
+    merged = {**preset, **(QUICK_PRESET if quick else {}), **compat, **values}
     return TrainConfig(**merged).validate(), quick
 
 

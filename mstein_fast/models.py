@@ -46,6 +46,25 @@ def paired_w2(mean1, cov1, mean2, cov2) -> torch.Tensor:
     return ((mean1 - mean2) ** 2).sum(-1) + ((std1 - std2) ** 2).sum(-1)
 
 
+def original_attention_mask(seqs: torch.Tensor, masked: float) -> torch.Tensor:
+    """The original code's additive ``[B, 1, L, L]`` float mask: 0 where key j <= query i is an item,
+    ``masked`` elsewhere (-(2**32) + 1 in STOSA/MStein, -10000 in SASRec/CoSeRec). A query with no
+    allowed key (a padding position) then attends uniformly to every position of its row, future
+    items included; in float32 the distances vanish next to -(2**32)."""
+    L = seqs.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=seqs.device).tril()
+    allowed = causal & (seqs > 0)[:, None, None, :]
+    return (1.0 - allowed.float()) * masked
+
+
+def _apply_mask(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Scores with the keys outside ``allowed`` masked: a bool mask (:func:`attention_mask`) or the
+    original's additive float mask (:func:`original_attention_mask`)."""
+    if allowed.dtype == torch.bool:
+        return scores.masked_fill(~allowed, MASKED_SCORE)
+    return scores + allowed
+
+
 def attention_mask(seqs: torch.Tensor) -> torch.Tensor:
     """``[B, 1, L, L]`` bool, True where query i may attend key j: j <= i and item j is not padding.
 
@@ -136,22 +155,28 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 class FeedForward(nn.Module):
-    """Position-wise ``dense(4h) -> GELU -> dense(h) -> dropout -> LayerNorm(x + input)``."""
+    """Position-wise ``dense(4h) -> activation -> dense(h) -> dropout -> LayerNorm(x + input)``;
+    the activation is GELU in SASRec's block and ELU in the distributional models' (the original
+    code's ``DistIntermediate`` uses ELU whatever ``hidden_act`` says)."""
 
-    def __init__(self, hidden: int, dropout: float):
+    def __init__(self, hidden: int, dropout: float, activation: str = "gelu"):
         super().__init__()
+        if activation not in ("gelu", "elu"):
+            raise ValueError(f"activation must be gelu or elu, got {activation!r}")
         self.dense_1 = nn.Linear(hidden, 4 * hidden)
         self.dense_2 = nn.Linear(4 * hidden, hidden)
         self.norm = nn.LayerNorm(hidden, eps=1e-12)
         self.dropout = Dropout(dropout)
+        self.activation = F.gelu if activation == "gelu" else F.elu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.dropout(self.dense_2(F.gelu(self.dense_1(x)))) + x)
+        return self.norm(self.dropout(self.dense_2(self.activation(self.dense_1(x)))) + x)
 
 
 class WassersteinSelfAttention(nn.Module):
     """STOSA's attention over Gaussians: score = -W(q_i, k_j) / sqrt(head_dim), masked softmax P;
-    mean out = P V_mean, cov out = P^2 V_cov; then dense + dropout + LayerNorm(residual) per stream."""
+    mean out = P V_mean, cov out = P^2 V_cov; then dense + dropout + LayerNorm(residual) per stream,
+    one LayerNorm shared by the two streams (as the original code)."""
 
     def __init__(self, hidden: int, heads: int, attn_dropout: float, dropout: float, backend: str):
         super().__init__()
@@ -162,8 +187,7 @@ class WassersteinSelfAttention(nn.Module):
         self.cov_qkv = nn.Linear(hidden, 3 * hidden)
         self.mean_dense = nn.Linear(hidden, hidden)
         self.cov_dense = nn.Linear(hidden, hidden)
-        self.mean_norm = nn.LayerNorm(hidden, eps=1e-12)
-        self.cov_norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
         self.attn_dropout = Dropout(attn_dropout)
         self.dropout = Dropout(dropout)
 
@@ -176,15 +200,15 @@ class WassersteinSelfAttention(nn.Module):
         q_mean, k_mean, v_mean = self._split(self.mean_qkv(mean))
         q_cov, k_cov, v_cov = self._split(elu_plus_one(self.cov_qkv(cov)))
         w = mstein_fast.pairwise_w2(q_mean, q_cov, k_mean, k_cov, backend=self.backend)  # [B, heads, L, L]
-        scores = (-w / math.sqrt(self.head_dim)).masked_fill(~allowed, MASKED_SCORE)
+        scores = _apply_mask(-w / math.sqrt(self.head_dim), allowed)
         probs = self.attn_dropout(torch.softmax(scores, dim=-1))
         mean_ctx = (probs @ v_mean).transpose(1, 2).reshape(b, L, h)
         cov_ctx = ((probs * probs) @ v_cov).transpose(1, 2).reshape(b, L, h)
         return self._output(mean_ctx, cov_ctx, mean, cov)
 
     def _output(self, mean_ctx, cov_ctx, mean, cov):
-        mean_out = self.mean_norm(self.dropout(self.mean_dense(mean_ctx)) + mean)
-        cov_out = self.cov_norm(self.dropout(self.cov_dense(cov_ctx)) + cov)
+        mean_out = self.norm(self.dropout(self.mean_dense(mean_ctx)) + mean)
+        cov_out = self.norm(self.dropout(self.cov_dense(cov_ctx)) + cov)
         return mean_out, cov_out
 
     def forward_self_only(self, mean, cov):
@@ -219,7 +243,7 @@ class DotSelfAttention(nn.Module):
     def forward(self, x, allowed):
         b, L, h = x.shape
         q, k, v = (t.reshape(b, L, self.heads, self.head_dim).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
-        scores = (q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)).masked_fill(~allowed, MASKED_SCORE)
+        scores = _apply_mask(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim), allowed)
         probs = self.attn_dropout(torch.softmax(scores, dim=-1))
         ctx = (probs @ v).transpose(1, 2).reshape(b, L, h)
         return self.norm(self.dropout(self.dense(ctx)) + x)
@@ -240,24 +264,30 @@ class _Recommender(nn.Module):
         self.temperature = cfg.temperature
         self.similarity = cfg.similarity
         self.dot_temperature = cfg.dot_temperature
-        self.double_cov_activation = cfg.cl_double_cov_activation
+        # compat = "original": every behaviour of the original code, defects included (README table)
+        self.compat = getattr(cfg, "compat", "none") == "original"
+        self.double_cov_activation = cfg.cl_double_cov_activation or self.compat
         self.pvn_weight = cfg.pvn_weight
         self.skip_padding = getattr(cfg, "skip_padding", True)
         self.shared_padding = getattr(cfg, "shared_padding", False)
         self.padding_pool = getattr(cfg, "padding_pool", 0)
         self.bucket_cost = BUCKET_COST
-        self.init_mean, self.init_std = cfg.init_mean, cfg.initializer_range
+        init_mean = getattr(cfg, "init_mean", None)
+        self.init_mean = (0.01 if self.distributional else 0.0) if init_mean is None else init_mean
+        self.init_std = cfg.initializer_range
         # a torch.distributed process group: the contrastive losses then contrast each local
         # row with the global batch (set by the trainer under torchrun; None: one process)
         self.cl_group = None
 
     def _init_weights(self) -> None:
-        """normal(init_mean, initializer_range) for linear and embedding weights (the official
-        init: mean 0.01, std 0.02), zero biases, unit LayerNorm; the padding rows are zeroed."""
+        """normal(init_mean, initializer_range) for linear and embedding weights (the original
+        init: mean 0.01 for the distributional models, 0.0 for SASRec's, std 0.02), zero biases, unit
+        LayerNorm; the padding rows are zeroed (with compat = "original" they keep their random
+        values, as the original's; ``padding_idx`` keeps them untrained either way)."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=self.init_mean, std=self.init_std)
-                if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                if isinstance(module, nn.Embedding) and module.padding_idx is not None and not self.compat:
                     with torch.no_grad():
                         module.weight[module.padding_idx].zero_()
             if isinstance(module, nn.Linear) and module.bias is not None:
@@ -316,35 +346,36 @@ class STOSA(_Recommender):
     def __init__(self, n_items: int, cfg, contrastive: str | None = None):
         super().__init__(n_items, cfg, contrastive)
         h = cfg.hidden_size
-        self.stosa_compat = cfg.stosa_compat
         self.item_mean = nn.Embedding(n_items + 1, h, padding_idx=0)
         self.item_cov = nn.Embedding(n_items + 1, h, padding_idx=0)
         self.position_mean = nn.Embedding(cfg.max_seq_length, h)
         self.position_cov = nn.Embedding(cfg.max_seq_length, h)
-        self.embed_norm_mean = nn.LayerNorm(h, eps=1e-12)
-        self.embed_norm_cov = nn.LayerNorm(h, eps=1e-12)
+        self.embed_norm = nn.LayerNorm(h, eps=1e-12)  # shared by the two streams, as the original's
         self.dropout = Dropout(cfg.hidden_dropout_prob)
         self.attention = nn.ModuleList(
             WassersteinSelfAttention(h, cfg.num_attention_heads, cfg.attention_probs_dropout_prob,
                                      cfg.hidden_dropout_prob, cfg.backend)
             for _ in range(cfg.num_hidden_layers)
         )
-        self.mean_ffn = nn.ModuleList(FeedForward(h, cfg.hidden_dropout_prob) for _ in range(cfg.num_hidden_layers))
-        self.cov_ffn = nn.ModuleList(FeedForward(h, cfg.hidden_dropout_prob) for _ in range(cfg.num_hidden_layers))
+        self.mean_ffn = nn.ModuleList(FeedForward(h, cfg.hidden_dropout_prob, "elu")
+                                      for _ in range(cfg.num_hidden_layers))
+        self.cov_ffn = nn.ModuleList(FeedForward(h, cfg.hidden_dropout_prob, "elu")
+                                     for _ in range(cfg.num_hidden_layers))
         self._init_weights()
 
     def encode(self, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, L]`` ids -> per-position Gaussians: mean ``[B, L, H]`` and variances ``[B, L, H]``.
 
-        Both streams go through every layer; with ``stosa_compat`` the mean stream is not
+        Both streams go through every layer; with compat = "original" the mean stream is not
         propagated (every layer sees, and the encoder returns, the embedded input means), as in
-        the original STOSA/MStein code. This is the straightforward computation over all ``L``
+        the original STOSA/MStein code, and padding queries attend uniformly to their whole row
+        (:func:`original_attention_mask`). This is the straightforward computation over all ``L``
         positions; :meth:`encode_fast` gives the same result with less work on padding."""
         return self._encode_window(seqs, 0)
 
     def _embed(self, ids, pos):
-        mean = F.elu(self.dropout(self.embed_norm_mean(self.item_mean(ids) + self.position_mean(pos))))
-        cov = elu_plus_one(self.dropout(self.embed_norm_cov(self.item_cov(ids) + self.position_cov(pos))))
+        mean = F.elu(self.dropout(self.embed_norm(self.item_mean(ids) + self.position_mean(pos))))
+        cov = elu_plus_one(self.dropout(self.embed_norm(self.item_cov(ids) + self.position_cov(pos))))
         return mean, cov
 
     def _layers(self, mean, cov, attend):
@@ -352,7 +383,7 @@ class STOSA(_Recommender):
             new_mean, cov = attend(attention, mean, cov)
             new_mean = mean_ffn(new_mean)
             cov = elu_plus_one(cov_ffn(cov))
-            if not self.stosa_compat:
+            if not self.compat:  # the original's typo drops the new means
                 mean = new_mean
         return mean, cov
 
@@ -363,7 +394,7 @@ class STOSA(_Recommender):
         those of the whole batch at these positions."""
         pos = torch.arange(offset, offset + seqs.shape[1], device=seqs.device)
         mean, cov = self._embed(seqs, pos)
-        allowed = attention_mask(seqs)
+        allowed = original_attention_mask(seqs, -(2.0**32) + 1) if self.compat else attention_mask(seqs)
         return self._layers(mean, cov, lambda attention, m, c: attention(m, c, allowed))
 
     def _encode_lead(self, n: int, width: int):
@@ -379,8 +410,8 @@ class STOSA(_Recommender):
         device = self.item_mean.weight.device
         width = max(w for _, w in blocks)
         pos = torch.arange(width, device=device)
-        mean = self.embed_norm_mean(self.item_mean.weight[0].detach() + self.position_mean(pos))  # padding_idx: no grad
-        cov = self.embed_norm_cov(self.item_cov.weight[0].detach() + self.position_cov(pos))
+        mean = self.embed_norm(self.item_mean.weight[0].detach() + self.position_mean(pos))  # padding_idx: no grad
+        cov = self.embed_norm(self.item_cov.weight[0].detach() + self.position_cov(pos))
         # repeated blocks, not a gather: the backward of a gather (an accumulating index_put) is not
         # deterministic on a multi-threaded CPU, that of repeat (a sum) is
         mean = torch.cat([mean[:w].repeat(n, 1) for n, w in blocks])
@@ -410,7 +441,7 @@ class STOSA(_Recommender):
         with its own dropout, and every row takes each of its padding positions from one of the K
         samples drawn at random: the same distribution per position as the exact computation
         (rows meet the same sample with probability 1/K), at the cost of K rows instead of all."""
-        if not self.skip_padding:
+        if not self.skip_padding or self.compat:  # the original's padding outputs depend on the whole row
             return self.encode(seqs)
         L = seqs.shape[1]
         means, covs, order = [], [], []
@@ -496,7 +527,11 @@ class STOSA(_Recommender):
         d_neg = paired_w2(mean, cov, neg_mean, neg_cov)
         d_pos_neg = paired_w2(pos_mean, pos_cov, neg_mean, neg_cov)
         weight = (targets > 0).to(mean.dtype)
-        return (-F.logsigmoid(d_neg - d_pos) * weight).sum(), (F.relu(d_pos - d_pos_neg) * weight).sum(), weight.sum()
+        if self.compat:  # the original's form: inf once sigmoid underflows to 0 (d_pos - d_neg > ~88)
+            bpr = -torch.log(torch.sigmoid(d_neg - d_pos + 1e-24))
+        else:
+            bpr = -F.logsigmoid(d_neg - d_pos)
+        return (bpr * weight).sum(), (F.relu(d_pos - d_pos_neg) * weight).sum(), weight.sum()
 
     def _rec_loss_full(self, seqs, targets, negatives) -> tuple[torch.Tensor, dict]:
         """:meth:`rec_loss` computed over all positions (the straightforward computation)."""
@@ -512,7 +547,7 @@ class STOSA(_Recommender):
             return None
         mean, cov = self.encode_fast(views)
         anchor = None
-        if self.shared_padding and self.skip_padding and self.training:  # the row with the most shared padding
+        if self.shared_padding and self.skip_padding and self.training and not self.compat:  # most shared padding
             anchor = int((views > 0).sum(1).argmin())
         return self._wasserstein_infonce(mean, cov, anchor)
 
@@ -570,7 +605,7 @@ class SASRec(_Recommender):
         """``[B, L]`` ids -> ``[B, L, H]`` outputs."""
         pos = torch.arange(seqs.shape[1], device=seqs.device)
         x = self.dropout(self.embed_norm(self.item_emb(seqs) + self.position_emb(pos)))
-        allowed = attention_mask(seqs)
+        allowed = original_attention_mask(seqs, -10000.0) if self.compat else attention_mask(seqs)
         for attention, ffn in zip(self.attention, self.ffn):
             x = ffn(attention(x, allowed))
         return x
@@ -581,7 +616,11 @@ class SASRec(_Recommender):
         pos_logit = (out * self.item_emb(targets)).sum(-1)
         neg_logit = (out * self.item_emb(negatives)).sum(-1)
         weight = (targets > 0).to(out.dtype)
-        bce = _weighted_mean(-F.logsigmoid(pos_logit) - F.logsigmoid(-neg_logit), weight)
+        if self.compat:  # the original's form
+            terms = -torch.log(torch.sigmoid(pos_logit) + 1e-24) - torch.log(1 - torch.sigmoid(neg_logit) + 1e-24)
+        else:
+            terms = -F.logsigmoid(pos_logit) - F.logsigmoid(-neg_logit)
+        bce = _weighted_mean(terms, weight)
         return bce, {"bce": bce.detach()}
 
     def contrastive_loss(self, views: torch.Tensor) -> torch.Tensor | None:

@@ -518,7 +518,10 @@ class Trainer:
         t_sim = 0.0
         if self.augmenter is not None:
             t = time.perf_counter()
-            if epoch > cfg.augmentation_warm_up_epochs:
+            if cfg.compat == "original" and epoch > cfg.augmentation_warm_up_epochs + 1:
+                # the original switches after its 0-based epoch W, to a similarity that is degenerate
+                self.augmenter.set_degenerate(split.n_items)
+            elif cfg.compat != "original" and epoch > cfg.augmentation_warm_up_epochs:
                 self.augmenter.set_similarity(model.nearest_items(self.augmenter.similar_k))
             else:
                 self.augmenter.set_similarity(self.offline_similar)

@@ -1,0 +1,264 @@
+"""The original code's behaviours (SPEC section 3, "Details of the original code"): those the
+default now follows, and those only ``compat = "original"`` reproduces (README: "Differences from
+the original code"). Tiny inputs, no original code needed."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mstein_fast import reference
+from mstein_fast.augment import CROP, INSERT, REORDER, SUBSTITUTE, Augmenter
+from mstein_fast.config import COMPAT_DEFAULTS, ConfigError, TrainConfig, build_config, coerce
+from mstein_fast.models import FeedForward, build_model, elu_plus_one, original_attention_mask
+
+L = 8
+
+
+def model(name="mstein", **over):
+    torch.manual_seed(0)
+    cfg = TrainConfig(model=name, hidden_size=8, max_seq_length=L, num_hidden_layers=1, backend="torch",
+                      hidden_dropout_prob=0.0, temperature=0.5, **over)
+    return build_model(name, 20, cfg).double().eval()
+
+
+SEQS = torch.tensor([[0, 0, 0, 0, 3, 4, 5, 6], [0, 0, 0, 0, 0, 0, 1, 2], [1, 2, 3, 4, 5, 6, 7, 8]])
+
+
+# -- what the default follows -----------------------------------------------------------------
+
+def test_distributional_feed_forward_uses_elu_sasrec_gelu():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    for activation, fn in (("elu", F.elu), ("gelu", F.gelu)):
+        block = FeedForward(8, 0.0, activation).double()
+        want = block.norm(block.dense_2(fn(block.dense_1(x))) + x)
+        assert torch.allclose(block(x), want, rtol=0, atol=1e-12)
+    assert model("mstein").mean_ffn[0].activation is F.elu and model("stosa").cov_ffn[0].activation is F.elu
+    assert model("sasrec").ffn[0].activation is F.gelu
+    with pytest.raises(ValueError, match="gelu or elu"):
+        FeedForward(8, 0.0, "relu")
+
+
+def test_layer_norms_are_tied_between_the_streams():
+    m = model("mstein")
+    names = {n for n, mod in m.named_modules() if isinstance(mod, nn.LayerNorm)}
+    # one for the two embeddings, one for the two attention outputs, one per feed-forward block
+    assert names == {"embed_norm", "attention.0.norm", "mean_ffn.0.norm", "cov_ffn.0.norm"}
+    # the shared attention norm acts on both streams: scaling its weight changes both outputs
+    mean0, cov0 = m.encode(SEQS)
+    with torch.no_grad():
+        m.attention[0].norm.weight.mul_(1.5)
+    mean1, cov1 = m.encode(SEQS)
+    assert not torch.allclose(mean0[:, -1], mean1[:, -1]) and not torch.allclose(cov0[:, -1], cov1[:, -1])
+
+
+def test_initialisation_means_follow_the_original_per_backbone():
+    torch.manual_seed(0)
+    big = {"hidden_size": 64, "max_seq_length": L, "backend": "torch"}
+    stosa = build_model("mstein", 2000, TrainConfig(model="mstein", **big))
+    sasrec = build_model("coserec", 2000, TrainConfig(model="coserec", **big))
+    chosen = build_model("coserec", 2000, TrainConfig(model="coserec", init_mean=0.01, **big))
+    # 2000 x 64 normal(mu, 0.02) draws: the mean is mu +- 3 * 0.02 / sqrt(128000) = +- 1.7e-4
+    assert abs(stosa.item_mean.weight[1:].mean().item() - 0.01) < 2e-4
+    assert abs(sasrec.item_emb.weight[1:].mean().item()) < 2e-4
+    assert abs(chosen.item_emb.weight[1:].mean().item() - 0.01) < 2e-4
+
+
+def insert_counts(aug, lengths, draws=400):
+    """Per length, the set of item counts inserted before chosen positions (identity similarity
+    table whose neighbours are item 99, so inserted items are recognisable)."""
+    n_items = 100
+    sim = torch.full((n_items + 1, aug.similar_k), 99, dtype=torch.int64)
+    aug.set_similarity(sim)
+    g = torch.Generator().manual_seed(0)
+    seen = {}
+    for n in lengths:
+        x = torch.arange(1, n + 1).repeat(draws, 1)  # items 1..n, never 99
+        out = aug.augment(x, torch.full((draws,), n), g, ops=torch.full((draws,), INSERT))
+        counts = set()
+        for row in out.tolist():
+            run = 0
+            for item in [i for i in row if i]:
+                if item == 99:
+                    run += 1
+                else:
+                    if run:
+                        counts.add(run)
+                    run = 0
+        seen[n] = counts
+    return seen
+
+
+def test_insert_count_follows_the_original_rule():
+    # c uniform in 1..max(1, int(M / m)), m = max(1, int(0.3 * n)) positions chosen
+    one = Augmenter(TrainConfig(max_seq_length=40))  # M = 1: exactly one item per chosen position
+    assert insert_counts(one, [2, 5, 12]) == {2: {1}, 5: {1}, 12: {1}}
+    four = Augmenter(TrainConfig(max_seq_length=40, max_insert_num_per_pos=4))
+    # n = 3: m = 1 -> 1..4; n = 7: m = 2 -> 1..2; n = 10: m = 3 -> 1
+    assert insert_counts(four, [3, 7, 10]) == {3: {1, 2, 3, 4}, 7: {1, 2}, 10: {1}}
+
+
+def test_reorder_ratio_defaults_to_the_originals_0_7():
+    assert TrainConfig().beta == 0.7 == TrainConfig().gamma
+
+
+# -- what only compat = "original" reproduces -----------------------------------------------------
+
+def windows(aug, op, n, draws=3000):
+    """For crop: the set of window starts; for reorder: the set of the last positions moved, for a
+    sequence 1..n."""
+    aug.set_similarity(torch.zeros(101, 1, dtype=torch.int64))
+    g = torch.Generator().manual_seed(1)
+    x = torch.arange(1, n + 1).repeat(draws, 1)
+    out = aug.augment(x, torch.full((draws,), n), g, ops=torch.full((draws,), op))
+    seen = set()
+    for row in out.tolist():
+        body = [i for i in row if i]
+        if op == CROP:
+            seen.add(body[0] - 1)
+        else:
+            moved = [i for i, v in enumerate(body) if v != i + 1]
+            if moved:
+                seen.add(moved[-1])
+    return seen
+
+
+def test_compat_crop_and_reorder_never_pick_the_last_window():
+    n = 10
+    default = Augmenter(TrainConfig(max_seq_length=20))
+    compat = Augmenter(TrainConfig(max_seq_length=20, compat="original"))
+    # crop keeps int(0.2 * 10) = 2 items: windows start at 0..8, the original's at 0..7
+    assert windows(default, CROP, n) == set(range(9))
+    assert windows(compat, CROP, n) == set(range(8))
+    # reorder shuffles int(0.7 * 10) = 7 items: the last window (positions 3..9) moves position 9;
+    # the original's windows start at 0..2 and never reach it
+    assert max(windows(default, REORDER, n)) == 9
+    assert max(windows(compat, REORDER, n)) == 8
+    assert compat.beta == compat.gamma
+
+
+def test_compat_reorder_uses_the_mask_ratio():
+    assert Augmenter(TrainConfig(beta=0.2, gamma=0.5, compat="original")).beta == 0.5
+    assert Augmenter(TrainConfig(beta=0.2, gamma=0.5)).beta == 0.2
+
+
+def test_degenerate_similarity_masks_and_inserts_items_0_and_1():
+    aug = Augmenter(TrainConfig(max_seq_length=20, compat="original"))
+    aug.set_degenerate(30)
+    g = torch.Generator().manual_seed(0)
+    x = torch.tensor([[5, 6, 7, 8, 9, 2, 3, 4, 10, 11]] * 50)  # no item 0 or 1
+    n = torch.full((50,), 10)
+    sub = aug.augment(x, n, g, ops=torch.full((50,), SUBSTITUTE))[:, -10:]
+    changed = sub != x
+    assert (sub[changed] == 0).all() and (changed.sum(1) == 5).all()  # int(0.5 * 10) items -> padding id
+    for row in aug.augment(x, n, g, ops=torch.full((50,), INSERT)).tolist():
+        # int(0.3 * 10) = 3 chosen items, each preceded by the pair 0, 1
+        assert [i for i in row if i > 1] == x[0].tolist()
+        ones = [k for k, v in enumerate(row) if v == 1]
+        assert len(ones) == 3 and all(row[k - 1] == 0 and row[k + 1] > 1 for k in ones)
+    # item 1 is excluded from its own list: a lone 0 (and substitute gives 0 as for every item)
+    assert aug.similar[1].tolist()[:1] == [0] and aug.similar[7].tolist()[:2] == [0, 1]
+    aug.set_similarity(torch.ones(31, 1, dtype=torch.int64))
+    assert not aug.degenerate  # a real table ends the degenerate mode
+
+
+def test_compat_padding_rows_are_random_frozen_and_attend_to_the_whole_row():
+    default, compat = model(), model(compat="original")
+    assert (default.item_mean.weight[0] == 0).all() and (default.item_cov.weight[0] == 0).all()
+    assert (compat.item_mean.weight[0] != 0).all() and (compat.item_cov.weight[0] != 0).all()
+    # a padding query has no allowed key: the original's additive mask makes it attend uniformly
+    # to all L positions of its row, so its cov output depends on the row's (later) items
+    changed = SEQS.clone()
+    changed[0, 4:] = torch.tensor([9, 10, 11, 12])
+    _, cov_a = compat.encode(SEQS)
+    _, cov_b = compat.encode(changed)
+    assert not torch.allclose(cov_a[0, :4], cov_b[0, :4])
+    _, cov_a = default.encode(SEQS)
+    _, cov_b = default.encode(changed)
+    assert torch.allclose(cov_a[0, :4], cov_b[0, :4])  # default: padding attends to itself only
+    mask = original_attention_mask(SEQS, -(2.0**32) + 1)
+    assert mask[0, 0, 0].eq(-(2.0**32) + 1).all() and mask[2, 0].tril().eq(0).all()
+    # padding rows get no gradient in either mode
+    compat.train()
+    compat.contrastive_loss(torch.cat([SEQS, SEQS.flip(0)])).backward()
+    assert compat.item_mean.weight.grad[0].eq(0).all() and compat.item_cov.weight.grad[0].eq(0).all()
+
+
+def test_compat_contrastive_loss_activates_the_cov_twice():
+    compat = model(compat="original")
+    views = torch.cat([SEQS, SEQS.flip(0)])
+    mean, cov = compat.encode(views)
+    b = len(SEQS)
+    flat_m, flat_c = mean.reshape(2 * b, -1), elu_plus_one(cov).reshape(2 * b, -1)
+    want = reference.wasserstein_infonce(flat_m[:b], flat_c[:b], flat_m[b:], flat_c[b:], temperature=0.5)
+    assert torch.allclose(compat.contrastive_loss(views), want, rtol=1e-10, atol=0)
+    default = model()
+    default.load_state_dict(compat.state_dict())
+    mean, cov = default.encode_fast(views)
+    flat_m, flat_c = mean.reshape(2 * b, -1), cov.reshape(2 * b, -1)
+    want = reference.wasserstein_infonce(flat_m[:b], flat_c[:b], flat_m[b:], flat_c[b:], temperature=0.5)
+    assert torch.allclose(default.contrastive_loss(views), want, rtol=1e-10, atol=0)
+
+
+def test_compat_bpr_is_the_originals_unstable_form():
+    compat, default = model(compat="original"), model()
+    default.load_state_dict(compat.state_dict())
+    targets, negatives = SEQS.roll(-1, 1) * (SEQS > 0), (SEQS + 3) % 20 * (SEQS > 0)
+    mean, cov = compat.encode(SEQS)
+    # moderate distances: the same terms up to the 1e-24 inside the log
+    for a, b in zip(compat._rec_terms(mean, cov, targets, negatives), default._rec_terms(mean, cov, targets, negatives)):
+        assert torch.allclose(a, b, rtol=1e-12)
+    # the sequence output sits on the negative, far from the target: sigmoid(-W) underflows
+    with torch.no_grad():
+        for m in (compat, default):
+            m.item_mean.weight[1:].mul_(1e4)
+    targets, negatives = targets[2:], negatives[2:]  # a full row: padding (weight 0) would make inf * 0 = nan
+    mean, cov = compat.item_gaussians(negatives)
+    a = compat._rec_terms(mean, cov, targets, negatives)[0]
+    b = default._rec_terms(mean, cov, targets, negatives)[0]
+    assert math.isinf(a.item()) and math.isfinite(b.item()) and b.item() > 1e3
+
+
+def test_compat_sasrec_bce_is_the_originals_capped_form():
+    compat, default = model("sasrec", compat="original"), model("sasrec")
+    default.load_state_dict(compat.state_dict())
+    targets, negatives = SEQS.roll(-1, 1) * (SEQS > 0), (SEQS + 3) % 20 * (SEQS > 0)
+    a, _ = compat.rec_loss(SEQS, targets, negatives)
+    b, _ = default.rec_loss(SEQS, targets, negatives)
+    assert torch.allclose(a, b, rtol=1e-9)  # moderate logits: the same up to the 1e-24s
+    with torch.no_grad():
+        for m in (compat, default):
+            m.item_emb.weight[1:].mul_(-1e4)  # pushes the logits far out
+    a, _ = compat.rec_loss(SEQS, targets, negatives)
+    b, _ = default.rec_loss(SEQS, targets, negatives)
+    # -log(sigmoid(x) + 1e-24) <= -log(1e-24) per term in the original; the default is unbounded
+    assert a.item() <= 2 * -math.log(1e-24) + 1e-9 < b.item()
+
+
+def test_compat_config_early_stops_on_mrr_at_40_unless_told_otherwise():
+    cfg, _ = build_config(None, {"compat": "original"})
+    assert cfg.early_stop_metric == COMPAT_DEFAULTS["early_stop_metric"] == "mrr@40"
+    cfg, _ = build_config(None, {"compat": "original", "early_stop_metric": "ndcg@10"})
+    assert cfg.early_stop_metric == "ndcg@10"
+    assert build_config(None, {})[0].early_stop_metric == "mrr"
+    assert (cfg.patience, cfg.epochs) == (5, 15)  # the quick preset for the synthetic data
+    cfg, _ = build_config(None, {"compat": "original", "data": "x.txt"})
+    assert (cfg.patience, cfg.epochs, cfg.seed) == (100, 500, 42)
+
+
+def test_stosa_takes_its_own_published_command():
+    cfg, _ = build_config(None, {"model": "stosa", "data": "x.txt"})
+    assert (cfg.batch_size, cfg.max_seq_length, cfg.hidden_dropout_prob, cfg.num_attention_heads,
+            cfg.pvn_weight) == (256, 100, 0.3, 4, 0.005)
+    cfg, _ = build_config({"batch_size": 512}, {"model": "stosa", "data": "x.txt"})
+    assert cfg.batch_size == 512  # a file or an option still wins
+    mstein, _ = build_config(None, {"model": "mstein", "data": "x.txt"})
+    assert (mstein.batch_size, mstein.max_seq_length) == (1024, 50)
+
+
+def test_removed_stosa_compat_key_names_its_replacement():
+    with pytest.raises(ConfigError, match='compat = "original"'):
+        coerce("stosa_compat", True, "cfg.json")
