@@ -262,3 +262,58 @@ def test_stosa_takes_its_own_published_command():
 def test_removed_stosa_compat_key_names_its_replacement():
     with pytest.raises(ConfigError, match='compat = "original"'):
         coerce("stosa_compat", True, "cfg.json")
+
+
+def test_compat_changes_no_parameter_and_no_other_config_key():
+    default, compat = build_config(None, {"data": "x.txt"})[0], build_config(None, {"data": "x.txt",
+                                                                                  "compat": "original"})[0]
+    changed = {k for k, v in default.to_dict().items() if compat.to_dict()[k] != v}
+    assert changed == {"compat", *COMPAT_DEFAULTS}
+    for name in ("mstein", "sasrec"):
+        a, b = model(name), model(name, compat="original")
+        assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
+
+
+
+@pytest.mark.parametrize("compat", ["none", "original"])
+def test_compat_switches_to_the_degenerate_similarity_one_epoch_later(tmp_path, compat):
+    from mstein_fast.train import Trainer
+
+    cfg, _ = build_config(None, {"synthetic_users": 60, "synthetic_items": 40, "synthetic_clusters": 4,
+                                 "max_seq_length": 10, "hidden_size": 8, "batch_size": 64, "progress": False,
+                                 "augmentation_warm_up_epochs": 1, "compat": compat, "device": "cpu"})
+    trainer = Trainer(cfg, str(tmp_path))
+    offline = trainer.offline_similar
+    for epoch in (1, 2, 3):
+        trainer.train_epoch(epoch)
+        degenerate, on_offline = trainer.augmenter.degenerate, trainer.augmenter.similar is offline
+        if compat == "original":  # the original's 0-based epoch > W: 1-based epoch > W + 1
+            assert (degenerate, on_offline) == ((False, True) if epoch <= 2 else (True, False))
+        else:
+            assert not degenerate and on_offline == (epoch <= 1)
+
+# README "Differences from the original code": every row and the test that pins it down
+README_ROWS = {
+    "mean stream of the layers": "test_compat_original_does_not_propagate_the_mean (test_train.py)",
+    "online item similarity after the warm-up": test_degenerate_similarity_masks_and_inserts_items_0_and_1,
+    "warm-up switch": test_compat_switches_to_the_degenerate_similarity_one_epoch_later,
+    "BPR term": test_compat_bpr_is_the_originals_unstable_form,
+    "SASRec/CoSeRec BCE": test_compat_sasrec_bce_is_the_originals_capped_form,
+    "covariances in the InfoNCE": test_compat_contrastive_loss_activates_the_cov_twice,
+    "padding rows of the item embeddings": test_compat_padding_rows_are_random_frozen_and_attend_to_the_whole_row,
+    "padding queries in the attention": test_compat_padding_rows_are_random_frozen_and_attend_to_the_whole_row,
+    "crop and reorder windows": test_compat_crop_and_reorder_never_pick_the_last_window,
+    "reorder ratio": test_compat_reorder_uses_the_mask_ratio,
+    "early stopping": test_compat_config_early_stops_on_mrr_at_40_unless_told_otherwise,
+    "item 0 (padding) in the ranking": None,  # not reproduced
+    "random streams": None,  # not reproducible bit for bit
+}
+
+
+def test_readme_table_lists_exactly_the_tested_differences():
+    import pathlib
+
+    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split("### Differences from the original code", 1)[1].split("\n\n| behaviour", 1)[1]
+    rows = [line.split("|")[1].strip() for line in section.split("\n\n", 1)[0].splitlines()[2:]]
+    assert set(rows) == set(README_ROWS) and len(rows) == len(README_ROWS)
