@@ -1,0 +1,714 @@
+"""Parity between this project's MStein in ``compat = "original"`` mode and the original research
+code (github zfan20/MStein, a checkout the user gives with ``--original DIR``). Two checks:
+
+``transplant`` (seconds): one process builds the original's model (``models.DistSAModel`` of DIR)
+and ours (``build_model("mstein", ...)`` with ``compat="original"``), copies our weights into the
+original's (:func:`parameter_pairs`), takes ONE training batch of the data (the first ``--users``
+users: inputs ``s[:-3]`` left-padded to 50, targets ``s[1:-2]``, one fixed negative per position,
+two fixed augmented views drawn with ``mstein_fast.augment.Augmenter``; both sides get the same
+tensors) and compares, as ``max |ours - original| / max |original|`` per tensor:
+
+- the encoder's outputs (mean and cov) on the batch and on the views;
+- the loss pieces: BPR, pvn, the Wasserstein InfoNCE between the views, and the total
+  ``bpr + pvn_weight * pvn + cf_weight * cl`` (the original's from its trainer's own functions,
+  ``CoDistSAModelTrainer.bpr_optimization`` and ``._one_pair_contrastive_learning``, called unbound
+  with a small stand-in for the trainer; ours from ``model.rec_loss`` and ``model.contrastive_loss``);
+- the gradient of every parameter, for four objectives: ``bpr``, ``bpr+pvn`` (pvn weighted 1),
+  ``cl`` and ``total`` (ours: ``rec_loss`` with the model's ``pvn_weight`` set to 0, then 1, for the
+  first two). A parameter that one side never uses has gradient zero; the original's ``qkv`` pieces
+  (``mean_query`` / ``mean_key`` / ``mean_value``, ...) are compared with the rows of our fused
+  ``mean_qkv`` / ``cov_qkv``; the original's item tables hold one more row than ours (its mask
+  id, ``max_item + 1``, never used by MStein): our gradient is compared with zero there.
+
+Both models run in train mode with every dropout probability 0 (so that train-only code paths
+run, deterministically), on the CPU. Tables: float64 with our ``torch`` backend (the math: the
+C++ kernels are float32 only, so ``cpp`` is skipped there), then float32 with each backend of
+``--backends`` (default ``torch,cpp``; what training runs). Exit status 1 when any error exceeds
+``--rtol`` (default 1e-5) in float64 or ``--rtol-float32`` (default 1e-3) in float32, 2 when the
+harness cannot run, 0 otherwise. Why two tolerances: in float32 the two codes round differently
+(the original expands W2 as ``|m1|^2 + |m2|^2 - 2 m1.m2``, the InfoNCE at temperature 1e-6 has
+logits of order 1e6 / (1 + W)); measured on Office's first 256 users: about 2e-5 on the BPR and
+pvn gradients and 2e-4 on the InfoNCE's, against about 6e-8 at most in float64 (on the query/key
+gradients of the InfoNCE: its logits are of order 1e6, and the masked scores of the padding
+queries, -(2**32) + W, keep few digits of W). The original's own float32 result is no closer to its
+float64 one (up to 1e-2 on those gradients: in float32 the masked scores lose W entirely), so
+float32 alone cannot check the math.
+
+``curves`` (minutes): the original's ``main.py`` with the official MStein command
+(``_original.OFFICIAL_ARGS``, ``--seed S``) for ``--epochs K``, then ``mstein-fast train --model
+mstein --compat original`` with the same epochs, seed and threads (and with ``--also-default`` a
+second run of ours without ``--compat``), one after the other; reads the validation metrics per
+epoch (ours: ``metrics.jsonl`` of the run directory; the original: its ``{'Epoch': ...}`` log
+lines, whose ``HIT@k`` is our ``recall@k`` and whose ``MRR`` is over its top-40 list, our
+``mrr@40``) and writes ``OUTPUT/parity_curves.json`` (``{"settings": ..., "original": [...],
+"ours_compat": [...], "ours_default": [...]}``, one dict per epoch) and ``OUTPUT/parity_curves.png``
+(recall@10, ndcg@10 and mrr@40 per epoch). Run directories: ``OUTPUT/original`` (its log and
+checkpoint), ``OUTPUT/ours``, ``OUTPUT/ours_default``.
+
+    python benchmarks/parity.py --original /path/to/MStein transplant
+    python benchmarks/parity.py --original /path/to/MStein transplant --dtypes float32 --backends cpp --json t.json
+    python benchmarks/parity.py --original /path/to/MStein curves --epochs 20 --output parity-out --also-default
+
+Nothing of the original is copied here: its modules are imported at run time from DIR
+(``transplant``) or its ``main.py`` is run in a subprocess (``curves``, by ``_original.py``). It needs
+numpy, scipy, tqdm and torch; scipy (imported by its ``utils.py``) may come from a directory given
+with ``--original-deps DIR`` (put on ``sys.path`` / the subprocess's ``PYTHONPATH``). The only run-time
+patches: numpy's removed aliases (``np.float``, ``np.int``, ...) are restored, and an empty module
+stands in for ``gensim`` (imported, never used by the MStein command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import dataclasses
+import importlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+DEFAULT_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "Office_Products.txt"))
+ORIGINAL_MODULES = ("modules", "models", "utils", "data_augmentation", "datasets", "trainers")
+NUMPY_ALIASES = (("float", float), ("int", int), ("bool", bool), ("object", object), ("str", str),
+                 ("complex", complex), ("long", int))
+# the original's parameters that MStein never uses (no counterpart in ours)
+IGNORED_ORIGINAL = ("user_margins.weight",)
+OBJECTIVES = ("bpr", "bpr+pvn", "cl", "total")
+# validation metrics kept per epoch in parity_curves.json: ours -> the original's log key
+CURVE_METRICS = {"recall@1": "HIT@1", "recall@5": "HIT@5", "recall@10": "HIT@10", "recall@20": "HIT@20",
+                 "ndcg@1": "NDCG@1", "ndcg@5": "NDCG@5", "ndcg@10": "NDCG@10", "ndcg@20": "NDCG@20",
+                 "mrr@40": "MRR"}
+PLOTTED = ("recall@10", "ndcg@10", "mrr@40")
+
+
+class ParityError(RuntimeError):
+    """The harness cannot run (bad checkout, missing module, unmapped parameter, ...)."""
+
+
+class MappingError(ParityError):
+    """Our parameters and the original's do not correspond one to one (a rename on either side?)."""
+
+
+def load_original_helper():
+    """``benchmarks/_original.py`` (runs the original's main.py), imported from beside this script."""
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    return importlib.import_module("_original")
+
+
+# -- the original's modules, in this process ------------------------------------------------------
+def import_original(directory: str, deps: list[str]) -> types.SimpleNamespace:
+    """The original's ``modules``, ``models`` and ``trainers`` imported from ``directory`` (with the
+    numpy aliases restored and an empty ``gensim`` if none is installed)."""
+    directory = load_original_helper().check_checkout(directory)
+    for name, value in NUMPY_ALIASES:
+        if name not in np.__dict__:
+            setattr(np, name, value)
+    if "asfarray" not in np.__dict__:
+        np.asfarray = lambda a, dtype=float: np.asarray(a, dtype=dtype)
+    try:
+        importlib.import_module("gensim")
+    except ImportError:
+        sys.modules["gensim"] = types.ModuleType("gensim", "empty stand-in: the MStein command never uses gensim")
+    for name in ORIGINAL_MODULES:  # a module of the same name imported from elsewhere would be taken instead
+        module = sys.modules.get(name)
+        if module is not None and os.path.dirname(os.path.abspath(getattr(module, "__file__", "") or "")) != directory:
+            raise ParityError(f"a module called {name!r} is already imported from {getattr(module, '__file__', '?')}; "
+                              f"the original's {name}.py cannot be imported in this process")
+    for path in [directory, *reversed([os.path.abspath(d) for d in deps])]:
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    try:
+        modules = importlib.import_module("modules")
+        models = importlib.import_module("models")
+        trainers = importlib.import_module("trainers")
+    except ImportError as err:
+        raise ParityError(f"cannot import the original code from {directory}: {err}; it needs numpy, scipy, tqdm "
+                          f"and torch (give a directory holding a missing package with --original-deps DIR)") from err
+    for needed, owner in (("DistSAModel", models), ("WassersteinNCELoss", modules), ("CoDistSAModelTrainer", trainers)):
+        if not hasattr(owner, needed):
+            raise ParityError(f"{owner.__file__} has no {needed}: not the MStein code this harness knows")
+    return types.SimpleNamespace(modules=modules, models=models, trainers=trainers, directory=directory)
+
+
+def original_args(cfg, n_items: int, n_users: int) -> types.SimpleNamespace:
+    """The argument namespace the original's model and trainer functions read."""
+    return types.SimpleNamespace(
+        item_size=n_items + 2,  # main.py: max_item + 2 (ids 0..max_item and its mask id max_item + 1)
+        mask_id=n_items + 1, num_users=n_users, hidden_size=cfg.hidden_size, max_seq_length=cfg.max_seq_length,
+        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+        hidden_act="gelu", hidden_dropout_prob=cfg.hidden_dropout_prob,
+        attention_probs_dropout_prob=cfg.attention_probs_dropout_prob, initializer_range=cfg.initializer_range,
+        distance_metric="wasserstein", kernel_param=1.0, pvn_weight=cfg.pvn_weight, cf_weight=cfg.cf_weight,
+        temperature=cfg.temperature, cuda_condition=False, no_cuda=True,
+    )
+
+
+class OriginalSide:
+    """The original's model and the bits of its trainer that compute the MStein losses."""
+
+    def __init__(self, original: types.SimpleNamespace, args: types.SimpleNamespace):
+        self.args = args
+        self.model = original.models.DistSAModel(args)
+        device = torch.device("cpu")
+        # what CoDistSAModelTrainer's bpr_optimization / _one_pair_contrastive_learning read from self
+        self.trainer = types.SimpleNamespace(model=self.model, args=args, device=device,
+                                             cf_criterion=original.modules.WassersteinNCELoss(args.temperature, device))
+        self.cls = original.trainers.CoDistSAModelTrainer
+
+    def encode(self, seqs):
+        mean, cov, _ = self.model.finetune(seqs)
+        return mean, cov
+
+    def rec_pieces(self, seqs, targets, negatives):
+        mean, cov = self.encode(seqs)
+        bpr, _auc, pvn = self.cls.bpr_optimization(self.trainer, mean, cov, targets, negatives)
+        return bpr, pvn
+
+    def cl(self, views):
+        b = views.shape[0] // 2
+        return self.cls._one_pair_contrastive_learning(self.trainer, [views[:b], views[b:]])
+
+
+class OursSide:
+    """Our model through its public methods."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def encode(self, seqs):
+        return self.model.encode(seqs)
+
+    def rec_pieces(self, seqs, targets, negatives):
+        """(bpr, pvn) values, detached (``rec_loss`` reports them so)."""
+        _, parts = self.model.rec_loss(seqs, targets, negatives)
+        return parts["bpr"], parts["pvn"]
+
+    @contextlib.contextmanager
+    def pvn_weight(self, weight: float):
+        saved = self.model.pvn_weight
+        self.model.pvn_weight = weight
+        try:
+            yield
+        finally:
+            self.model.pvn_weight = saved
+
+    def cl(self, views):
+        return self.model.contrastive_loss(views)
+
+
+# -- parameter mapping ------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    ours: str
+    original: str
+    rows: tuple[int, int] | None = None  # rows [lo, hi) of our tensor (a piece of a fused qkv)
+    extra_rows: bool = False  # the original's tensor may have more rows than ours (its item tables)
+
+
+def _pairs_by_name(h_of: dict[str, int], layers: int) -> list[Pair]:
+    pairs = [Pair("item_mean.weight", "item_mean_embeddings.weight", extra_rows=True),
+             Pair("item_cov.weight", "item_cov_embeddings.weight", extra_rows=True),
+             Pair("position_mean.weight", "position_mean_embeddings.weight"),
+             Pair("position_cov.weight", "position_cov_embeddings.weight")]
+    pairs += [Pair(f"embed_norm.{p}", f"LayerNorm.{p}") for p in ("weight", "bias")]
+    for i in range(layers):
+        ours, theirs = f"attention.{i}", f"item_encoder.layer.{i}"
+        for stream in ("mean", "cov"):
+            for p in ("weight", "bias"):
+                name = f"{ours}.{stream}_qkv.{p}"
+                h = h_of.get(name, 0)
+                pairs += [Pair(name, f"{theirs}.attention.{stream}_{part}.{p}", (j * h, (j + 1) * h))
+                          for j, part in enumerate(("query", "key", "value"))]
+                pairs.append(Pair(f"{ours}.{stream}_dense.{p}", f"{theirs}.attention.{stream}_dense.{p}"))
+                for mine, orig in (("dense_1", "dense_1"), ("dense_2", "dense_2"), ("norm", "LayerNorm")):
+                    pairs.append(Pair(f"{stream}_ffn.{i}.{mine}.{p}", f"{theirs}.{stream}_intermediate.{orig}.{p}"))
+        pairs += [Pair(f"{ours}.norm.{p}", f"{theirs}.attention.LayerNorm.{p}") for p in ("weight", "bias")]
+    return pairs
+
+
+def parameter_pairs(ours: torch.nn.Module, original: torch.nn.Module) -> list[Pair]:
+    """Every parameter of our STOSA/MStein model with its counterpart(s) in the original's
+    ``DistSAModel``; raises :class:`MappingError` naming the parameters that are missing on either
+    side, left unmapped, or of another shape (so that a rename on either side is caught)."""
+    mine = dict(ours.named_parameters())
+    theirs = dict(original.named_parameters())
+    layer_re_ours, layer_re_theirs = re.compile(r"attention\.(\d+)\."), re.compile(r"item_encoder\.layer\.(\d+)\.")
+    layers_ours = {int(m.group(1)) for n in mine if (m := layer_re_ours.match(n))}
+    layers_theirs = {int(m.group(1)) for n in theirs if (m := layer_re_theirs.match(n))}
+    if layers_ours != layers_theirs:
+        raise MappingError(f"layer count differs: ours has attention layers {sorted(layers_ours)}, the original "
+                           f"item_encoder.layer {sorted(layers_theirs)}")
+    h_of = {n: p.shape[0] // 3 for n, p in mine.items() if n.endswith(("_qkv.weight", "_qkv.bias"))}
+    pairs = _pairs_by_name(h_of, len(layers_ours))
+    problems = []
+    missing_ours = sorted({p.ours for p in pairs} - set(mine))
+    missing_theirs = sorted({p.original for p in pairs} - set(theirs))
+    if missing_ours:
+        problems.append(f"not in our model: {', '.join(missing_ours)}")
+    if missing_theirs:
+        problems.append(f"not in the original's model: {', '.join(missing_theirs)}")
+    unmapped_ours = sorted(set(mine) - {p.ours for p in pairs})
+    unmapped_theirs = sorted(set(theirs) - {p.original for p in pairs} - set(IGNORED_ORIGINAL))
+    if unmapped_ours:
+        problems.append(f"our parameters without a counterpart: {', '.join(unmapped_ours)}")
+    if unmapped_theirs:
+        problems.append(f"the original's parameters without a counterpart: {', '.join(unmapped_theirs)}")
+    if not problems:
+        for pair in pairs:
+            a, b = _our_piece(mine[pair.ours], pair), theirs[pair.original]
+            rows_ok = a.shape[0] <= b.shape[0] if pair.extra_rows else a.shape[0] == b.shape[0]
+            if a.dim() != b.dim() or a.shape[1:] != b.shape[1:] or not rows_ok:
+                problems.append(f"shape of {pair.ours}{_rows_text(pair)} {tuple(a.shape)} vs {pair.original} "
+                                f"{tuple(b.shape)}")
+        for name, rows in _rows_covered(pairs).items():
+            if rows != mine[name].shape[0]:
+                problems.append(f"the pieces of {name} cover {rows} of its {mine[name].shape[0]} rows")
+    if problems:
+        raise MappingError("the parameter mapping ours -> original is broken (renamed parameters? update "
+                           "parameter_pairs in benchmarks/parity.py):\n  " + "\n  ".join(problems))
+    return pairs
+
+
+def _rows_covered(pairs: list[Pair]) -> dict[str, int]:
+    covered: dict[str, int] = {}
+    for pair in pairs:
+        if pair.rows is not None:
+            covered[pair.ours] = covered.get(pair.ours, 0) + pair.rows[1] - pair.rows[0]
+    return covered
+
+
+def _our_piece(t: torch.Tensor, pair: Pair) -> torch.Tensor:
+    return t if pair.rows is None else t[pair.rows[0]:pair.rows[1]]
+
+
+def _rows_text(pair: Pair) -> str:
+    return "" if pair.rows is None else f"[{pair.rows[0]}:{pair.rows[1]}]"
+
+
+@torch.no_grad()
+def copy_weights(pairs: list[Pair], ours: torch.nn.Module, original: torch.nn.Module) -> None:
+    """Our weights into the original's (the original's extra item rows keep their values)."""
+    mine, theirs = dict(ours.named_parameters()), dict(original.named_parameters())
+    for pair in pairs:
+        a = _our_piece(mine[pair.ours], pair)
+        theirs[pair.original][:a.shape[0]].copy_(a)
+
+
+# -- one batch ---------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Batch:
+    seqs: torch.Tensor  # [B, L]
+    targets: torch.Tensor  # [B, L]
+    negatives: torch.Tensor  # [B, L]
+    views: torch.Tensor  # [2B, L]: view A of every row, then view B
+    n_items: int
+    n_users: int
+
+
+def make_batch(data_file: str, cfg, users: int, seed: int) -> Batch:
+    """The first ``users`` users' training rows, one negative per position and two augmented views
+    (ItemCF-IUF similarity of the training sequences), all fixed by ``seed``."""
+    from mstein_fast.augment import Augmenter, itemcf_iuf_topk
+    from mstein_fast.data import leave_one_out, load_sequences, sample_negatives
+
+    data = load_sequences(data_file)
+    split = leave_one_out(data, cfg.max_seq_length)
+    rows = torch.arange(min(users, split.n_users))
+    g = torch.Generator().manual_seed(seed)
+    targets = split.train_targets[rows]
+    negatives = sample_negatives(targets, rows, split.user_item_keys, data.n_items, g)
+    augmenter = Augmenter(cfg)
+    augmenter.set_similarity(itemcf_iuf_topk([s[:-3] for s in data.items], data.n_items, augmenter.similar_k, g))
+    views = augmenter.views(split.train_full[rows], split.train_lengths[rows], g)
+    return Batch(split.train_inputs[rows].clone(), targets, negatives, views, data.n_items, data.n_users)
+
+
+# -- the comparison ------------------------------------------------------------------------------
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``max |a - b| / max |b|`` (b: the original's); 0 when both are all zero, inf when only b is,
+    NaN when either holds a non-finite value."""
+    a, b = a.detach().double().reshape(b.shape), b.detach().double()
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return math.nan
+    if a.numel() == 0:
+        return 0.0
+    num, den = float((a - b).abs().max()), float(b.abs().max())
+    if den == 0.0:
+        return 0.0 if num == 0.0 else math.inf
+    return num / den
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+            for n, p in model.named_parameters()}
+
+
+def _zero(model: torch.nn.Module) -> None:
+    for p in model.parameters():
+        p.grad = None
+
+
+def original_results(side: OriginalSide, batch: Batch) -> dict:
+    """Forward outputs, loss values and the gradients of the four objectives, original side."""
+    model, args = side.model, side.args
+    out: dict = {"forward": {}, "loss": {}, "grad": {}}
+    with torch.no_grad():
+        for what, ids in (("seqs", batch.seqs), ("views", batch.views)):
+            mean, cov = side.encode(ids)
+            out["forward"][f"encode({what}).mean"], out["forward"][f"encode({what}).cov"] = mean, cov
+    for objective in OBJECTIVES:
+        _zero(model)
+        bpr, pvn = side.rec_pieces(batch.seqs, batch.targets, batch.negatives)
+        cl = side.cl(batch.views) if objective in ("cl", "total") else None
+        if objective == "bpr":
+            loss = bpr
+        elif objective == "bpr+pvn":
+            loss = bpr + pvn
+        elif objective == "cl":
+            loss = cl
+        else:
+            loss = bpr + args.pvn_weight * pvn + args.cf_weight * cl
+            out["loss"] = {"bpr": bpr.detach(), "pvn": pvn.detach(), "cl": cl.detach(), "total": loss.detach()}
+        loss.backward()
+        out["grad"][objective] = _grads(model)
+    _zero(model)
+    return out
+
+
+def our_results(side: OursSide, batch: Batch, cfg) -> dict:
+    """The same as :func:`original_results`, our side."""
+    model = side.model
+    out: dict = {"forward": {}, "loss": {}, "grad": {}}
+    with torch.no_grad():
+        for what, ids in (("seqs", batch.seqs), ("views", batch.views)):
+            mean, cov = side.encode(ids)
+            out["forward"][f"encode({what}).mean"], out["forward"][f"encode({what}).cov"] = mean, cov
+    for objective in OBJECTIVES:
+        _zero(model)
+        if objective == "bpr":
+            with side.pvn_weight(0.0):
+                loss, _ = model.rec_loss(batch.seqs, batch.targets, batch.negatives)
+        elif objective == "bpr+pvn":
+            with side.pvn_weight(1.0):
+                loss, _ = model.rec_loss(batch.seqs, batch.targets, batch.negatives)
+        elif objective == "cl":
+            loss = side.cl(batch.views)
+        else:
+            rec, parts = model.rec_loss(batch.seqs, batch.targets, batch.negatives)
+            cl = side.cl(batch.views)
+            loss = rec + cfg.cf_weight * cl
+            out["loss"] = {"bpr": parts["bpr"], "pvn": parts["pvn"], "cl": cl.detach(), "total": loss.detach()}
+        loss.backward()
+        out["grad"][objective] = _grads(model)
+    _zero(model)
+    return out
+
+
+def compare(pairs: list[Pair], ours: dict, theirs: dict) -> list[tuple[str, list[float], str]]:
+    """Rows ``(label, [errors], original's name)``: forward and loss rows have one error, gradient
+    rows one per objective."""
+    rows: list[tuple[str, list[float], str]] = []
+    for name, b in theirs["forward"].items():
+        rows.append((f"forward {name}", [rel_error(ours["forward"][name], b)], ""))
+    for name, b in theirs["loss"].items():
+        rows.append((f"loss {name}", [rel_error(ours["loss"][name], b)], ""))
+    for pair in pairs:
+        errors = []
+        for objective in OBJECTIVES:
+            a = _our_piece(ours["grad"][objective][pair.ours], pair)
+            b = theirs["grad"][objective][pair.original]
+            if a.shape[0] < b.shape[0]:  # the original's extra item rows: ours is zero there
+                a = torch.cat([a, a.new_zeros((b.shape[0] - a.shape[0], *a.shape[1:]))])
+            errors.append(rel_error(a, b))
+        rows.append((f"grad {pair.ours}{_rows_text(pair)}", errors, pair.original))
+    return rows
+
+
+def print_table(title: str, rows: list[tuple[str, list[float], str]], rtol: float) -> int:
+    """Print the table; returns the number of errors above ``rtol`` (NaN counts as above)."""
+    width = max(len(label) for label, _, _ in rows) + 2
+    print(f"\n{title}")
+    bad = 0
+    header = None
+    for label, errors, original_name in rows:
+        kind = "grad" if original_name else "value"
+        if kind != header:
+            header = kind
+            columns = OBJECTIVES if kind == "grad" else ("rel.error",)
+            print(f"{'gradient of ... (ours)' if kind == 'grad' else 'value':{width}}"
+                  + "".join(f"{c:>10}" for c in columns) + ("  original" if kind == "grad" else ""))
+        over = [not (e <= rtol) for e in errors]
+        bad += sum(over)
+        print(f"{label:{width}}" + "".join(f"{e:10.1e}" for e in errors) + (f"  {original_name}" if original_name else "")
+              + ("  <-- over rtol" if any(over) else ""))
+    return bad
+
+
+def transplant(args) -> int:
+    from mstein_fast.config import TrainConfig
+    from mstein_fast.models import build_model
+
+    torch.set_num_threads(args.threads)
+    original = import_original(args.original, args.original_deps)
+    if args.flush_denormal and not torch.set_flush_denormal(True):
+        print("this CPU cannot flush denormals", file=sys.stderr)
+    base = {"model": "mstein", "compat": "original", "data": args.data, "seed": args.seed,
+            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "device": "cpu"}
+    cfg = TrainConfig(**base, backend="torch").validate()
+    batch = make_batch(args.data, cfg, args.users, args.seed)
+    print(f"batch: the first {batch.seqs.shape[0]} users of {os.path.basename(args.data)} ({batch.n_items} items), "
+          f"{int((batch.targets > 0).sum())} target positions, views {tuple(batch.views.shape)}; train mode, every "
+          f"dropout 0; original code {original.directory}")
+    print("errors: max |ours - original| / max |original| per tensor; gradients of the objectives bpr, bpr+pvn "
+          "(pvn weighted 1), cl (the InfoNCE) and total (bpr + pvn_weight pvn + cf_weight cl)")
+    bad = 0
+    for dtype_name in args.dtypes:
+        dtype = {"float32": torch.float32, "float64": torch.float64}[dtype_name]
+        rtol = args.rtol if dtype == torch.float64 else args.rtol_float32
+        theirs = None
+        for backend in args.backends:
+            if backend == "cpp" and dtype == torch.float64 and "torch" in args.backends:
+                print("\n(float64, backend cpp: skipped, the C++ kernels are float32 only and fall back to torch's ops)")
+                continue
+            cfg = TrainConfig(**base, backend=backend).validate()
+            torch.manual_seed(args.seed)
+            model = build_model("mstein", batch.n_items, cfg).to(dtype).train()
+            side = OriginalSide(original, original_args(cfg, batch.n_items, batch.n_users))
+            side.model.to(dtype).train()
+            pairs = parameter_pairs(model, side.model)
+            copy_weights(pairs, model, side.model)
+            if theirs is None:  # the same weights for every backend: the original runs once per dtype
+                t = time.perf_counter()
+                theirs = original_results(side, batch)
+                print(f"original ({dtype_name}): {time.perf_counter() - t:.1f} s", file=sys.stderr)
+            t = time.perf_counter()
+            ours = our_results(OursSide(model), batch, cfg)
+            print(f"ours ({backend}, {dtype_name}): {time.perf_counter() - t:.1f} s", file=sys.stderr)
+            rows = compare(pairs, ours, theirs)
+            title = f"== {dtype_name}: ours (compat=original, backend={backend}) vs the original, rtol {rtol:g} =="
+            bad += print_table(title, rows, rtol)
+            losses = ", ".join(f"{k} {float(v):.7g} / {float(ours['loss'][k]):.7g}" for k, v in theirs["loss"].items())
+            print(f"loss values, original / ours: {losses}")
+            if args.json:
+                _append_json(args.json, {
+                    "backend": backend, "dtype": dtype_name, "users": int(batch.seqs.shape[0]), "seed": args.seed,
+                    "rtol": rtol, "objectives": list(OBJECTIVES),
+                    "rows": [{"tensor": label, "original": name, "errors": errs} for label, errs, name in rows]})
+    print(f"\n{'FAIL' if bad else 'OK'}: {bad} error(s) above the tolerance (rtol {args.rtol:g} in float64, "
+          f"{args.rtol_float32:g} in float32)")
+    return 1 if bad else 0
+
+
+def _append_json(path: str, record: dict) -> None:
+    records = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            records = json.load(fh)
+    records.append(record)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(records, fh, indent=1, default=float)
+        fh.write("\n")
+
+
+# -- curves ----------------------------------------------------------------------------------------
+def original_curve(lines: list[str]) -> list[dict]:
+    """Per epoch (1-based) the validation metrics of the original's ``{'Epoch': e, ...}`` lines."""
+    helper = load_original_helper()
+    curve = []
+    for line in lines:
+        if not line.startswith(helper.VALID_MARK):
+            continue
+        try:
+            record = ast.literal_eval(line.strip())
+        except (ValueError, SyntaxError):
+            raise ParityError(f"cannot read the original's validation line {line[:100]!r}") from None
+        curve.append({"epoch": int(record["Epoch"]) + 1,
+                      **{ours: float(record[key]) for ours, key in CURVE_METRICS.items() if key in record}})
+    return curve
+
+
+def our_curve(run_dir: str) -> list[dict]:
+    """Per epoch the validation metrics of one of our runs (``metrics.jsonl``)."""
+    curve = []
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                record = json.loads(line)
+                curve.append({"epoch": record["epoch"],
+                              **{k: float(record["valid"][k]) for k in CURVE_METRICS if k in record["valid"]}})
+    return curve
+
+
+def our_command(args, run_dir: str, compat: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "mstein_fast", "train", "--data", args.data, "--model", "mstein",
+           "--epochs", str(args.epochs), "--patience", str(args.epochs + 1), "--seed", str(args.seed),
+           "--num-threads", str(args.threads), "--device", "cpu", "--no-progress", "--output", run_dir]
+    if compat:
+        cmd[cmd.index("--epochs"):cmd.index("--epochs")] = ["--compat", "original"]
+    return cmd
+
+
+def run_ours(args, run_dir: str, compat: bool, env: dict) -> list[dict]:
+    cmd = our_command(args, run_dir, compat)
+    print(f"[ours] {' '.join(cmd)}", file=sys.stderr)
+    t = time.perf_counter()
+    done = subprocess.run(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, check=False)
+    if done.returncode:
+        raise ParityError(f"our trainer failed (exit status {done.returncode}): {' '.join(cmd)}")
+    print(f"[ours] {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    return our_curve(run_dir)
+
+
+def plot_curves(curves: dict[str, list[dict]], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(5 * len(PLOTTED), 4))
+    for ax, metric in zip(axes, PLOTTED):
+        for label, curve in curves.items():
+            ax.plot([r["epoch"] for r in curve], [r[metric] for r in curve], marker="." if len(curve) < 30 else None,
+                    label=label)
+        ax.set_title(f"validation {metric}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def curves(args) -> int:
+    helper = load_original_helper()
+    directory = helper.check_checkout(args.original)
+    out = os.path.abspath(args.output)
+    runs = {"ours_compat": os.path.join(out, "ours")}
+    if args.also_default:
+        runs["ours_default"] = os.path.join(out, "ours_default")
+    for run_dir in [os.path.join(out, "original"), *runs.values()]:
+        if os.path.isdir(run_dir) and os.listdir(run_dir):
+            raise ParityError(f"{run_dir} is not empty: choose another --output")
+    os.makedirs(os.path.join(out, "original"), exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    os.environ.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))  # the original's child
+    if args.original_deps:
+        os.environ["PYTHONPATH"] = os.pathsep.join([os.path.abspath(d) for d in args.original_deps]
+                                                   + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    work = os.path.join(out, "original")
+    shims, data_dir, name = helper.prepare(work, args.data, True, args.threads)
+    python = args.original_python or sys.executable
+    helper.check_python(python, shims)
+    print(f"[original] {directory}, {args.epochs} epoch(s), seed {args.seed}, {args.threads} thread(s)", file=sys.stderr)
+    t = time.perf_counter()
+    run = helper.run(directory, work, shims, data_dir, name, args.epochs, python=python,
+                     extra=[f"--seed={args.seed}"], echo=lambda line: print(f"[original] {line[:100]}", file=sys.stderr))
+    print(f"[original] {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    result = {"original": original_curve(run.lines)}
+    with open(os.path.join(work, "stdout.txt"), "w", encoding="utf-8") as fh:
+        fh.write("\n".join(run.lines) + "\n")
+    for key, run_dir in runs.items():
+        result[key] = run_ours(args, run_dir, key == "ours_compat", env)
+    settings = {"data": os.path.abspath(args.data), "epochs": args.epochs, "seed": args.seed, "threads": args.threads,
+                "original": directory, "original_args": list(helper.OFFICIAL_ARGS) + [f"--seed={args.seed}"],
+                "ours_commands": {key: our_command(args, run_dir, key == "ours_compat") for key, run_dir in runs.items()},
+                "metrics": {k: f"original's {v}" for k, v in CURVE_METRICS.items()}, "torch": torch.__version__}
+    with open(os.path.join(out, "parity_curves.json"), "w", encoding="utf-8") as fh:
+        json.dump({"settings": settings, **result}, fh, indent=1)
+        fh.write("\n")
+    plot_curves(result, os.path.join(out, "parity_curves.png"),
+                f"{os.path.basename(args.data)}: original MStein vs mstein-fast (validation, seed {args.seed})")
+    for key, curve in result.items():
+        last = curve[-1] if curve else {}
+        print(f"{key:13} epochs {len(curve):3}  last: " + "  ".join(f"{m} {last.get(m, math.nan):.4f}" for m in PLOTTED))
+    print(f"wrote {os.path.join(out, 'parity_curves.json')} and parity_curves.png")
+    return 0
+
+
+# -- command line -------------------------------------------------------------------------------
+def _common(parser: argparse.ArgumentParser, top: bool) -> None:
+    def default(value):
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument("--original", metavar="DIR", default=default(None),
+                        help="checkout of the original code (github zfan20/MStein); required")
+    parser.add_argument("--data", metavar="FILE", default=default(DEFAULT_DATA),
+                        help=f"sequence file (default: {DEFAULT_DATA})")
+    parser.add_argument("--original-deps", metavar="DIR", action="append", default=default([]),
+                        help="a directory holding packages the original needs and this venv lacks (scipy); repeatable")
+    parser.add_argument("--seed", type=int, default=default(1), help="seed (default: 1, the original main.py's)")
+    parser.add_argument("--threads", type=int, default=default(1), help="torch threads of each side (default: 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(parser, True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("transplant", help="our weights in the original's model: outputs, losses, gradients on one batch")
+    _common(p, False)
+    p.add_argument("--users", type=int, default=256, help="users in the batch (the first ones; default: 256)")
+    p.add_argument("--backends", default="torch,cpp",
+                   help="our backends to check (CPU), comma-separated (default: torch,cpp)")
+    p.add_argument("--dtypes", default="float64,float32",
+                   help="dtypes of both models, comma-separated (default: float64,float32)")
+    p.add_argument("--rtol", type=float, default=1e-5,
+                   help="largest accepted max|a-b|/max|b| in float64 (default: 1e-5)")
+    p.add_argument("--rtol-float32", type=float, default=1e-3,
+                   help="the same in float32, where the two codes' rounding differs (default: 1e-3)")
+    p.add_argument("--flush-denormal", action="store_true", help="flush denormals to zero (both sides; default: off)")
+    p.add_argument("--json", metavar="FILE", help="append the tables to this JSON file")
+    q = sub.add_parser("curves", help="train both for K epochs, validation curves side by side")
+    _common(q, False)
+    q.add_argument("--epochs", type=int, required=True, metavar="K", help="epochs of each run")
+    q.add_argument("--output", required=True, metavar="DIR", help="output folder (its run directories must be new)")
+    q.add_argument("--also-default", action="store_true", help="also a run of ours without --compat")
+    q.add_argument("--original-python", metavar="PY", help="python for the original (default: this one)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.original:
+        build_parser().error("--original DIR is required (a checkout of github zfan20/MStein)")
+    if not os.path.isfile(args.data):
+        build_parser().error(f"--data {args.data}: no such file")
+    args.data = os.path.abspath(args.data)
+    if args.threads < 1 or args.seed < 0:
+        build_parser().error("--threads must be >= 1 and --seed >= 0")
+    try:
+        if args.command == "transplant":
+            args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+            args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+            if not args.backends or not set(args.backends) <= {"torch", "cpp"}:
+                build_parser().error("--backends: a comma-separated list of torch, cpp")
+            if not args.dtypes or not set(args.dtypes) <= {"float32", "float64"}:
+                build_parser().error("--dtypes: a comma-separated list of float64, float32")
+            if args.users < 1:
+                build_parser().error("--users must be >= 1")
+            return transplant(args)
+        if args.epochs < 1:
+            build_parser().error("--epochs must be >= 1")
+        return curves(args)
+    except (ParityError, load_original_helper().OriginalError) as err:
+        print(f"parity: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
