@@ -43,7 +43,9 @@ lines, whose ``HIT@k`` is our ``recall@k`` and whose ``MRR`` is over its top-40 
 ``mrr@40``) and writes ``OUTPUT/parity_curves.json`` (``{"settings": ..., "original": [...],
 "ours_compat": [...], "ours_default": [...]}``, one dict per epoch) and ``OUTPUT/parity_curves.png``
 (recall@10, ndcg@10 and mrr@40 per epoch). Run directories: ``OUTPUT/original`` (its log and
-checkpoint), ``OUTPUT/ours``, ``OUTPUT/ours_default``.
+checkpoint), ``OUTPUT/ours``, ``OUTPUT/ours_default``. ``--original-log FILE`` takes the original's
+curve from a saved stdout of its ``main.py`` (e.g. a full run to its early stopping in the
+background, same command and seed) instead of running it again.
 
     python benchmarks/parity.py --original /path/to/MStein transplant
     python benchmarks/parity.py --original /path/to/MStein transplant --dtypes float32 --backends cpp --json t.json
@@ -539,6 +541,19 @@ def original_curve(lines: list[str]) -> list[dict]:
     return curve
 
 
+def read_original_log(path: str) -> list[str]:
+    """The lines of a saved stdout of the original's ``main.py`` (the official command, the same
+    seed), each optionally prefixed by a time stamp ``<seconds> `` (as written by a logging pipe)."""
+    if not os.path.isfile(path):
+        raise ParityError(f"{path}: no such file")
+    lines = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            head, _, rest = line.partition(" ")
+            lines.append(rest.rstrip("\n") if head.isdigit() and rest else line.rstrip("\n"))
+    return lines
+
+
 def our_curve(run_dir: str) -> list[dict]:
     """Per epoch the validation metrics of one of our runs (``metrics.jsonl``)."""
     curve = []
@@ -611,17 +626,26 @@ def curves(args) -> int:
         os.environ["PYTHONPATH"] = os.pathsep.join([os.path.abspath(d) for d in args.original_deps]
                                                    + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     work = os.path.join(out, "original")
-    shims, data_dir, name = helper.prepare(work, args.data, True, args.threads)
-    python = args.original_python or sys.executable
-    helper.check_python(python, shims)
-    print(f"[original] {directory}, {args.epochs} epoch(s), seed {args.seed}, {args.threads} thread(s)", file=sys.stderr)
-    t = time.perf_counter()
-    run = helper.run(directory, work, shims, data_dir, name, args.epochs, python=python,
-                     extra=[f"--seed={args.seed}"], echo=lambda line: print(f"[original] {line[:100]}", file=sys.stderr))
-    print(f"[original] {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    result = {"original": original_curve(run.lines)}
+    if args.original_log:  # a finished (or running) run of the original: its first K validation lines
+        lines = read_original_log(args.original_log)
+        print(f"[original] {len(original_curve(lines))} validation lines in {args.original_log}", file=sys.stderr)
+    else:
+        shims, data_dir, name = helper.prepare(work, args.data, True, args.threads)
+        python = args.original_python or sys.executable
+        helper.check_python(python, shims)
+        print(f"[original] {directory}, {args.epochs} epoch(s), seed {args.seed}, {args.threads} thread(s)",
+              file=sys.stderr)
+        t = time.perf_counter()
+        run = helper.run(directory, work, shims, data_dir, name, args.epochs, python=python, extra=[f"--seed={args.seed}"],
+                         echo=lambda line: print(f"[original] {line[:100]}", file=sys.stderr))
+        print(f"[original] {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        lines = run.lines
+    result = {"original": original_curve(lines)[:args.epochs]}
+    if len(result["original"]) < args.epochs:
+        raise ParityError(f"the original's log has {len(result['original'])} validation lines, fewer than --epochs "
+                          f"{args.epochs}")
     with open(os.path.join(work, "stdout.txt"), "w", encoding="utf-8") as fh:
-        fh.write("\n".join(run.lines) + "\n")
+        fh.write("\n".join(lines) + "\n")
     for key, run_dir in runs.items():
         result[key] = run_ours(args, run_dir, key == "ours_compat", env)
     settings = {"data": os.path.abspath(args.data), "epochs": args.epochs, "seed": args.seed, "threads": args.threads,
@@ -678,6 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--epochs", type=int, required=True, metavar="K", help="epochs of each run")
     q.add_argument("--output", required=True, metavar="DIR", help="output folder (its run directories must be new)")
     q.add_argument("--also-default", action="store_true", help="also a run of ours without --compat")
+    q.add_argument("--original-log", metavar="FILE",
+                   help="take the original's curve from this saved stdout of its main.py (the official command and "
+                        "the same --seed; lines may start with a time stamp) instead of running it")
     q.add_argument("--original-python", metavar="PY", help="python for the original (default: this one)")
     return parser
 
