@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-COV_FLOOR = 1e-24  # the official code takes sqrt(clamp(cov, min=1e-24))
+from mstein_fast.numerics import COV_FLOOR, cov_gradient  # one set of conventions for every implementation
 
 # Read once, like Triton itself: the interpreter is chosen when @triton.jit runs (module import).
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -102,13 +102,12 @@ def gaussian_grads(x: torch.Tensor, products: torch.Tensor, weights: torch.Tenso
 
     ``x``: ``[..., n, 2D]`` (centered) rows the kernels used; ``products``: ``sum_j Q_ij y_j``
     ``[..., n, 2D]``; ``weights``: ``q_i = sum_j Q_ij`` ``[..., n]`` (accumulation dtype).
-    ``d cov = d std / (2 std)`` where ``cov >= 1e-24``; below the clamp, as in the reference's
-    autograd, only the ``sum(cov)`` term of W is differentiated, giving ``q_i``.
+    ``d cov = d std / (2 std)`` where ``cov >= 1e-24``, 0 below the floor (W does not depend on
+    a variance there: :mod:`mstein_fast.numerics`).
     """
     d = cov.shape[-1]
     q = weights.unsqueeze(-1)
     g_x = 2 * (q * x.to(products.dtype) - products)
     cov_acc = cov.to(products.dtype)
-    std = torch.sqrt(torch.clamp(cov_acc, min=COV_FLOOR))
-    g_cov = torch.where(cov_acc >= COV_FLOOR, g_x[..., d:] / (2 * std), q)
+    g_cov = cov_gradient(g_x[..., d:], cov_acc)
     return g_x[..., :d].to(cov.dtype), g_cov.to(cov.dtype)

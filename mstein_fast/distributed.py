@@ -37,8 +37,8 @@ import torch.nn.functional as F
 
 from mstein_fast._checks import check_choice, check_gaussians, check_temperature, env_megabytes
 from mstein_fast.backends import BACKENDS, cpp_extension, resolve_backend
+from mstein_fast.numerics import cov_gradient, infonce_row_loss, stack
 from mstein_fast.ops._stack import centre_rows_, empty_buffer, threads
-from mstein_fast.reference import _COV_FLOOR  # the official sqrt(clamp(cov, min=1e-24))
 
 __all__ = ["all_gather_rows", "dot_infonce", "gather_with_grad", "wasserstein_infonce", "world"]
 
@@ -139,7 +139,7 @@ def _global_reduce(rows: torch.Tensor, total_rows: int, reduction: str, group) -
 
 
 def _stack(mean: torch.Tensor, cov: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.cat([mean.to(dtype), torch.sqrt(torch.clamp(cov.to(dtype), min=_COV_FLOOR))], dim=1)
+    return stack(mean.to(dtype), cov.to(dtype))
 
 
 class _Tiles:
@@ -209,8 +209,10 @@ class _DistributedInfoNCE(torch.autograd.Function):
         chunk = max(256, _tile_bytes() // (4 * r))
         keep = any(ctx.needs_input_grad[:4]) and r * c * 4 <= _keep_bytes()
         kept = []
+        # online (max, sum of the candidates other than the positive) per row, and the positive's
+        # logit: the row loss in the cancellation-free form of mstein_fast.numerics
         run_max = torch.full((r,), float("-inf"), dtype=dtype, device=x.device)
-        run_sum = torch.zeros(r, dtype=dtype, device=x.device)
+        run_others = torch.zeros(r, dtype=dtype, device=x.device)
         pos = torch.empty(r, dtype=dtype, device=x.device)
         ar = torch.arange(r, device=x.device)
         for c0 in range(0, c, chunk):
@@ -223,17 +225,22 @@ class _DistributedInfoNCE(torch.autograd.Function):
             inside = (partner >= c0) & (partner < c1)
             pos[inside] = logit[ar[inside], partner[inside] - c0]
             new_max = torch.maximum(run_max, logit.max(1).values)
-            run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(logit - new_max.unsqueeze(1)).sum(1)
+            e = torch.exp(logit - new_max.unsqueeze(1))
+            e[ar[inside], partner[inside] - c0] = 0.0
+            run_others = run_others * torch.exp(run_max - new_max) + e.sum(1)
             run_max = new_max
-        lse = run_max + torch.log(run_sum)
-        ctx.save_for_backward(x, rows, row_ids, partner, lse, cov_a, cov_b, *kept)
+        losses = infonce_row_loss(run_max, run_others, pos)
+        lse = pos + losses
+        # 1 - softmax(positive) = others / (exp(positive - max) + others), without cancellation
+        not_pos = run_others / (torch.exp(pos - run_max) + run_others)
+        ctx.save_for_backward(x, rows, row_ids, partner, lse, not_pos, cov_a, cov_b, *kept)
         ctx.temperature, ctx.similarity, ctx.group, ctx.use_cpp = temperature, similarity, group, use_cpp
         ctx.chunk, ctx.keep, ctx.n, ctx.total, ctx.off = chunk, keep, n, total, off
-        return lse - pos
+        return losses
 
     @staticmethod
     def backward(ctx, grad_rows):
-        x, rows, row_ids, partner, lse, cov_a, cov_b, *kept = ctx.saved_tensors
+        x, rows, row_ids, partner, lse, not_pos, cov_a, cov_b, *kept = ctx.saved_tensors
         tiles = _Tiles(rows, x, ctx.use_cpp)
         r, c = rows.shape[0], x.shape[0]
         g = grad_rows.to(x.dtype)
@@ -247,7 +254,7 @@ class _DistributedInfoNCE(torch.autograd.Function):
             logit = _mask_self(logit, row_ids, c0, c1)
             soft = torch.exp(logit - lse.unsqueeze(1))
             inside = (partner >= c0) & (partner < c1)
-            soft[ar[inside], partner[inside] - c0] -= 1.0
+            soft[ar[inside], partner[inside] - c0] = -not_pos[inside]  # softmax - 1 at the label
             p = (g.unsqueeze(1) * soft * slope).contiguous()
             tiles.backward(p, c0, c1, g_rows, g_x)
         g_x.index_add_(0, row_ids, g_rows)
@@ -257,9 +264,7 @@ class _DistributedInfoNCE(torch.autograd.Function):
         out = []
         for g_view, cov in ((g_x[off:off + n], cov_a), (g_x[total + off:total + off + n], cov_b)):
             d = cov.shape[1]
-            cov_c = cov.to(x.dtype)
-            g_cov = g_view[:, d:] * 0.5 / torch.sqrt(torch.clamp(cov_c, min=_COV_FLOOR))
-            g_cov = torch.where(cov_c >= _COV_FLOOR, g_cov, torch.zeros_like(g_cov))
+            g_cov = cov_gradient(g_view[:, d:], cov.to(x.dtype))
             out += [g_view[:, :d].to(cov.dtype), g_cov.to(cov.dtype)]
         return (*out, None, None, None, None, None)
 

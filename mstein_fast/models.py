@@ -18,10 +18,12 @@ from torch import nn
 
 import mstein_fast
 from mstein_fast import distributed
+
+# ELU(x) + 1 underflows to 0 in float32 for x < -88: variances are kept at the floor of every op
+from mstein_fast.numerics import COV_FLOOR, std_from_cov
 from mstein_fast.ops.dropout import Dropout
 from mstein_fast.ops.wasserstein_infonce_sequences import wasserstein_infonce_sequences
 
-COV_FLOOR = 1e-24  # ELU(x) + 1 underflows to 0 in float32 for x < -88: keep variances positive
 MASKED_SCORE = -1e9  # attention score of a masked key (finite: no NaN for a fully masked row)
 
 # model name -> (backbone, contrastive objective)
@@ -41,8 +43,7 @@ def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
 
 def paired_w2(mean1, cov1, mean2, cov2) -> torch.Tensor:
     """Squared W2 between matching rows ``[..., D]`` -> ``[...]`` (the diagonal of pairwise_w2)."""
-    std1 = torch.sqrt(cov1.clamp_min(COV_FLOOR))
-    std2 = torch.sqrt(cov2.clamp_min(COV_FLOOR))
+    std1, std2 = std_from_cov(cov1), std_from_cov(cov2)
     return ((mean1 - mean2) ** 2).sum(-1) + ((std1 - std2) ** 2).sum(-1)
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mstein_fast.numerics import COV_FLOOR, std_from_cov
+
 __all__ = [
     "pairwise_w2",
     "similarity_from_w2",
@@ -21,23 +23,24 @@ __all__ = [
     "wasserstein_infonce",
 ]
 
-_COV_FLOOR = 1e-24  # the official code takes sqrt(clamp(cov, min=1e-24))
 
 
 def pairwise_w2(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: torch.Tensor) -> torch.Tensor:
     """Squared W2 between every pair of diagonal Gaussians, by the official expansion.
 
     ``mean1``/``cov1``: ``[..., N, D]``; ``mean2``/``cov2``: ``[..., M, D]``; returns ``[..., N, M]``.
-    ``|mu1|^2 + |mu2|^2 - 2 mu1.mu2 + sum(cov1) + sum(cov2) - 2 sqrt(cov1).sqrt(cov2)``; not
-    clamped at zero (cancellation may leave tiny negative values, as in the original code).
+    ``|mu1|^2 + |mu2|^2 - 2 mu1.mu2 + sum(cov1) + sum(cov2) - 2 sqrt(cov1).sqrt(cov2)`` with every
+    variance floored at 1e-24 (:mod:`mstein_fast.numerics`; the original floors only the square
+    roots, so a variance below the floor got the gradient of its ``sum(cov)`` term, which belongs to
+    no distance: since 2026-12-02 it gets none, as in the kernels); not clamped at zero
+    (cancellation may leave tiny negative values, as in the original code).
     """
     mean_sq1 = (mean1 * mean1).sum(-1, keepdim=True)
     mean_sq2 = (mean2 * mean2).sum(-1, keepdim=True)
     w_mean = mean_sq1 + mean_sq2.transpose(-1, -2) - 2 * torch.matmul(mean1, mean2.transpose(-1, -2))
-    std1 = torch.sqrt(torch.clamp(cov1, min=_COV_FLOOR))
-    std2 = torch.sqrt(torch.clamp(cov2, min=_COV_FLOOR))
-    cov_sum1 = cov1.sum(-1, keepdim=True)
-    cov_sum2 = cov2.sum(-1, keepdim=True)
+    std1, std2 = std_from_cov(cov1), std_from_cov(cov2)
+    cov_sum1 = torch.clamp(cov1, min=COV_FLOOR).sum(-1, keepdim=True)
+    cov_sum2 = torch.clamp(cov2, min=COV_FLOOR).sum(-1, keepdim=True)
     w_cov = cov_sum1 + cov_sum2.transpose(-1, -2) - 2 * torch.matmul(std1, std2.transpose(-1, -2))
     return w_mean + w_cov
 

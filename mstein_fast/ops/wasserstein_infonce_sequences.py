@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from mstein_fast import reference
 from mstein_fast._checks import check_choice
+from mstein_fast.numerics import stack
 from mstein_fast.ops._stack import empty_buffer
 from mstein_fast.ops.wasserstein_infonce import REDUCTIONS, SIMILARITIES, _keep_limit_bytes, wasserstein_infonce
 
@@ -158,7 +159,7 @@ def wasserstein_infonce_sequences(
     # the sparse path holds a few 2N x 2N matrices: only where the fused kernel would keep one too
     if rows % 2 or n == 0 or mean.dtype != torch.float32 or rows * rows * 4 > _keep_limit_bytes():
         return fused()
-    x = torch.cat([mean, torch.sqrt(cov.clamp_min(reference._COV_FLOOR))], -1)  # [2N, L, 2H]
+    x = stack(mean, cov)  # [2N, L, 2H]
     with torch.no_grad():
         # shift every row by the anchor row (W is translation invariant): the leading positions a
         # row shares with the anchor become exact zeros

@@ -1,0 +1,64 @@
+"""The numerical conventions every implementation of the ops follows (reference, C++, Triton,
+the distributed tiles, the models): one place for the covariance floor, the stacking of a
+Gaussian into a Euclidean row, the way back for gradients, and the InfoNCE row loss.
+
+Semantics (the reference, :mod:`mstein_fast.reference`, computes exactly these in float64):
+
+- **Floor.** A variance is used as ``max(cov, COV_FLOOR)`` (the official code's
+  ``sqrt(clamp(cov, min=1e-24))``; ELU + 1 underflows to 0 in float32 for inputs below -88). W2 is
+  the distance between the Gaussians with the floored variances, so a variance below the floor
+  gets **no gradient** (W does not depend on it there). The official code's expansion differentiates
+  its unfloored ``sum(cov)`` term instead (gradient 1 per unit of W below the floor); that gradient
+  belongs to no distance and was dropped from the reference (2026-12-02) so that every backend
+  agrees: the C++ kernels and the distributed tiles already gave 0, the Triton kernels followed the
+  old reference.
+- **Stacking.** ``x = [mean ; sqrt(max(cov, floor))]`` turns W2 into ``|x_i - x_j|^2``. The
+  kernels may shift all rows by one vector (W is translation invariant) to remove the
+  cancellation of ``|x|^2 + |y|^2 - 2 x.y`` when the rows sit far from the origin; standard
+  deviations for the gradients are always taken from ``cov``, never from the shifted ``x``.
+- **Unstacking.** ``d mean = dx[:D]``, ``d cov = dx[D:] / (2 sqrt(cov))`` where ``cov >= floor``,
+  0 below.
+- **Row loss.** With ``m`` the row's largest logit, ``others = sum over candidates c != positive of
+  exp(logit_c - m)`` and ``gap = m - logit_positive >= 0``, the row's loss is
+  ``log(1 + others * exp(gap))`` computed as ``log1p(others * exp(gap))``: no cancellation when
+  the softmax saturates on the positive (the loss is then tiny, while ``lse - logit_positive``
+  would subtract two numbers of the size of the logits, ~1e6 at temperature 1e-6).
+
+The C++ sources (``csrc/gaussian_stack.h``) carry the same constant; the tests check it against
+:data:`COV_FLOOR`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+COV_FLOOR = 1e-24
+
+
+def std_from_cov(cov: torch.Tensor) -> torch.Tensor:
+    """``sqrt(max(cov, COV_FLOOR))``: the standard deviations W2 uses."""
+    return torch.sqrt(torch.clamp(cov, min=COV_FLOOR))
+
+
+def stack(mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """``[..., 2D]`` rows ``[mean ; sqrt(max(cov, COV_FLOOR))]``: W2 is their squared distance."""
+    return torch.cat([mean, std_from_cov(cov)], dim=-1)
+
+
+def cov_gradient(g_std: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """Gradient w.r.t. ``cov`` from the gradient w.r.t. its standard deviation: ``g / (2 sqrt(cov))``
+    where ``cov >= COV_FLOOR``, 0 below (W does not depend on a variance under the floor)."""
+    above = cov >= COV_FLOOR
+    return torch.where(above, g_std / (2 * std_from_cov(cov)), torch.zeros_like(g_std))
+
+
+def infonce_row_loss(top: torch.Tensor, others: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """The InfoNCE loss of rows whose largest logit is ``top``, whose positive's logit is
+    ``positive`` and whose other candidates sum to ``others = sum exp(logit_c - top)``:
+    ``log1p(others * exp(top - positive))``, with ``exp`` kept finite (for gaps > 60 the loss is
+    ``gap + log(others + exp(-gap))``, equal to double precision)."""
+    gap = top - positive
+    small = gap < 60
+    near = torch.log1p(others * torch.exp(torch.where(small, gap, torch.zeros_like(gap))))
+    far = gap + torch.log(others + torch.exp(-gap))
+    return torch.where(small, near, far)
