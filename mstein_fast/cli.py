@@ -1,4 +1,4 @@
-"""The ``mstein-fast`` command line: train, evaluate, recommend, data prepare, analyze, plot.
+"""The ``mstein-fast`` command line: train, tune, evaluate, recommend, data prepare, analyze, plot.
 
 User errors (missing or malformed files, bad options) print ``error: ...`` and exit with status 2;
 Ctrl-C during training exits with status 130 after saying how to resume.
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"only {', '.join(RESUME_KEYS)} may be changed with options here)")
     p.add_argument("--print-config", action="store_true", help="print the merged configuration as JSON and exit")
     _add_config_options(p)
+    _add_tune_parser(sub)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on the validation and test splits",
                        description="Print the validation and test metrics of a checkpoint as JSON.")
@@ -118,6 +119,66 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input format (default: auto, from the name or the first character)")
     _add_analysis_parsers(sub)
     return parser
+
+
+class _KeepLinesFormatter(argparse.HelpFormatter):
+    """Help texts with explicit line breaks are printed as written (as RawDescriptionHelpFormatter
+    does), the others wrapped as usual (the configuration keys' group)."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _add_tune_parser(sub) -> None:
+    """``tune``: the hyperparameter search of :mod:`mstein_fast.tune`."""
+    from mstein_fast import tune
+
+    p = sub.add_parser(
+        "tune", help="hyperparameter search (Optuna, TPE + pruning) on the validation split",
+        formatter_class=_KeepLinesFormatter,
+        description="Search hyperparameters with Optuna (pip install \"mstein-fast[tune]\"): TPE sampling, bad "
+                    "trials pruned on their\nper-epoch validation score, the study in OUTPUT/study.db (a killed "
+                    "tune continues with --resume).\nEach trial trains into OUTPUT/trials/NNNN/ with the settings "
+                    "below plus its sampled values and is\nscored by its best validation early_stop_metric; the "
+                    "test split is never read. One line per trial on\nstderr (the trainer's output goes to "
+                    "OUTPUT/trials/NNNN.log); OUTPUT/trials.csv lists every trial,\nOUTPUT/best.json is the best "
+                    "configuration (mstein-fast train --config OUTPUT/best.json), and the\nsummary is printed to "
+                    "stdout as JSON.",
+        epilog="default search space (--space FILE replaces it; keys set by an option here are fixed):\n"
+               + tune.space_help()
+               + "\n\nspace file: JSON (or TOML when named *.toml), config key -> distribution, e.g.\n"
+                 '  {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": true},\n'
+                 '   "num_attention_heads": {"type": "categorical", "choices": [1, 2, 4]},\n'
+                 '   "augment_threshold": {"type": "int", "low": 4, "high": 20}}\n'
+                 '("log" or "step" optional; bounds and choices within the key\'s range in train --help).',
+    )
+    p.add_argument("--data", default=argparse.SUPPRESS, metavar="FILE",
+                   help="sequence file (default: the built-in synthetic data set, with the quick preset)")
+    p.add_argument("--model", default=argparse.SUPPRESS, choices=FIELDS["model"].metadata["choices"],
+                   help="model to tune (default: mstein)")
+    p.add_argument("--trials", type=int, metavar="N",
+                   help="number of trials in the study, those of earlier sessions included (required unless "
+                        "--resume, which defaults to the saved number)")
+    p.add_argument("--output", required=True, metavar="DIR", help="tune directory")
+    p.add_argument("--space", metavar="FILE", help="search space file (JSON or .toml) instead of the default")
+    p.add_argument("--config", metavar="FILE", help="JSON file of config keys shared by every trial")
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="start no new trial after S seconds (the running one finishes)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the tune in DIR (its saved settings; the trial that was running resumes from its "
+                        f"last epoch; only {', '.join(tune.RESUME_KEYS)} may be changed)")
+    p.add_argument("--pruner", choices=tune.PRUNERS,
+                   help="median (default): stop a trial whose best score so far is below the median of the complete "
+                        "trials at the same epoch; halving: successive halving (rungs at E, 4E, 16E, ... epochs); "
+                        "none")
+    p.add_argument("--prune-from", type=int, metavar="E",
+                   help=f"first epoch at which a trial may be pruned (default: {tune.DEFAULT_PRUNE_FROM})")
+    p.add_argument("--pruner-startup-trials", type=int, metavar="N",
+                   help=f"median pruner: complete trials before any pruning (default: {tune.DEFAULT_STARTUP_TRIALS})")
+    p.add_argument("--verbose", action="store_true", help="the trainer's output on stderr instead of the trial logs")
+    _add_config_options(p)
 
 
 def _add_analysis_parsers(sub) -> None:
@@ -226,6 +287,21 @@ def _cmd_train(args) -> int:
     result = train(cfg, output, resume=resume)
     if is_main_process():  # under torchrun every rank returns the same result; print it once
         print(json.dumps(result))
+    return 0
+
+
+def _cmd_tune(args) -> int:
+    from mstein_fast import tune
+
+    tune.require_optuna()
+    cli_values = {k: v for k, v in vars(args).items() if k in FIELDS}
+    file_values = load_config_file(args.config) if args.config else {}
+    space = tune.load_space(args.space) if args.space else None
+    result = tune.run_tune(args.output, {**file_values, **cli_values}, fixed=set(cli_values), space=space,
+                           trials=args.trials, timeout=args.timeout, resume=args.resume, pruner=args.pruner,
+                           prune_from=args.prune_from, startup_trials=args.pruner_startup_trials,
+                           verbose=args.verbose, space_where=args.space or "--space")
+    print(json.dumps(result))
     return 0
 
 
@@ -362,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "recommend": _cmd_recommend, "data": _cmd_data}
-    commands.update({"analyze": _cmd_analyze, "plot": _cmd_plot})
+    commands.update({"analyze": _cmd_analyze, "plot": _cmd_plot, "tune": _cmd_tune})
     try:
         try:
             check_environment()

@@ -623,8 +623,13 @@ class Trainer:
             ranks = distributed.all_gather_rows(ranks.to(distributed.comm_device(self.group)), group=self.group).cpu()
         return ranking_metrics(ranks)
 
-    def fit(self) -> dict:
-        """Train until ``epochs`` or early stopping, then test ``best.pt``; returns the result JSON."""
+    def fit(self, on_epoch=None, test: bool = True) -> dict:
+        """Train until ``epochs`` or early stopping, then test ``best.pt``; returns the result JSON.
+
+        ``on_epoch(epoch, valid_metrics)``, if given, is called after each epoch is saved (a
+        hyperparameter search reports to its pruner there); an exception it raises stops the
+        training and propagates, the epoch kept. With ``test=False`` the test split is never read:
+        the result is :meth:`validation_result` (model selection on validation only)."""
         cfg = self.cfg
         # the InfoNCE backward at temperature 1e-6 is mostly denormals on a CPU (SPEC section 2)
         flush = self.device.type == "cpu" and torch.set_flush_denormal(True)
@@ -656,6 +661,8 @@ class Trainer:
                 log(f"epoch {epoch}: loss {stats.loss:.4f}  valid {cfg.early_stop_metric} {score:.4f}  "
                     f"recall@10 {valid['recall@10']:.4f}  ndcg@10 {valid['ndcg@10']:.4f}  "
                     f"(best {self.best_score:.4f} @ {self.best_epoch}; {total_s:.1f} s)")
+                if on_epoch is not None:
+                    on_epoch(epoch, valid)
         except KeyboardInterrupt:
             if self.epoch == 0:
                 raise Interrupted(f"interrupted in epoch 1; no epoch was completed, nothing saved in {self.out}") from None
@@ -668,7 +675,18 @@ class Trainer:
                 torch.set_flush_denormal(False)
         if self.bad_epochs >= cfg.patience:
             log(f"early stop: no better validation {cfg.early_stop_metric} for {cfg.patience} epochs")
-        return self.test()
+        return self.test() if test else self.validation_result()
+
+    def validation_result(self) -> dict:
+        """Restore ``best.pt`` and evaluate it on validation only (the test split is not read):
+        ``{"model", "data", "best_epoch", "epochs", "best_score", "valid"}``."""
+        if self.world > 1:
+            dist.barrier()  # rank 0 has written best.pt
+        if not os.path.isfile(self.best_path):
+            raise UserError(f"{self.out}: no best.pt (no epoch was completed)")
+        load_model_state(self.model, load_checkpoint(self.best_path)["model"], self.best_path)
+        return {"model": self.cfg.model, "data": self.data.source, "best_epoch": self.best_epoch,
+                "epochs": self.epoch, "best_score": self.best_score, "valid": self.evaluate("valid")}
 
     def test(self) -> dict:
         """Restore ``best.pt`` and evaluate it; writes ``test_metrics.json``."""

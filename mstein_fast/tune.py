@@ -1,0 +1,662 @@
+"""Hyperparameter search: ``mstein-fast tune`` (Optuna; ``pip install "mstein-fast[tune]"``).
+
+Each trial trains one configuration with the normal trainer and is scored by its best validation
+``early_stop_metric`` (default ``mrr``); the test split is never read during a search (trials run
+:meth:`Trainer.fit` with ``test=False``). The sampler is TPE; bad trials are pruned on their
+per-epoch validation score by the median pruner (default) or successive halving, from epoch
+``--prune-from`` on. The study lives in SQLite inside the tune directory, so a killed search
+continues with ``--resume``: the trial that was running resumes from its last completed epoch.
+
+Default search space (``--space FILE`` replaces it; keys set by a command-line option are fixed
+and left out of it):
+
+===========================  ==============================  ===========================
+config key                   distribution                    models
+===========================  ==============================  ===========================
+lr                           log-uniform [1e-4, 1e-2]        all
+hidden_dropout_prob          uniform [0, 0.5]                all
+num_attention_heads          one of 1, 2, 4                  all
+max_seq_length               one of 50, 100                  all
+batch_size                   one of 256, 512, 1024           all
+cf_weight                    log-uniform [1e-4, 1e-1]        mstein, coserec, coserec-wdm
+temperature                  log-uniform [1e-7, 1]           mstein, coserec-wdm
+dot_temperature              log-uniform [0.05, 2]           coserec
+pvn_weight                   log-uniform [1e-3, 1e-1]        mstein, stosa
+substitute_rate              uniform [0.1, 0.9]              mstein, coserec, coserec-wdm
+insert_rate                  uniform [0.1, 0.9]              mstein, coserec, coserec-wdm
+augment_threshold            integer in [4, 20]              mstein, coserec, coserec-wdm
+augmentation_warm_up_epochs  one of 20, 40, 80, 160          mstein, coserec, coserec-wdm
+===========================  ==============================  ===========================
+
+(``temperature`` is the Wasserstein InfoNCE's, used by mstein and coserec-wdm; coserec's
+dot-product InfoNCE has ``dot_temperature``, whose useful range is far from 1e-7: logits scaled by
+1e7 diverge.)
+
+Space file (``--space FILE``): JSON, or TOML when the name ends in ``.toml``; an object whose keys
+are config keys (``mstein-fast train --help``), each one of::
+
+    {"type": "float", "low": 1e-4, "high": 1e-2, "log": true}     # "log" or "step" optional
+    {"type": "int", "low": 4, "high": 20}                         # "log" or "step" optional
+    {"type": "categorical", "choices": [1, 2, 4]}
+
+The bounds and choices must lie in the key's valid range (``train --help``) and make a valid
+configuration with the other settings. Not tunable: the data and model, the seed, the epoch budget
+(``epochs``, ``patience``, ``early_stop_metric``), the device, backend and thread settings, the
+evaluation batch size and the synthetic data set.
+
+Tune directory::
+
+    tune.json        the settings: config values, space, pruner, data fingerprint (--resume reuses them)
+    study.db         the Optuna study (SQLite)
+    tune.lock        held while a tune runs in the directory
+    trials/NNNN/     run directory of trial NNNN (as ``mstein-fast train``'s, without test_metrics.json)
+    trials/NNNN.log  the trainer's output of trial NNNN (with --verbose it goes to stderr instead)
+    trials.csv       every trial: number, state, value, epochs, best_epoch, seconds, params_<key>..., note
+    best.json        the config of the best trial: ``mstein-fast train --config DIR/best.json``
+
+Reproducibility: every trial trains with the same ``seed`` (trials differ only by their
+parameters); trial ``n`` is sampled by a TPE sampler seeded from ``(seed, n)``, so a resumed
+search samples what the uninterrupted one would have (bit for bit on the same device and thread
+count, as ``train --resume``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from mstein_fast.config import FIELDS, ConfigError, build_config, coerce, field_type
+from mstein_fast.data import UserError
+
+CONTRASTIVE = ("mstein", "coserec", "coserec-wdm")
+
+# key -> (distribution, the models it is tuned for; None = all)
+_DEFAULT_SPACE: dict[str, tuple[dict, tuple[str, ...] | None]] = {
+    "lr": ({"type": "float", "low": 1e-4, "high": 1e-2, "log": True}, None),
+    "hidden_dropout_prob": ({"type": "float", "low": 0.0, "high": 0.5}, None),
+    "num_attention_heads": ({"type": "categorical", "choices": [1, 2, 4]}, None),
+    "max_seq_length": ({"type": "categorical", "choices": [50, 100]}, None),
+    "batch_size": ({"type": "categorical", "choices": [256, 512, 1024]}, None),
+    "cf_weight": ({"type": "float", "low": 1e-4, "high": 1e-1, "log": True}, CONTRASTIVE),
+    "temperature": ({"type": "float", "low": 1e-7, "high": 1.0, "log": True}, ("mstein", "coserec-wdm")),
+    "dot_temperature": ({"type": "float", "low": 0.05, "high": 2.0, "log": True}, ("coserec",)),
+    "pvn_weight": ({"type": "float", "low": 1e-3, "high": 1e-1, "log": True}, ("mstein", "stosa")),
+    "substitute_rate": ({"type": "float", "low": 0.1, "high": 0.9}, CONTRASTIVE),
+    "insert_rate": ({"type": "float", "low": 0.1, "high": 0.9}, CONTRASTIVE),
+    "augment_threshold": ({"type": "int", "low": 4, "high": 20}, CONTRASTIVE),
+    "augmentation_warm_up_epochs": ({"type": "categorical", "choices": [20, 40, 80, 160]}, CONTRASTIVE),
+}
+
+# what a search space may not contain: what is trained on, the budget and scoring of a trial, and
+# settings that change only speed
+NOT_TUNABLE = ("model", "data", "seed", "device", "backend", "num_threads", "progress", "eval_batch_size", "epochs",
+               "patience", "early_stop_metric", "synthetic_users", "synthetic_items", "synthetic_clusters",
+               "synthetic_seed")
+
+# the config keys that --resume may change (the rest would change what the trials compute); the
+# trainer's own list minus epochs and patience (a trial's budget), data checked by its fingerprint
+RESUME_KEYS = ("progress", "num_threads", "eval_batch_size", "device", "data")
+
+PRUNERS = ("median", "halving", "none")
+DEFAULT_PRUNE_FROM = 20
+DEFAULT_STARTUP_TRIALS = 5
+STUDY_NAME = "mstein-fast-tune"
+SETTINGS_FORMAT = 1
+_SPEC_FIELDS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
+                "categorical": {"type", "choices"}}
+
+
+def require_optuna():
+    """The ``optuna`` module; :class:`UserError` (exit status 2 on the command line) if it is not installed."""
+    try:
+        import optuna
+    except ImportError:
+        raise UserError('mstein-fast tune needs optuna: pip install "mstein-fast[tune]" (or pip install optuna)') from None
+    return optuna
+
+
+def default_space(model: str) -> dict[str, dict]:
+    """The default search space for ``model``: ``{config key: distribution spec}`` (module docstring),
+    normalised as :func:`check_space` does."""
+    return check_space({k: spec for k, (spec, models) in _DEFAULT_SPACE.items() if models is None or model in models},
+                       "default search space")
+
+
+def describe_spec(spec: dict) -> str:
+    """A distribution spec in words, e.g. ``log-uniform [0.0001, 0.01]``."""
+    if spec["type"] == "categorical":
+        return "one of " + ", ".join(json.dumps(c) for c in spec["choices"])
+    low, high = (f"{spec[k]:g}" for k in ("low", "high"))
+    kind = ("log-" if spec.get("log") else "") + ("uniform" if spec["type"] == "float" else "integer")
+    step = f" step {spec['step']:g}" if spec.get("step") is not None else ""
+    return f"{kind} [{low}, {high}]{step}"
+
+
+def space_help() -> str:
+    """The default search space as text, one key a line (for ``mstein-fast tune --help``)."""
+    lines = []
+    for key, (spec, models) in _DEFAULT_SPACE.items():
+        lines.append(f"  {key:28s} {describe_spec(spec):32s} {', '.join(models) if models else 'all models'}")
+    return "\n".join(lines)
+
+
+def check_space(raw: Any, where: str) -> dict[str, dict]:
+    """Validate a search space read from ``where`` and return it normalised (``low``/``high`` of the
+    key's type, ``log`` a bool, categorical choices coerced to the key's type); raise
+    :class:`ConfigError` (one line, naming the file and the key) if anything is wrong."""
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}: expected a non-empty object {{\"config_key\": {{\"type\": ...}}, ...}}")
+    space = {}
+    for name, spec in raw.items():
+        if name not in FIELDS:
+            raise ConfigError(f"{where}: unknown config key {name!r} (known keys: see `mstein-fast train --help`)")
+        if name in NOT_TUNABLE:
+            raise ConfigError(f"{where}: {name} cannot be tuned (set it with --{name.replace('_', '-')})")
+        space[name] = _check_spec(name, spec, f"{where}: {name}")
+    return space
+
+
+def _check_spec(name: str, spec: Any, where: str) -> dict:
+    t = field_type(name)
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if kind not in _SPEC_FIELDS:
+        raise ConfigError(f"{where}: expected {{\"type\": \"float\" | \"int\" | \"categorical\", ...}}, got "
+                          f"{json.dumps(spec)[:80]}")
+    unknown = sorted(set(spec) - _SPEC_FIELDS[kind])
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r} for type {kind!r} "
+                          f"(allowed: {', '.join(sorted(_SPEC_FIELDS[kind]))})")
+    valid = FIELDS[name].metadata.get("range")
+    allowed = FIELDS[name].metadata.get("choices")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}: \"choices\" must be a non-empty list")
+        values = [coerce(name, c, where) for c in choices]
+        for v in values:
+            if allowed and v not in allowed:
+                raise ConfigError(f"{where}: choice {v!r} is not one of {allowed}")
+            if valid is not None and v is not None and v not in valid:
+                raise ConfigError(f"{where}: choice {v!r} is outside the key's range {valid}")
+        if len({json.dumps(v) for v in values}) != len(values):
+            raise ConfigError(f"{where}: \"choices\" has duplicates")
+        return {"type": "categorical", "choices": values}
+    if t not in (int, float) or (kind == "float") != (t is float):
+        raise ConfigError(f"{where}: a {t.__name__} key needs type "
+                          f"{'categorical' if t not in (int, float) else t.__name__ + ' or categorical'}, got {kind!r}")
+    out: dict[str, Any] = {"type": kind}
+    for bound in ("low", "high"):
+        if bound not in spec:
+            raise ConfigError(f"{where}: \"{bound}\" is missing")
+        value = spec[bound]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind == "float" or isinstance(value, int))
+        if not ok or (isinstance(value, float) and not math.isfinite(value)):
+            raise ConfigError(f"{where}: \"{bound}\" must be a finite {'number' if kind == 'float' else 'integer'}, "
+                              f"got {value!r}")
+        out[bound] = float(value) if kind == "float" else value
+        if valid is not None and out[bound] not in valid:
+            raise ConfigError(f"{where}: \"{bound}\" {value!r} is outside the key's range {valid}")
+    if out["low"] > out["high"]:
+        raise ConfigError(f"{where}: \"low\" {out['low']!r} is above \"high\" {out['high']!r}")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}: \"log\" must be true or false, got {log!r}")
+    if log and out["low"] <= 0:
+        raise ConfigError(f"{where}: a log scale needs \"low\" > 0, got {out['low']!r}")
+    out["log"] = log
+    if "step" in spec:
+        step = spec["step"]
+        ok = isinstance(step, (int, float)) and not isinstance(step, bool) and (kind == "float" or isinstance(step, int))
+        if not ok or not math.isfinite(step) or step <= 0:
+            raise ConfigError(f"{where}: \"step\" must be a positive {'number' if kind == 'float' else 'integer'}, "
+                              f"got {step!r}")
+        if log:
+            raise ConfigError(f"{where}: \"step\" and \"log\" cannot be combined")
+        out["step"] = float(step) if kind == "float" else step
+    return out
+
+
+def load_space(path: str) -> dict[str, dict]:
+    """Read and validate a search-space file (JSON, or TOML when ``path`` ends in ``.toml``);
+    :class:`ConfigError` (one line) if it is missing, malformed or invalid (:func:`check_space`)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such space file")
+    try:
+        with open(path, "rb") as fh:
+            blob = fh.read()
+        text = blob.decode("utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    if path.lower().endswith(".toml"):
+        try:
+            import tomllib
+        except ImportError:  # Python < 3.11
+            try:
+                import tomli as tomllib
+            except ImportError:
+                raise ConfigError(f"{path}: TOML needs Python 3.11 or `pip install tomli`; or write the "
+                                  "space as JSON") from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML ({str(err).splitlines()[0]})") from None
+    else:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    return check_space(raw, path)
+
+
+def _check_against(space: dict[str, dict], values: dict, where: str) -> None:
+    """Each bound / choice of ``space`` must make a valid configuration with ``values`` (e.g. a
+    head count must divide hidden_size): :class:`ConfigError` naming the value otherwise."""
+    for name, spec in space.items():
+        candidates = spec["choices"] if spec["type"] == "categorical" else [spec["low"], spec["high"]]
+        for v in candidates:
+            try:
+                build_config({**values, name: v})
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {name} = {v!r} is invalid with the other settings: {err}") from None
+
+
+def _suggest(trial, name: str, spec: dict):
+    if spec["type"] == "categorical":
+        return trial.suggest_categorical(name, spec["choices"])
+    if spec["type"] == "float":
+        return trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step"))
+    return trial.suggest_int(name, spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step", 1))
+
+
+def _pruner(optuna, settings: dict):
+    if settings["name"] == "median":
+        # step = epoch (1-based): no decision before epoch prune_from
+        return optuna.pruners.MedianPruner(n_startup_trials=settings["startup_trials"],
+                                           n_warmup_steps=settings["prune_from"])
+    if settings["name"] == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=settings["prune_from"])
+    return optuna.pruners.NopPruner()
+
+
+def _sampler(optuna, seed: int, number: int):
+    """The TPE sampler of trial ``number``: seeded from ``(seed, number)`` (same samples after a resume)."""
+    import numpy as np
+
+    return optuna.samplers.TPESampler(seed=int(np.random.SeedSequence([seed, number]).generate_state(1)[0]))
+
+
+def _write_json(obj, path: str) -> None:
+    from mstein_fast.train import write_text_atomic
+
+    write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
+
+
+def _read_settings(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            settings = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not a tune settings file ({type(err).__name__})") from None
+    keys = {"format", "values", "space", "pruner", "data_fingerprint", "trials"}
+    if not isinstance(settings, dict) or settings.get("format") != SETTINGS_FORMAT or not keys <= set(settings):
+        raise UserError(f"{path}: not a tune settings file of this version (format {SETTINGS_FORMAT})")
+    try:
+        settings["values"] = {k: coerce(k, v, path) for k, v in settings["values"].items()}
+        settings["space"] = check_space(settings["space"], path)
+    except (AttributeError, ConfigError) as err:
+        raise UserError(f"{path}: not a valid tune settings file ({err})") from None
+    return settings
+
+
+@contextlib.contextmanager
+def _lock(path: str):
+    """Hold an exclusive lock on ``path`` (created) while the tune runs: a second tune of the same
+    directory is refused instead of taking over its running trial."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): run unlocked
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as err:
+        raise UserError(f"cannot create {path}: {err.strerror or err}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"{os.path.dirname(path)} is in use by another mstein-fast tune") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class _Search:
+    """One session of a search (see :func:`run_tune`)."""
+
+    def __init__(self, optuna, output: str, settings: dict, values: dict, verbose: bool):
+        self.optuna, self.out, self.settings, self.values, self.verbose = optuna, output, settings, values, verbose
+        self.space = settings["space"]
+        self.cfg, _ = build_config(values)
+        self.metric = self.cfg.early_stop_metric
+        self.trials_dir = os.path.join(output, "trials")
+        url = "sqlite:///" + os.path.abspath(os.path.join(output, "study.db"))
+        try:
+            self.study = optuna.create_study(study_name=STUDY_NAME, storage=url, direction="maximize",
+                                             load_if_exists=True, pruner=_pruner(optuna, settings["pruner"]))
+        except Exception as err:  # noqa: BLE001  a damaged or foreign database
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise UserError(f"{os.path.join(output, 'study.db')}: cannot open the study ({first})") from None
+
+    # -- trials --------------------------------------------------------------------------------
+    def trials(self, states=None) -> list:
+        """The study's trials (FrozenTrial), by number."""
+        return sorted(self.study.get_trials(deepcopy=False, states=states), key=lambda t: t.number)
+
+    def finished(self) -> int:
+        """Trials that count towards ``--trials``: complete, pruned and failed ones."""
+        s = self.optuna.trial.TrialState
+        return len(self.trials((s.COMPLETE, s.PRUNED, s.FAIL)))
+
+    def run(self, n_trials: int, timeout: float | None) -> None:
+        """Continue the trials a killed session left running, then start new ones until
+        ``n_trials`` are finished or ``timeout`` seconds have passed."""
+        optuna = self.optuna
+        os.makedirs(self.trials_dir, exist_ok=True)
+        start = time.monotonic()
+        for frozen in self.trials((optuna.trial.TrialState.RUNNING,)):
+            self.study.sampler = _sampler(optuna, self.cfg.seed, frozen.number)
+            # (FrozenTrial has no public trial id; Trial(study, id) reopens a trial as study.ask does)
+            self.run_trial(optuna.trial.Trial(self.study, frozen._trial_id), n_trials, continued=True)
+        while self.finished() < n_trials:
+            if timeout is not None and time.monotonic() - start >= timeout:
+                self.say(f"timeout: {timeout:g} s passed; {self.finished()} of {n_trials} trials finished "
+                         f"(continue with --resume)")
+                break
+            self.study.sampler = _sampler(optuna, self.cfg.seed, len(self.study.get_trials(deepcopy=False)))
+            trial = self.study.ask()
+            self.run_trial(trial, n_trials, continued=False)
+
+    def run_trial(self, trial, n_trials: int, continued: bool) -> None:
+        """Train one trial into ``trials/NNNN`` and tell the study its outcome."""
+        from mstein_fast.train import Diverged, Interrupted, Trainer, write_failure
+
+        optuna, state = self.optuna, self.optuna.trial.TrialState
+        params = {name: _suggest(trial, name, spec) for name, spec in self.space.items()}
+        n = trial.number
+        label = f"trial {n} [{min(self.finished() + 1, n_trials)}/{n_trials}]"
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+        run_dir = os.path.join(self.trials_dir, f"{n:04d}")
+        progress = dict(trial.user_attrs.get("run", {"epochs": 0, "best_epoch": 0, "best_score": None,
+                                                       "seconds": 0.0}))
+        t0, prior = time.perf_counter(), progress["seconds"]
+        try:
+            cfg, _ = build_config({"progress": False, **self.values, **params})
+        except ConfigError as err:  # an invalid combination of sampled values (user spaces only)
+            trial.set_user_attr("note", f"invalid configuration: {err}")
+            self.study.tell(trial, state=state.FAIL)
+            self.say(f"{label} failed: invalid configuration ({err}); {shown}")
+            self.write_files()
+            return
+        resume = continued and os.path.isfile(os.path.join(run_dir, "last.pt"))
+        self.say(f"{label} {'continued from its last epoch' if resume else 'started'}: {shown}")
+        self.write_files()  # (trials.csv shows it RUNNING)
+
+        def on_epoch(epoch: int, valid: dict) -> None:
+            trial.report(valid[self.metric], epoch)
+            progress.update(epochs=epoch, best_epoch=trainer.best_epoch, best_score=trainer.best_score,
+                            seconds=prior + time.perf_counter() - t0)
+            trial.set_user_attr("run", progress)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        log_path = os.path.join(self.trials_dir, f"{n:04d}.log")
+        try:  # the trainer's output (progress lines, warnings) goes to the trial's log
+            log = None if self.verbose else open(log_path, "a", encoding="utf-8")  # noqa: SIM115  closed below
+        except OSError as err:
+            raise write_failure(log_path, err) from None
+        try:
+            with contextlib.redirect_stderr(log) if log is not None else contextlib.nullcontext():
+                trainer = Trainer(cfg, run_dir, resume=resume)
+                if resume:
+                    self._replay(trial, trainer)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned at epoch {trainer.epoch}")
+                result = trainer.fit(on_epoch=on_epoch, test=False)
+        except optuna.TrialPruned:
+            self._finish(trial, state.PRUNED, None, progress, t0, prior, f"pruned at epoch {progress['epochs']}")
+        except Diverged as err:
+            self._finish(trial, state.PRUNED, None, progress, t0, prior, f"diverged: {err}")
+        except (Interrupted, KeyboardInterrupt):
+            # left RUNNING: --resume continues it from its last completed epoch
+            raise Interrupted(f"interrupted in trial {n}; continue with: mstein-fast tune --output {self.out} "
+                              "--resume") from None
+        except UserError:
+            raise  # (left RUNNING) e.g. a full disk: --resume continues the trial after the fix
+        except Exception as err:
+            trial.set_user_attr("note", f"error: {type(err).__name__}: {err}")
+            self.study.tell(trial, state=state.FAIL)
+            self.write_files()
+            raise
+        else:
+            progress.update(epochs=result["epochs"], best_epoch=result["best_epoch"], best_score=result["best_score"])
+            self._finish(trial, state.COMPLETE, result["best_score"], progress, t0, prior, None)
+        finally:
+            if log is not None:
+                log.close()
+
+    def _finish(self, trial, trial_state, value, progress: dict, t0: float, prior: float, note: str | None) -> None:
+        progress["seconds"] = prior + time.perf_counter() - t0
+        trial.set_user_attr("run", progress)
+        if note:
+            trial.set_user_attr("note", note)
+        if value is None:
+            self.study.tell(trial, state=trial_state)
+        else:
+            self.study.tell(trial, value)
+        best = self.best()
+        score = progress["best_score"]
+        what = "complete" if value is not None else "diverged" if note.startswith("diverged") else "pruned"
+        text = (f"trial {trial.number} {what}: {progress['epochs']} epochs (best epoch {progress['best_epoch']}), "
+                f"{progress['seconds']:.1f} s; valid {self.metric} "
+                f"{'-' if score is None or not math.isfinite(score) else f'{score:.4f}'}")
+        if best is not None:
+            text += f"; best so far {best.value:.4f} (trial {best.number})"
+        self.say(text + "; " + " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items()))
+        self.write_files()
+
+    def _replay(self, trial, trainer) -> None:
+        """Report the epochs a killed session completed but did not report (from metrics.jsonl)."""
+        frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
+        try:
+            with open(trainer.metrics_path, encoding="utf-8") as fh:
+                records = [json.loads(line) for line in fh if line.strip()]
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read {trainer.metrics_path}: {err}") from None
+        for record in records:
+            if record["epoch"] not in frozen.intermediate_values:
+                trial.report(record["valid"][self.metric], record["epoch"])
+
+    # -- outputs -------------------------------------------------------------------------------
+    def best(self):
+        """The best complete trial (FrozenTrial), or None."""
+        complete = self.trials((self.optuna.trial.TrialState.COMPLETE,))
+        return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+
+    def write_files(self) -> None:
+        """Rewrite ``trials.csv`` and ``best.json`` (after every trial: a killed search keeps them)."""
+        from mstein_fast.train import write_text_atomic
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        names = list(self.space)
+        writer.writerow(["number", "state", "value", "epochs", "best_epoch", "seconds"]
+                        + [f"params_{k}" for k in names] + ["note"])
+        for t in self.trials():
+            run = t.user_attrs.get("run", {})
+            writer.writerow([t.number, t.state.name, "" if t.value is None else repr(t.value), run.get("epochs", 0),
+                             run.get("best_epoch", 0), f"{run.get('seconds', 0.0):.1f}"]
+                            + [t.params.get(k, "") for k in names] + [t.user_attrs.get("note", "")])
+        write_text_atomic(buf.getvalue(), os.path.join(self.out, "trials.csv"))
+        best = self.best()
+        if best is not None:
+            _write_json({**self.values, **best.params}, os.path.join(self.out, "best.json"))
+
+    def say(self, message: str) -> None:
+        """A progress line on stderr."""
+        print(message, file=sys.stderr, flush=True)
+
+    def summary(self) -> dict:
+        """The result of the search (printed as JSON by the command)."""
+        s = self.optuna.trial.TrialState
+        counts = {name: len(self.trials((st,))) for name, st in
+                  (("complete", s.COMPLETE), ("pruned", s.PRUNED), ("failed", s.FAIL), ("running", s.RUNNING))}
+        best = self.best()
+        result = {"output": self.out, "metric": self.metric, "trials": len(self.trials()), **counts,
+                  "best_trial": None, "best_value": None, "best_params": None, "best_config": None}
+        if best is not None:
+            result.update(best_trial=best.number, best_value=best.value, best_params=best.params,
+                          best_config=os.path.join(self.out, "best.json"))
+        return result
+
+
+def run_tune(output: str, values: dict, *, fixed=(), space: dict | None = None, trials: int | None = None,
+             timeout: float | None = None, resume: bool = False, pruner: str | None = None,
+             prune_from: int | None = None, startup_trials: int | None = None, verbose: bool = False,
+             space_where: str = "--space") -> dict:
+    """Run (or with ``resume`` continue) the search in ``output``; returns :meth:`_Search.summary`.
+
+    ``values``: the config values given (``--config`` file < options) that every trial shares;
+    ``fixed``: the keys set by command-line options, left out of the default space (a ``space``
+    from a file may not contain them); ``space``: a :func:`check_space` result (default
+    :func:`default_space`); ``trials``: the total number of finished trials to reach (resume: the
+    saved number unless given); ``timeout``: start no new trial after that many seconds;
+    ``pruner`` (median, halving or none), ``prune_from`` (first epoch a trial may be pruned) and
+    ``startup_trials`` (median: complete trials before pruning starts) default to median, 20, 5.
+    ``verbose``: the trainer's output on stderr instead of ``trials/NNNN.log``; ``space_where``:
+    how errors name the space (its file).
+
+    Without ``resume`` a directory that holds a tune, or any other files, is refused; with it the
+    saved settings are used, and changing them (other than :data:`RESUME_KEYS`) is refused."""
+    optuna = require_optuna()
+    from mstein_fast.train import load_data
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("mstein-fast tune runs its trials in one process: start it without torchrun")
+    if trials is not None and trials < 1:
+        raise UserError(f"--trials must be positive, got {trials}")
+    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+        raise UserError(f"--timeout must be a positive number of seconds, got {timeout}")
+    if prune_from is not None and prune_from < 1:
+        raise UserError(f"--prune-from must be at least 1, got {prune_from}")
+    if startup_trials is not None and startup_trials < 0:
+        raise UserError(f"--pruner-startup-trials must not be negative, got {startup_trials}")
+    if pruner is not None and pruner not in PRUNERS:
+        raise UserError(f"--pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
+    settings_path = os.path.join(output, "tune.json")
+    given_pruner = {k: v for k, v in (("name", pruner), ("prune_from", prune_from),
+                                      ("startup_trials", startup_trials)) if v is not None}
+    if resume:
+        if not os.path.isfile(settings_path):
+            raise UserError(f"{output}: nothing to resume (no tune.json); start a tune there without --resume")
+        settings = _read_settings(settings_path)
+        saved = settings["values"]
+        merged = {**saved, **values}
+        before, _ = build_config(saved)
+        cfg, _ = build_config(merged)
+        changed = [k for k in FIELDS if k not in RESUME_KEYS and getattr(before, k) != getattr(cfg, k)]
+        if changed:
+            shown = ", ".join(f"{k} ({getattr(before, k)!r} -> {getattr(cfg, k)!r})" for k in changed[:4])
+            raise ConfigError(f"--resume cannot change {shown}: every trial of a tune shares its saved settings; "
+                              f"only {', '.join(RESUME_KEYS)} may be changed (start a new tune with another --output)")
+        if space is not None and json.dumps(space, sort_keys=True) != json.dumps(settings["space"], sort_keys=True):
+            raise ConfigError(f"--resume cannot change the search space ({settings_path} holds the tune's); drop --space")
+        for k, v in given_pruner.items():
+            if settings["pruner"].get(k) != v:
+                raise ConfigError(f"--resume cannot change the pruner's {k} ({settings['pruner'].get(k)!r} -> {v!r})")
+        data = load_data(cfg)
+        if data.fingerprint != settings["data_fingerprint"]:
+            raise UserError(f"{output}: the tune was run on different data; cannot resume with {data.source}")
+        settings["values"] = merged
+        if trials is not None:
+            settings["trials"] = trials
+    else:
+        _check_output(output)
+        if trials is None:
+            raise UserError("--trials is required (the number of trials to run)")
+        cfg, _ = build_config(values)  # the shared settings are valid
+        if space is None:
+            space = default_space(cfg.model)
+            dropped = [k for k in space if k in fixed]
+            for k in dropped:
+                del space[k]
+            if dropped:
+                print(f"not tuned (set on the command line): {', '.join(dropped)}", file=sys.stderr)
+            space_where = "default search space"
+            if not space:
+                raise UserError("nothing left to tune: every key of the default space is set on the command line")
+        else:
+            both = [k for k in space if k in fixed]
+            if both:
+                raise ConfigError(f"{space_where}: {both[0]} is also set by --{both[0].replace('_', '-')}; "
+                                  "drop one of them")
+        _check_against(space, values, space_where)
+        data = load_data(cfg)  # a bad data file fails here, before anything is written
+        settings = {"format": SETTINGS_FORMAT, "values": dict(values), "space": space,
+                    "pruner": {"name": "median", "prune_from": DEFAULT_PRUNE_FROM,
+                               "startup_trials": DEFAULT_STARTUP_TRIALS, **given_pruner},
+                    "data_fingerprint": data.fingerprint, "trials": trials}
+        try:
+            os.makedirs(output, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create the tune directory {output}: {err.strerror or err}") from None
+    del data
+    with _lock(os.path.join(output, "tune.lock")):
+        _write_json(settings, settings_path)
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            search = _Search(optuna, output, settings, settings["values"], verbose)
+            search.write_files()
+            search.run(settings["trials"], timeout)
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+    result = search.summary()
+    best = result["best_trial"]
+    print(f"tune: {result['trials']} trials ({result['complete']} complete, {result['pruned']} pruned, "
+          f"{result['failed']} failed)"
+          + (f"; best trial {best}: valid {result['metric']} {result['best_value']:.4f}; "
+             f"train it with: mstein-fast train --config {result['best_config']}" if best is not None
+             else "; no trial completed"), file=sys.stderr, flush=True)
+    return result
+
+
+def _check_output(output: str) -> None:
+    """Refuse a tune directory that holds a tune (use --resume) or files of something else."""
+    if os.path.lexists(output) and not os.path.isdir(output):
+        raise UserError(f"--output {output} exists and is not a directory; choose another --output")
+    if not os.path.isdir(output):
+        return
+    try:
+        entries = os.listdir(output)
+    except OSError as err:
+        raise UserError(f"cannot read {output}: {err.strerror or err}") from None
+    if {"tune.json", "study.db"} & set(entries):
+        raise UserError(f"{output} already holds a tune; continue it with --resume or choose another --output")
+    if set(entries) - {"tune.lock"}:  # (a lock alone: a tune killed before it wrote anything)
+        shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+        raise UserError(f"--output {output} is not empty ({shown}) and is not a tune directory; "
+                        "choose another --output")

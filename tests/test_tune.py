@@ -1,0 +1,273 @@
+"""``mstein-fast tune``: the search end to end, resume, pruning, space files, errors, and that the
+test split is never read (tiny synthetic data: a fraction of a second per trial)."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from mstein_fast import train as train_mod
+from mstein_fast import tune
+from mstein_fast.cli import main
+from mstein_fast.config import FIELDS, build_config, load_config_file
+
+TINY = ["--synthetic-users", "200", "--synthetic-items", "60", "--synthetic-clusters", "4", "--max-seq-length", "20",
+        "--hidden-size", "16", "--batch-size", "64", "--device", "cpu", "--num-threads", "1"]
+# sasrec on the default space (lr, hidden_dropout_prob, num_attention_heads: the rest is fixed by TINY)
+REFERENCE = ["--model", "sasrec", *TINY, "--epochs", "2"]
+
+
+def run_main(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def read_trials(directory):
+    """trials.csv without the timings (which differ from run to run)."""
+    with open(directory / "trials.csv", newline="") as fh:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
+
+
+def read_json(path):
+    with open(path) as fh:
+        return json.load(fh)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 4-trial tune that the other runs must reproduce."""
+    out = tmp_path_factory.mktemp("tune") / "reference"
+    assert main(["tune", *REFERENCE, "--trials", "4", "--output", str(out)]) == 0
+    return out
+
+
+def test_end_to_end_default_space(tmp_path, capsys):
+    out = tmp_path / "tune"
+    code, stdout, err = run_main(capsys, "tune", *TINY, "--augmentation-warm-up-epochs", "2", "--epochs", "3",
+                                 "--trials", "4", "--output", out)
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["trials"] == 4 and result["complete"] >= 1 and result["metric"] == "mrr"
+    assert (out / "study.db").is_file() and (out / "tune.json").is_file()
+    rows = read_trials(out)
+    assert [r["number"] for r in rows] == ["0", "1", "2", "3"]
+    assert {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"}
+    # the default mstein space minus the keys fixed on the command line
+    fixed = {"max_seq_length", "batch_size", "augmentation_warm_up_epochs"}
+    assert set(tune.default_space("mstein")) - fixed == {k[len("params_"):] for k in rows[0] if k.startswith("params_")}
+    assert "not tuned (set on the command line): max_seq_length, batch_size, augmentation_warm_up_epochs" in err
+    # one progress line per trial: number, outcome, epochs, seconds, best score, params
+    finished = [line for line in err.splitlines() if line.startswith("trial ") and " started: " not in line]
+    assert len(finished) == 4
+    assert all(" epochs (best epoch " in line and " s; valid mrr " in line and "lr=" in line for line in finished)
+    # best.json: the shared settings plus the best trial's params, accepted by train --config as it is
+    best = load_config_file(str(out / "best.json"))
+    assert best == {**best, "synthetic_users": 200, "epochs": 3, "num_threads": 1}
+    assert {k: best[k] for k in result["best_params"]} == result["best_params"]
+    trial_cfg = read_json(out / "trials" / f"{result['best_trial']:04d}" / "config.json")
+    assert {**build_config(best)[0].to_dict(), "progress": False} == trial_cfg  # the best trial, exactly
+    code, stdout, err = run_main(capsys, "train", "--config", out / "best.json", "--epochs", "1", "--no-progress",
+                                 "--output", tmp_path / "run")
+    assert code == 0, err
+    assert json.loads(stdout)["epochs"] == 1
+    # the trainer's output went to the trial logs, not to the tune's stderr
+    assert "epoch 1:" in (out / "trials" / "0000.log").read_text()
+
+
+def test_resume_counts_the_trials_already_run(reference, tmp_path, capsys):
+    out = tmp_path / "tune"
+    assert run_main(capsys, "tune", *REFERENCE, "--trials", "2", "--output", out)[0] == 0
+    assert len(read_trials(out)) == 2
+    code, _, err = run_main(capsys, "tune", *REFERENCE, "--output", out)  # without --resume: refused
+    assert code == 2 and err.count("\n") == 1 and "already holds a tune; continue it with --resume" in err
+    code, stdout, err = run_main(capsys, "tune", *REFERENCE, "--resume", "--trials", "4", "--output", out)
+    assert code == 0, err
+    assert json.loads(stdout)["trials"] == 4
+    assert read_trials(out) == read_trials(reference)  # 4 trials, not 6: the same 4 as without the stop
+    assert read_json(out / "best.json") == read_json(reference / "best.json")
+
+
+def test_a_killed_trial_continues_from_its_last_epoch(reference, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "tune"
+    real = train_mod.Trainer.train_epoch
+
+    def ctrl_c_in_trial_1_epoch_2(self, epoch):
+        if self.out.endswith("0001") and epoch == 2:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(train_mod.Trainer, "train_epoch", ctrl_c_in_trial_1_epoch_2)
+    code, _, err = run_main(capsys, "tune", *REFERENCE, "--trials", "4", "--output", out)
+    assert code == 130
+    assert f"interrupted in trial 1; continue with: mstein-fast tune --output {out} --resume" in err
+    assert [r["state"] for r in read_trials(out)] == ["COMPLETE", "RUNNING"]
+    monkeypatch.setattr(train_mod.Trainer, "train_epoch", real)
+    code, _, err = run_main(capsys, "tune", "--output", out, "--resume")  # the saved settings and --trials
+    assert code == 0, err
+    assert "trial 1 [2/4] continued from its last epoch" in err
+    assert read_trials(out) == read_trials(reference)
+    assert read_json(out / "best.json") == read_json(reference / "best.json")
+
+
+def test_the_test_split_is_never_read(reference, tmp_path, capsys, monkeypatch):
+    class Poison:
+        def __getattr__(self, name):
+            raise AssertionError("the test split was read during a tune")
+
+        def __getitem__(self, index):
+            raise AssertionError("the test split was read during a tune")
+
+        def __len__(self):
+            raise AssertionError("the test split was read during a tune")
+
+    real = train_mod.leave_one_out
+
+    def poisoned(data, max_len=50):
+        split = real(data, max_len)
+        split.test_inputs = split.test_targets = split.test_seen = Poison()
+        return split
+
+    def no_test(self):
+        raise AssertionError("Trainer.test() called during a tune")
+
+    monkeypatch.setattr(train_mod, "leave_one_out", poisoned)
+    monkeypatch.setattr(train_mod.Trainer, "test", no_test)
+    out = tmp_path / "tune"
+    code, _, err = run_main(capsys, "tune", *REFERENCE, "--trials", "4", "--output", out)
+    assert code == 0, err
+    assert read_trials(out) == read_trials(reference)
+    assert read_json(out / "best.json") == read_json(reference / "best.json")
+    assert not list(out.glob("trials/*/test_metrics.json"))
+
+
+class _FixedLr(optuna.samplers.RandomSampler):
+    """lr of trial n from a fixed list (so that the test knows which trials are bad)."""
+
+    LR = (5e-3, 1e-9, 1e-9, 5e-3)
+
+    def sample_independent(self, study, trial, name, distribution):
+        if name == "lr":
+            return self.LR[trial.number]
+        return super().sample_independent(study, trial, name, distribution)
+
+
+@pytest.mark.parametrize("pruner", ["median", "halving"])
+def test_pruning_stops_bad_trials(tmp_path, capsys, monkeypatch, pruner):
+    space = tmp_path / "space.json"
+    # (trial 3 repeats trial 0 exactly: a tie with the median, not pruned)
+    space.write_text(json.dumps({"lr": {"type": "categorical", "choices": [1e-9, 5e-3]}}))
+    monkeypatch.setattr(tune, "_sampler", lambda optuna, seed, number: _FixedLr(seed=number))
+    out = tmp_path / "tune"
+    code, stdout, err = run_main(capsys, "tune", "--model", "sasrec", *TINY, "--epochs", "3", "--trials", "4",
+                                 "--space", space, "--pruner", pruner, "--prune-from", "1",
+                                 "--pruner-startup-trials", "1", "--output", out)
+    assert code == 0, err
+    rows = read_trials(out)
+    assert [(r["state"], r["epochs"], r["params_lr"]) for r in rows] == [
+        ("COMPLETE", "3", "0.005"), ("PRUNED", "1", "1e-09"), ("PRUNED", "1", "1e-09"), ("COMPLETE", "3", "0.005")]
+    assert rows[1]["note"] == "pruned at epoch 1"
+    assert "trial 1 pruned: 1 epochs" in err
+    assert json.loads(stdout)["pruned"] == 2
+    assert read_json(out / "best.json")["lr"] == 5e-3
+
+
+def test_a_space_file_in_toml(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text('[lr]\ntype = "float"\nlow = 1e-4\nhigh = 1e-2\nlog = true\n\n'
+                    '[num_attention_heads]\ntype = "categorical"\nchoices = [1, 2, 4]\n\n'
+                    '[augment_threshold]\ntype = "int"\nlow = 4\nhigh = 20\n\n'
+                    '[hidden_dropout_prob]\ntype = "float"\nlow = 0\nhigh = 0.5\nstep = 0.1\n')
+    assert tune.load_space(str(path)) == {
+        "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "num_attention_heads": {"type": "categorical", "choices": [1, 2, 4]},
+        "augment_threshold": {"type": "int", "low": 4, "high": 20, "log": False},
+        "hidden_dropout_prob": {"type": "float", "low": 0.0, "high": 0.5, "log": False, "step": 0.1},
+    }
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"learning_rate": {"type": "float", "low": 0.1, "high": 0.2}}, "unknown config key 'learning_rate'"),
+    ({"epochs": {"type": "int", "low": 1, "high": 9}}, "epochs cannot be tuned"),
+    ({"lr": {"type": "gaussian"}}, 'lr: expected {"type": "float" | "int" | "categorical"'),
+    ({"lr": {"type": "float", "low": 0.1}}, 'lr: "high" is missing'),
+    ({"lr": {"type": "float", "low": 0.1, "high": 0.01}}, 'lr: "low" 0.1 is above "high" 0.01'),
+    ({"lr": {"type": "float", "low": 0, "high": 0.01}}, 'lr: "low" 0 is outside the key\'s range (0, inf)'),
+    ({"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "scale": "log"}}, "lr: unknown field 'scale'"),
+    ({"hidden_dropout_prob": {"type": "float", "low": 0, "high": 1}}, "outside the key's range [0, 1)"),
+    ({"weight_decay": {"type": "float", "low": 0, "high": 1, "log": True}}, 'a log scale needs "low" > 0'),
+    ({"batch_size": {"type": "float", "low": 1, "high": 9}}, "batch_size: a int key needs type int or categorical"),
+    ({"augment_threshold": {"type": "int", "low": 4.5, "high": 9}}, '"low" must be a finite integer'),
+    ({"batch_size": {"type": "categorical", "choices": [0, 64]}}, "choice 0 is outside the key's range"),
+    ({"similarity": {"type": "categorical", "choices": ["inv", "cos"]}}, "choice 'cos' is not one of"),
+    ({"lr": {"type": "categorical", "choices": []}}, '"choices" must be a non-empty list'),
+    ({"num_attention_heads": {"type": "categorical", "choices": [2, 3]}}, "num_attention_heads = 3 is invalid"),
+    ([1, 2], "expected a non-empty object"),
+    ("{not json", "not valid JSON"),
+])
+def test_a_bad_space_file_is_one_line_and_exit_2(tmp_path, capsys, space, message):
+    path = tmp_path / "space.json"
+    path.write_text(space if isinstance(space, str) else json.dumps(space))
+    out = tmp_path / "tune"
+    code, stdout, err = run_main(capsys, "tune", *TINY, "--trials", "1", "--space", path, "--output", out)
+    assert code == 2 and stdout == ""
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not out.exists()  # refused before anything is written
+
+
+def test_bad_toml_space(tmp_path, capsys):
+    path = tmp_path / "space.toml"
+    path.write_text("[lr\n")
+    code, _, err = run_main(capsys, "tune", "--trials", "1", "--space", path, "--output", tmp_path / "t")
+    assert code == 2 and err.count("\n") == 1 and "not valid TOML" in err
+
+
+def test_without_optuna(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    code, _, err = run_main(capsys, "tune", "--trials", "1", "--output", tmp_path / "t")
+    assert code == 2
+    assert err.startswith("error: mstein-fast tune needs optuna: pip install \"mstein-fast[tune]\"")
+    assert err.count("\n") == 1
+
+
+def test_refusals(reference, tmp_path, capsys):
+    cases = [
+        (["--output", tmp_path / "none", "--resume"], "nothing to resume (no tune.json)"),
+        (["--output", reference, "--resume", "--epochs", "9"], "--resume cannot change epochs (2 -> 9)"),
+        (["--output", reference, "--resume", "--pruner", "halving"], "--resume cannot change the pruner's name"),
+        ([*TINY, "--output", tmp_path / "t"], "--trials is required"),
+        ([*TINY, "--trials", "0", "--output", tmp_path / "t"], "--trials must be positive"),
+    ]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    cases.append(([*TINY, "--trials", "1", "--output", tmp_path / "other"], "is not empty (notes.txt)"))
+    for argv, message in cases:
+        code, _, err = run_main(capsys, "tune", *argv)
+        assert code == 2 and err.count("\n") == 1 and message in err, (argv, err)
+
+
+def test_timeout_starts_no_new_trial(tmp_path, capsys):
+    code, stdout, err = run_main(capsys, "tune", *REFERENCE, "--trials", "3", "--timeout", "1e-9",
+                                 "--output", tmp_path / "t")
+    assert code == 0
+    assert json.loads(stdout)["trials"] == 0 and "timeout: 1e-09 s passed; 0 of 3 trials finished" in err
+
+
+def test_the_default_space_is_documented(capsys):
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    text = capsys.readouterr().out
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("### Tuning"):readme.index("## Failure behaviour")]
+    for key, spec in {**tune.default_space("mstein"), **tune.default_space("coserec")}.items():
+        assert key in FIELDS and key not in tune.NOT_TUNABLE
+        assert f"  {key} " in text and tune.describe_spec(spec) in text
+        assert key in tune.__doc__
+        assert f"`{key}`" in table
+    for model in FIELDS["model"].metadata["choices"]:  # every default space is valid for every model
+        tune.check_space(tune.default_space(model), "default")
+        tune._check_against(tune.default_space(model), {"model": model}, "default")
