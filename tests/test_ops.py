@@ -33,6 +33,11 @@ infonce_module = sys.modules["mstein_fast.ops.wasserstein_infonce"]
 HAS_CPP = "cpp" in mstein_fast.available_backends()
 NEEDS_CPP = pytest.mark.skipif(not HAS_CPP, reason="C++ extension mstein_fast._C not built/importable")
 BACKENDS = [pytest.param("cpp", marks=NEEDS_CPP), "torch"]
+# Where a case's tolerance is "2x the float32 reference's own error" (ill-conditioned inputs), the
+# "torch" backend IS that reference: the comparison could not fail, so it is not run (the
+# reference's semantics are checked in float64 by test_reference_*, and its edge cases in
+# test_numerics_edges.py).
+SELF_BASELINE = "the float32 reference is this case's tolerance baseline: comparing it with itself cannot fail"
 # C++ InfoNCE with the 2N x 2N distance matrix stored for the backward, or recomputed ("stream")
 BACKEND_PATHS = [
     pytest.param("cpp", True, marks=NEEDS_CPP, id="cpp-stored"),
@@ -372,6 +377,8 @@ def test_pairwise_w2_large_means(backend):
 def test_pairwise_w2_large_offset_means(backend):
     # Means 1e3 + O(1): W = O(D) but |x|^2 ~ 1e6 D, so any float32 formula via |x|^2 + |y|^2 - 2x.y
     # loses ~6 digits (as the official code does): accept 2x the float32 reference's error.
+    if backend == "torch":
+        pytest.skip(SELF_BASELINE)
     m1, c1 = gaussians(21, 13, regime="official", seed=19)
     m2, c2 = gaussians(18, 13, regime="official", seed=20)
     compare(pairwise(backend), [m1 + 1e3, c1, m2 + 1e3, c2], oracle_w2, seed=19, baseline_fn=reference.pairwise_w2)
@@ -446,6 +453,8 @@ def infonce_case(backend, inputs, temperature, similarity, reduction, seed, keep
         return oracle_positive_logits(*a, temperature, similarity, reduction)
 
     kwargs = {"scale_fn": positive_logits}
+    if temperature < 1e-3 and backend == "torch":
+        pytest.skip(SELF_BASELINE)
     if temperature < 1e-3:
         # logits up to 1e6: float32 rounding of W (~1e-7 |x|^2) moves logits by ~0.1..1, so even the
         # float32 reference is off by ~1e-6..1e-3 relative: accept 2x its error plus the floors.
@@ -527,6 +536,8 @@ def test_infonce_large_means(backend, similarity):
     # Means at the 1e3 scale and spread: "neg" logits ~ -1e6 D (a saturated softmax: the losses are
     # gaps between W values ~1e7, each rounded at ~1 in float32), "inv" logits ~ 1e-7 (a nearly
     # uniform softmax with gradients ~1e-13). Ill-conditioned like T = 1e-6: the float32 rule.
+    if backend == "torch":
+        pytest.skip(SELF_BASELINE)
     inputs = two_views(17, 6, "official", seed=71)
     inputs = [inputs[0] * 3e3, inputs[1], inputs[2] * 3e3, inputs[3]]
     compare(
@@ -591,6 +602,8 @@ def test_alignment_uniformity(backend, temperature, n, d):
     def ref32(*a):
         return reference.wasserstein_alignment_uniformity(*a, temperature=temperature)
 
+    if temperature < 1e-3 and backend == "torch":
+        pytest.skip(SELF_BASELINE)
     if temperature < 1e-3:  # uniformity ~ -W_min / T: W's float32 rounding amplified by 1e6
         compare(fn, inputs, oracle, seed, baseline_fn=ref32)
     else:
@@ -648,13 +661,20 @@ def _gradcheck_inputs(shapes, seed):
     return out
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+# gradcheck needs float64, which the C++ kernels do not compute (float64 inputs go to the
+# reference): these check the reference's autograd only. The C++ gradients (float32) are checked
+# against the float64 oracle's autograd by every compare() case above, and in
+# test_numerics_edges.py.
+GRADCHECK_BACKENDS = ["torch"]
+
+
+@pytest.mark.parametrize("backend", GRADCHECK_BACKENDS)
 def test_gradcheck_pairwise_w2(backend):
     inputs = _gradcheck_inputs([(2, 3, 4), (2, 5, 4)], seed=121)
     assert torch.autograd.gradcheck(pairwise(backend), inputs)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", GRADCHECK_BACKENDS)
 @pytest.mark.parametrize("similarity", ["inv", "neg"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_gradcheck_infonce(backend, similarity, reduction):
@@ -667,7 +687,7 @@ def test_gradcheck_infonce(backend, similarity, reduction):
     )
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", GRADCHECK_BACKENDS)
 def test_gradcheck_alignment_uniformity(backend):
     inputs = _gradcheck_inputs([(4, 3), (4, 3)], seed=123)
     assert torch.autograd.gradcheck(
