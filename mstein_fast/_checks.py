@@ -75,7 +75,7 @@ def check_temperature(temperature, dtype: torch.dtype | None = None) -> float:
     return temperature
 
 
-def check_gaussians(pairs, *, same_rows: bool = False, min_dim: int = 2) -> None:
+def check_gaussians(pairs, *, same_rows: bool = False, min_dim: int = 2, values: bool = True) -> None:
     """Validate ``[(mean_name, mean, cov_name, cov), ...]`` groups of diagonal Gaussians.
 
     Checks types, dtypes (floating, all equal), devices (all equal), shapes (mean and cov equal,
@@ -83,7 +83,8 @@ def check_gaussians(pairs, *, same_rows: bool = False, min_dim: int = 2) -> None
     when ``same_rows``), non-empty, finite means and finite positive covariances.
 
     Under ``torch.compile`` the value checks (finite, ``cov > 0``) are skipped: they read the
-    values on the host, which would break the graph; the rest is checked while tracing.
+    values on the host, which would break the graph; the rest is checked while tracing. With
+    ``values=False`` they are skipped too (no host sync: for trusted internal callers).
     """
     first = None
     for mean_name, mean, cov_name, cov in pairs:
@@ -112,7 +113,7 @@ def check_gaussians(pairs, *, same_rows: bool = False, min_dim: int = 2) -> None
                 raise ValueError(f"{name} has N={t.shape[-2]} rows but {ref_name} has {ref.shape[-2]}: the two views must have the same N")
             if t.numel() == 0:
                 raise ValueError(f"{name} is empty (shape {tuple(t.shape)}): N, D and batch dims must be at least 1")
-    if _is_compiling():
+    if _is_compiling() or not values:
         return
     # One pass per tensor (min and max propagate NaN, and show +-inf) and one host sync in all.
     # Stats in float32, or float64 for float64 inputs: exact, so tiny or huge float64 values are judged as they are.

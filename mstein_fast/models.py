@@ -200,7 +200,8 @@ class WassersteinSelfAttention(nn.Module):
         b, L, h = mean.shape
         q_mean, k_mean, v_mean = self._split(self.mean_qkv(mean))
         q_cov, k_cov, v_cov = self._split(elu_plus_one(self.cov_qkv(cov)))
-        w = mstein_fast.pairwise_w2(q_mean, q_cov, k_mean, k_cov, backend=self.backend)  # [B, heads, L, L]
+        # [B, heads, L, L]; no value check (a host sync per layer call): a NaN here reaches the loss
+        w = mstein_fast.pairwise_w2(q_mean, q_cov, k_mean, k_cov, backend=self.backend, check_values=False)
         scores = _apply_mask(-w / math.sqrt(self.head_dim), allowed)
         probs = self.attn_dropout(torch.softmax(scores, dim=-1))
         mean_ctx = (probs @ v_mean).transpose(1, 2).reshape(b, L, h)

@@ -310,3 +310,20 @@ def test_values_whose_distances_overflow_float32_are_refused(op, which):
     result = call(op, {k: v.double() for k, v in tensors.items()})
     for r in (result if isinstance(result, tuple) else (result,)):
         assert not torch.isnan(r).any()
+
+
+def test_pairwise_w2_check_values_false_skips_only_the_value_read():
+    # trusted internal callers (the attention layers) skip the host read of the values; shapes,
+    # dtypes and devices are still checked, and the result of good inputs is the same
+    torch.manual_seed(0)
+    mean, cov = torch.randn(2, 5, 4), torch.rand(2, 5, 4) + 0.5
+    same = mstein_fast.pairwise_w2(mean, cov, mean, cov, check_values=False)
+    assert torch.equal(same, mstein_fast.pairwise_w2(mean, cov, mean, cov))
+    bad = cov.clone()
+    bad[0, 0, 0] = -1.0
+    with pytest.raises(ValueError, match="variances > 0"):
+        mstein_fast.pairwise_w2(mean, bad, mean, cov)
+    out = mstein_fast.pairwise_w2(mean, bad, mean, cov, check_values=False, backend="torch")  # not read
+    assert out.shape == (2, 5, 5)
+    with pytest.raises(ValueError, match="same shape"):
+        mstein_fast.pairwise_w2(mean, cov[..., :3], mean, cov, check_values=False)

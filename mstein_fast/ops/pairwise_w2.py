@@ -114,6 +114,7 @@ def pairwise_w2(
     cov2: torch.Tensor,
     *,
     backend: str = "auto",
+    check_values: bool = True,
 ) -> torch.Tensor:
     """Squared 2-Wasserstein distance between every pair of diagonal Gaussians.
 
@@ -121,13 +122,17 @@ def pairwise_w2(
         mean1, cov1: ``[..., N, D]`` means and variances (``cov > 0``) of the first set.
         mean2, cov2: ``[..., M, D]`` of the second set, with the same leading batch dims.
         backend: ``"auto"`` (C++ on CPU, Triton on CUDA), ``"cpp"``, ``"triton"`` or ``"torch"``.
+        check_values: read the inputs once to refuse NaN/inf and ``cov <= 0`` (one host sync per
+            call, on a GPU a pipeline stall). ``False`` skips that read (shapes, dtypes and devices
+            are still checked): for trusted internal callers, e.g. the models' attention layers,
+            whose NaN would show up in their loss anyway.
 
     Returns:
         ``[..., N, M]`` tensor ``W[i, j] = ||mu1_i - mu2_j||^2 + ||sqrt(cov1_i) - sqrt(cov2_j)||^2``
         in the input dtype, differentiable w.r.t. all four inputs. Values may be very slightly
         negative from cancellation (as in the original code); they are not clamped.
     """
-    check_gaussians([("mean1", mean1, "cov1", cov1), ("mean2", mean2, "cov2", cov2)])
+    check_gaussians([("mean1", mean1, "cov1", cov1), ("mean2", mean2, "cov2", cov2)], values=check_values)
     name = resolve_backend(backend, mean1.device)
     if not _is_compiling():  # static shapes there; the allocation itself fails clearly enough
         _check_output_fits((*mean1.shape[:-1], mean2.shape[-2]), mean1.dtype, mean1.device)
