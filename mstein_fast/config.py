@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from mstein_fast.data import UserError
+from mstein_fast.errors import UserError
 from mstein_fast.models import MODELS
 
 
@@ -96,6 +96,10 @@ class TrainConfig:
                              "views from this many dropout samples per position instead of encoding every row's "
                              "own (0: off, the exact computation; faster epochs, changes training slightly)",
                              valid=Range(0, 1 << 20))
+    original_padding: bool = _key(False, "the original code's padding: random (never trained) padding embeddings, "
+                                  "padding positions attending uniformly to their whole row (their outputs, which "
+                                  "enter the contrastive loss, then depend on the row's items; full encoder for the "
+                                  "views: slower); implied by compat = original")
     compat: str = _key("none", "original: reproduce every behaviour of the original research code that changes "
                        "training or evaluation, its defects included (README: Differences from the original code)",
                        ["none", "original"])

@@ -269,6 +269,8 @@ class _Recommender(nn.Module):
         # compat = "original": every behaviour of the original code, defects included (README table)
         self.compat = getattr(cfg, "compat", "none") == "original"
         self.double_cov_activation = cfg.cl_double_cov_activation or self.compat
+        # the original's padding: random frozen padding rows, padding queries attending to their whole row
+        self.original_padding = getattr(cfg, "original_padding", False) or self.compat
         self.pvn_weight = cfg.pvn_weight
         self.skip_padding = getattr(cfg, "skip_padding", True)
         self.shared_padding = getattr(cfg, "shared_padding", False)
@@ -284,12 +286,12 @@ class _Recommender(nn.Module):
     def _init_weights(self) -> None:
         """normal(init_mean, initializer_range) for linear and embedding weights (the original
         init: mean 0.01 for the distributional models, 0.0 for SASRec's, std 0.02), zero biases, unit
-        LayerNorm; the padding rows are zeroed (with compat = "original" they keep their random
-        values, as the original's; ``padding_idx`` keeps them untrained either way)."""
+        LayerNorm; the padding rows are zeroed (with ``original_padding`` or compat = "original" they
+        keep their random values, as the original's; ``padding_idx`` keeps them untrained either way)."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=self.init_mean, std=self.init_std)
-                if isinstance(module, nn.Embedding) and module.padding_idx is not None and not self.compat:
+                if isinstance(module, nn.Embedding) and module.padding_idx is not None and not self.original_padding:
                     with torch.no_grad():
                         module.weight[module.padding_idx].zero_()
             if isinstance(module, nn.Linear) and module.bias is not None:
@@ -396,7 +398,7 @@ class STOSA(_Recommender):
         those of the whole batch at these positions."""
         pos = torch.arange(offset, offset + seqs.shape[1], device=seqs.device)
         mean, cov = self._embed(seqs, pos)
-        allowed = original_attention_mask(seqs, -(2.0**32) + 1) if self.compat else attention_mask(seqs)
+        allowed = original_attention_mask(seqs, -(2.0**32) + 1) if self.original_padding else attention_mask(seqs)
         return self._layers(mean, cov, lambda attention, m, c: attention(m, c, allowed))
 
     def _encode_lead(self, n: int, width: int):
@@ -443,7 +445,7 @@ class STOSA(_Recommender):
         with its own dropout, and every row takes each of its padding positions from one of the K
         samples drawn at random: the same distribution per position as the exact computation
         (rows meet the same sample with probability 1/K), at the cost of K rows instead of all."""
-        if not self.skip_padding or self.compat:  # the original's padding outputs depend on the whole row
+        if not self.skip_padding or self.original_padding:  # the original's padding outputs depend on the whole row
             return self.encode(seqs)
         L = seqs.shape[1]
         means, covs, order = [], [], []
@@ -549,7 +551,7 @@ class STOSA(_Recommender):
             return None
         mean, cov = self.encode_fast(views)
         anchor = None
-        if self.shared_padding and self.skip_padding and self.training and not self.compat:  # most shared padding
+        if self.shared_padding and self.skip_padding and self.training and not self.original_padding:
             anchor = int((views > 0).sum(1).argmin())
         return self._wasserstein_infonce(mean, cov, anchor)
 
@@ -607,7 +609,7 @@ class SASRec(_Recommender):
         """``[B, L]`` ids -> ``[B, L, H]`` outputs."""
         pos = torch.arange(seqs.shape[1], device=seqs.device)
         x = self.dropout(self.embed_norm(self.item_emb(seqs) + self.position_emb(pos)))
-        allowed = original_attention_mask(seqs, -10000.0) if self.compat else attention_mask(seqs)
+        allowed = original_attention_mask(seqs, -10000.0) if self.original_padding else attention_mask(seqs)
         for attention, ffn in zip(self.attention, self.ffn):
             x = ffn(attention(x, allowed))
         return x

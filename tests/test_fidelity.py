@@ -187,6 +187,25 @@ def test_compat_padding_rows_are_random_frozen_and_attend_to_the_whole_row():
     assert compat.item_mean.weight.grad[0].eq(0).all() and compat.item_cov.weight.grad[0].eq(0).all()
 
 
+def test_original_padding_alone_changes_only_the_padding():
+    alone, compat, default = model(original_padding=True), model(compat="original"), model()
+    assert (alone.item_mean.weight[0] != 0).all()  # random padding rows, as compat's
+    compat.load_state_dict(alone.state_dict())
+    default.load_state_dict(alone.state_dict())
+    mean_a, cov_a = alone.encode(SEQS)
+    mean_c, cov_c = compat.encode(SEQS)
+    mean_d, cov_d = default.encode(SEQS)
+    real = SEQS > 0
+    # at items: the default's outputs (mean stream propagated), not compat's (the typo)
+    assert torch.allclose(mean_a[real], mean_d[real]) and torch.allclose(cov_a[real], cov_d[real])
+    assert not torch.allclose(mean_a[real], mean_c[real])
+    # at padding: the original's whole-row attention (as compat's cov, which does not see the mean typo
+    # in a one-layer model's first layer), not the default's self-only attention
+    assert torch.allclose(cov_a[~real], cov_c[~real]) and not torch.allclose(cov_a[~real], cov_d[~real])
+    views = torch.cat([SEQS, SEQS.flip(0)])
+    assert alone.contrastive_loss(views).item() != default.contrastive_loss(views).item()  # the padding enters it
+
+
 def test_compat_contrastive_loss_activates_the_cov_twice():
     compat = model(compat="original")
     views = torch.cat([SEQS, SEQS.flip(0)])
