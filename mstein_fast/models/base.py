@@ -1,0 +1,107 @@
+"""What every model shares: configuration, initialisation, the contrastive-loss dispatch and the
+item similarity used by the augmentations."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import mstein_fast
+from mstein_fast import distributed
+from mstein_fast.models.buckets import BUCKET_COST
+from mstein_fast.models.layers import elu_plus_one
+from mstein_fast.ops.wasserstein_infonce_sequences import wasserstein_infonce_sequences
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (values * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+class _Recommender(nn.Module):
+    """Shared parts: configuration, initialisation, item similarity, the contrastive dispatch."""
+
+    distributional = False
+
+    def __init__(self, n_items: int, cfg, contrastive: str | None):
+        super().__init__()
+        self.n_items = n_items
+        self.max_len = cfg.max_seq_length
+        self.hidden = cfg.hidden_size
+        self.contrastive = contrastive
+        self.backend = cfg.backend
+        self.temperature = cfg.temperature
+        self.similarity = cfg.similarity
+        self.dot_temperature = cfg.dot_temperature
+        # compat = "original": every behaviour of the original code, defects included (README table)
+        self.compat = getattr(cfg, "compat", "none") == "original"
+        self.double_cov_activation = cfg.cl_double_cov_activation or self.compat
+        # the original's padding: random frozen padding rows, padding queries attending to their whole row
+        self.original_padding = getattr(cfg, "original_padding", False) or self.compat
+        self.pvn_weight = cfg.pvn_weight
+        self.skip_padding = getattr(cfg, "skip_padding", True)
+        self.shared_padding = getattr(cfg, "shared_padding", False)
+        self.padding_pool = getattr(cfg, "padding_pool", 0)
+        self.bucket_cost = BUCKET_COST
+        init_mean = getattr(cfg, "init_mean", None)
+        self.init_mean = (0.01 if self.distributional else 0.0) if init_mean is None else init_mean
+        self.init_std = cfg.initializer_range
+        # a torch.distributed process group: the contrastive losses then contrast each local
+        # row with the global batch (set by the trainer under torchrun; None: one process)
+        self.cl_group = None
+
+    def _init_weights(self) -> None:
+        """normal(init_mean, initializer_range) for linear and embedding weights (the original
+        init: mean 0.01 for the distributional models, 0.0 for SASRec's, std 0.02), zero biases, unit
+        LayerNorm; the padding rows are zeroed (with ``original_padding`` or compat = "original" they
+        keep their random values, as the original's; ``padding_idx`` keeps them untrained either way)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=self.init_mean, std=self.init_std)
+                if isinstance(module, nn.Embedding) and module.padding_idx is not None and not self.original_padding:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def _wasserstein_infonce(self, mean: torch.Tensor, cov: torch.Tensor, anchor: int | None = None) -> torch.Tensor:
+        """InfoNCE between the two halves (views) of ``[2B, L, H]`` flattened to ``[B, L*H]``.
+
+        ``anchor``: a row whose leading positions are shared by the other rows (``shared_padding``):
+        the loss then skips the work on shared positions (same result, fewer flops)."""
+        if self.double_cov_activation:  # the official loss activates its (already activated) cov again
+            cov = elu_plus_one(cov)
+        if anchor is not None and self.cl_group is None and self.backend != "torch":
+            return wasserstein_infonce_sequences(mean, cov, temperature=self.temperature, similarity=self.similarity,
+                                                 backend=self.backend, anchor=anchor)
+        n2 = mean.shape[0]
+        mean, cov = mean.reshape(n2, -1), cov.reshape(n2, -1)
+        b = n2 // 2
+        if self.cl_group is not None:
+            return distributed.wasserstein_infonce(
+                mean[:b], cov[:b], mean[b:], cov[b:], temperature=self.temperature, similarity=self.similarity,
+                reduction="mean", backend=self.backend, group=self.cl_group)
+        return mstein_fast.wasserstein_infonce(
+            mean[:b], cov[:b], mean[b:], cov[b:],
+            temperature=self.temperature, similarity=self.similarity, reduction="mean", backend=self.backend,
+        )
+
+    @torch.no_grad()
+    def nearest_items(self, k: int, batch_size: int = 1024) -> torch.Tensor:
+        """``[n_items + 1, k]`` ids of each item's k most similar other items (row 0: padding, unused).
+
+        By W2 between the item Gaussians for the distributional models, by dot product otherwise;
+        computed ``batch_size`` items at a time (never the full n x n matrix)."""
+        ids = torch.arange(1, self.n_items + 1, device=self._device())
+        out = torch.zeros(self.n_items + 1, k, dtype=torch.int64)
+        for start in range(0, self.n_items, batch_size):
+            rows = ids[start:start + batch_size]
+            sim = self._item_similarity(rows)  # [b, n_items], higher = more similar
+            sim[torch.arange(len(rows)), rows - 1] = float("-inf")
+            out[rows.cpu()] = (sim.topk(k, dim=-1).indices + 1).cpu()
+        return out
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device

@@ -1,0 +1,169 @@
+"""The building blocks of the models: activations and masks, CoSeRec's dot-product InfoNCE, the
+position-wise feed-forward block and the two self-attention layers (Wasserstein and dot-product)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mstein_fast
+from mstein_fast.numerics import COV_FLOOR, std_from_cov
+from mstein_fast.ops.dropout import Dropout
+
+MASKED_SCORE = -1e9  # attention score of a masked key (finite: no NaN for a fully masked row)
+
+
+def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
+    """``ELU(x) + 1``: the activation that makes covariances positive (floored at 1e-24)."""
+    return (F.elu(x) + 1.0).clamp_min(COV_FLOOR)
+
+
+def paired_w2(mean1, cov1, mean2, cov2) -> torch.Tensor:
+    """Squared W2 between matching rows ``[..., D]`` -> ``[...]`` (the diagonal of pairwise_w2)."""
+    std1, std2 = std_from_cov(cov1), std_from_cov(cov2)
+    return ((mean1 - mean2) ** 2).sum(-1) + ((std1 - std2) ** 2).sum(-1)
+
+
+def original_attention_mask(seqs: torch.Tensor, masked: float) -> torch.Tensor:
+    """The original code's additive ``[B, 1, L, L]`` float mask: 0 where key j <= query i is an item,
+    ``masked`` elsewhere (-(2**32) + 1 in STOSA/MStein, -10000 in SASRec/CoSeRec). A query with no
+    allowed key (a padding position) then attends uniformly to every position of its row, future
+    items included; in float32 the distances vanish next to -(2**32)."""
+    L = seqs.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=seqs.device).tril()
+    allowed = causal & (seqs > 0)[:, None, None, :]
+    return (1.0 - allowed.float()) * masked
+
+
+def _apply_mask(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Scores with the keys outside ``allowed`` masked: a bool mask (:func:`attention_mask`) or the
+    original's additive float mask (:func:`original_attention_mask`)."""
+    if allowed.dtype == torch.bool:
+        return scores.masked_fill(~allowed, MASKED_SCORE)
+    return scores + allowed
+
+
+def attention_mask(seqs: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, L, L]`` bool, True where query i may attend key j: j <= i and item j is not padding.
+
+    A query with no such key (a padding position, or a masked item with only masked items before
+    it) attends to itself only, instead of to every position (no NaN, no look-ahead).
+    """
+    L = seqs.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=seqs.device).tril()
+    allowed = causal & (seqs > 0)[:, None, None, :]
+    empty = ~allowed.any(-1, keepdim=True)
+    eye = torch.eye(L, dtype=torch.bool, device=seqs.device)
+    return allowed | (empty & eye)
+
+
+def dot_infonce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """CoSeRec's InfoNCE on dot products between two views ``[N, D]`` (the official ``NCELoss``)."""
+    n = a.shape[0]
+    sim11 = a @ a.T / temperature
+    sim22 = b @ b.T / temperature
+    sim12 = a @ b.T / temperature
+    eye = torch.eye(n, dtype=torch.bool, device=a.device)
+    sim11 = sim11.masked_fill(eye, float("-inf"))
+    sim22 = sim22.masked_fill(eye, float("-inf"))
+    logits = torch.cat([torch.cat([sim12, sim11], 1), torch.cat([sim22, sim12.T], 1)], 0)
+    return F.cross_entropy(logits, torch.arange(2 * n, device=a.device))
+
+
+class FeedForward(nn.Module):
+    """Position-wise ``dense(4h) -> activation -> dense(h) -> dropout -> LayerNorm(x + input)``;
+    the activation is GELU in SASRec's block and ELU in the distributional models' (the original
+    code's ``DistIntermediate`` uses ELU whatever ``hidden_act`` says)."""
+
+    def __init__(self, hidden: int, dropout: float, activation: str = "gelu"):
+        super().__init__()
+        if activation not in ("gelu", "elu"):
+            raise ValueError(f"activation must be gelu or elu, got {activation!r}")
+        self.dense_1 = nn.Linear(hidden, 4 * hidden)
+        self.dense_2 = nn.Linear(4 * hidden, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.dropout = Dropout(dropout)
+        self.activation = F.gelu if activation == "gelu" else F.elu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.dropout(self.dense_2(self.activation(self.dense_1(x)))) + x)
+
+
+class WassersteinSelfAttention(nn.Module):
+    """STOSA's attention over Gaussians: score = -W(q_i, k_j) / sqrt(head_dim), masked softmax P;
+    mean out = P V_mean, cov out = P^2 V_cov; then dense + dropout + LayerNorm(residual) per stream,
+    one LayerNorm shared by the two streams (as the original code)."""
+
+    def __init__(self, hidden: int, heads: int, attn_dropout: float, dropout: float, backend: str):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+        self.heads, self.head_dim, self.backend = heads, hidden // heads, backend
+        self.mean_qkv = nn.Linear(hidden, 3 * hidden)
+        self.cov_qkv = nn.Linear(hidden, 3 * hidden)
+        self.mean_dense = nn.Linear(hidden, hidden)
+        self.cov_dense = nn.Linear(hidden, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.attn_dropout = Dropout(attn_dropout)
+        self.dropout = Dropout(dropout)
+
+    def _split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        b, L, _ = x.shape
+        return [t.reshape(b, L, self.heads, self.head_dim).transpose(1, 2) for t in x.chunk(3, dim=-1)]
+
+    def forward(self, mean, cov, allowed):
+        b, L, h = mean.shape
+        q_mean, k_mean, v_mean = self._split(self.mean_qkv(mean))
+        q_cov, k_cov, v_cov = self._split(elu_plus_one(self.cov_qkv(cov)))
+        # [B, heads, L, L]; no value check (a host sync per layer call): a NaN here reaches the loss
+        w = mstein_fast.pairwise_w2(q_mean, q_cov, k_mean, k_cov, backend=self.backend, check_values=False)
+        scores = _apply_mask(-w / math.sqrt(self.head_dim), allowed)
+        probs = self.attn_dropout(torch.softmax(scores, dim=-1))
+        mean_ctx = (probs @ v_mean).transpose(1, 2).reshape(b, L, h)
+        cov_ctx = ((probs * probs) @ v_cov).transpose(1, 2).reshape(b, L, h)
+        return self._output(mean_ctx, cov_ctx, mean, cov)
+
+    def _output(self, mean_ctx, cov_ctx, mean, cov):
+        mean_out = self.norm(self.dropout(self.mean_dense(mean_ctx)) + mean)
+        cov_out = self.norm(self.dropout(self.cov_dense(cov_ctx)) + cov)
+        return mean_out, cov_out
+
+    def forward_self_only(self, mean, cov):
+        """:meth:`forward` for positions that attend to themselves only (the leading padding of a
+        left-padded row): the softmax row is one-hot, so the contexts are the values themselves
+        (no queries, keys or distances needed; the softmax passes no gradient to the scores)."""
+        b, L, h = mean.shape
+        hd = self.head_dim
+        v_mean = F.linear(mean, self.mean_qkv.weight[2 * h:], self.mean_qkv.bias[2 * h:])
+        v_cov = elu_plus_one(F.linear(cov, self.cov_qkv.weight[2 * h:], self.cov_qkv.bias[2 * h:]))
+        if self.training and self.attn_dropout.p > 0:  # the one-hot probability is dropped (or scaled) per head
+            keep = self.attn_dropout(torch.ones(b, L, self.heads, 1, dtype=mean.dtype, device=mean.device))
+            v_mean = (v_mean.reshape(b, L, self.heads, hd) * keep).reshape(b, L, h)
+            v_cov = (v_cov.reshape(b, L, self.heads, hd) * (keep * keep)).reshape(b, L, h)
+        return self._output(v_mean, v_cov, mean, cov)
+
+
+class DotSelfAttention(nn.Module):
+    """SASRec's scaled dot-product multi-head attention + dense + dropout + LayerNorm(residual)."""
+
+    def __init__(self, hidden: int, heads: int, attn_dropout: float, dropout: float):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+        self.heads, self.head_dim = heads, hidden // heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.dense = nn.Linear(hidden, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.attn_dropout = Dropout(attn_dropout)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x, allowed):
+        b, L, h = x.shape
+        q, k, v = (t.reshape(b, L, self.heads, self.head_dim).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        scores = _apply_mask(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim), allowed)
+        probs = self.attn_dropout(torch.softmax(scores, dim=-1))
+        ctx = (probs @ v).transpose(1, 2).reshape(b, L, h)
+        return self.norm(self.dropout(self.dense(ctx)) + x)

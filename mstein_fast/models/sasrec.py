@@ -1,0 +1,85 @@
+"""The SASRec backbone (SASRec, CoSeRec, CoSeRec(WDM))."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mstein_fast import distributed
+from mstein_fast.models.base import _Recommender, _weighted_mean
+from mstein_fast.models.layers import (
+    DotSelfAttention,
+    FeedForward,
+    attention_mask,
+    dot_infonce,
+    elu_plus_one,
+    original_attention_mask,
+)
+from mstein_fast.ops.dropout import Dropout
+
+
+class SASRec(_Recommender):
+    """SASRec backbone: dot-product attention, BCE with one sampled negative per position.
+
+    ``contrastive="dot"`` is CoSeRec (dot-product InfoNCE on the flattened outputs);
+    ``"wasserstein-split"`` is CoSeRec(WDM): each output vector is split into halves
+    ``[mean ; ELU(cov) + 1]`` and the views are compared by Wasserstein InfoNCE."""
+
+    def __init__(self, n_items: int, cfg, contrastive: str | None = None):
+        super().__init__(n_items, cfg, contrastive)
+        h = cfg.hidden_size
+        if contrastive == "wasserstein-split" and h % 2:
+            raise ValueError(f"coserec-wdm splits the output in halves: hidden_size must be even, got {h}")
+        self.item_emb = nn.Embedding(n_items + 1, h, padding_idx=0)
+        self.position_emb = nn.Embedding(cfg.max_seq_length, h)
+        self.embed_norm = nn.LayerNorm(h, eps=1e-12)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
+        self.attention = nn.ModuleList(
+            DotSelfAttention(h, cfg.num_attention_heads, cfg.attention_probs_dropout_prob, cfg.hidden_dropout_prob)
+            for _ in range(cfg.num_hidden_layers)
+        )
+        self.ffn = nn.ModuleList(FeedForward(h, cfg.hidden_dropout_prob) for _ in range(cfg.num_hidden_layers))
+        self._init_weights()
+
+    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` ids -> ``[B, L, H]`` outputs."""
+        pos = torch.arange(seqs.shape[1], device=seqs.device)
+        x = self.dropout(self.embed_norm(self.item_emb(seqs) + self.position_emb(pos)))
+        allowed = original_attention_mask(seqs, -10000.0) if self.original_padding else attention_mask(seqs)
+        for attention, ffn in zip(self.attention, self.ffn):
+            x = ffn(attention(x, allowed))
+        return x
+
+    def rec_loss(self, seqs, targets, negatives) -> tuple[torch.Tensor, dict]:
+        """``-log sigmoid(<h, pos>) - log sigmoid(-<h, neg>)`` over non-padding target positions."""
+        out = self.encode(seqs)
+        pos_logit = (out * self.item_emb(targets)).sum(-1)
+        neg_logit = (out * self.item_emb(negatives)).sum(-1)
+        weight = (targets > 0).to(out.dtype)
+        if self.compat:  # the original's form
+            terms = -torch.log(torch.sigmoid(pos_logit) + 1e-24) - torch.log(1 - torch.sigmoid(neg_logit) + 1e-24)
+        else:
+            terms = -F.logsigmoid(pos_logit) - F.logsigmoid(-neg_logit)
+        bce = _weighted_mean(terms, weight)
+        return bce, {"bce": bce.detach()}
+
+    def contrastive_loss(self, views: torch.Tensor) -> torch.Tensor | None:
+        if self.contrastive is None:
+            return None
+        out = self.encode(views)
+        if self.contrastive == "dot":
+            flat = out.reshape(out.shape[0], -1)
+            b = flat.shape[0] // 2
+            if self.cl_group is not None:
+                return distributed.dot_infonce(flat[:b], flat[b:], self.dot_temperature, group=self.cl_group)
+            return dot_infonce(flat[:b], flat[b:], self.dot_temperature)
+        half = self.hidden // 2
+        return self._wasserstein_infonce(out[..., :half], elu_plus_one(out[..., half:]))
+
+    def score_items(self, seqs: torch.Tensor) -> torch.Tensor:
+        """``[B, n_items]`` dot products of the last position with every item (column i: id i+1)."""
+        return self.encode(seqs)[:, -1] @ self.item_emb.weight[1:].T
+
+    def _item_similarity(self, rows):
+        return self.item_emb(rows) @ self.item_emb.weight[1:].T
