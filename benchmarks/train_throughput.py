@@ -61,7 +61,8 @@ import torch
 import mstein_fast
 from mstein_fast.config import build_config
 from mstein_fast.evaluate import evaluate
-from mstein_fast.train import Trainer, resolve_device
+from mstein_fast.runtime import resolve_device
+from mstein_fast.train import Trainer
 
 CSV_HEADER = ["benchmark", "backend", "phase", "metric", "value", "config", "device", "torch", "date"]
 

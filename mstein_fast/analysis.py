@@ -30,7 +30,8 @@ import torch
 from tqdm import tqdm
 
 from mstein_fast.config import TrainConfig, build_config
-from mstein_fast.data import LeaveOneOut, Sequences, UserError, leave_one_out, left_pad, load_sequences
+from mstein_fast.data import LeaveOneOut, Sequences, leave_one_out, left_pad, load_sequences
+from mstein_fast.errors import UserError
 from mstein_fast.evaluate import KS, evaluate_ranks, ranking_metrics
 
 DEFAULT_MODELS = ("mstein", "coserec", "stosa")
@@ -266,7 +267,8 @@ def load_models(paths: list[str], setup: Setup, data: Sequences | None = None):
     """Load checkpoints (files or run dirs) and the data to evaluate them on: ``data``, else the
     ``--data`` option, else the data the first checkpoint was trained on. Returns
     ``(loaded, data, split)``; the checkpoints must agree on ``max_seq_length`` and item count."""
-    from mstein_fast.train import load_checkpoint, load_data, model_from_checkpoint, resolve_device
+    from mstein_fast.checkpoint import load_checkpoint, model_from_checkpoint
+    from mstein_fast.runtime import load_data, resolve_device
 
     ckpts = [load_checkpoint(p) for p in paths]
     device = resolve_device(setup.config().device)

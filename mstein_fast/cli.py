@@ -24,7 +24,7 @@ from mstein_fast.config import (
     field_type,
     load_config_file,
 )
-from mstein_fast.data import UserError
+from mstein_fast.errors import Interrupted, UserError
 
 # keys with their own, shorter flags (the rest are --key-name for config key key_name)
 _OWN_FLAGS = {"model", "data"}
@@ -258,12 +258,13 @@ def _add_analysis_parsers(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from mstein_fast.train import init_distributed, is_main_process, train
+    from mstein_fast.runtime import init_distributed, is_main_process
+    from mstein_fast.train import train
 
     cli_values = {k: v for k, v in vars(args).items() if k in FIELDS}
     resume = args.resume is not None
     if resume:
-        from mstein_fast.train import load_checkpoint
+        from mstein_fast.checkpoint import load_checkpoint
 
         if args.config or (args.output and os.path.abspath(args.output) != os.path.abspath(args.resume)):
             raise UserError("--resume uses the run's saved configuration and directory; "
@@ -316,8 +317,9 @@ def _default_output(model: str) -> str:
 
 def _checkpoint_and_data(args):
     """Load the checkpoint, its model and the data (``--data`` or the training data)."""
+    from mstein_fast.checkpoint import load_checkpoint, model_from_checkpoint
     from mstein_fast.data import leave_one_out, load_sequences
-    from mstein_fast.train import load_checkpoint, load_data, model_from_checkpoint, resolve_device
+    from mstein_fast.runtime import load_data, resolve_device
 
     ckpt = load_checkpoint(args.checkpoint)
     cfg = ckpt["config"]
@@ -432,7 +434,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
-        from mstein_fast.train import Interrupted
     except KeyboardInterrupt:  # Ctrl-C during start-up
         print("interrupted", file=sys.stderr)
         return 130

@@ -16,15 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mstein_fast.errors import UserError
+
 MIN_INTERACTIONS = 3  # one training pair needs >= 1 more, but valid and test need the last two
 # Item ids index the embedding tables (one row per id up to the largest): larger ids would ask for
 # absurd allocations. User ids are only labels, but must fit in int64.
 MAX_ITEM_ID = 10**7
 MAX_USER_ID = 2**63 - 1
-
-
-class UserError(Exception):
-    """An error caused by the user's input (file, option); the CLI prints it without a traceback."""
 
 
 class DataError(UserError, ValueError):

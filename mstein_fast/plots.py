@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 
-from mstein_fast.data import UserError
+from mstein_fast.errors import UserError
 
 INSTALL_HINT = 'matplotlib is needed for the figures: pip install "mstein-fast[plot]" (or pass --no-plots)'
 

@@ -8,7 +8,7 @@ Run directory layout::
     best.pt            model with the best validation score: evaluate / recommend / the final test
     test_metrics.json  the test metrics of best.pt
 
-Distributed (``torchrun --nproc_per_node=K ...``, see :func:`init_distributed`): every rank draws
+Distributed (``torchrun --nproc_per_node=K ...``, see :func:`mstein_fast.runtime.init_distributed`): every rank draws
 the same global batch (same shuffling, negatives and augmentations as one process) and trains on
 its contiguous share of it under ``DistributedDataParallel``; the contrastive loss contrasts each
 local row with the whole global batch (:mod:`mstein_fast.distributed`); validation and test users
@@ -24,251 +24,57 @@ the rounding of threaded sums).
 
 Failures: a non-finite loss or validation score stops the run with :class:`Diverged` before the
 epoch is recorded (``last.pt``, ``best.pt`` and ``metrics.jsonl`` keep the last good epoch);
-files are written atomically and never through symbolic links; a failed write (full disk,
-read-only place) is a :class:`UserError` naming the file.
+files are written atomically and never through symbolic links (:mod:`mstein_fast.checkpoint`); a
+failed write (full disk, read-only place) is a :class:`UserError` naming the file.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
-import random
-import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from mstein_fast import distributed
 from mstein_fast.augment import Augmenter, itemcf_iuf_topk
-from mstein_fast.backends import resolve_backend
-from mstein_fast.config import FIELDS, TrainConfig, check_resume, config_from_dict
-from mstein_fast.data import (
-    LeaveOneOut,
-    Sequences,
-    UserError,
-    leave_one_out,
-    load_sequences,
-    sample_negatives,
-    synthetic_sequences,
+from mstein_fast.checkpoint import (
+    _TEMPORARY,
+    CHECKPOINT_FORMAT,  # noqa: F401  (moved there; still importable from here)
+    RUN_FILES,
+    _remove_quietly,
+    append_line,
+    load_checkpoint,
+    load_model_state,
+    make_checkpoint,
+    model_from_checkpoint,  # noqa: F401  (moved there; still importable from here)
+    save_atomic,
+    write_failure,  # noqa: F401  (moved there; still importable from here)
+    write_text_atomic,
 )
+from mstein_fast.config import FIELDS, TrainConfig, check_resume
+from mstein_fast.data import LeaveOneOut, leave_one_out, sample_negatives
+from mstein_fast.errors import Diverged, Interrupted, UserError
 from mstein_fast.evaluate import NonFiniteScores, evaluate_ranks, popularity_metrics, ranking_metrics
 from mstein_fast.models import build_model
+from mstein_fast.runtime import (
+    check_backend,
+    init_distributed,
+    is_main_process,  # noqa: F401  (moved there; still importable from here)
+    load_data,
+    log,
+    resolve_device,
+    seed_everything,
+    stream_seed,
+)
 
-CHECKPOINT_FORMAT = 1
 # independent random streams of an epoch
 _SHUFFLE, _NEGATIVES, _AUGMENT, _DROPOUT, _SIMILARITY = range(5)
-
-
-# the files of a run directory (anything else there means it is not a run of ours)
-RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "test_metrics.json")
-_TEMPORARY = re.compile(r"(" + "|".join(re.escape(n) for n in RUN_FILES) + r")\.tmp\d+")
-
-
-class Interrupted(Exception):
-    """Training was stopped by Ctrl-C; the last completed epoch is saved."""
-
-
-class Diverged(UserError):
-    """The loss or the validation scores became NaN or infinite; the last good epoch is kept."""
-
-
-def log(message: str) -> None:
-    """Progress messages go to stderr (stdout carries only the final JSON); rank 0 only."""
-    if is_main_process():
-        print(message, file=sys.stderr, flush=True)
-
-
-def is_main_process() -> bool:
-    """True unless this is a rank other than 0 of a distributed job."""
-    return distributed.world()[0] == 0
-
-
-def init_distributed(device: str = "auto") -> bool:
-    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment).
-
-    The backend is NCCL when the job trains on CUDA, gloo otherwise; on CUDA each process uses
-    ``cuda:LOCAL_RANK``. Returns whether this is a distributed run. Idempotent."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return dist.is_available() and dist.is_initialized()
-    if not dist.is_available():
-        raise UserError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
-    if not dist.is_initialized():
-        cuda = device != "cpu" and not device.startswith("cpu") and torch.cuda.is_available()
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return True
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) in one place."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def stream_seed(seed: int, epoch: int, stream: int) -> int:
-    """A 63-bit seed for random stream ``stream`` of epoch ``epoch`` (independent streams)."""
-    return int(np.random.SeedSequence([seed % 2**32, epoch, stream]).generate_state(2, np.uint64)[0] >> 1)
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device of ``name`` (auto, cpu, cuda, cuda:N); UserError if it cannot run here."""
-    if name in ("auto", "cuda") and distributed.world()[1] > 1 and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())  # cuda:LOCAL_RANK under torchrun
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"device {name!r} is not a torch device (try cpu or cuda)") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"device {name!r} requested but there are only {torch.cuda.device_count()} CUDA devices")
-    return device
-
-
-def check_backend(backend: str, device: torch.device) -> None:
-    """UserError if the Wasserstein ops' ``backend`` cannot run on ``device`` here (loads only that backend)."""
-    if backend in ("auto", "torch"):
-        return
-    try:
-        resolve_backend(backend, device)
-    except (ValueError, RuntimeError) as err:
-        raise UserError(f"backend {backend!r} cannot run here: {err}; use --backend auto") from None
-
-
-def load_data(cfg: TrainConfig) -> Sequences:
-    """The configured data file, or the built-in synthetic data set."""
-    if cfg.data is None:
-        return synthetic_sequences(n_users=cfg.synthetic_users, n_items=cfg.synthetic_items,
-                                   n_clusters=cfg.synthetic_clusters, seed=cfg.synthetic_seed)
-    return load_sequences(cfg.data)
-
-
-def write_failure(path: str, err: BaseException) -> UserError:
-    """A one-line UserError for a failed write of ``path`` (naming the free space when the disk is full)."""
-    try:
-        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-    except OSError:
-        free = None
-    text = str(err).strip()
-    reason = getattr(err, "strerror", None) or (text.splitlines()[0] if text else type(err).__name__)
-    full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "unexpected pos" in str(err)
-    if full or (free is not None and free < 2**20):
-        space = f"{free / 2**20:.1f} MiB free" if free is not None else "free space unknown"
-        return UserError(f"cannot write {path}: no space left on the device ({space}); free some disk space, then "
-                         "continue with --resume (the last completed epoch is kept)")
-    return UserError(f"cannot write {path}: {reason}")
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def save_atomic(obj, path: str) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file.
-    A failed write (full disk, read-only place) is a UserError naming the file; ``path`` is unchanged."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        _remove_quietly(tmp)  # never write through a link left there
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # torch reports a full disk as RuntimeError "unexpected pos ..."
-        raise write_failure(path, err) from None
-    finally:
-        if os.path.lexists(tmp):
-            _remove_quietly(tmp)
-
-
-def write_text_atomic(text: str, path: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename (a link at ``path`` is replaced,
-    not followed); UserError naming the file if the write fails."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        _remove_quietly(tmp)
-        with open(tmp, "x", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise write_failure(path, err) from None
-    finally:
-        if os.path.lexists(tmp):
-            _remove_quietly(tmp)
-
-
-def append_line(text: str, path: str) -> None:
-    """Append one line to ``path`` (created if missing), never through a symbolic link."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        with os.fdopen(fd, "a", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise UserError(f"{path} is a symbolic link; a run directory must hold its own files") from None
-        raise write_failure(path, err) from None
-
-
-# what a checkpoint holds, with the types a real one has
-_CHECKPOINT_KEYS = {"config": dict, "n_items": int, "data_fingerprint": str, "data_source": str, "model": dict,
-                    "epoch": int, "best_score": (int, float), "best_epoch": int, "bad_epochs": int}
-
-
-def load_checkpoint(path: str) -> dict:
-    """Read a checkpoint file (or ``best.pt`` of a run directory); UserError if it is not one."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "best.pt")
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001  any failure to unpickle means: not one of our checkpoints
-        # (torch's own message advises weights_only=False, i.e. running the file's code: never do that)
-        raise UserError(f"{path}: not a mstein-fast checkpoint (unreadable as a weights-only torch file: "
-                        f"{type(err).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path}: not a mstein-fast checkpoint (format {CHECKPOINT_FORMAT})")
-    for key, kind in _CHECKPOINT_KEYS.items():
-        if not isinstance(ckpt.get(key), kind) or isinstance(ckpt.get(key), bool):
-            raise UserError(f"{path}: not a mstein-fast checkpoint ({key!r} is missing or malformed)")
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
-        raise UserError(f"{path}: not a mstein-fast checkpoint (the model state is malformed)")
-    if not 1 <= ckpt["n_items"] <= 10**8 or ckpt["epoch"] < 0:
-        raise UserError(f"{path}: not a mstein-fast checkpoint (n_items {ckpt['n_items']}, epoch {ckpt['epoch']})")
-    ckpt["config"] = config_from_dict(ckpt["config"], path)
-    ckpt["path"] = path
-    return ckpt
-
-
-def load_model_state(model, state: dict, path: str) -> None:
-    """``model.load_state_dict(state)``; UserError naming ``path`` if the state does not fit the model."""
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: the saved model does not match its configuration ({first})") from None
-
-
-def model_from_checkpoint(ckpt: dict, device: torch.device):
-    """The model of a :func:`load_checkpoint` result, on ``device``, in eval mode."""
-    model = build_model(ckpt["config"].model, ckpt["n_items"], ckpt["config"]).to(device)
-    load_model_state(model, ckpt["model"], ckpt["path"])
-    model.eval()
-    return model
 
 
 @dataclass
@@ -441,21 +247,9 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def _state(self, with_optimizer: bool) -> dict:
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.cfg.to_dict(),
-            "n_items": self.data.n_items,
-            "data_fingerprint": self.data.fingerprint,
-            "data_source": self.data.source,
-            "model": self.model.state_dict(),
-            "epoch": self.epoch,
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs,
-        }
-        if with_optimizer:
-            state["optimizer"] = self.optimizer.state_dict()
-        return state
+        return make_checkpoint(self.cfg, self.data, self.model, epoch=self.epoch, best_score=self.best_score,
+                               best_epoch=self.best_epoch, bad_epochs=self.bad_epochs,
+                               optimizer=self.optimizer if with_optimizer else None)
 
     def _restore(self) -> None:
         """Load ``last.pt`` (every rank reads it: the run directory must be visible to all nodes),

@@ -73,7 +73,7 @@ import time
 from typing import Any
 
 from mstein_fast.config import FIELDS, ConfigError, build_config, coerce, field_type
-from mstein_fast.data import UserError
+from mstein_fast.errors import Diverged, Interrupted, UserError
 
 CONTRASTIVE = ("mstein", "coserec", "coserec-wdm")
 
@@ -295,7 +295,7 @@ def _sampler(optuna, seed: int, number: int):
 
 
 def _write_json(obj, path: str) -> None:
-    from mstein_fast.train import write_text_atomic
+    from mstein_fast.checkpoint import write_text_atomic
 
     write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
 
@@ -392,7 +392,8 @@ class _Search:
 
     def run_trial(self, trial, n_trials: int, continued: bool) -> None:
         """Train one trial into ``trials/NNNN`` and tell the study its outcome."""
-        from mstein_fast.train import Diverged, Interrupted, Trainer, write_failure
+        from mstein_fast.checkpoint import write_failure
+        from mstein_fast.train import Trainer
 
         optuna, state = self.optuna, self.optuna.trial.TrialState
         params = {name: _suggest(trial, name, spec) for name, spec in self.space.items()}
@@ -498,7 +499,7 @@ class _Search:
 
     def write_files(self) -> None:
         """Rewrite ``trials.csv`` and ``best.json`` (after every trial: a killed search keeps them)."""
-        from mstein_fast.train import write_text_atomic
+        from mstein_fast.checkpoint import write_text_atomic
 
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -552,7 +553,7 @@ def run_tune(output: str, values: dict, *, fixed=(), space: dict | None = None, 
     Without ``resume`` a directory that holds a tune, or any other files, is refused; with it the
     saved settings are used, and changing them (other than :data:`RESUME_KEYS`) is refused."""
     optuna = require_optuna()
-    from mstein_fast.train import load_data
+    from mstein_fast.runtime import load_data
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("mstein-fast tune runs its trials in one process: start it without torchrun")

@@ -12,6 +12,7 @@ import random
 import pytest
 import torch
 
+import mstein_fast.checkpoint as checkpoint_module
 import mstein_fast.train as train_module
 from mstein_fast.cli import main
 from mstein_fast.config import FIELDS, RESUME_KEYS, ConfigError, TrainConfig, build_config
@@ -347,7 +348,7 @@ def test_full_disk_during_a_checkpoint_is_a_one_line_error(tmp_path, monkeypatch
             fh.write(b"partial")
         raise failure
 
-    monkeypatch.setattr(train_module.torch, "save", full)
+    monkeypatch.setattr(checkpoint_module.torch, "save", full)  # what save_atomic calls
     code, _, err = run_cli(capsys, "train", "--output", tmp_path / "run", "--model", "sasrec", *TINY_ARGS)
     assert_user_error(code, err, "no space left", "disk space")
     assert not [f for f in os.listdir(tmp_path / "run") if ".tmp" in f]
@@ -363,14 +364,14 @@ def test_unwritable_output_is_a_one_line_error(tmp_path, monkeypatch, capsys):
 
 
 def test_full_disk_while_appending_metrics(tmp_path, monkeypatch, capsys):
-    real_open = train_module.os.open
+    real_open = checkpoint_module.os.open
 
     def full(path, flags, *args):
         if str(path).endswith("metrics.jsonl"):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr(train_module.os, "open", full)
+    monkeypatch.setattr(checkpoint_module.os, "open", full)  # what append_line calls
     code, _, err = run_cli(capsys, "train", "--output", tmp_path / "run", "--model", "sasrec", *TINY_ARGS)
     assert_user_error(code, err, "metrics.jsonl", "no space left")
 

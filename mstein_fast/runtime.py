@@ -1,0 +1,107 @@
+"""Run-time set-up shared by the commands: progress messages, the process group, seeds, the
+device and backend checks, and the data of a configuration.
+
+* :func:`log`: progress messages on stderr, from rank 0 only (stdout carries the final JSON);
+* :func:`init_distributed`, :func:`is_main_process`: joining a ``torchrun`` job;
+* :func:`seed_everything`, :func:`stream_seed`: the seeds (one independent random stream per
+  ``(seed, epoch, stream)``, which makes a resumed run repeat the uninterrupted one);
+* :func:`resolve_device`, :func:`check_backend`: a :class:`UserError` when the requested device
+  or Wasserstein backend cannot run here;
+* :func:`load_data`: the configured data file or the built-in synthetic data set.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from mstein_fast import distributed
+from mstein_fast.backends import resolve_backend
+from mstein_fast.data import Sequences, load_sequences, synthetic_sequences
+from mstein_fast.errors import UserError
+
+if TYPE_CHECKING:
+    from mstein_fast.config import TrainConfig
+
+
+def log(message: str) -> None:
+    """Progress messages go to stderr (stdout carries only the final JSON); rank 0 only."""
+    if is_main_process():
+        print(message, file=sys.stderr, flush=True)
+
+
+def is_main_process() -> bool:
+    """True unless this is a rank other than 0 of a distributed job."""
+    return distributed.world()[0] == 0
+
+
+def init_distributed(device: str = "auto") -> bool:
+    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment).
+
+    The backend is NCCL when the job trains on CUDA, gloo otherwise; on CUDA each process uses
+    ``cuda:LOCAL_RANK``. Returns whether this is a distributed run. Idempotent."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return dist.is_available() and dist.is_initialized()
+    if not dist.is_available():
+        raise UserError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
+    if not dist.is_initialized():
+        cuda = device != "cpu" and not device.startswith("cpu") and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) in one place."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def stream_seed(seed: int, epoch: int, stream: int) -> int:
+    """A 63-bit seed for random stream ``stream`` of epoch ``epoch`` (independent streams)."""
+    return int(np.random.SeedSequence([seed % 2**32, epoch, stream]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device of ``name`` (auto, cpu, cuda, cuda:N); UserError if it cannot run here."""
+    if name in ("auto", "cuda") and distributed.world()[1] > 1 and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())  # cuda:LOCAL_RANK under torchrun
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device {name!r} is not a torch device (try cpu or cuda)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device {name!r} requested but there are only {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+def check_backend(backend: str, device: torch.device) -> None:
+    """UserError if the Wasserstein ops' ``backend`` cannot run on ``device`` here (loads only that backend)."""
+    if backend in ("auto", "torch"):
+        return
+    try:
+        resolve_backend(backend, device)
+    except (ValueError, RuntimeError) as err:
+        raise UserError(f"backend {backend!r} cannot run here: {err}; use --backend auto") from None
+
+
+def load_data(cfg: TrainConfig) -> Sequences:
+    """The configured data file, or the built-in synthetic data set."""
+    if cfg.data is None:
+        return synthetic_sequences(n_users=cfg.synthetic_users, n_items=cfg.synthetic_items,
+                                   n_clusters=cfg.synthetic_clusters, seed=cfg.synthetic_seed)
+    return load_sequences(cfg.data)
