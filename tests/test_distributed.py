@@ -119,7 +119,7 @@ CASES_2 = [
          temperature=3.0),
     # CoSeRec's dot-product InfoNCE
     dict(BASE, seed=10, sizes=[5, 8], d=6, kind="dot", temperature=1.0),
-    dict(BASE, seed=18, sizes=[7, 4], d=9, kind="public", dtype="float32", backend="auto"),
+    dict(BASE, seed=18, sizes=[7, 4], d=9, kind="group", dtype="float32", backend="auto"),
 ]
 
 

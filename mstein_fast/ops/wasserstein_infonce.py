@@ -129,7 +129,6 @@ def wasserstein_infonce(
     similarity: str = "inv",
     reduction: str = "mean",
     backend: str = "auto",
-    group=None,
 ) -> torch.Tensor:
     """Wasserstein InfoNCE between two views of N diagonal Gaussians (SPEC section 2).
 
@@ -143,19 +142,14 @@ def wasserstein_infonce(
         similarity: ``"inv"`` or ``"neg"``.
         reduction: ``"mean"`` or ``"sum"`` over the 2N rows, or ``"none"`` for the ``[2N]`` losses.
         backend: ``"auto"``, ``"cpp"``, ``"triton"`` or ``"torch"`` (the reference).
-        group: ``None`` (single process), or a ``torch.distributed`` process group (e.g.
-            ``torch.distributed.group.WORLD``): the inputs are this rank's rows and the loss is
-            that of the global batch, see :func:`mstein_fast.distributed.wasserstein_infonce`.
 
     Returns:
         The loss in the input dtype, differentiable w.r.t. all four inputs.
-    """
-    if group is not None:
-        from mstein_fast import distributed
 
-        return distributed.wasserstein_infonce(mean_a, cov_a, mean_b, cov_b, temperature=temperature,
-                                               similarity=similarity, reduction=reduction, backend=backend,
-                                               group=group)
+    This is the loss of the rows given, in one process. In a ``torch.distributed`` job, the loss
+    of the global batch (each rank passing its own rows) is
+    :func:`mstein_fast.distributed.wasserstein_infonce`.
+    """
     check_gaussians([("mean_a", mean_a, "cov_a", cov_a), ("mean_b", mean_b, "cov_b", cov_b)], same_rows=True)
     if mean_a.dim() != 2:
         raise ValueError(f"mean_a must be [N, D], got shape {tuple(mean_a.shape)}")
