@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from mstein_fast._checks import check_choice, check_gaussians, check_temperature, env_megabytes
 from mstein_fast.backends import BACKENDS, cpp_extension, resolve_backend
 from mstein_fast.numerics import cov_gradient, infonce_row_loss, stack
+from mstein_fast.ops import wasserstein_infonce as _single_process_infonce
 from mstein_fast.ops._stack import centre_rows_, empty_buffer, threads
 
 __all__ = ["all_gather_rows", "dot_infonce", "gather_with_grad", "wasserstein_infonce", "world"]
@@ -337,10 +338,8 @@ def wasserstein_infonce(
         loss (multiply by the world size under DDP, which averages gradients).
     """
     if not (dist.is_available() and dist.is_initialized()):
-        from mstein_fast.ops.wasserstein_infonce import wasserstein_infonce as single
-
-        return single(mean_a, cov_a, mean_b, cov_b, temperature=temperature, similarity=similarity,
-                      reduction=reduction, backend=backend)
+        return _single_process_infonce(mean_a, cov_a, mean_b, cov_b, temperature=temperature, similarity=similarity,
+                                       reduction=reduction, backend=backend)
     check_choice("similarity", similarity, SIMILARITIES)
     check_choice("reduction", reduction, REDUCTIONS)
     check_choice("backend", backend, BACKENDS)

@@ -26,9 +26,7 @@ import torch
 
 import mstein_fast
 from mstein_fast import reference
-
-# the module, not the function of the same name that mstein_fast.ops re-exports
-infonce_module = sys.modules["mstein_fast.ops.wasserstein_infonce"]
+from mstein_fast.ops import _wasserstein_infonce as infonce_module
 
 HAS_CPP = "cpp" in mstein_fast.available_backends()
 NEEDS_CPP = pytest.mark.skipif(not HAS_CPP, reason="C++ extension mstein_fast._C not built/importable")
@@ -508,7 +506,7 @@ def test_infonce_bigger(backend, keep, similarity, temperature, monkeypatch):
 
 def test_keep_limit_env_var_is_read():
     # MSTEIN_FAST_KEEP_MATRIX_MB=0 makes every problem take the stream path (no stored matrix).
-    code = "import sys, mstein_fast; print(sys.modules['mstein_fast.ops.wasserstein_infonce']._keep_limit_bytes())"
+    code = "from mstein_fast.ops import _wasserstein_infonce as m; print(m._keep_limit_bytes())"
     env = dict(os.environ, MSTEIN_FAST_KEEP_MATRIX_MB="0")
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False

@@ -24,7 +24,7 @@ from mstein_fast import reference
 from mstein_fast._checks import check_choice
 from mstein_fast.numerics import stack
 from mstein_fast.ops._stack import empty_buffer
-from mstein_fast.ops.wasserstein_infonce import REDUCTIONS, SIMILARITIES, _keep_limit_bytes, wasserstein_infonce
+from mstein_fast.ops._wasserstein_infonce import REDUCTIONS, SIMILARITIES, _keep_limit_bytes, wasserstein_infonce
 
 MAX_GROUPS = 12  # row groups of distinct width (more groups: less wasted work, more small products)
 # the sparse path runs when its Gram flops are below this fraction of the fused kernel's (1.5

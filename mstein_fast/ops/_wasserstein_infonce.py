@@ -8,8 +8,8 @@ from mstein_fast import reference
 from mstein_fast._checks import check_choice, check_gaussians, check_temperature, env_megabytes
 from mstein_fast.backends import cpp_extension, resolve_backend, triton_kernels
 from mstein_fast.ops._library import check_buffer, check_dims, define_op
+from mstein_fast.ops._pairwise_w2 import pairwise_w2
 from mstein_fast.ops._stack import centre_rows_, cpp_stack, threads
-from mstein_fast.ops.pairwise_w2 import pairwise_w2
 
 SIMILARITIES = {"inv": 0, "neg": 1}
 REDUCTIONS = ("mean", "sum", "none")

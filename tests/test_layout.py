@@ -1,0 +1,97 @@
+"""Where things live (issue 12): the import directions between modules, and the names that moved.
+
+* nothing in ``mstein_fast/ops/`` imports :mod:`mstein_fast.distributed` (the distributed loss
+  builds on the ops, not the other way round), and :mod:`mstein_fast.errors` imports nothing of
+  the package (every module may import it);
+* ``mstein_fast.ops.<op>`` is the function; its module is the private ``_<op>``;
+* the names that moved out of ``train.py`` and ``data.py`` are still importable from there, as
+  the very same objects.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pathlib
+import types
+
+import pytest
+
+import mstein_fast
+import mstein_fast.ops
+
+PACKAGE = pathlib.Path(mstein_fast.__file__).parent
+
+
+def imported_modules(source: str, package: str) -> set[str]:
+    """Every module that ``source`` (a module of ``package``) imports, at any depth of its code
+    (``from a import b`` counts as ``a`` and ``a.b``; relative imports are resolved)."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def imports_of(path: pathlib.Path) -> set[str]:
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    return imported_modules(path.read_text(encoding="utf-8"), package)
+
+
+def is_distributed(name: str) -> bool:
+    return name == "mstein_fast.distributed" or name.startswith("mstein_fast.distributed.")
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "ops").glob("*.py")), ids=lambda p: p.name)
+def test_ops_do_not_import_distributed(path):
+    assert not [n for n in imports_of(path) if is_distributed(n)]
+
+
+@pytest.mark.parametrize("source", [
+    "import mstein_fast.distributed",
+    "import mstein_fast.distributed as d",
+    "from mstein_fast import distributed",
+    "from mstein_fast.distributed import wasserstein_infonce",
+    "from .. import distributed",
+    "from ..distributed import world",
+    "def f():\n    if True:\n        from mstein_fast import distributed\n",
+])
+def test_the_import_check_sees_every_form(source):
+    # the check above would pass vacuously if imported_modules missed a form of import
+    assert [n for n in imported_modules(source, "mstein_fast.ops") if is_distributed(n)]
+
+
+def test_errors_import_nothing_of_the_package():
+    assert not [n for n in imports_of(PACKAGE / "errors.py") if n.startswith("mstein_fast")]
+
+
+@pytest.mark.parametrize("op", ["pairwise_w2", "wasserstein_infonce"])
+def test_ops_names_are_the_functions_and_their_modules_private(op):
+    function = getattr(mstein_fast.ops, op)
+    assert callable(function) and not isinstance(function, types.ModuleType)
+    assert function is getattr(mstein_fast, op)
+    module = importlib.import_module(f"mstein_fast.ops._{op}")
+    assert getattr(module, op) is function
+
+
+@pytest.mark.parametrize("old, new, names", [
+    ("mstein_fast.data", "mstein_fast.errors", ["UserError"]),
+    ("mstein_fast.train", "mstein_fast.errors", ["UserError", "Interrupted", "Diverged"]),
+    ("mstein_fast.train", "mstein_fast.runtime",
+     ["log", "is_main_process", "init_distributed", "seed_everything", "stream_seed", "resolve_device",
+      "check_backend", "load_data"]),
+    ("mstein_fast.train", "mstein_fast.checkpoint",
+     ["CHECKPOINT_FORMAT", "RUN_FILES", "write_failure", "save_atomic", "write_text_atomic", "append_line",
+      "load_checkpoint", "load_model_state", "model_from_checkpoint"]),
+])
+def test_moved_names_stay_importable_from_their_old_modules(old, new, names):
+    old_module, new_module = importlib.import_module(old), importlib.import_module(new)
+    for name in names:
+        assert getattr(old_module, name) is getattr(new_module, name), name
