@@ -56,12 +56,15 @@ def seen_mask(seen: Ragged, users: torch.Tensor, n_items: int, device) -> torch.
     return mask
 
 
-def target_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor,
+                 padding: torch.Tensor | None = None) -> torch.Tensor:
     """0-based rank of each target among all items (ties: smaller id first).
 
     Args:
         scores: ``[B, n_items]``, higher = better, column i is item id i + 1.
         targets: ``[B]`` item ids. excluded: ``[B, n_items]`` bool, items to rank last.
+        padding: ``[B]`` scores of the padding item 0 as one more candidate (the original code
+            ranks it; compat = "original"), or ``None``.
     """
     scores = scores.float().masked_fill(excluded, float("-inf"))
     col = (targets - 1).unsqueeze(1)
@@ -69,6 +72,8 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Te
     before = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0) < col
     higher = (scores > t) | ((scores == t) & before)
     ranks = higher.sum(1)  # an excluded target (score -inf) lands after every allowed item
+    if padding is not None:  # item 0: the smallest id, ahead on ties
+        ranks = ranks + (padding.float() >= t[:, 0]).long()
     # NaN compares false with everything (it would rank first) and +inf beats every finite score:
     # a target scored so by a diverged model is a miss, ranked after all items
     broken = torch.isnan(t[:, 0]) | (t[:, 0] == float("inf"))
@@ -97,11 +102,16 @@ def evaluate_ranks(model, split: LeaveOneOut, which: str, batch_size: int = 256,
     finite = torch.ones((), dtype=torch.bool, device=device)
     for start in range(0, len(users), batch_size):
         batch = users[start:start + batch_size]
-        scores = model.score_items(inputs[batch].to(device))
+        padding = None
+        if getattr(model, "compat", False):  # the original ranks the padding item 0 too
+            scores = model.score_items(inputs[batch].to(device), include_padding=True)
+            padding, scores = scores[:, 0], scores[:, 1:]
+        else:
+            scores = model.score_items(inputs[batch].to(device))
         if require_finite:
             finite &= torch.isfinite(scores).all()
         excluded = seen_mask(seen, batch, split.n_items, device)
-        ranks.append(target_ranks(scores, targets[batch].to(device), excluded).cpu())
+        ranks.append(target_ranks(scores, targets[batch].to(device), excluded, padding).cpu())
     model.train(was_training)
     if require_finite and not bool(finite):
         raise NonFiniteScores(f"the model scores some {which} items NaN or inf")

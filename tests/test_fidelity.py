@@ -257,6 +257,38 @@ def test_compat_sasrec_bce_is_the_originals_capped_form():
     assert a.item() <= 2 * -math.log(1e-24) + 1e-9 < b.item()
 
 
+@pytest.mark.parametrize("name", ["mstein", "sasrec"])
+def test_compat_ranks_the_padding_item_as_a_candidate(name):
+    from mstein_fast.data import leave_one_out, synthetic_sequences
+    from mstein_fast.evaluate import evaluate_ranks, target_ranks
+
+    split = leave_one_out(synthetic_sequences(n_users=50, n_items=30, n_clusters=3), 10)
+    torch.manual_seed(0)
+    cfg = TrainConfig(model=name, hidden_size=8, max_seq_length=10, backend="torch", compat="original")
+    compat = build_model(name, split.n_items, cfg).eval()
+    plain = compat.score_items(split.eval_arrays("valid")[0])
+    full = compat.score_items(split.eval_arrays("valid")[0], include_padding=True)
+    assert full.shape[1] == split.n_items + 1 and torch.equal(full[:, 1:], plain)
+    inputs, targets, seen = split.eval_arrays("valid")
+    from mstein_fast.evaluate import seen_mask
+
+    excluded = seen_mask(seen, torch.arange(len(targets)), split.n_items, "cpu")
+    without = target_ranks(plain, targets, excluded)
+    with_pad = evaluate_ranks(compat, split, "valid")
+    t = plain.gather(1, (targets - 1).unsqueeze(1))[:, 0]
+    assert torch.equal(with_pad, without + (full[:, 0] >= t).long())
+    # make item 0 everyone's best candidate: no target can be ranked first any more
+    with torch.no_grad():
+        if name == "mstein":
+            mean, _ = compat.last_gaussians(inputs)
+            compat.item_mean.weight[0] = mean.mean(0)
+            compat.item_cov.weight[0] = 5.0  # ELU + 1 = 6: far from everything but equally so
+            compat.item_mean.weight[1:] += 100.0
+        else:
+            compat.item_emb.weight[0] = 1e3 * compat.encode(inputs)[:, -1].mean(0)
+    assert evaluate_ranks(compat, split, "valid").min() >= 1
+
+
 def test_compat_config_early_stops_on_mrr_at_40_unless_told_otherwise():
     cfg, _ = build_config(None, {"compat": "original"})
     assert cfg.early_stop_metric == COMPAT_DEFAULTS["early_stop_metric"] == "mrr@40"
@@ -324,7 +356,7 @@ README_ROWS = {
     "crop and reorder windows": test_compat_crop_and_reorder_never_pick_the_last_window,
     "reorder ratio": test_compat_reorder_uses_the_mask_ratio,
     "early stopping": test_compat_config_early_stops_on_mrr_at_40_unless_told_otherwise,
-    "item 0 (padding) in the ranking": None,  # not reproduced
+    "item 0 (padding) in the ranking": test_compat_ranks_the_padding_item_as_a_candidate,
     "random streams": None,  # not reproducible bit for bit
 }
 

@@ -77,9 +77,10 @@ class SASRec(_Recommender):
         half = self.hidden // 2
         return self._wasserstein_infonce(out[..., :half], elu_plus_one(out[..., half:]))
 
-    def score_items(self, seqs: torch.Tensor) -> torch.Tensor:
-        """``[B, n_items]`` dot products of the last position with every item (column i: id i+1)."""
-        return self.encode(seqs)[:, -1] @ self.item_emb.weight[1:].T
+    def score_items(self, seqs: torch.Tensor, include_padding: bool = False) -> torch.Tensor:
+        """``[B, n_items]`` dot products of the last position with every item (column i: id i+1);
+        with ``include_padding`` ``[B, n_items + 1]`` whose column 0 scores the padding item 0."""
+        return self.encode(seqs)[:, -1] @ self.item_emb.weight[0 if include_padding else 1:].T
 
     def _item_similarity(self, rows):
         return self.item_emb(rows) @ self.item_emb.weight[1:].T

@@ -249,10 +249,15 @@ class STOSA(_Recommender):
             order.append(rows)
         return unpermute(means, order), unpermute(covs, order)
 
-    def score_items(self, seqs: torch.Tensor) -> torch.Tensor:
-        """``[B, n_items]`` scores, ``-W`` between the last position and every item (column i: id i+1)."""
+    def score_items(self, seqs: torch.Tensor, include_padding: bool = False) -> torch.Tensor:
+        """``[B, n_items]`` scores, ``-W`` between the last position and every item (column i: id i+1);
+        with ``include_padding`` ``[B, n_items + 1]`` whose column 0 scores the padding item 0 (the
+        original code ranks it as a candidate: compat = "original")."""
         mean, cov = self.last_gaussians(seqs)
-        item_mean, item_cov = self.item_gaussians()
+        if include_padding:
+            item_mean, item_cov = self.item_mean.weight, elu_plus_one(self.item_cov.weight)
+        else:
+            item_mean, item_cov = self.item_gaussians()
         return -mstein_fast.pairwise_w2(mean, cov, item_mean, item_cov, backend=self.backend)
 
     def _item_similarity(self, rows):
