@@ -215,7 +215,6 @@ class _DistributedInfoNCE(torch.autograd.Function):
         run_max = torch.full((r,), float("-inf"), dtype=dtype, device=x.device)
         run_others = torch.zeros(r, dtype=dtype, device=x.device)
         pos = torch.empty(r, dtype=dtype, device=x.device)
-        ar = torch.arange(r, device=x.device)
         for c0 in range(0, c, chunk):
             c1 = min(c, c0 + chunk)
             w = tiles.w(c0, c1)
@@ -223,11 +222,10 @@ class _DistributedInfoNCE(torch.autograd.Function):
                 kept.append(w)
             logit, _ = _logits(w, temperature, similarity)
             logit = _mask_self(logit, row_ids, c0, c1)
-            inside = (partner >= c0) & (partner < c1)
-            pos[inside] = logit[ar[inside], partner[inside] - c0]
+            label = _one_hot(partner, c0, c1)  # the positive's column, where it lies in this tile
+            pos = torch.where(label.any(1), torch.where(label, logit, 0.0).sum(1), pos)
             new_max = torch.maximum(run_max, logit.max(1).values)
-            e = torch.exp(logit - new_max.unsqueeze(1))
-            e[ar[inside], partner[inside] - c0] = 0.0
+            e = torch.exp(logit - new_max.unsqueeze(1)).masked_fill_(label, 0.0)
             run_others = run_others * torch.exp(run_max - new_max) + e.sum(1)
             run_max = new_max
         losses = infonce_row_loss(run_max, run_others, pos)
@@ -243,19 +241,18 @@ class _DistributedInfoNCE(torch.autograd.Function):
     def backward(ctx, grad_rows):
         x, rows, row_ids, partner, lse, not_pos, cov_a, cov_b, *kept = ctx.saved_tensors
         tiles = _Tiles(rows, x, ctx.use_cpp)
-        r, c = rows.shape[0], x.shape[0]
+        c = x.shape[0]
         g = grad_rows.to(x.dtype)
         g_rows = torch.zeros_like(rows)
         g_x = empty_buffer(x)
-        ar = torch.arange(r, device=x.device)
         for t, c0 in enumerate(range(0, c, ctx.chunk)):
             c1 = min(c, c0 + ctx.chunk)
             w = kept[t] if ctx.keep else tiles.w(c0, c1)
             logit, slope = _logits(w, ctx.temperature, ctx.similarity)
             logit = _mask_self(logit, row_ids, c0, c1)
             soft = torch.exp(logit - lse.unsqueeze(1))
-            inside = (partner >= c0) & (partner < c1)
-            soft[ar[inside], partner[inside] - c0] = -not_pos[inside]  # softmax - 1 at the label
+            # softmax - 1 at the label, as -(1 - softmax) without cancellation
+            soft = torch.where(_one_hot(partner, c0, c1), -not_pos.unsqueeze(1), soft)
             p = (g.unsqueeze(1) * soft * slope).contiguous()
             tiles.backward(p, c0, c1, g_rows, g_x)
         g_x.index_add_(0, row_ids, g_rows)
@@ -270,13 +267,16 @@ class _DistributedInfoNCE(torch.autograd.Function):
         return (*out, None, None, None, None, None)
 
 
+def _one_hot(ids: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
+    """``[r, c1 - c0]`` bool, True at column ``ids[i] - c0`` of row i where that lies in
+    ``[c0, c1)``: built by comparison, without a host sync (boolean indexing would wait for the
+    device once per tile)."""
+    return ids.unsqueeze(1) == torch.arange(c0, c1, device=ids.device).unsqueeze(0)
+
+
 def _mask_self(logit: torch.Tensor, row_ids: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
     """``-inf`` where a row meets itself (its own global column) in columns ``[c0, c1)``."""
-    inside = (row_ids >= c0) & (row_ids < c1)
-    if bool(inside.any()):
-        hit = torch.nonzero(inside).squeeze(1)
-        logit[hit, row_ids[hit] - c0] = float("-inf")
-    return logit
+    return logit.masked_fill_(_one_hot(row_ids, c0, c1), float("-inf"))
 
 
 def _check_collectively(pairs, extra: list[int], group) -> list[int]:
