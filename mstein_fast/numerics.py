@@ -24,8 +24,13 @@ Semantics (the reference, :mod:`mstein_fast.reference`, computes exactly these i
   the softmax saturates on the positive (the loss is then tiny, while ``lse - logit_positive``
   would subtract two numbers of the size of the logits, ~1e6 at temperature 1e-6).
 
-The C++ sources (``csrc/gaussian_stack.h``) carry the same constant; the tests check it against
-:data:`COV_FLOOR`.
+Who follows what: the reference, the distributed tiles and the Triton kernels compute the row
+loss in this form (the reference through ``cross_entropy`` in float64, where it is exact enough).
+The C++ kernel computes ``(max - positive) + log(sum)`` with the sum merged in double precision:
+the same value without cancellation (both terms are >= 0); its backward forms ``softmax - 1`` at
+the label in float32 (absolute error ~6e-8 of the label's gradient scale on rows whose softmax is
+saturated; tests/test_numerics_edges.py bounds it). The C++ sources (``csrc/gaussian_stack.h``)
+carry the same floor constant; the edge-case tests pin its behaviour (no gradient below it).
 """
 
 from __future__ import annotations
