@@ -518,7 +518,10 @@ def test_ctrl_c_stops_a_long_fused_infonce(tmp_path):
     import time
 
     code = (
-        "import sys, torch, mstein_fast\n"
+        "import signal, sys, torch, mstein_fast\n"
+        # a process started in the background by a non-interactive shell inherits SIGINT ignored
+        # (POSIX), and Python then installs no handler: restore the terminal's behaviour
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "n, d = 16384, 1024\n"
         "g = torch.Generator().manual_seed(0)\n"
         "m, c = torch.randn(n, d, generator=g), torch.rand(n, d, generator=g) + 0.5\n"
