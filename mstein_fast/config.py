@@ -171,6 +171,10 @@ class TrainConfig:
             raise ConfigError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})"
             )
+        if (self.original_padding or self.compat == "original") and (self.shared_padding or self.padding_pool):
+            raise ConfigError("shared_padding / padding_pool change how the views' padding is encoded, which "
+                              "original_padding (and compat = original) replaces by the original's whole-row "
+                              "attention: choose one")
         if self.model == "coserec-wdm" and self.hidden_size % 2:
             raise ConfigError(f"coserec-wdm splits the output in halves: hidden_size must be even, got {self.hidden_size}")
         if self.data is None and self.synthetic_items < 2 * self.synthetic_clusters:

@@ -368,3 +368,10 @@ def test_readme_table_lists_exactly_the_tested_differences():
     section = text.split("### Differences from the original code", 1)[1].split("\n\n| behaviour", 1)[1]
     rows = [line.split("|")[1].strip() for line in section.split("\n\n", 1)[0].splitlines()[2:]]
     assert set(rows) == set(README_ROWS) and len(rows) == len(README_ROWS)
+
+
+@pytest.mark.parametrize("switch", [{"original_padding": True}, {"compat": "original"}])
+@pytest.mark.parametrize("padding", [{"shared_padding": True}, {"padding_pool": 64}])
+def test_original_padding_refuses_the_padding_shortcuts(switch, padding):
+    with pytest.raises(ConfigError, match="choose one"):
+        TrainConfig(**switch, **padding).validate()
