@@ -362,14 +362,19 @@ def _zero(model: torch.nn.Module) -> None:
         p.grad = None
 
 
+def _forward_outputs(side, batch: Batch) -> dict:
+    """The encoder's mean and cov on the batch and on the views (no gradient)."""
+    out = {}
+    with torch.no_grad():
+        for what, ids in (("seqs", batch.seqs), ("views", batch.views)):
+            out[f"encode({what}).mean"], out[f"encode({what}).cov"] = side.encode(ids)
+    return out
+
+
 def original_results(side: OriginalSide, batch: Batch) -> dict:
     """Forward outputs, loss values and the gradients of the four objectives, original side."""
     model, args = side.model, side.args
-    out: dict = {"forward": {}, "loss": {}, "grad": {}}
-    with torch.no_grad():
-        for what, ids in (("seqs", batch.seqs), ("views", batch.views)):
-            mean, cov = side.encode(ids)
-            out["forward"][f"encode({what}).mean"], out["forward"][f"encode({what}).cov"] = mean, cov
+    out: dict = {"forward": _forward_outputs(side, batch), "loss": {}, "grad": {}}
     for objective in OBJECTIVES:
         _zero(model)
         bpr, pvn = side.rec_pieces(batch.seqs, batch.targets, batch.negatives)
@@ -392,11 +397,7 @@ def original_results(side: OriginalSide, batch: Batch) -> dict:
 def our_results(side: OursSide, batch: Batch, cfg) -> dict:
     """The same as :func:`original_results`, our side."""
     model = side.model
-    out: dict = {"forward": {}, "loss": {}, "grad": {}}
-    with torch.no_grad():
-        for what, ids in (("seqs", batch.seqs), ("views", batch.views)):
-            mean, cov = side.encode(ids)
-            out["forward"][f"encode({what}).mean"], out["forward"][f"encode({what}).cov"] = mean, cov
+    out: dict = {"forward": _forward_outputs(side, batch), "loss": {}, "grad": {}}
     for objective in OBJECTIVES:
         _zero(model)
         if objective == "bpr":
