@@ -34,6 +34,12 @@ queries, -(2**32) + W, keep few digits of W). The original's own float32 result 
 float64 one (up to 1e-2 on those gradients: in float32 the masked scores lose W entirely), so
 float32 alone cannot check the math.
 
+``evaluate`` (seconds): the validation and test metrics of a checkpoint the original saved (its
+best epoch so far; it writes one at each better validation epoch), computed by our evaluator on our
+compat model holding its weights: the test numbers of a run of the original that has not stopped
+yet (it tests only once it stops), and a check of the evaluation rules (the validation numbers must
+equal its own log line for that epoch).
+
 ``curves`` (minutes): the original's ``main.py`` with the official MStein command
 (``_original.OFFICIAL_ARGS``, ``--seed S``) for ``--epochs K``, then ``mstein-fast train --model
 mstein --compat original`` with the same epochs, seed and threads (and with ``--also-default`` a
@@ -514,6 +520,45 @@ def transplant(args) -> int:
     return 1 if bad else 0
 
 
+def load_original_weights(pairs: list[Pair], ours: torch.nn.Module, state: dict) -> None:
+    """The original's saved ``state_dict`` into our model (the reverse of :func:`copy_weights`)."""
+    mine = dict(ours.named_parameters())
+    missing = sorted({p.original for p in pairs} - set(state))
+    if missing:
+        raise ParityError(f"the checkpoint has no {', '.join(missing[:3])}: not a CoDistSAModel state_dict")
+    with torch.no_grad():
+        for pair in pairs:
+            piece = _our_piece(mine[pair.ours], pair)
+            piece.copy_(state[pair.original][:piece.shape[0]].to(piece.dtype))
+
+
+def evaluate_checkpoint(args) -> int:
+    """Validation and test metrics of a checkpoint the original saved (its best epoch so far), by
+    our evaluator on our compat model holding its weights: the same forward (the transplant check)
+    and the original's evaluation rules (compat: MRR over the top 40, the padding item a
+    candidate). Its validation numbers must equal the original's log line of that epoch; its test
+    numbers are what the original prints once it stops early."""
+    from mstein_fast.config import TrainConfig
+    from mstein_fast.data import leave_one_out, load_sequences
+    from mstein_fast.evaluate import evaluate
+    from mstein_fast.models import build_model
+
+    torch.set_num_threads(args.threads)
+    original = import_original(args.original, args.original_deps)
+    cfg = TrainConfig(model="mstein", compat="original", data=args.data, backend=args.backend, device="cpu").validate()
+    data = load_sequences(args.data)
+    split = leave_one_out(data, cfg.max_seq_length)
+    ours = build_model("mstein", split.n_items, cfg).eval()
+    side = OriginalSide(original, original_args(cfg, split.n_items, split.n_users))
+    pairs = parameter_pairs(ours, side.model)
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    load_original_weights(pairs, ours, state)
+    result = {"checkpoint": os.path.abspath(args.checkpoint), "valid": evaluate(ours, split, "valid"),
+              "test": evaluate(ours, split, "test")}
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def _append_json(path: str, record: dict) -> None:
     records = []
     if os.path.exists(path):
@@ -707,6 +752,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take the original's curve from this saved stdout of its main.py (the official command and "
                         "the same --seed; lines may start with a time stamp) instead of running it")
     q.add_argument("--original-python", metavar="PY", help="python for the original (default: this one)")
+    e = sub.add_parser("evaluate", help="validation and test metrics of a checkpoint the original saved")
+    _common(e, False)
+    e.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="the .pt the original's main.py saves at each better validation epoch (its output_dir)")
+    e.add_argument("--backend", default="auto", choices=["auto", "cpp", "torch"], help="our ops' backend")
     return parser
 
 
@@ -730,6 +780,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.users < 1:
                 build_parser().error("--users must be >= 1")
             return transplant(args)
+        if args.command == "evaluate":
+            if not os.path.isfile(args.checkpoint):
+                build_parser().error(f"--checkpoint {args.checkpoint}: no such file")
+            return evaluate_checkpoint(args)
         if args.epochs < 1:
             build_parser().error("--epochs must be >= 1")
         return curves(args)
