@@ -693,11 +693,17 @@ def curves(args) -> int:
     with open(os.path.join(work, "stdout.txt"), "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
     for key, run_dir in runs.items():
+        if key == "ours_compat" and args.ours_run:  # a finished run of ours (same settings): its first K epochs
+            result[key] = our_curve(args.ours_run)[:args.epochs]
+            if len(result[key]) < args.epochs:
+                raise ParityError(f"{args.ours_run} has {len(result[key])} epochs, fewer than --epochs {args.epochs}")
+            continue
         result[key] = run_ours(args, run_dir, key == "ours_compat", env)
     settings = {"data": os.path.abspath(args.data), "epochs": args.epochs, "seed": args.seed, "threads": args.threads,
                 "original": directory, "original_args": list(helper.OFFICIAL_ARGS) + [f"--seed={args.seed}"],
                 "ours_commands": {key: our_command(args, run_dir, key == "ours_compat") for key, run_dir in runs.items()},
-                "metrics": {k: f"original's {v}" for k, v in CURVE_METRICS.items()}, "torch": torch.__version__}
+                "metrics": {k: f"original's {v}" for k, v in CURVE_METRICS.items()}, "torch": torch.__version__,
+                "original_log": args.original_log, "ours_run": args.ours_run}
     with open(os.path.join(out, "parity_curves.json"), "w", encoding="utf-8") as fh:
         json.dump({"settings": settings, **result}, fh, indent=1)
         fh.write("\n")
@@ -751,6 +757,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--original-log", metavar="FILE",
                    help="take the original's curve from this saved stdout of its main.py (the official command and "
                         "the same --seed; lines may start with a time stamp) instead of running it")
+    q.add_argument("--ours-run", metavar="DIR",
+                   help="take our compat curve from this finished run directory (mstein-fast train --compat "
+                        "original, same seed) instead of training it")
     q.add_argument("--original-python", metavar="PY", help="python for the original (default: this one)")
     e = sub.add_parser("evaluate", help="validation and test metrics of a checkpoint the original saved")
     _common(e, False)
