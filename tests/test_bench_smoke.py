@@ -111,3 +111,25 @@ def test_original_plumbing_times_epochs_from_log_lines(original_module, tmp_path
         assert 0.04 < e.train_s < 5 and 0.015 < e.valid_s < 5
     with pytest.raises(original_module.OriginalError):
         original_module.check_checkout(str(tmp_path))
+
+
+def test_fidelity_runs_plans_resumes_and_summarises(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("fidelity_runs", SCRIPT.parent / "fidelity_runs.py")
+    runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runs)
+    plan = runs.planned("/data/Office_Products.txt", [1, 2], ["mstein-compat"])
+    assert [name for name, _ in plan] == ["Office_Products-mstein-compat-s1", "Office_Products-mstein-compat-s2"]
+    assert plan[0][1][-2:] == ["--compat", "original"] and "--patience" in plan[0][1]
+    done, half, new = tmp_path / "a-s1", tmp_path / "a-s2", tmp_path / "b-s1"
+    done.mkdir()
+    half.mkdir()
+    for run_dir, value in ((done, 0.10),):
+        (run_dir / "test_metrics.json").write_text(json.dumps(
+            {"best_epoch": 7, "epochs": 9, "test": {"recall@10": value, "ndcg@10": 0.05, "mrr@40": 0.04, "mrr": 0.045}}))
+    (half / "last.pt").write_bytes(b"")
+    assert runs.command(str(done), ["--x"], 1) is None  # finished: skipped
+    assert runs.command(str(half), ["--x"], 1)[-2:] == ["--resume", str(half)]
+    assert runs.command(str(new), ["--x"], 2)[-3:] == ["--x", "--output", str(new)]
+    assert runs.main(["summary", "--runs", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "| a | 1 | 0.1000 +- 0.0000 | 0.0500 +- 0.0000 | 0.0400 +- 0.0000 | 0.0450 +- 0.0000 | 7/9 |" in table
