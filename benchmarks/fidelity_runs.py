@@ -29,6 +29,10 @@ PLAN = [
     ("mstein-default", "mstein", []),
     ("mstein-compat", "mstein", ["--compat", "original"]),
     ("stosa-default", "stosa", []),
+    # the decisions (issues 10 and 11): one switch each against mstein-default, at equal epochs
+    ("mstein-pool128", "mstein", ["--padding-pool", "128"]),
+    ("mstein-double-cov", "mstein", ["--cl-double-cov-activation"]),
+    ("mstein-original-padding", "mstein", ["--original-padding"]),
 ]
 PUBLISHED = {  # test, all-item ranking (MStein paper, WWW'23; SPEC section 5): recall@10, ndcg@10, mrr
     "Office_Products": {"MStein": (0.1155, 0.0627, 0.0529), "STOSA": (0.1021, 0.0572, 0.0502),
@@ -39,15 +43,19 @@ PUBLISHED = {  # test, all-item ranking (MStein paper, WWW'23; SPEC section 5): 
 METRICS = ("recall@10", "ndcg@10", "mrr@40", "mrr")
 
 
-def planned(data: str, seeds: list[int], names: list[str] | None) -> list[tuple[str, list[str]]]:
-    """``[(run name, train options)]`` of the plan for one data file."""
+def planned(data: str, seeds: list[int], names: list[str] | None,
+            epochs: int = 500) -> list[tuple[str, list[str]]]:
+    """``[(run name, train options)]`` of the plan for one data file (at most ``epochs`` epochs)."""
     tag = os.path.splitext(os.path.basename(data))[0]
+    unknown = sorted(set(names or []) - {name for name, _, _ in PLAN})
+    if unknown:
+        raise SystemExit(f"unknown configuration(s) {unknown}; the plan has {[name for name, _, _ in PLAN]}")
     out = []
     for name, model, extra in PLAN:
         if names and name not in names:
             continue
         for seed in seeds:
-            options = ["--data", data, "--model", model, "--seed", str(seed), "--patience", "100", "--epochs", "500",
+            options = ["--data", data, "--model", model, "--seed", str(seed), "--patience", "100", "--epochs", str(epochs),
                        *extra]
             out.append((f"{tag}-{name}-s{seed}", options))
     return out
@@ -72,7 +80,7 @@ def command(run_dir: str, options: list[str], threads: int) -> list[str] | None:
 
 
 def run(args) -> int:
-    runs = planned(args.data, args.seeds, args.only)
+    runs = planned(args.data, args.seeds, args.only, args.epochs)
     os.makedirs(args.runs, exist_ok=True)
     queue = [(name, command(os.path.join(args.runs, name), options, args.threads)) for name, options in runs]
     queue = [(name, cmd) for name, cmd in queue if cmd is not None]
@@ -112,6 +120,37 @@ def _mean_std(values: list[float]) -> str:
     return f"{mean:.4f} +- {std:.4f}"
 
 
+def _validation_curve(run_dir: str, metric: str) -> list[float]:
+    """Validation ``metric`` per epoch (epoch 1 first) from the run's metrics.jsonl."""
+    curve = []
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                curve.append(json.loads(line)["valid"][metric])
+    return curve
+
+
+def _print_validation(runs_dir: str, groups: dict[str, list[dict]], metric: str = "mrr") -> None:
+    """Best validation ``metric`` up to epochs 10, 20, ... (mean +- std over seeds): the switches
+    compared at equal epochs, whatever the budget each run had."""
+    curves = {}
+    for name, results in groups.items():
+        found = [c for c in (_validation_curve(os.path.join(runs_dir, r["run"]), metric) for r in results
+                             if os.path.isfile(os.path.join(runs_dir, r["run"], "metrics.jsonl"))) if c]
+        if found:
+            curves[name] = found
+    if not curves:
+        return
+    shortest = min(len(c) for found in curves.values() for c in found)
+    marks = [e for e in range(10, shortest + 1, 10)] or [shortest]
+    print(f"best validation {metric} up to epoch E (mean +- std over seeds)\n")
+    print("| configuration | " + " | ".join(f"E = {e}" for e in marks) + " |")
+    print("| --- | " + " | ".join("---" for _ in marks) + " |")
+    for name, found in curves.items():
+        print(f"| {name} | " + " | ".join(_mean_std([max(c[:e]) for c in found]) for e in marks) + " |")
+    print()
+
+
 def summary(args) -> int:
     groups: dict[str, list[dict]] = {}
     for entry in sorted(os.listdir(args.runs)):
@@ -136,6 +175,7 @@ def summary(args) -> int:
                 # the paper's MRR is the original code's, over its top-40 list: our mrr@40
                 print(f"| {data} {model}, published | | {recall:.4f} | {ndcg:.4f} | {mrr:.4f} | | |")
     print()
+    _print_validation(args.runs, groups)
     for name, results in groups.items():
         for r in results:
             print(f"{r['run']}: " + "  ".join(f"{m} {r['test'][m]:.4f}" for m in METRICS)
@@ -152,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2, 3])
     p.add_argument("--only", type=lambda s: s.split(","), default=None,
                    help=f"comma-separated configurations of {[n for n, _, _ in PLAN]}")
+    p.add_argument("--epochs", type=int, default=500,
+                   help="at most this many epochs per run (default 500; shorter budgets for the decisions "
+                        "at equal epochs: use another --runs folder)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     q = sub.add_parser("summary", help="Markdown table of the finished runs")

@@ -126,10 +126,18 @@ def test_fidelity_runs_plans_resumes_and_summarises(tmp_path, capsys):
     for run_dir, value in ((done, 0.10),):
         (run_dir / "test_metrics.json").write_text(json.dumps(
             {"best_epoch": 7, "epochs": 9, "test": {"recall@10": value, "ndcg@10": 0.05, "mrr@40": 0.04, "mrr": 0.045}}))
+    (done / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e + 1, "valid": {"mrr": v}}) + "\n"
+                                                for e, v in enumerate([0.001 * e * (e % 2) for e in range(23)])))
     (half / "last.pt").write_bytes(b"")
+    with pytest.raises(SystemExit, match="unknown configuration"):
+        runs.planned("/data/Office_Products.txt", [1], ["mstein-nonsense"])
+    assert runs.planned("/data/x.txt", [1], ["mstein-pool128"], epochs=60)[0][1][-4:] == [
+        "--epochs", "60", "--padding-pool", "128"]
     assert runs.command(str(done), ["--x"], 1) is None  # finished: skipped
     assert runs.command(str(half), ["--x"], 1)[-2:] == ["--resume", str(half)]
     assert runs.command(str(new), ["--x"], 2)[-3:] == ["--x", "--output", str(new)]
     assert runs.main(["summary", "--runs", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert "| a | 1 | 0.1000 +- 0.0000 | 0.0500 +- 0.0000 | 0.0400 +- 0.0000 | 0.0450 +- 0.0000 | 7/9 |" in table
+    # best validation mrr up to epochs 10 and 20 of the curve 0, .001, 0, .003, ...
+    assert "| a | 0.0090 +- 0.0000 | 0.0190 +- 0.0000 |" in table and "E = 10 | E = 20 |" in table
