@@ -217,7 +217,7 @@ PYBIND11_MODULE(_C, m) {
         if (kind != 0 && kind != 1) throw std::invalid_argument("kind must be 0 (inv) or 1 (neg)");
         check_buffer("x", x, {2, n, k});
         check_buffer("losses", losses, {2, n});
-        check_buffer("lse", lse, {2, 2, n});
+        check_buffer("lse", lse, {3, 2, n});
         if (w) check_buffer("w", w, {2, n, 2, n});
         run_kernel(4.0 * n * n * k, [&] {
           table()->infonce_forward(ptr<const float>(x), n, k, temperature, kind, ptr<float>(losses),
@@ -226,7 +226,7 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("x"), py::arg("n"), py::arg("k"), py::arg("temperature"), py::arg("kind"), py::arg("losses"),
       py::arg("lse"), py::arg("w"), py::arg("threads"),
-      "Per-row InfoNCE losses of x [2n,k]; lse [2,2n]; w [2n,2n] stored when non-zero.");
+      "Per-row InfoNCE losses of x [2n,k]; lse [3,2n] (max, log-sum, 1 - softmax(positive)); w [2n,2n] stored when non-zero.");
   m.def(
       "wasserstein_infonce_bwd",
       [](uintptr_t x, int64_t n, int64_t k, float temperature, int kind, uintptr_t grad_rows, uintptr_t lse,
@@ -237,7 +237,7 @@ PYBIND11_MODULE(_C, m) {
         if (k % 2 != 0) throw std::invalid_argument("k must be even (x = [mean ; sqrt(cov)])");
         check_buffer("x", x, {2, n, k});
         check_buffer("grad_rows", grad_rows, {2, n});
-        check_buffer("lse", lse, {2, 2, n});
+        check_buffer("lse", lse, {3, 2, n});
         if (w) check_buffer("w", w, {2, n, 2, n});
         const int64_t d = k / 2;
         check_buffer("cov_a", cov_a, {n, d});

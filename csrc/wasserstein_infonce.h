@@ -145,6 +145,13 @@ static void infonce_forward(const float* x, int64_t n, int64_t k, float temperat
           const int64_t p = pb.partner(j0 + j) - i0;
           if (p >= 0 && p < ni) pos[j0 + j] = t[p * BS + j];
         }
+      // the running sums hold the other candidates only (the positive is kept apart: no cancellation
+      // in 1 - softmax(positive) when the softmax saturates on it); a positive's entry is the
+      // positive of its row and of its column alike (partner is symmetric), so one mask serves both
+      for (int64_t i = 0; i < ni; ++i) {
+        const int64_t p = pb.partner(i0 + i) - j0;
+        if (p >= 0 && p < nj) t[i * BS + p] = NEG_INF;
+      }
       // rows of block I
       for (int64_t i = 0; i < ni; ++i) {
         const float* row = t + i * BS;
@@ -180,7 +187,11 @@ static void infonce_forward(const float* x, int64_t n, int64_t k, float temperat
       }
     }
   }
-  // merge the per-thread statistics: lse = max + log(sum); loss = (max - pos) + log(sum)
+  // merge the per-thread statistics of the other candidates (max m, sum s of exp(logit - m)), in
+  // double: with z = log(s) + m - pos the log-odds of "not the positive", the row loss is
+  // softplus(z) = log1p(s exp(m - pos)) (mstein_fast.numerics' form) and 1 - softmax(positive) is
+  // sigmoid(z). Stored for the backward: lse[r] = top, lse[rows + r] = logsumexp - top (top =
+  // max(m, pos)), lse[2 rows + r] = 1 - softmax(positive).
   for (int64_t r = 0; r < rows; ++r) {
     float m = NEG_INF;
     for (int tt = 0; tt < used_threads; ++tt) m = std::max(m, stats.get()[tt * 2 * rows_pad + r]);
@@ -189,17 +200,22 @@ static void infonce_forward(const float* x, int64_t n, int64_t k, float temperat
       const float tm = stats.get()[tt * 2 * rows_pad + r];
       if (tm != NEG_INF) s += static_cast<double>(stats.get()[tt * 2 * rows_pad + rows_pad + r]) * std::exp(tm - m);
     }
-    const float log_sum = static_cast<float>(std::log(s));
-    lse[r] = m;
-    lse[rows + r] = log_sum;
-    losses[r] = (m - pos[r]) + log_sum;
+    const double p = pos[r];
+    const double z = s > 0.0 ? std::log(s) + (static_cast<double>(m) - p) : -std::numeric_limits<double>::infinity();
+    const double loss = z > 30.0 ? z + std::log1p(std::exp(-z)) : std::log1p(std::exp(z));
+    const double top = std::max(static_cast<double>(m), p);
+    losses[r] = static_cast<float>(loss);
+    lse[r] = static_cast<float>(top);
+    lse[rows + r] = static_cast<float>((p + loss) - top);
+    lse[2 * rows + r] = static_cast<float>(z > 0.0 ? 1.0 / (1.0 + std::exp(-z)) : std::exp(z) / (1.0 + std::exp(z)));
   }
 }
 
 // Q on block (ib, jb) from the W tile `t` (in place: t becomes Q), padding and diagonal zero.
 // Adds row sums into rowsum[0..BS) and, if colsum is given, column sums into colsum[0..BS).
 static void q_tile(const InfoNCEProblem& pb, const Similarity& sim, int64_t ib, int64_t jb, const float* g_pad,
-                   const float* max_pad, const float* log_pad, float* t, double* rowsum, double* colsum) {
+                   const float* max_pad, const float* log_pad, const float* not_pos_pad, float* t, double* rowsum,
+                   double* colsum) {
   const int64_t i0 = ib * BS, j0 = jb * BS, ni = pb.valid(ib), nj = pb.valid(jb);
   vf colacc[BS / VW];
   for (int64_t v = 0; v < BS / VW; ++v) colacc[v] = vf{};
@@ -221,8 +237,9 @@ static void q_tile(const InfoNCEProblem& pb, const Similarity& sim, int64_t ib, 
       const vf e_c = vexp((l - loadu(max_pad + j0 + j)) - loadu(log_pad + j0 + j));
       storeu(row + j, sim.dlogit(w) * (g_r * e_r + loadu(g_pad + j0 + j) * e_c));
     }
-    // the positive pair is the label of both its rows: d/dlogit gets -1 from each
-    if (has_pos) row[p] -= sim.dlogit1(w_pos) * (g_r + g_pad[j0 + p]);
+    // the positive pair is the label of both its rows: d/dlogit there is softmax - 1 for each,
+    // taken as -(1 - softmax) from the forward (no cancellation when the softmax saturates)
+    if (has_pos) row[p] = -sim.dlogit1(w_pos) * (g_r * not_pos_pad[r] + g_pad[j0 + p] * not_pos_pad[j0 + p]);
     std::fill(row + nj, row + BS, 0.f);
     if (ib == jb) row[i] = 0.f;
     vf acc = vf{};
@@ -239,12 +256,13 @@ static void q_tile(const InfoNCEProblem& pb, const Similarity& sim, int64_t ib, 
 
 // Padded copies of the per-row inputs of the backward (zero beyond the real rows).
 struct BackwardRows {
-  std::vector<float> g, max, log;
+  std::vector<float> g, max, log, not_pos;
   BackwardRows(const InfoNCEProblem& pb, const float* grad_rows, const float* lse)
-      : g(pb.rows_pad, 0.f), max(pb.rows_pad, 0.f), log(pb.rows_pad, 0.f) {
+      : g(pb.rows_pad, 0.f), max(pb.rows_pad, 0.f), log(pb.rows_pad, 0.f), not_pos(pb.rows_pad, 0.f) {
     std::copy(grad_rows, grad_rows + pb.rows, g.begin());
     std::copy(lse, lse + pb.rows, max.begin());
     std::copy(lse + pb.rows, lse + 2 * pb.rows, log.begin());
+    std::copy(lse + 2 * pb.rows, lse + 3 * pb.rows, not_pos.begin());
   }
 };
 
@@ -295,7 +313,7 @@ static void infonce_backward_rows(const InfoNCEProblem& pb, const Similarity& si
       if (stop_requested()) continue;  // Ctrl-C: the caller discards the outputs
       for (int64_t jb = 0; jb < pb.blocks; ++jb) {
         pb.w_tile(ib, jb, w, tile.get());
-        q_tile(pb, sim, ib, jb, br.g.data(), br.max.data(), br.log.data(), tile.get(), rowsum.data(), nullptr);
+        q_tile(pb, sim, ib, jb, br.g.data(), br.max.data(), br.log.data(), br.not_pos.data(), tile.get(), rowsum.data(), nullptr);
         // scatter the tile into the broadcast panels of Q_I (columns jb * BS ...)
         for (int64_t ip = 0; ip < BS / MR; ++ip) {
           float* dst = qpack.get() + (ip * rows_pad + jb * BS) * MR;
@@ -335,7 +353,7 @@ static void infonce_backward_pairs(const InfoNCEProblem& pb, const Similarity& s
       if (stop_requested()) continue;  // Ctrl-C: the caller discards the outputs
       const int64_t ib = pb.pairs[pi].first, jb = pb.pairs[pi].second;
       pb.w_tile(ib, jb, nullptr, tile.get());
-      q_tile(pb, sim, ib, jb, br.g.data(), br.max.data(), br.log.data(), tile.get(), my_rowsum + ib * BS,
+      q_tile(pb, sim, ib, jb, br.g.data(), br.max.data(), br.log.data(), br.not_pos.data(), tile.get(), my_rowsum + ib * BS,
              ib != jb ? my_rowsum + jb * BS : nullptr);
       pack_a_rows(tile.get(), BS, BS, BS, qa.get(), BS);
       product_n(qa.get(), BS, 0, xn.get(), rows_pad, jb * BS, BS, k_pad, my_acc + ib * BS * k_pad, k_pad, true);

@@ -24,13 +24,14 @@ Semantics (the reference, :mod:`mstein_fast.reference`, computes exactly these i
   the softmax saturates on the positive (the loss is then tiny, while ``lse - logit_positive``
   would subtract two numbers of the size of the logits, ~1e6 at temperature 1e-6).
 
-Who follows what: the reference, the distributed tiles and the Triton kernels compute the row
-loss in this form (the reference through ``cross_entropy`` in float64, where it is exact enough).
-The C++ kernel computes ``(max - positive) + log(sum)`` with the sum merged in double precision:
-the same value without cancellation (both terms are >= 0); its backward forms ``softmax - 1`` at
-the label in float32 (absolute error ~6e-8 of the label's gradient scale on rows whose softmax is
-saturated; tests/test_numerics_edges.py bounds it). The C++ sources (``csrc/gaussian_stack.h``)
-carry the same floor constant; the edge-case tests pin its behaviour (no gradient below it).
+Who follows what: the reference, the distributed tiles, the Triton kernels and the C++ kernel
+compute the row loss in this form (the reference through ``cross_entropy`` in float64, where it
+is exact enough). The C++ kernel keeps the positive out of its running sums, merges them in
+double precision and stores ``1 - softmax(positive)`` for its backward, which uses it at the label
+(``softmax - 1`` formed in float32 lost the whole label term on rows whose softmax is within 6e-8
+of 1, until 2026-12-02; tests/test_numerics_edges.py has the case). The C++ sources
+(``csrc/gaussian_stack.h``) carry the same floor constant; the edge-case tests pin its behaviour
+(no gradient below it).
 """
 
 from __future__ import annotations

@@ -159,3 +159,35 @@ def test_softmax_saturated_on_the_positive(backend):
     rows = rows_of(backend, [t.to(torch.float64 if backend == "torch" else torch.float32) for t in inputs], 0.01, "neg")
     assert torch.isfinite(rows).all() and (rows >= 0).all()
     check(backend, inputs, 0.01, "neg", tol32=2e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("temperature", [1.0, 1e-3])
+def test_nearly_saturated_rows_keep_their_small_loss_and_gradient(backend, temperature):
+    # every row's softmax is 1 - ~1e-8 on its positive (W to the positive ~1, to the 8 others ~22,
+    # "neg" logits -W / T with the geometry scaled by T): the losses and all gradients are ~1e-8 of
+    # their usual size, below float32's resolution of 1 - softmax. A kernel that forms softmax - 1
+    # at the label in float32 loses that term entirely (it was the C++ backward's defect); the
+    # cancellation-free form keeps every value to float32 rounding of the logits (~1e-5 relative
+    # here), so the check is relative to these tiny values, with no absolute floor.
+    n, d, s = 5, 7, 3.3
+    g = torch.Generator().manual_seed(11)
+    scale = math.sqrt(temperature)  # W scales with the square of the geometry, the logits with 1 / T
+    mean_a = torch.zeros(n, d, dtype=torch.float64)
+    mean_a[torch.arange(n), torch.arange(n)] = s
+    step = torch.randn(n, d, generator=g, dtype=torch.float64)
+    mean_b = mean_a + step / step.norm(dim=1, keepdim=True)
+    cov_a = 0.4 + 0.2 * torch.rand(n, d, generator=g, dtype=torch.float64)
+    cov_b = 0.4 + 0.2 * torch.rand(n, d, generator=g, dtype=torch.float64)
+    inputs = [t.float().double() for t in (mean_a * scale, cov_a * temperature, mean_b * scale, cov_b * temperature)]
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    upstream = 1.0 + torch.rand(2 * n, generator=g, dtype=torch.float64)
+    want, want_g = run(lambda *a: oracle_rows(*a, temperature, "neg"), inputs, upstream)
+    assert 1e-10 < want.min() and want.max() < 1e-6  # the regime of the test: saturated, not exactly
+    got, got_g = run(lambda *a: rows_of(backend, a, temperature, "neg"), [t.to(dtype) for t in inputs], upstream)
+    # float64 reference (log_softmax): ~2e-9 measured; float32 kernels: ~3e-6 measured (W rounded to
+    # float32 at |x|^2 ~ 11 moves exp(-W / T) by a few 1e-6 relative)
+    tol = 1e-7 if dtype == torch.float64 else 1e-4
+    for name, a, b in zip(["rows", "d mean_a", "d cov_a", "d mean_b", "d cov_b"], [got, *got_g], [want, *want_g]):
+        err = ((a.double() - b).norm() / b.norm()).item()
+        assert err <= tol, f"{backend} {name}: relative error {err:.3g} > {tol:g}"

@@ -34,7 +34,8 @@ def _fwd(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor, cov_b:
          similarity: str, keep: bool):
     """``mstein_fast::wasserstein_infonce_fwd``: per-row losses ``[2N]`` of contiguous float32
     ``[N, D]`` views, and what the backward needs: the centred stacked rows ``x`` ``[2N, 2D]``, the
-    per-row max logit and log-sum ``lse`` ``[2, 2N]``, and with ``keep`` the distance matrix ``w``
+    per-row statistics ``lse`` ``[3, 2N]`` (the largest logit, the log of the softmax denominator
+    relative to it, and ``1 - softmax(positive)`` computed without cancellation), and with ``keep`` the distance matrix ``w``
     ``[2N, 2N]`` (else an empty ``[0]``: the backward recomputes it)."""
     ext = cpp_extension()
     check_dims("mean_a", mean_a, 2)
@@ -46,7 +47,7 @@ def _fwd(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor, cov_b:
     x[n:] = cpp_stack(ext, mean_b, cov_b)
     centre_rows_(x.unsqueeze(0))
     losses = torch.empty(2 * n, dtype=torch.float32)
-    lse = torch.empty((2, 2 * n), dtype=torch.float32)  # per row: max logit, log of the sum
+    lse = torch.empty((3, 2 * n), dtype=torch.float32)  # per row: max logit, log of the sum, 1 - softmax(positive)
     w = torch.empty((2 * n, 2 * n) if keep else (0,), dtype=torch.float32)
     ext.wasserstein_infonce_fwd(x.data_ptr(), n, 2 * d, temperature, SIMILARITIES[similarity], losses.data_ptr(),
                                 lse.data_ptr(), w.data_ptr() if keep else 0, threads())
@@ -56,7 +57,7 @@ def _fwd(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor, cov_b:
 def _fwd_fake(mean_a, cov_a, mean_b, cov_b, temperature, similarity, keep):
     n, d = mean_a.shape
     new = mean_a.new_empty
-    return new((2 * n,)), new((2 * n, 2 * d)), new((2, 2 * n)), new((2 * n, 2 * n) if keep else (0,))
+    return new((2 * n,)), new((2 * n, 2 * d)), new((3, 2 * n)), new((2 * n, 2 * n) if keep else (0,))
 
 
 def _bwd(grad_rows: torch.Tensor, x: torch.Tensor, lse: torch.Tensor, w: torch.Tensor, cov_a: torch.Tensor,
@@ -70,7 +71,7 @@ def _bwd(grad_rows: torch.Tensor, x: torch.Tensor, lse: torch.Tensor, w: torch.T
         raise ValueError(f"x must be the [2N, 2D] stacked rows of the forward, got shape {tuple(x.shape)}")
     n, d = rows2 // 2, k // 2
     keep = w.numel() > 0
-    for name, t, shape in (("grad_rows", grad_rows, (rows2,)), ("x", x, (rows2, k)), ("lse", lse, (2, rows2)),
+    for name, t, shape in (("grad_rows", grad_rows, (rows2,)), ("x", x, (rows2, k)), ("lse", lse, (3, rows2)),
                            ("w", w, (rows2, rows2) if keep else (0,)), ("cov_a", cov_a, (n, d)),
                            ("cov_b", cov_b, (n, d))):
         check_buffer(name, t, shape)
