@@ -8,10 +8,13 @@ kernel (``G @ y`` plus the row sums of ``G``), the second reading ``G`` transpos
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
+
+from mstein_fast.ops._library import define_op
 
 from ._common import configs, device_guard, empty, gaussian_grads, kernel_dtypes, stack_centered
 
@@ -158,31 +161,59 @@ def _products(g: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return prod, rowsum
 
 
-class _PairwiseW2(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, mean1, cov1, mean2, cov2):
-        batch, (n, d), m = mean1.shape[:-2], mean1.shape[-2:], mean2.shape[-2]
-        x, y = stack_centered((mean1, cov1), (mean2, cov2))
-        x, y = x.reshape(-1, n, 2 * d), y.reshape(-1, m, 2 * d)
-        ctx.save_for_backward(x, y, cov1, cov2)
-        return _forward(x, y).reshape(*batch, n, m)
+def _fwd(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: torch.Tensor):
+    """``mstein_fast::pairwise_w2_triton_fwd``: ``W`` ``[..., N, M]`` and the centred stacked rows
+    ``x`` ``[B, N, 2D]``, ``y`` ``[B, M, 2D]`` (B = the product of the batch dims) the backward needs."""
+    batch, (n, d), m = mean1.shape[:-2], mean1.shape[-2:], mean2.shape[-2]
+    x, y = stack_centered((mean1, cov1), (mean2, cov2))
+    x, y = x.reshape(-1, n, 2 * d), y.reshape(-1, m, 2 * d)
+    return _forward(x, y).reshape(*batch, n, m), x, y
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, y, cov1, cov2 = ctx.saved_tensors
-        b, n, _ = x.shape
-        m = y.shape[1]
-        g = grad.to(x.dtype).reshape(b, n, m)
-        grads = [None] * 4
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            prod, rowsum = _products(g, y)
-            grads[0:2] = gaussian_grads(x, prod, rowsum, cov1.reshape(b, n, -1))
-        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            prod, rowsum = _products(g.transpose(1, 2), x)
-            grads[2:4] = gaussian_grads(y, prod, rowsum, cov2.reshape(b, m, -1))
-        shapes = (cov1.shape, cov1.shape, cov2.shape, cov2.shape)
-        return tuple(None if gr is None else gr.reshape(s) for gr, s in zip(grads, shapes))
+
+def _fwd_fake(mean1, cov1, mean2, cov2):
+    batch, (n, d), m = mean1.shape[:-2], mean1.shape[-2:], mean2.shape[-2]
+    b = math.prod(batch)
+    return mean1.new_empty((*batch, n, m)), mean1.new_empty((b, n, 2 * d)), mean1.new_empty((b, m, 2 * d))
+
+
+def _bwd(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cov1: torch.Tensor, cov2: torch.Tensor):
+    """``mstein_fast::pairwise_w2_triton_bwd``: gradients w.r.t. ``mean1, cov1, mean2, cov2`` from
+    the upstream ``grad`` ``[..., N, M]`` and the forward's ``x``, ``y``."""
+    b, n, _ = x.shape
+    m = y.shape[1]
+    g = grad.to(x.dtype).reshape(b, n, m)
+    prod, rowsum = _products(g, y)
+    g_mean1, g_cov1 = gaussian_grads(x, prod, rowsum, cov1.reshape(b, n, -1))
+    prod, rowsum = _products(g.transpose(1, 2), x)
+    g_mean2, g_cov2 = gaussian_grads(y, prod, rowsum, cov2.reshape(b, m, -1))
+    return tuple(t.reshape(c.shape).contiguous() for t, c in ((g_mean1, cov1), (g_cov1, cov1), (g_mean2, cov2),
+                                                                (g_cov2, cov2)))
+
+
+def _bwd_fake(grad, x, y, cov1, cov2):
+    return tuple(c.new_empty(c.shape) for c in (cov1, cov1, cov2, cov2))  # contiguous, as _bwd's
+
+
+def _setup_context(ctx, inputs, output):
+    _, cov1, _, cov2 = inputs
+    _, x, y = output
+    ctx.mark_non_differentiable(x, y)
+    ctx.save_for_backward(x, y, cov1, cov2)
+
+
+def _backward(ctx, grad, _grad_x, _grad_y):
+    x, y, cov1, cov2 = ctx.saved_tensors
+    return pairwise_w2_triton_bwd(grad.contiguous(), x, y, cov1, cov2)
+
+
+# registered for every device type: CUDA, and CPU tensors under TRITON_INTERPRET=1
+pairwise_w2_triton_bwd = define_op(
+    "pairwise_w2_triton_bwd",
+    "(Tensor grad, Tensor x, Tensor y, Tensor cov1, Tensor cov2) -> (Tensor, Tensor, Tensor, Tensor)",
+    _bwd, _bwd_fake, device_types=None)
+pairwise_w2_triton_fwd = define_op(
+    "pairwise_w2_triton_fwd", "(Tensor mean1, Tensor cov1, Tensor mean2, Tensor cov2) -> (Tensor, Tensor, Tensor)",
+    _fwd, _fwd_fake, backward=_backward, setup_context=_setup_context, device_types=None)
 
 
 def pairwise_w2(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: torch.Tensor) -> torch.Tensor:
@@ -191,4 +222,4 @@ def pairwise_w2(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, co
     Inputs are validated by the caller (one dtype and device, finite, ``cov > 0``). Output in the
     input dtype, accumulated in float32 (float64 for float64); differentiable w.r.t. all four.
     """
-    return _PairwiseW2.apply(mean1, cov1, mean2, cov2)
+    return pairwise_w2_triton_fwd(mean1, cov1, mean2, cov2)[0]

@@ -32,7 +32,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
+
+from mstein_fast.ops._library import define_op
 
 from ._common import (
     acc_dtype,
@@ -339,52 +340,95 @@ def _merge_column_ranges(part: torch.Tensor, top_cols: torch.Tensor):
     return losses, torch.stack([top + torch.log(total), others / total, 1 / total]), top_col
 
 
-class _WassersteinInfoNCE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, mean_a, cov_a, mean_b, cov_b, temperature: float, similarity: str):
-        n = mean_a.shape[0]
-        rows = 2 * n
-        (x,) = stack_centered((torch.cat([mean_a, mean_b]), torch.cat([cov_a, cov_b])))  # [2N, 2D]
-        k = x.shape[1]
-        acc = acc_dtype(x.dtype)
-        sq = x.to(acc).square().sum(1)
-        inv_temp = torch.full((1,), 1.0 / temperature, dtype=acc, device=x.device)
-        cols = _column_split(rows, k, x.device)
-        splits = triton.cdiv(rows, cols)
-        part = empty((4, splits, rows), acc, x.device)
-        top = empty((splits, rows), torch.int32, x.device)
-        with device_guard(x.device):
-            grid = lambda cfg: (triton.cdiv(rows, cfg["BLOCK_M"]), splits)
-            _infonce_fwd_kernel[grid](x, sq, inv_temp, part, top, rows, n, cols, K=k, SIM_INV=similarity == "inv",
-                                      **kernel_dtypes(x.dtype))
-        losses, stats, top = _merge_column_ranges(part, top)
-        ctx.save_for_backward(x, sq, inv_temp, stats, top, cov_a, cov_b)
-        ctx.similarity = similarity
-        return losses.to(mean_a.dtype)
+def _fwd(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor, cov_b: torch.Tensor, temperature: float,
+         similarity: str):
+    """``mstein_fast::wasserstein_infonce_triton_fwd``: the ``[2N]`` row losses (input dtype), and
+    for the backward the centred stacked rows ``x`` ``[2N, 2D]`` (input dtype), the per-row
+    statistics ``[3, 2N]`` and top columns ``[2N]`` (int32) of :func:`_merge_column_ranges`."""
+    n = mean_a.shape[0]
+    rows = 2 * n
+    (x,) = stack_centered((torch.cat([mean_a, mean_b]), torch.cat([cov_a, cov_b])))  # [2N, 2D]
+    k = x.shape[1]
+    acc = acc_dtype(x.dtype)
+    sq = x.to(acc).square().sum(1)
+    inv_temp = torch.full((1,), 1.0 / temperature, dtype=acc, device=x.device)
+    cols = _column_split(rows, k, x.device)
+    splits = triton.cdiv(rows, cols)
+    part = empty((4, splits, rows), acc, x.device)
+    top = empty((splits, rows), torch.int32, x.device)
+    with device_guard(x.device):
+        grid = lambda cfg: (triton.cdiv(rows, cfg["BLOCK_M"]), splits)
+        _infonce_fwd_kernel[grid](x, sq, inv_temp, part, top, rows, n, cols, K=k, SIM_INV=similarity == "inv",
+                                  **kernel_dtypes(x.dtype))
+    losses, stats, top = _merge_column_ranges(part, top)
+    return losses.to(mean_a.dtype), x, stats, top
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_rows):
-        x, sq, inv_temp, stats, top, cov_a, cov_b = ctx.saved_tensors
-        rows, k = x.shape
-        n = rows // 2
-        g = grad_rows.to(sq.dtype).contiguous()
-        prod = torch.zeros((rows, k), dtype=sq.dtype, device=x.device)  # atomics accumulate into these
-        weight = torch.zeros(rows, dtype=sq.dtype, device=x.device)
-        common = dict(K=k, SIM_INV=ctx.similarity == "inv", **kernel_dtypes(x.dtype))
-        with device_guard(x.device):
-            if k <= _MAX_REGISTER_K:
-                cols = _column_split(rows, k, x.device)
-                grid = lambda cfg: (triton.cdiv(rows, cfg["BLOCK_M"]), triton.cdiv(rows, cols))
-                kp = max(16, triton.next_power_of_2(k))  # tl.dot needs an inner dimension >= 16 on GPUs
-                _infonce_bwd_rows_kernel[grid](x, sq, inv_temp, stats, top, g, prod, weight, rows, n, cols,
-                                               KP=kp, **common)
-            else:
-                grid = lambda cfg: (triton.cdiv(rows, cfg["BLOCK"]), triton.cdiv(rows, cfg["BLOCK"]))
-                _infonce_bwd_tiles_kernel[grid](x, sq, inv_temp, stats, top, g, prod, weight, rows, n, **common)
-        g_mean_a, g_cov_a = gaussian_grads(x[:n], prod[:n], weight[:n], cov_a)
-        g_mean_b, g_cov_b = gaussian_grads(x[n:], prod[n:], weight[n:], cov_b)
-        return g_mean_a, g_cov_a, g_mean_b, g_cov_b, None, None
+
+def _fwd_fake(mean_a, cov_a, mean_b, cov_b, temperature, similarity):
+    n, d = mean_a.shape
+    return (mean_a.new_empty((2 * n,)), mean_a.new_empty((2 * n, 2 * d)),
+            mean_a.new_empty((3, 2 * n), dtype=acc_dtype(mean_a.dtype)),
+            mean_a.new_empty((2 * n,), dtype=torch.int32))
+
+
+def _bwd(grad_rows: torch.Tensor, x: torch.Tensor, stats: torch.Tensor, top: torch.Tensor, cov_a: torch.Tensor,
+         cov_b: torch.Tensor, temperature: float, similarity: str):
+    """``mstein_fast::wasserstein_infonce_triton_bwd``: gradients w.r.t. ``mean_a, cov_a, mean_b,
+    cov_b`` of ``sum(grad_rows * losses)`` from the forward's ``x``, ``stats`` and ``top``."""
+    rows, k = x.shape
+    n = rows // 2
+    acc = acc_dtype(x.dtype)
+    sq = x.to(acc).square().sum(1)  # as in the forward
+    inv_temp = torch.full((1,), 1.0 / temperature, dtype=acc, device=x.device)
+    g = grad_rows.to(acc).contiguous()
+    prod = torch.zeros((rows, k), dtype=acc, device=x.device)  # atomics accumulate into these
+    weight = torch.zeros(rows, dtype=acc, device=x.device)
+    common = dict(K=k, SIM_INV=similarity == "inv", **kernel_dtypes(x.dtype))
+    with device_guard(x.device):
+        if k <= _MAX_REGISTER_K:
+            cols = _column_split(rows, k, x.device)
+            grid = lambda cfg: (triton.cdiv(rows, cfg["BLOCK_M"]), triton.cdiv(rows, cols))
+            kp = max(16, triton.next_power_of_2(k))  # tl.dot needs an inner dimension >= 16 on GPUs
+            _infonce_bwd_rows_kernel[grid](x, sq, inv_temp, stats, top, g, prod, weight, rows, n, cols,
+                                           KP=kp, **common)
+        else:
+            grid = lambda cfg: (triton.cdiv(rows, cfg["BLOCK"]), triton.cdiv(rows, cfg["BLOCK"]))
+            _infonce_bwd_tiles_kernel[grid](x, sq, inv_temp, stats, top, g, prod, weight, rows, n, **common)
+    g_mean_a, g_cov_a = gaussian_grads(x[:n], prod[:n], weight[:n], cov_a)
+    g_mean_b, g_cov_b = gaussian_grads(x[n:], prod[n:], weight[n:], cov_b)
+    return tuple(t.contiguous() for t in (g_mean_a, g_cov_a, g_mean_b, g_cov_b))
+
+
+def _bwd_fake(grad_rows, x, stats, top, cov_a, cov_b, temperature, similarity):
+    return tuple(c.new_empty(c.shape) for c in (cov_a, cov_a, cov_b, cov_b))  # contiguous, as _bwd's
+
+
+def _setup_context(ctx, inputs, output):
+    _, cov_a, _, cov_b, temperature, similarity = inputs
+    _, x, stats, top = output
+    ctx.mark_non_differentiable(x, stats, top)
+    ctx.save_for_backward(x, stats, top, cov_a, cov_b)
+    ctx.temperature, ctx.similarity = temperature, similarity
+
+
+def _backward(ctx, grad_rows, _grad_x, _grad_stats, _grad_top):
+    x, stats, top, cov_a, cov_b = ctx.saved_tensors
+    grads = wasserstein_infonce_triton_bwd(grad_rows.contiguous(), x, stats, top, cov_a, cov_b, ctx.temperature,
+                                           ctx.similarity)
+    return (*grads, None, None)
+
+
+# registered for every device type: CUDA, and CPU tensors under TRITON_INTERPRET=1
+wasserstein_infonce_triton_bwd = define_op(
+    "wasserstein_infonce_triton_bwd",
+    "(Tensor grad_rows, Tensor x, Tensor stats, Tensor top, Tensor cov_a, Tensor cov_b, float temperature, "
+    "str similarity) -> (Tensor, Tensor, Tensor, Tensor)",
+    _bwd, _bwd_fake, device_types=None)
+wasserstein_infonce_triton_fwd = define_op(
+    "wasserstein_infonce_triton_fwd",
+    "(Tensor mean_a, Tensor cov_a, Tensor mean_b, Tensor cov_b, float temperature, str similarity) "
+    "-> (Tensor, Tensor, Tensor, Tensor)",
+    _fwd, _fwd_fake, backward=_backward, setup_context=_setup_context, device_types=None)
 
 
 def wasserstein_infonce_rows(
@@ -403,5 +447,5 @@ def wasserstein_infonce_rows(
     """
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
-    return _WassersteinInfoNCE.apply(mean_a, cov_a, mean_b, cov_b, float(temperature), similarity)
+    return wasserstein_infonce_triton_fwd(mean_a, cov_a, mean_b, cov_b, float(temperature), similarity)[0]
 

@@ -296,3 +296,72 @@ def test_infonce_no_grad_far_apart(similarity, temperature):
         base = loss(mean_a, cov_a, mean_b, cov_b, backend="torch")
     assert torch.isfinite(got).all()
     assert rel_err(got, want) <= max(TOL[torch.float32], 2 * rel_err(base, want)), worst(got, want)
+
+
+# ------------------------------------------- registered with torch.library (mstein_fast::*_triton_*)
+
+def _triton_op_cases():
+    ops = torch.ops.mstein_fast
+    g = torch.Generator().manual_seed(21)
+
+    def gauss(*shape, grad=True):
+        mean = torch.randn(*shape, generator=g).to(DEVICE)
+        cov = (torch.rand(*shape, generator=g) + 0.1).to(DEVICE)
+        return mean.requires_grad_(grad), cov.requires_grad_(grad)
+
+    def pairwise_fwd():
+        return (*gauss(2, 3, 5), *gauss(2, 4, 5))
+
+    def pairwise_bwd():
+        m1, c1, m2, c2 = (t.detach() for t in pairwise_fwd())
+        out, x, y = ops.pairwise_w2_triton_fwd(m1, c1, m2, c2)
+        return torch.randn(out.shape, generator=g).to(DEVICE), x, y, c1, c2
+
+    def infonce_fwd(similarity):
+        return (*gauss(6, 5), *gauss(6, 5), 0.5, similarity)
+
+    def infonce_bwd(similarity):
+        ma, ca, mb, cb, t, s = (a.detach() if torch.is_tensor(a) else a for a in infonce_fwd(similarity))
+        losses, x, stats, top = ops.wasserstein_infonce_triton_fwd(ma, ca, mb, cb, t, s)
+        return torch.randn(losses.shape, generator=g).to(DEVICE), x, stats, top, ca, cb, t, s
+
+    return [("pairwise_w2_triton_fwd", pairwise_fwd), ("pairwise_w2_triton_bwd", pairwise_bwd),
+            ("wasserstein_infonce_triton_fwd", lambda: infonce_fwd("inv")),
+            ("wasserstein_infonce_triton_fwd", lambda: infonce_fwd("neg")),
+            ("wasserstein_infonce_triton_bwd", lambda: infonce_bwd("inv"))]
+
+
+@pytest.mark.skipif(not hasattr(torch.library, "custom_op"), reason="torch.library.custom_op needs torch >= 2.4")
+@pytest.mark.parametrize("case", range(5))
+def test_triton_ops_pass_opcheck(case):
+    # the schema, the fake (shape) rule and the autograd registration of the Triton ops agree with
+    # what the kernels do (on CUDA; on a CPU through the interpreter)
+    name, make_args = _triton_op_cases()[case]
+    torch.library.opcheck(getattr(torch.ops.mstein_fast, name).default, make_args())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(torch.library, "custom_op"), reason="torch.library.custom_op needs torch >= 2.4")
+def test_triton_public_ops_compile_fullgraph_and_equal_eager():
+    # the Triton ops are single opaque nodes to torch.compile (no graph break), forward and backward
+    def f(m1, c1, m2, c2, ma, ca, mb, cb):
+        w = mstein_fast.pairwise_w2(m1, c1, m2, c2, backend="triton", check_values=False)
+        loss = mstein_fast.wasserstein_infonce(ma, ca, mb, cb, temperature=0.5, backend="triton")
+        return (w * w.detach().cos()).sum() + 3.0 * loss
+
+    def leaves():
+        g = torch.Generator().manual_seed(22)
+        shapes = [(2, 3, 5)] * 2 + [(2, 4, 5)] * 2 + [(6, 5)] * 4
+        out = []
+        for i, shape in enumerate(shapes):
+            t = torch.randn(*shape, generator=g) if i % 2 == 0 else torch.rand(*shape, generator=g) + 0.1
+            out.append(t.to(DEVICE).requires_grad_())
+        return out
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    eager_in, compiled_in = leaves(), leaves()
+    eager_out, compiled_out = f(*eager_in), compiled(*compiled_in)
+    torch.testing.assert_close(compiled_out, eager_out, rtol=1e-5, atol=1e-5)
+    for e, c in zip(torch.autograd.grad(eager_out, eager_in), torch.autograd.grad(compiled_out, compiled_in)):
+        torch.testing.assert_close(c, e, rtol=1e-4, atol=1e-5)

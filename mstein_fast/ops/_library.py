@@ -48,8 +48,11 @@ def define_op(
     *,
     backward: Callable | None = None,
     setup_context: Callable | None = None,
+    device_types: str | None = "cpu",
 ) -> Callable:
-    """Register ``impl`` as the CPU kernel of ``mstein_fast::<name>`` with ``schema`` (arguments
+    """Register ``impl`` as the kernel of ``mstein_fast::<name>`` on ``device_types`` (the C++
+    kernels: ``"cpu"``; the Triton kernels: ``None``, every device: CUDA, and CPU tensors under
+    ``TRITON_INTERPRET=1``) with ``schema`` (arguments
     and returns, as in ``"(Tensor x, float p) -> Tensor"``), ``fake`` as its shape rule and, when
     given, ``backward``/``setup_context`` as its autograd formula (``torch.library.register_autograd``
     conventions). Returns the op as a function of positional arguments.
@@ -63,7 +66,8 @@ def define_op(
     eager = impl if backward is None else _autograd_function(name, impl, backward, setup_context)
     if not HAS_CUSTOM_OP:
         return eager
-    op = torch.library.custom_op(f"{NAMESPACE}::{name}", impl, mutates_args=(), device_types="cpu", schema=schema)
+    op = torch.library.custom_op(f"{NAMESPACE}::{name}", impl, mutates_args=(), device_types=device_types,
+                                 schema=schema)
     op.register_fake(fake)
     if backward is not None:
         op.register_autograd(backward, setup_context=setup_context)
