@@ -7,11 +7,15 @@ device and backend checks, and the data of a configuration.
   ``(seed, epoch, stream)``, which makes a resumed run repeat the uninterrupted one);
 * :func:`resolve_device`, :func:`check_backend`: a :class:`UserError` when the requested device
   or Wasserstein backend cannot run here;
-* :func:`load_data`: the configured data file or the built-in synthetic data set.
+* :func:`load_data`: the configured data file or the built-in synthetic data set;
+* :func:`keep_freed_memory`: stop glibc from handing large freed blocks back to the kernel (a
+  training step allocates and frees ~100 MB tensors; refaulting their pages cost ~20% of a CPU
+  epoch).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import sys
@@ -105,3 +109,43 @@ def load_data(cfg: TrainConfig) -> Sequences:
         return synthetic_sequences(n_users=cfg.synthetic_users, n_items=cfg.synthetic_items,
                                    n_clusters=cfg.synthetic_clusters, seed=cfg.synthetic_seed)
     return load_sequences(cfg.data)
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MALLOC_ENV = "MSTEIN_FAST_MALLOC"
+_malloc_tuned: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Keep freed memory in the process instead of returning it to the kernel (glibc only): large
+    blocks come from the heap instead of fresh ``mmap``s, and the heap top is not trimmed.
+
+    Why: PyTorch's CPU allocator calls ``malloc`` for every tensor, and glibc serves blocks above
+    its mmap threshold (at most 32 MiB by default) with a fresh ``mmap`` that it unmaps on free, so
+    every activation of a training step (the feed-forward's ``[tokens, 4h]`` tensors are ~100 MB
+    here) is page-faulted anew: an elementwise pass over such a tensor took 4-6x its compute, and a
+    CPU training epoch ran ~1.2x slower (benchmarks/RESULTS.md, 2026-12-02). The cost: the
+    process's resident memory stays at its peak instead of shrinking between steps.
+
+    Done once per process, before the first large allocation matters; skipped (returns False) when
+    ``MSTEIN_FAST_MALLOC=0``, when the user tuned malloc through glibc's own ``MALLOC_*``
+    environment variables, or where there is no glibc ``mallopt`` (macOS, musl, Windows). Returns
+    whether the setting is in effect."""
+    global _malloc_tuned
+    if _malloc_tuned is not None:
+        return _malloc_tuned
+    _malloc_tuned = False
+    if os.environ.get(MALLOC_ENV, "1") == "0" or any(
+            k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # older glibc refuses thresholds above 32 MiB: fall back to that (tensors up to it are then kept)
+    mmap_ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 or mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1
+    trim_ok = mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) == 1
+    _malloc_tuned = mmap_ok and trim_ok
+    return _malloc_tuned

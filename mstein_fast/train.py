@@ -66,6 +66,7 @@ from mstein_fast.runtime import (
     check_backend,
     init_distributed,
     is_main_process,  # noqa: F401  (moved there; still importable from here)
+    keep_freed_memory,
     load_data,
     log,
     resolve_device,
@@ -135,6 +136,8 @@ class Trainer:
         self.out = output_dir
         self.device = resolve_device(cfg.device)
         check_backend(cfg.backend, self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # (MSTEIN_FAST_MALLOC=0 turns it off)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)

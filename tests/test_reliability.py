@@ -545,3 +545,42 @@ def test_ctrl_c_stops_a_long_fused_infonce(tmp_path):
         proc.kill()
     assert proc.returncode == 3 and out.strip() == "interrupted", out
     assert elapsed < 5.0, f"the kernel ran on for {elapsed:.1f} s after Ctrl-C"
+
+
+_RSS_PROBE = """
+import os, sys, torch
+from mstein_fast.runtime import keep_freed_memory
+tuned = keep_freed_memory()
+page = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * page
+before = rss()
+t = torch.ones(50_000_000)  # 200 MB, touched
+del t
+print(int(tuned), (rss() - before) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="Linux only (/proc)")
+def test_keep_freed_memory_keeps_large_freed_tensors_in_the_process():
+    # with the setting, a freed 200 MB tensor stays mapped (the next one reuses its pages instead
+    # of faulting fresh ones); without it (MSTEIN_FAST_MALLOC=0) glibc unmaps it on free
+    import subprocess
+    import sys
+
+    def probe(env_value):
+        env = dict(os.environ, MSTEIN_FAST_MALLOC=env_value)
+        env.pop("MALLOC_MMAP_THRESHOLD_", None)
+        env.pop("MALLOC_TRIM_THRESHOLD_", None)
+        out = subprocess.run([sys.executable, "-c", _RSS_PROBE], env=env, capture_output=True, text=True, check=True)
+        tuned, kept_mb = out.stdout.split()
+        return tuned == "1", float(kept_mb)
+
+    tuned, kept = probe("1")
+    if not tuned:
+        pytest.skip("no glibc mallopt here")
+    off, released = probe("0")
+    assert not off
+    assert kept > 150, f"only {kept:.0f} MB of the freed 200 MB stayed in the process"
+    assert released < 50, f"{released:.0f} MB stayed without the setting"
