@@ -178,6 +178,8 @@ def _add_tune_parser(sub) -> None:
     p.add_argument("--pruner-startup-trials", type=int, metavar="N",
                    help=f"median pruner: complete trials before any pruning (default: {tune.DEFAULT_STARTUP_TRIALS})")
     p.add_argument("--verbose", action="store_true", help="the trainer's output on stderr instead of the trial logs")
+    p.add_argument("--no-plots", action="store_true",
+                   help="no trials.png at the end (curves.csv is written either way; no matplotlib needed)")
     _add_config_options(p)
 
 
@@ -301,7 +303,7 @@ def _cmd_tune(args) -> int:
     result = tune.run_tune(args.output, {**file_values, **cli_values}, fixed=set(cli_values), space=space,
                            trials=args.trials, timeout=args.timeout, resume=args.resume, pruner=args.pruner,
                            prune_from=args.prune_from, startup_trials=args.pruner_startup_trials,
-                           verbose=args.verbose, space_where=args.space or "--space")
+                           verbose=args.verbose, space_where=args.space or "--space", plots=not args.no_plots)
     print(json.dumps(result))
     return 0
 

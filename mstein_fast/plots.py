@@ -149,3 +149,45 @@ def training_curves(runs: dict[str, list[dict]], losses: list[str], metrics: lis
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return _save(fig, stem)
+
+
+def tune_trials(trials: list[dict], metric: str, title: str, stem: str) -> list[str]:
+    """A hyperparameter search at a glance. Left: every trial's validation ``metric`` per epoch
+    (complete trials grey, pruned or failed ones dotted, the best trial in colour). Right: each
+    trial's best value against the epochs it trained (its budget: pruned trials stop early).
+    ``trials``: dicts with ``number``, ``state`` (COMPLETE, PRUNED, ...), ``curve`` ``[(epoch,
+    value), ...]`` and ``best`` (bool)."""
+    plt = require_matplotlib()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (curves, budget) = _panels(plt, 2, title)
+    colours = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red", "RUNNING": "tab:grey"}
+    seen = set()
+    for t in sorted(trials, key=lambda t: t["best"]):  # the best one drawn last (on top)
+        if not t["curve"]:
+            continue
+        epochs, values = zip(*t["curve"])
+        if t["best"]:
+            curves.plot(epochs, values, color="tab:green", linewidth=2.2, label=f"best: trial {t['number']}")
+        else:
+            curves.plot(epochs, values, color="0.55", linewidth=0.8, alpha=0.8,
+                        linestyle="-" if t["state"] == "COMPLETE" else ":")
+        label = t["state"].lower() if t["state"] not in seen else None
+        seen.add(t["state"])
+        finite = [v for v in values if math.isfinite(v)]
+        budget.scatter([epochs[-1]], [max(finite) if finite else math.nan], s=40 if t["best"] else 18,
+                       color="tab:green" if t["best"] else colours.get(t["state"], "black"),
+                       edgecolor="black" if t["best"] else "none", zorder=3 if t["best"] else 2, label=label)
+    curves.set_xlabel("epoch")
+    curves.set_ylabel(f"validation {metric_label(metric)}")
+    curves.set_title("Validation curve of every trial")
+    budget.set_xlabel("epochs trained")
+    budget.set_ylabel(f"best validation {metric_label(metric)}")
+    budget.set_title("Best value against epoch budget")
+    for ax in (curves, budget):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, stem)

@@ -53,6 +53,9 @@ Tune directory::
     trials/NNNN.log  the trainer's output of trial NNNN (with --verbose it goes to stderr instead)
     trials.csv       every trial: number, state, value, epochs, best_epoch, seconds, params_<key>..., note
     best.json        the config of the best trial: ``mstein-fast train --config DIR/best.json``
+    curves.csv       every trial's validation metric per epoch: trial, state, epoch, value
+    trials.png/.svg  (at the end, unless --no-plots) every trial's validation curve, the best one
+                     highlighted, and each trial's best value against the epochs it trained
 
 Reproducibility: every trial trains with the same ``seed`` (trials differ only by their
 parameters); trial ``n`` is sampled by a TPE sampler seeded from ``(seed, n)``, so a resumed
@@ -512,9 +515,27 @@ class _Search:
                              run.get("best_epoch", 0), f"{run.get('seconds', 0.0):.1f}"]
                             + [t.params.get(k, "") for k in names] + [t.user_attrs.get("note", "")])
         write_text_atomic(buf.getvalue(), os.path.join(self.out, "trials.csv"))
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["trial", "state", "epoch", "value"])
+        for t in self.trials():
+            for epoch, value in sorted(t.intermediate_values.items()):
+                writer.writerow([t.number, t.state.name, epoch, repr(value)])
+        write_text_atomic(buf.getvalue(), os.path.join(self.out, "curves.csv"))
         best = self.best()
         if best is not None:
             _write_json({**self.values, **best.params}, os.path.join(self.out, "best.json"))
+
+    def plot(self) -> list[str]:
+        """``trials.png``/``.svg``: the validation curve of every trial (the best highlighted) and
+        every trial's best value against the epochs it trained (matplotlib needed)."""
+        from mstein_fast.plots import metric_label, tune_trials
+
+        best = self.best()
+        rows = [{"number": t.number, "state": t.state.name, "curve": sorted(t.intermediate_values.items()),
+                 "best": best is not None and t.number == best.number} for t in self.trials()]
+        title = f"mstein-fast tune: {len(rows)} trials, validation {metric_label(self.metric)}"
+        return tune_trials(rows, self.metric, title, os.path.join(self.out, "trials"))
 
     def say(self, message: str) -> None:
         """A progress line on stderr."""
@@ -537,7 +558,7 @@ class _Search:
 def run_tune(output: str, values: dict, *, fixed=(), space: dict | None = None, trials: int | None = None,
              timeout: float | None = None, resume: bool = False, pruner: str | None = None,
              prune_from: int | None = None, startup_trials: int | None = None, verbose: bool = False,
-             space_where: str = "--space") -> dict:
+             space_where: str = "--space", plots: bool = True) -> dict:
     """Run (or with ``resume`` continue) the search in ``output``; returns :meth:`_Search.summary`.
 
     ``values``: the config values given (``--config`` file < options) that every trial shares;
@@ -548,7 +569,8 @@ def run_tune(output: str, values: dict, *, fixed=(), space: dict | None = None, 
     ``pruner`` (median, halving or none), ``prune_from`` (first epoch a trial may be pruned) and
     ``startup_trials`` (median: complete trials before pruning starts) default to median, 20, 5.
     ``verbose``: the trainer's output on stderr instead of ``trials/NNNN.log``; ``space_where``:
-    how errors name the space (its file).
+    how errors name the space (its file); ``plots``: draw ``trials.png`` at the end (skipped with
+    a note when matplotlib is missing).
 
     Without ``resume`` a directory that holds a tune, or any other files, is refused; with it the
     saved settings are used, and changing them (other than :data:`RESUME_KEYS`) is refused."""
@@ -636,6 +658,11 @@ def run_tune(output: str, values: dict, *, fixed=(), space: dict | None = None, 
         finally:
             optuna.logging.set_verbosity(verbosity)
     result = search.summary()
+    if plots and result["trials"]:
+        try:
+            result["figures"] = search.plot()
+        except UserError as err:  # matplotlib missing: the tune itself is done
+            print(f"no figure: {err}", file=sys.stderr)
     best = result["best_trial"]
     print(f"tune: {result['trials']} trials ({result['complete']} complete, {result['pruned']} pruned, "
           f"{result['failed']} failed)"

@@ -172,8 +172,20 @@ def test_pruning_stops_bad_trials(tmp_path, capsys, monkeypatch, pruner):
         ("COMPLETE", "3", "0.005"), ("PRUNED", "1", "1e-09"), ("PRUNED", "1", "1e-09"), ("COMPLETE", "3", "0.005")]
     assert rows[1]["note"] == "pruned at epoch 1"
     assert "trial 1 pruned: 1 epochs" in err
-    assert json.loads(stdout)["pruned"] == 2
+    result = json.loads(stdout)
+    assert result["pruned"] == 2
     assert read_json(out / "best.json")["lr"] == 5e-3
+    # curves.csv: each trial's reported validation mrr per epoch, as in its own metrics.jsonl
+    with open(out / "curves.csv", newline="") as fh:
+        curves = [(int(r["trial"]), r["state"], int(r["epoch"]), float(r["value"])) for r in csv.DictReader(fh)]
+    assert [(t, s, e) for t, s, e, _ in curves] == [
+        (0, "COMPLETE", 1), (0, "COMPLETE", 2), (0, "COMPLETE", 3), (1, "PRUNED", 1), (2, "PRUNED", 1),
+        (3, "COMPLETE", 1), (3, "COMPLETE", 2), (3, "COMPLETE", 3)]
+    logged = [json.loads(line)["valid"]["mrr"] for line in (out / "trials" / "0000" / "metrics.jsonl").open()]
+    assert [v for t, _, _, v in curves if t == 0] == logged
+    # the figure of all trials (the test extra has matplotlib)
+    assert sorted(Path(p).name for p in result["figures"]) == ["trials.png", "trials.svg"]
+    assert (out / "trials.png").stat().st_size > 10_000
 
 
 def test_a_space_file_in_toml(tmp_path):
@@ -255,6 +267,13 @@ def test_timeout_starts_no_new_trial(tmp_path, capsys):
                                  "--output", tmp_path / "t")
     assert code == 0
     assert json.loads(stdout)["trials"] == 0 and "timeout: 1e-09 s passed; 0 of 3 trials finished" in err
+
+
+def test_no_plots_writes_the_curves_but_no_figure(tmp_path, capsys):
+    code, stdout, err = run_main(capsys, "tune", *REFERENCE, "--trials", "1", "--no-plots", "--output", tmp_path / "t")
+    assert code == 0, err
+    assert "figures" not in json.loads(stdout) and not (tmp_path / "t" / "trials.png").exists()
+    assert (tmp_path / "t" / "curves.csv").read_text().count("\n") == 1 + 2  # header + 2 epochs
 
 
 def test_the_default_space_is_documented(capsys):
