@@ -123,7 +123,11 @@ def make_config(args, backend: str):
 
 
 def device_name(device: torch.device) -> str:
-    return str(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    if device.type == "cuda":
+        return str(device)
+    from mstein_fast import runtime  # whether the trainer kept freed memory (MSTEIN_FAST_MALLOC)
+
+    return f"cpu x{torch.get_num_threads()}" + (", malloc kept" if runtime._malloc_tuned else "")
 
 
 def sync(device: torch.device) -> None:
