@@ -36,6 +36,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mstein_fast.compat import original_compat
+
 INSERT, SUBSTITUTE, MASK, CROP, REORDER = range(5)
 OP_NAMES = ("insert", "substitute", "mask", "crop", "reorder")
 SHORT_OPS = (INSERT, SUBSTITUTE, MASK)
@@ -119,7 +121,7 @@ class Augmenter:
         self.threshold = cfg.augment_threshold
         self.max_len = cfg.max_seq_length
         # compat = "original": crop / reorder windows start in 0..n-k-1, reorder uses gamma
-        self.original_windows = getattr(cfg, "compat", "none") == "original"
+        self.original_windows = original_compat(cfg)
         if self.original_windows:
             self.beta = self.gamma
         self.degenerate = False

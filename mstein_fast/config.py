@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from mstein_fast.compat import original_compat
 from mstein_fast.errors import UserError
 from mstein_fast.models import MODELS
 
@@ -171,7 +172,7 @@ class TrainConfig:
             raise ConfigError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})"
             )
-        if (self.original_padding or self.compat == "original") and (self.shared_padding or self.padding_pool):
+        if (self.original_padding or original_compat(self)) and (self.shared_padding or self.padding_pool):
             raise ConfigError("shared_padding / padding_pool change how the views' padding is encoded, which "
                               "original_padding (and compat = original) replaces by the original's whole-row "
                               "attention: choose one")
@@ -195,6 +196,7 @@ QUICK_PRESET: dict[str, Any] = {
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
 
 # The keys that `train --resume` may change: none of them changes the model, the data or what the
 # next epochs compute. `data` may be given again (e.g. the file moved); the trainer refuses a file

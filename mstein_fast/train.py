@@ -57,6 +57,7 @@ from mstein_fast.checkpoint import (
     write_failure,  # noqa: F401  (moved there; still importable from here)
     write_text_atomic,
 )
+from mstein_fast.compat import original_compat
 from mstein_fast.config import FIELDS, TrainConfig, check_resume
 from mstein_fast.data import LeaveOneOut, leave_one_out, sample_negatives
 from mstein_fast.errors import Diverged, Interrupted, UserError
@@ -315,10 +316,10 @@ class Trainer:
         t_sim = 0.0
         if self.augmenter is not None:
             t = time.perf_counter()
-            if cfg.compat == "original" and epoch > cfg.augmentation_warm_up_epochs + 1:
+            if original_compat(cfg) and epoch > cfg.augmentation_warm_up_epochs + 1:
                 # the original switches after its 0-based epoch W, to a similarity that is degenerate
                 self.augmenter.set_degenerate(split.n_items)
-            elif cfg.compat != "original" and epoch > cfg.augmentation_warm_up_epochs:
+            elif not original_compat(cfg) and epoch > cfg.augmentation_warm_up_epochs:
                 self.augmenter.set_similarity(model.nearest_items(self.augmenter.similar_k))
             else:
                 self.augmenter.set_similarity(self.offline_similar)

@@ -8,6 +8,7 @@ from torch import nn
 
 import mstein_fast
 from mstein_fast import distributed
+from mstein_fast.compat import original_compat
 from mstein_fast.models.buckets import BUCKET_COST
 from mstein_fast.models.layers import elu_plus_one
 from mstein_fast.ops.wasserstein_infonce_sequences import wasserstein_infonce_sequences
@@ -33,7 +34,7 @@ class _Recommender(nn.Module):
         self.similarity = cfg.similarity
         self.dot_temperature = cfg.dot_temperature
         # compat = "original": every behaviour of the original code, defects included (README table)
-        self.compat = getattr(cfg, "compat", "none") == "original"
+        self.compat = original_compat(cfg)
         self.double_cov_activation = cfg.cl_double_cov_activation or self.compat
         # the original's padding: random frozen padding rows, padding queries attending to their whole row
         self.original_padding = getattr(cfg, "original_padding", False) or self.compat
