@@ -8,8 +8,10 @@ time into a temporary directory that goes first on the subprocess's ``PYTHONPATH
 - ``sitecustomize.py``: restores the numpy aliases the code still uses (``np.float``, ``np.int``,
   ... removed in numpy 1.24, and ``np.asfarray``, removed in numpy 2.0), and turns on
   ``torch.set_flush_denormal(True)`` (optional; without it the original's InfoNCE backward at
-  temperature 1e-6 slows down by about half once its values turn denormal), and sets torch's
-  thread count when asked;
+  temperature 1e-6 slows down by about half once its values turn denormal), sets torch's
+  thread count when asked, and (optional) gives glibc's malloc the setting this trainer uses
+  (as ``mstein_fast.runtime.keep_freed_memory``: freed memory kept in the process), so that the
+  side-by-side comparison can be made with it on both sides;
 - ``gensim.py``: an empty module (the original imports gensim at the top of ``models.py`` and uses
   it only for its Item2Vec similarity, which the official command does not select).
 
@@ -67,6 +69,16 @@ if {flush!r} and not _torch.set_flush_denormal(True):
     print("sitecustomize: this CPU cannot flush denormals", file=sys.stderr)
 if {threads!r}:
     _torch.set_num_threads({threads!r})
+if {keep_freed!r}:  # mallopt(M_MMAP_THRESHOLD, 1 GiB), mallopt(M_TRIM_THRESHOLD, 2 GiB - 1), as the trainer's
+    import ctypes as _ctypes
+
+    try:
+        _mallopt = _ctypes.CDLL(None).mallopt
+        _ok = _mallopt(-3, 1 << 30) == 1 and _mallopt(-1, (1 << 31) - 1) == 1
+    except (OSError, AttributeError):
+        _ok = False
+    if not _ok:
+        print("sitecustomize: could not set glibc's malloc", file=sys.stderr)
 '''
 
 
@@ -98,7 +110,8 @@ def check_checkout(directory: str) -> str:
     return directory
 
 
-def prepare(work: str, data_file: str, flush_denormal: bool = True, threads: int = 0) -> tuple[str, str, str]:
+def prepare(work: str, data_file: str, flush_denormal: bool = True, threads: int = 0,
+            keep_freed: bool = False) -> tuple[str, str, str]:
     """Write the shims into ``work/shims`` and a data directory ``work/data`` of symlinks (the data
     file and, when it lies beside the data file, its ItemCF-IUF similarity pickle; otherwise the
     original builds the pickle there on its first run). Returns (shim dir, data dir with a trailing
@@ -107,7 +120,7 @@ def prepare(work: str, data_file: str, flush_denormal: bool = True, threads: int
     os.makedirs(shims, exist_ok=True)
     os.makedirs(data_dir, exist_ok=True)
     with open(os.path.join(shims, "sitecustomize.py"), "w") as fh:
-        fh.write(_SITECUSTOMIZE.format(flush=bool(flush_denormal), threads=int(threads)))
+        fh.write(_SITECUSTOMIZE.format(flush=bool(flush_denormal), threads=int(threads), keep_freed=bool(keep_freed)))
     with open(os.path.join(shims, "gensim.py"), "w") as fh:
         fh.write('"""Empty stand-in: the original imports gensim but the official command never uses it."""\n')
     data_file = os.path.abspath(data_file)

@@ -10,6 +10,7 @@ to the published MStein/STOSA rows (SPEC section 5), and the validation curves' 
 
     python benchmarks/fidelity_runs.py run --data ../shared/data/Office_Products.txt --runs runs/fidelity --jobs 2
     python benchmarks/fidelity_runs.py summary --runs runs/fidelity
+    python benchmarks/fidelity_runs.py plot --runs runs/fidelity --output benchmarks/figures/fidelity_curves
 
 Ctrl-C stops the running trainings (each keeps its last completed epoch); run again to continue.
 """
@@ -183,6 +184,52 @@ def summary(args) -> int:
     return 0
 
 
+def plot(args) -> int:
+    """Validation ``--metric`` per epoch of every configuration: the mean over its seeds, the band
+    between its lowest and highest seed; also the numbers as CSV (configuration, epoch, mean, min,
+    max, seeds)."""
+    import csv
+
+    from mstein_fast.plots import metric_label, require_matplotlib
+
+    groups: dict[str, list[list[float]]] = {}
+    for entry in sorted(os.listdir(args.runs)):
+        path = os.path.join(args.runs, entry)
+        if os.path.isfile(os.path.join(path, "metrics.jsonl")):
+            curve = _validation_curve(path, args.metric)
+            if curve:
+                groups.setdefault(entry.rsplit("-s", 1)[0], []).append(curve)
+    if not groups:
+        print(f"no runs with metrics.jsonl in {args.runs}", file=sys.stderr)
+        return 1
+    rows = []
+    for name, curves in groups.items():
+        for e in range(min(len(c) for c in curves)):
+            values = [c[e] for c in curves]
+            rows.append((name, e + 1, sum(values) / len(values), min(values), max(values), len(values)))
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+    with open(args.output + ".csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["configuration", "epoch", f"valid_{args.metric}_mean", "min", "max", "seeds"])
+        writer.writerows([(n, e, f"{m:.6f}", f"{lo:.6f}", f"{hi:.6f}", k) for n, e, m, lo, hi, k in rows])
+    plt = require_matplotlib()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for name in groups:
+        mine = [r for r in rows if r[0] == name]
+        epochs = [r[1] for r in mine]
+        (line,) = ax.plot(epochs, [r[2] for r in mine], label=f"{name} ({mine[0][5]} seeds)")
+        ax.fill_between(epochs, [r[3] for r in mine], [r[4] for r in mine], color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {metric_label(args.metric)}")
+    ax.set_title(f"Validation {metric_label(args.metric)}: mean over seeds, band = lowest to highest seed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(args.output + ".png", dpi=130)
+    print(f"wrote {args.output}.png and {args.output}.csv", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -199,8 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     q = sub.add_parser("summary", help="Markdown table of the finished runs")
     q.add_argument("--runs", required=True, metavar="DIR")
+    r = sub.add_parser("plot", help="validation curves per configuration (mean over seeds, seed band)")
+    r.add_argument("--runs", required=True, metavar="DIR")
+    r.add_argument("--output", required=True, metavar="STEM", help="writes STEM.png and STEM.csv")
+    r.add_argument("--metric", default="mrr", help="validation metric (default: mrr)")
     args = parser.parse_args(argv)
-    return run(args) if args.command == "run" else summary(args)
+    return {"run": run, "summary": summary, "plot": plot}[args.command](args)
 
 
 if __name__ == "__main__":

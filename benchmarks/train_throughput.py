@@ -252,7 +252,8 @@ def side_by_side(args, backends: list[str]) -> None:
     python = args.original_python or sys.executable
     times = {"original": [], **{backend: [] for backend in backends}}  # side -> [(round, epoch, train s, valid s)]
     with tempfile.TemporaryDirectory(prefix="mstein-original-") as work:
-        shims, data_dir, name = _original.prepare(work, args.data, not args.original_keep_denormals, args.threads)
+        shims, data_dir, name = _original.prepare(work, args.data, not args.original_keep_denormals, args.threads,
+                                                  keep_freed=args.original_malloc)
         _original.check_python(python, shims)
         for r in range(1, args.rounds + 1):
             print(f"round {r}/{args.rounds}: the original ({directory}), epochs 1-{args.epochs}", file=sys.stderr)
@@ -275,7 +276,8 @@ def side_by_side(args, backends: list[str]) -> None:
     dev = device_name(device)
     denormals = "kept" if args.original_keep_denormals else "flushed"
     config = (f"{os.path.basename(args.data)} official MStein command, epochs 1-{args.epochs} x {args.rounds} rounds "
-              f"alternating, medians of epochs 2-{args.epochs}, original denormals {denormals}")
+              f"alternating, medians of epochs 2-{args.epochs}, original denormals {denormals}"
+              + (", original's malloc kept" if args.original_malloc else ""))
     rows = summarize(times, f"{config}; {dev}, torch {torch.__version__}, {datetime.date.today().isoformat()}")
     if args.csv:
         write_csv(args.csv, "side_by_side", rows, config, dev)
@@ -408,6 +410,9 @@ def main() -> None:
     side.add_argument("--original-python", metavar="PY", help="python for the original (default: this one)")
     side.add_argument("--original-keep-denormals", action="store_true",
                       help="do not flush denormals in the original's process (its unmodified behaviour)")
+    side.add_argument("--original-malloc", action="store_true",
+                      help="give the original's process the malloc setting this trainer uses on CPU (freed memory "
+                           "kept; MSTEIN_FAST_MALLOC): the comparison with it on both sides")
     prof = parser.add_argument_group("profile")
     prof.add_argument("--profile", action="store_true", help="profile epoch 2 of this trainer")
     prof.add_argument("--profile-rows", type=int, default=20, help="operators listed by self CPU time")

@@ -141,3 +141,9 @@ def test_fidelity_runs_plans_resumes_and_summarises(tmp_path, capsys):
     assert "| a | 1 | 0.1000 +- 0.0000 | 0.0500 +- 0.0000 | 0.0400 +- 0.0000 | 0.0450 +- 0.0000 | 7/9 |" in table
     # best validation mrr up to epochs 10 and 20 of the curve 0, .001, 0, .003, ...
     assert "| a | 0.0090 +- 0.0000 | 0.0190 +- 0.0000 |" in table and "E = 10 | E = 20 |" in table
+    # plot: the mean curve per configuration and its CSV (one seed here: min = max = mean)
+    assert runs.main(["plot", "--runs", str(tmp_path), "--output", str(tmp_path / "fig" / "curves")]) == 0
+    lines = (tmp_path / "fig" / "curves.csv").read_text().splitlines()
+    assert lines[0] == "configuration,epoch,valid_mrr_mean,min,max,seeds" and len(lines) == 1 + 23
+    assert lines[4] == "a,4,0.003000,0.003000,0.003000,1"
+    assert (tmp_path / "fig" / "curves.png").stat().st_size > 5000
