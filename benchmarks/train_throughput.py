@@ -56,9 +56,11 @@ import sys
 import tempfile
 import time
 
+import mstein_fast  # before torch: the OpenMP wait setting the `mstein-fast` command gets
+
+# isort: split
 import torch
 
-import mstein_fast
 from mstein_fast.config import build_config
 from mstein_fast.evaluate import evaluate
 from mstein_fast.runtime import resolve_device

@@ -7,11 +7,18 @@ Plain-PyTorch oracles live in :mod:`mstein_fast.reference`.
 
 import os
 
-# OpenMP threads that spin while they wait make every training step many times slower as soon as
-# another process competes for the cores (9x on 2 cores with two other jobs running); waiting
-# passively cost nothing measurable on a quiet machine. Set only when the user has not chosen, and
-# effective only if torch (its OpenMP runtime) is not loaded yet, as with the `mstein-fast` command.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How OpenMP threads wait between parallel regions (libgomp, torch's runtime on Linux). Its default,
+# spinning ~300k iterations first, made a training step 2-9x slower as soon as another process
+# competed for the cores; waiting passively (OMP_WAIT_POLICY=PASSIVE) cost ~20% of a CPU epoch on a
+# quiet machine (the many small ops of a step wake the threads every few microseconds). A short
+# spin keeps the quiet machine's speed and most of the passive policy's robustness (2026-12-02,
+# benchmarks/RESULTS.md: quiet 6.5 s vs 8.3 s passive vs 6.7 s libgomp default per Office epoch;
+# beside two busy processes 17-22 s vs 14-16 s vs 26-35 s). Set only when the user has chosen
+# neither, and effective only if torch (its OpenMP runtime) is not loaded yet, as with the
+# `mstein-fast` command.
+WAIT_DEFAULTS = {"GOMP_SPINCOUNT": "10000"}
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ.update(WAIT_DEFAULTS)
 
 import torch  # noqa: F401  (import torch before the extension so both share one OpenMP runtime)
 
