@@ -86,7 +86,9 @@ def run(args) -> int:
     queue = [(name, command(os.path.join(args.runs, name), options, args.threads)) for name, options in runs]
     queue = [(name, cmd) for name, cmd in queue if cmd is not None]
     print(f"{len(runs) - len(queue)} of {len(runs)} runs finished; {len(queue)} to go", file=sys.stderr)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY="PASSIVE")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    if args.jobs > 1:  # runs share the cores: passive OpenMP waits (alone, the package's short spin is faster)
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     active: list[tuple[str, subprocess.Popen, object]] = []
     try:
         while queue or active:
