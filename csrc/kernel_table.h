@@ -24,8 +24,8 @@ struct KernelTable {
   // gx = 2 (rowsum(g) x - g y), gy = 2 (colsum(g) y - g^T x), per batch.
   void (*sqdist_backward)(const float* g, const float* x, const float* y, float* gx, float* gy, int64_t b, int64_t n,
                           int64_t m, int64_t k, int threads);
-  // InfoNCE over the 2n rows of x [2n, K]: per-row losses, (row max, log-sum) pairs in lse[2, 2n],
-  // and, when w is not null, the full 2n x 2n distance matrix for the backward.
+  // InfoNCE over the 2n rows of x [2n, K]: per-row losses, lse[3, 2n] (row max, log-sum relative to
+  // it, 1 - softmax(positive)), and, when w is not null, the full 2n x 2n distance matrix for the backward.
   void (*infonce_forward)(const float* x, int64_t n, int64_t k, float temperature, int kind, float* losses,
                           float* lse, float* w, int threads);
   // Gradients of sum_r grad_rows[r] * loss[r] w.r.t. the means and variances of both views
