@@ -9,11 +9,12 @@
 #include "pairwise_w2.h"
 #include "wasserstein_infonce.h"
 #include "dropout.h"
+#include "activations.h"
 
 namespace mstein {
 const KernelTable* table_generic() {
   static const KernelTable table{"generic", generic::stack_gaussian, generic::unstack_gradient, generic::sqdist_forward, generic::sqdist_backward, generic::infonce_forward,
-                                 generic::infonce_backward, generic::dropout};
+                                 generic::infonce_backward, generic::dropout, generic::elu_forward, generic::elu_backward};
   return &table;
 }
 }  // namespace mstein

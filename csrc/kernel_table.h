@@ -36,6 +36,10 @@ struct KernelTable {
                            int threads);
   // out[i] = x[i] * scale where hash(seed, i) >= threshold, else 0 (counter-based dropout mask).
   void (*dropout)(const float* x, float* out, int64_t n, uint32_t threshold, float scale, uint64_t seed, int threads);
+  // out = elu(x), or max(elu(x) + 1, 1e-24) when plus_one (x, out: [n], may alias).
+  void (*elu_forward)(const float* x, float* out, int64_t n, int plus_one, int threads);
+  // grad_in = grad * d act / dx, from the forward's output y (grad_in may alias grad).
+  void (*elu_backward)(const float* grad, const float* y, float* grad_in, int64_t n, int plus_one, int threads);
 };
 
 }  // namespace mstein

@@ -268,6 +268,30 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("x"), py::arg("out"), py::arg("n"), py::arg("threshold"), py::arg("scale"), py::arg("seed"),
       py::arg("threads"), "out[i] = x[i] * scale if hash(seed, i) >= threshold else 0 (x, out: float32 [n]).");
+  m.def(
+      "elu_fwd",
+      [](uintptr_t x, uintptr_t out, int64_t n, bool plus_one, int threads) {
+        check_threads(threads);
+        check_buffer("x", x, {n});
+        check_buffer("out", out, {n});
+        py::gil_scoped_release nogil;
+        table()->elu_forward(ptr<const float>(x), ptr<float>(out), n, plus_one ? 1 : 0, threads);
+      },
+      py::arg("x"), py::arg("out"), py::arg("n"), py::arg("plus_one"), py::arg("threads"),
+      "out = elu(x), or max(elu(x) + 1, 1e-24) with plus_one (x, out: float32 [n], may alias).");
+  m.def(
+      "elu_bwd",
+      [](uintptr_t grad, uintptr_t y, uintptr_t grad_in, int64_t n, bool plus_one, int threads) {
+        check_threads(threads);
+        check_buffer("grad", grad, {n});
+        check_buffer("y", y, {n});
+        check_buffer("grad_in", grad_in, {n});
+        py::gil_scoped_release nogil;
+        table()->elu_backward(ptr<const float>(grad), ptr<const float>(y), ptr<float>(grad_in), n, plus_one ? 1 : 0,
+                              threads);
+      },
+      py::arg("grad"), py::arg("y"), py::arg("grad_in"), py::arg("n"), py::arg("plus_one"), py::arg("threads"),
+      "grad_in = grad * (elu or elu + 1)'(x), from the forward's output y (float32 [n]; grad_in may alias grad).");
   // the names before the ops were registered with torch.library (distributed.py still calls these)
   m.attr("sqdist_forward") = m.attr("pairwise_w2_fwd");
   m.attr("sqdist_backward") = m.attr("pairwise_w2_bwd");

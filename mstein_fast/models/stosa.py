@@ -17,6 +17,7 @@ from mstein_fast.models.layers import (
     original_attention_mask,
     paired_w2,
 )
+from mstein_fast.ops import activations
 from mstein_fast.ops.dropout import Dropout
 
 
@@ -57,7 +58,7 @@ class STOSA(_Recommender):
         return self._encode_window(seqs, 0)
 
     def _embed(self, ids, pos):
-        mean = F.elu(self.dropout(self.embed_norm(self.item_mean(ids) + self.position_mean(pos))))
+        mean = activations.elu(self.dropout(self.embed_norm(self.item_mean(ids) + self.position_mean(pos))))
         cov = elu_plus_one(self.dropout(self.embed_norm(self.item_cov(ids) + self.position_cov(pos))))
         return mean, cov
 
@@ -99,7 +100,7 @@ class STOSA(_Recommender):
         # deterministic on a multi-threaded CPU, that of repeat (a sum) is
         mean = torch.cat([mean[:w].repeat(n, 1) for n, w in blocks])
         cov = torch.cat([cov[:w].repeat(n, 1) for n, w in blocks])
-        mean = F.elu(self.dropout(mean.unsqueeze(0)))
+        mean = activations.elu(self.dropout(mean.unsqueeze(0)))
         cov = elu_plus_one(self.dropout(cov.unsqueeze(0)))
         return self._layers(mean, cov, lambda attention, m, c: attention.forward_self_only(m, c))
 
