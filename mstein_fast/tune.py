@@ -57,6 +57,10 @@ Tune directory::
     trials.png/.svg  (at the end, unless --no-plots) every trial's validation curve, the best one
                      highlighted, and each trial's best value against the epochs it trained
 
+Trial 0 of a new study trains the shared configuration itself (the defaults, ``--config`` and the
+options; keys whose value lies outside the space are sampled), so the search always has the
+baseline it must beat, scored the same way.
+
 Reproducibility: every trial trains with the same ``seed`` (trials differ only by their
 parameters); trial ``n`` is sampled by a TPE sampler seeded from ``(seed, n)``, so a resumed
 search samples what the uninterrupted one would have (bit for bit on the same device and thread
@@ -390,8 +394,26 @@ class _Search:
                          f"(continue with --resume)")
                 break
             self.study.sampler = _sampler(optuna, self.cfg.seed, len(self.study.get_trials(deepcopy=False)))
+            if not self.trials():
+                base = self.base_params()
+                if base:  # trial 0 scores the shared settings themselves: the search has a baseline
+                    self.study.enqueue_trial(base, user_attrs={"base": True})
             trial = self.study.ask()
             self.run_trial(trial, n_trials, continued=False)
+
+    def base_params(self) -> dict:
+        """The shared configuration's values of the searched keys that lie in their distributions
+        (what the first trial of a new study trains; keys whose value lies outside are sampled)."""
+        params = {}
+        for name, spec in self.space.items():
+            value = getattr(self.cfg, name)
+            if spec["type"] == "categorical":
+                inside = value in spec["choices"]
+            else:
+                inside = spec["low"] <= value <= spec["high"]
+            if inside:
+                params[name] = value
+        return params
 
     def run_trial(self, trial, n_trials: int, continued: bool) -> None:
         """Train one trial into ``trials/NNNN`` and tell the study its outcome."""
@@ -402,6 +424,8 @@ class _Search:
         params = {name: _suggest(trial, name, spec) for name, spec in self.space.items()}
         n = trial.number
         label = f"trial {n} [{min(self.finished() + 1, n_trials)}/{n_trials}]"
+        if trial.user_attrs.get("base"):
+            label += " (the base configuration)"
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
         run_dir = os.path.join(self.trials_dir, f"{n:04d}")
         progress = dict(trial.user_attrs.get("run", {"epochs": 0, "best_epoch": 0, "best_score": None,

@@ -290,3 +290,27 @@ def test_the_default_space_is_documented(capsys):
     for model in FIELDS["model"].metadata["choices"]:  # every default space is valid for every model
         tune.check_space(tune.default_space(model), "default")
         tune._check_against(tune.default_space(model), {"model": model}, "default")
+
+
+def test_trial_0_trains_the_base_configuration(tmp_path, capsys):
+    # the defaults lie in the default space, except lr = 0.5 given in --config (outside [1e-4, 1e-2]):
+    # trial 0 takes every in-space value as it is and samples lr
+    config = tmp_path / "base.json"
+    config.write_text(json.dumps({"lr": 0.5, "cf_weight": 0.02}))
+    out = tmp_path / "tune"
+    code, _, err = run_main(capsys, "tune", *TINY, "--config", config, "--augmentation-warm-up-epochs", "2",
+                            "--epochs", "1", "--trials", "2", "--output", out, "--no-plots")
+    assert code == 0, err
+    first, second = read_trials(out)
+    base = build_config({"cf_weight": 0.02})[0]
+    space = tune.default_space("mstein")
+    searched = [k[len("params_"):] for k in first if k.startswith("params_")]
+    assert "lr" in searched and "cf_weight" in searched
+    for key in searched:
+        if key == "lr":
+            assert space[key]["low"] <= float(first["params_lr"]) <= space[key]["high"]
+        else:
+            assert type(getattr(base, key))(first[f"params_{key}"]) == getattr(base, key), key
+    assert "trial 0 [1/2] (the base configuration) started" in err
+    # the next trial is sampled, not the base again
+    assert any(first[f"params_{k}"] != second[f"params_{k}"] for k in searched if k != "lr")
