@@ -347,9 +347,4 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("x"), py::arg("out"), py::arg("n"), py::arg("threshold"), py::arg("scale"), py::arg("seed"),
       py::arg("threads"), "out[i] = x[i] * scale if hash(seed, i) >= threshold else 0 (x, out: float32 [n]).");
-  // the names before the ops were registered with torch.library (distributed.py still calls these)
-  m.attr("sqdist_forward") = m.attr("pairwise_w2_fwd");
-  m.attr("sqdist_backward") = m.attr("pairwise_w2_bwd");
-  m.attr("infonce_forward") = m.attr("wasserstein_infonce_fwd");
-  m.attr("infonce_backward") = m.attr("wasserstein_infonce_bwd");
 }
