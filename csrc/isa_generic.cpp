@@ -8,13 +8,15 @@
 #include "gaussian_stack.h"
 #include "pairwise_w2.h"
 #include "wasserstein_infonce.h"
+#include "infonce_rect.h"
 #include "dropout.h"
 #include "activations.h"
 
 namespace mstein {
 const KernelTable* table_generic() {
   static const KernelTable table{"generic", generic::stack_gaussian, generic::unstack_gradient, generic::sqdist_forward, generic::sqdist_backward, generic::infonce_forward,
-                                 generic::infonce_backward, generic::dropout, generic::elu_forward, generic::elu_backward};
+                                 generic::infonce_backward, generic::infonce_rect_forward, generic::infonce_rect_backward,
+                                 generic::dropout, generic::elu_forward, generic::elu_backward};
   return &table;
 }
 }  // namespace mstein

@@ -34,6 +34,19 @@ struct KernelTable {
                            const float* grad_rows, const float* lse, const float* w, const float* cov_a,
                            const float* cov_b, float* g_mean_a, float* g_cov_a, float* g_mean_b, float* g_cov_b,
                            int threads);
+  // Rectangular InfoNCE (csrc/infonce_rect.h): rows [r, k] against the column range cols [c, k];
+  // self_col, pos_col [r] (int64, relative to the range, -1 outside it). Updates the float64 running
+  // state run_max, run_others [r] (max and sum of exp(logit - max) over the candidates other than
+  // the row itself and its positive) and writes pos[i] (the positive's logit) where pos_col[i] >= 0.
+  void (*infonce_rect_forward)(const float* rows, const float* cols, int64_t r, int64_t c, int64_t k,
+                               const int64_t* self_col, const int64_t* pos_col, float temperature, int kind,
+                               double* run_max, double* run_others, double* pos, int threads);
+  // Its backward for upstream gradients g [r] and stats [3, r] (top logit, log of the softmax
+  // denominator relative to it, 1 - softmax(positive)): g_rows [r, k] += and g_cols [c, k] = the
+  // gradients of sum_i g[i] loss_i restricted to this column range.
+  void (*infonce_rect_backward)(const float* rows, const float* cols, int64_t r, int64_t c, int64_t k,
+                                const int64_t* self_col, const int64_t* pos_col, float temperature, int kind,
+                                const float* g, const float* stats, float* g_rows, float* g_cols, int threads);
   // out[i] = x[i] * scale where hash(seed, i) >= threshold, else 0 (counter-based dropout mask).
   void (*dropout)(const float* x, float* out, int64_t n, uint32_t threshold, float scale, uint64_t seed, int threads);
   // out = elu(x), or max(elu(x) + 1, 1e-24) when plus_one (x, out: [n], may alias).

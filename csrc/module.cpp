@@ -1,16 +1,20 @@
 // Python bindings of the fused CPU kernels (module mstein_fast._C).
 //
-// Tensors cross as raw data pointers (integers) of contiguous float32 buffers that the Python
-// wrappers allocate and validate (mstein_fast/ops/_library.py checks each buffer's dtype, device,
+// Tensors cross as raw data pointers (integers) of contiguous float32 buffers (the rectangular
+// InfoNCE also takes int64 column indices and float64 running sums) that the Python wrappers
+// allocate and validate (mstein_fast/ops/_library.py checks each buffer's dtype, device,
 // contiguity and shape against the sizes passed here; no libtorch link, so one build serves every
 // torch version). Here the sizes themselves are checked: non-negative, element counts that fit in
-// int64, non-null and float-aligned pointers wherever elements are read or written. The entry
-// points carry the names of the torch ops they implement (mstein_fast::pairwise_w2_fwd, ...);
+// int64, non-null and aligned pointers wherever elements are read or written, and the values of
+// the column indices the rectangular InfoNCE writes through. The entry points carry the names of
+// the torch ops they implement (mstein_fast::pairwise_w2_fwd, ...; wasserstein_infonce_rect_* are
+// plain functions, mstein_fast/ops/_infonce_rect.py, used by the distributed loss);
 // the GIL is released while a kernel runs, and long InfoNCE calls stop on Ctrl-C (run_kernel). The instruction set
 // is chosen once at import: AVX-512 > AVX2 > portable, overridable with MSTEIN_FAST_ISA.
 #include <pybind11/pybind11.h>
 
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -19,6 +23,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "kernel_table.h"
 
@@ -150,6 +155,40 @@ void check_buffer(const char* name, uintptr_t p, std::initializer_list<int64_t> 
   check_pointer(name, p, count(name, sizes));
 }
 
+// The same for a buffer of another element type (int64 indices, float64 running sums).
+template <typename T>
+void check_typed_buffer(const char* name, uintptr_t p, std::initializer_list<int64_t> sizes) {
+  if (count(name, sizes) > 0 && p == 0)
+    throw std::invalid_argument(std::string(name) + ": null pointer for a non-empty buffer");
+  if (p % alignof(T) != 0) throw std::invalid_argument(std::string(name) + ": pointer not aligned to its type");
+}
+
+// The arguments both rectangular InfoNCE calls share: sizes, the similarity, the temperature, and
+// the per-row column indices, read here: each must be -1 or lie in [0, c), and a row's own column
+// cannot be its positive's (the kernels write through these indices).
+void check_rect(uintptr_t rows, uintptr_t cols, int64_t r, int64_t c, int64_t k, uintptr_t self_col,
+                uintptr_t pos_col, float temperature, int kind, int threads) {
+  check_threads(threads);
+  if (kind != 0 && kind != 1) throw std::invalid_argument("kind must be 0 (inv) or 1 (neg)");
+  if (!(temperature > 0.f) || !std::isfinite(temperature))
+    throw std::invalid_argument("temperature must be a positive finite float32, got " + std::to_string(temperature));
+  check_buffer("rows", rows, {r, k});
+  check_buffer("cols", cols, {c, k});
+  check_typed_buffer<int64_t>("self_col", self_col, {r});
+  check_typed_buffer<int64_t>("pos_col", pos_col, {r});
+  const int64_t* sc = ptr<const int64_t>(self_col);
+  const int64_t* pc = ptr<const int64_t>(pos_col);
+  for (int64_t i = 0; i < r; ++i) {
+    for (const auto& [name, v] : {std::pair<const char*, int64_t>{"self_col", sc[i]}, {"pos_col", pc[i]}})
+      if (v < -1 || v >= c)
+        throw std::invalid_argument(std::string(name) + "[" + std::to_string(i) + "] = " + std::to_string(v) +
+                                    " is neither -1 nor a column of the range [0, " + std::to_string(c) + ")");
+    if (sc[i] >= 0 && sc[i] == pc[i])
+      throw std::invalid_argument("self_col[" + std::to_string(i) + "] == pos_col[" + std::to_string(i) +
+                                  "] = " + std::to_string(sc[i]) + ": a row cannot be its own positive");
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -258,6 +297,46 @@ PYBIND11_MODULE(_C, m) {
       py::arg("g_mean_b"), py::arg("g_cov_b"), py::arg("threads"),
       "Gradients of sum(grad_rows * losses) w.r.t. mean and cov of both views.");
   m.def(
+      "wasserstein_infonce_rect_fwd",
+      [](uintptr_t rows, uintptr_t cols, int64_t r, int64_t c, int64_t k, uintptr_t self_col, uintptr_t pos_col,
+         float temperature, int kind, uintptr_t run_max, uintptr_t run_others, uintptr_t pos, int threads) {
+        check_rect(rows, cols, r, c, k, self_col, pos_col, temperature, kind, threads);
+        check_typed_buffer<double>("run_max", run_max, {r});
+        check_typed_buffer<double>("run_others", run_others, {r});
+        check_typed_buffer<double>("pos", pos, {r});
+        run_kernel(2.0 * r * c * k, [&] {
+          table()->infonce_rect_forward(ptr<const float>(rows), ptr<const float>(cols), r, c, k,
+                                        ptr<const int64_t>(self_col), ptr<const int64_t>(pos_col), temperature, kind,
+                                        ptr<double>(run_max), ptr<double>(run_others), ptr<double>(pos), threads);
+        });
+      },
+      py::arg("rows"), py::arg("cols"), py::arg("r"), py::arg("c"), py::arg("k"), py::arg("self_col"),
+      py::arg("pos_col"), py::arg("temperature"), py::arg("kind"), py::arg("run_max"), py::arg("run_others"),
+      py::arg("pos"), py::arg("threads"),
+      "InfoNCE of rows [r,k] against the column range cols [c,k]: updates the float64 running state run_max, "
+      "run_others [r] (other candidates: not self_col, not pos_col) and writes pos[i] where pos_col[i] >= 0.");
+  m.def(
+      "wasserstein_infonce_rect_bwd",
+      [](uintptr_t rows, uintptr_t cols, int64_t r, int64_t c, int64_t k, uintptr_t self_col, uintptr_t pos_col,
+         float temperature, int kind, uintptr_t g, uintptr_t stats, uintptr_t g_rows, uintptr_t g_cols, int threads) {
+        check_rect(rows, cols, r, c, k, self_col, pos_col, temperature, kind, threads);
+        check_buffer("g", g, {r});
+        check_buffer("stats", stats, {3, r});
+        check_buffer("g_rows", g_rows, {r, k});
+        check_buffer("g_cols", g_cols, {c, k});
+        run_kernel(6.0 * r * c * k, [&] {
+          table()->infonce_rect_backward(ptr<const float>(rows), ptr<const float>(cols), r, c, k,
+                                         ptr<const int64_t>(self_col), ptr<const int64_t>(pos_col), temperature, kind,
+                                         ptr<const float>(g), ptr<const float>(stats), ptr<float>(g_rows),
+                                         ptr<float>(g_cols), threads);
+        });
+      },
+      py::arg("rows"), py::arg("cols"), py::arg("r"), py::arg("c"), py::arg("k"), py::arg("self_col"),
+      py::arg("pos_col"), py::arg("temperature"), py::arg("kind"), py::arg("g"), py::arg("stats"), py::arg("g_rows"),
+      py::arg("g_cols"), py::arg("threads"),
+      "Backward of wasserstein_infonce_rect_fwd for upstream g [r] and stats [3,r] (top logit, log-sum relative "
+      "to it, 1 - softmax(positive)): g_rows [r,k] += and g_cols [c,k] = the gradients over this column range.");
+  m.def(
       "dropout",
       [](uintptr_t x, uintptr_t out, int64_t n, uint32_t threshold, float scale, uint64_t seed, int threads) {
         check_threads(threads);
@@ -292,9 +371,4 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("grad"), py::arg("y"), py::arg("grad_in"), py::arg("n"), py::arg("plus_one"), py::arg("threads"),
       "grad_in = grad * (elu or elu + 1)'(x), from the forward's output y (float32 [n]; grad_in may alias grad).");
-  // the names before the ops were registered with torch.library (distributed.py still calls these)
-  m.attr("sqdist_forward") = m.attr("pairwise_w2_fwd");
-  m.attr("sqdist_backward") = m.attr("pairwise_w2_bwd");
-  m.attr("infonce_forward") = m.attr("wasserstein_infonce_fwd");
-  m.attr("infonce_backward") = m.attr("wasserstein_infonce_bwd");
 }

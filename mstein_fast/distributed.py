@@ -10,15 +10,25 @@ How it is computed, per rank:
 * the local Gaussians are stacked once as ``x = [mean ; sqrt(max(cov, 1e-24))]`` (so that
   ``W = |x_r - x_c|^2``) and all-gathered (padded to the largest ``n_r``, so ranks may hold
   different numbers of rows);
-* the ``2 n_r x 2N`` logits are visited in column tiles of at most
-  ``MSTEIN_FAST_DISTRIBUTED_TILE_MB`` (default 32 MiB): the squared distances of a tile come from
-  the fused C++ kernel on CPUs (``sqdist_forward``) and one GEMM elsewhere, the per-row
-  logsumexp is accumulated online, and only O(n_r) statistics are kept (plus the tiles themselves
-  while they fit in ``MSTEIN_FAST_KEEP_MATRIX_MB``, which saves recomputing them);
-* the backward revisits the tiles, forms ``P = dL/dW`` and accumulates the gradient of the local
-  rows and of every global column (the fused ``sqdist_backward`` on CPUs, two GEMMs elsewhere);
-  the column gradients are summed over ranks with one ``all_reduce`` of ``[2N, 2D]``, so the
-  gradient of a rank's inputs includes what every other rank's rows contributed.
+* the ``2 n_r x 2N`` logits are visited in column ranges of ``MSTEIN_FAST_DISTRIBUTED_TILE_MB``
+  (default 32 MiB) worth of float32 logits (at least 256 columns), and only O(n_r)
+  statistics per row are kept between them: the largest logit among the candidates other than the
+  positive, the sum of their exponentials relative to it, and the positive's logit; the row loss
+  is then :func:`mstein_fast.numerics.infonce_row_loss` of these;
+* the backward revisits the ranges, forms ``P = dL/dW`` and accumulates the gradient of the local
+  rows and of every global column; the column gradients are summed over ranks with one
+  ``all_reduce`` of ``[2N, 2D]``, so the gradient of a rank's inputs includes what every other
+  rank's rows contributed.
+
+What runs where: float32 CPU tensors (``backend="auto"``/``"cpp"``) use the fused C++ rectangular
+InfoNCE primitive (``mstein_fast.ops._infonce_rect``, ``csrc/infonce_rect.h``: distance, logit,
+masking and the online sums per cache tile, no ``2 n_r x range`` matrix); CUDA tensors with
+Triton installed (``"auto"``/``"triton"``; float32 and 16-bit inputs, computed in float32) use
+its Triton twin (``mstein_fast.kernels.infonce_rect``; CPU tensors too under
+``TRITON_INTERPRET=1``, for the tests). Everything else (float64, ``backend="torch"``, no
+Triton) uses PyTorch tiles: one GEMM per range for the distances and elementwise passes for the
+online sums and ``P``; only these keep the tiles for the backward while they fit in
+``MSTEIN_FAST_KEEP_MATRIX_MB``.
 
 The returned loss (``"mean"``/``"sum"``) is the global one, the same value on every rank, and the
 gradient each rank gets for its local inputs is exactly the gradient of that global loss.
@@ -29,6 +39,7 @@ loss w.r.t. the parameters. Every rank must call the function (and its backward)
 
 from __future__ import annotations
 
+import os
 import struct
 
 import torch
@@ -36,10 +47,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from mstein_fast._checks import check_choice, check_gaussians, check_temperature, env_megabytes
-from mstein_fast.backends import BACKENDS, cpp_extension, resolve_backend
-from mstein_fast.numerics import cov_gradient, infonce_row_loss, stack
+from mstein_fast.backends import BACKENDS, available_backends, resolve_backend, triton_kernels
+from mstein_fast.numerics import cov_gradient, infonce_row_loss, infonce_row_stats, stack
 from mstein_fast.ops import wasserstein_infonce as _single_process_infonce
-from mstein_fast.ops._stack import centre_rows_, empty_buffer, threads
+from mstein_fast.ops._infonce_rect import infonce_rect_bwd, infonce_rect_fwd
+from mstein_fast.ops._stack import centre_rows_, empty_buffer
 
 __all__ = ["all_gather_rows", "dot_infonce", "gather_with_grad", "wasserstein_infonce", "world"]
 
@@ -145,36 +157,20 @@ def _stack(mean: torch.Tensor, cov: torch.Tensor, dtype: torch.dtype) -> torch.T
 
 class _Tiles:
     """Squared-distance tiles ``|x_r - x_c|^2`` of local rows against global columns and their
-    gradients: the fused C++ kernels for float32 CPU tensors, GEMMs otherwise."""
+    gradients, by GEMMs (the PyTorch path)."""
 
-    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, use_cpp: bool):
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor):
         self.rows, self.cols = rows, cols
-        self.ext = cpp_extension() if use_cpp else None
-        if self.ext is None:
-            self.sq_rows = rows.square().sum(1, keepdim=True)
-            self.sq_cols = cols.square().sum(1)
+        self.sq_rows = rows.square().sum(1, keepdim=True)
+        self.sq_cols = cols.square().sum(1)
 
     def w(self, c0: int, c1: int) -> torch.Tensor:
-        r, k = self.rows.shape
-        if self.ext is not None:
-            out = empty_buffer(self.rows, (r, c1 - c0))
-            self.ext.sqdist_forward(self.rows.data_ptr(), self.cols[c0:c1].data_ptr(), out.data_ptr(), 1, r, c1 - c0, k,
-                                    threads())
-            return out
         return torch.addmm(self.sq_rows + self.sq_cols[c0:c1], self.rows, self.cols[c0:c1].T, alpha=-2.0)
 
     def backward(self, p: torch.Tensor, c0: int, c1: int, g_rows: torch.Tensor, g_cols: torch.Tensor) -> None:
         """Add the gradients of ``sum(p * W[:, c0:c1])`` to ``g_rows`` and write those of the
         columns into ``g_cols[c0:c1]``."""
         cols = self.cols[c0:c1]
-        if self.ext is not None:
-            p = p.contiguous()
-            g_tile = torch.empty_like(self.rows)
-            r, k = self.rows.shape
-            self.ext.sqdist_backward(p.data_ptr(), self.rows.data_ptr(), cols.data_ptr(), g_tile.data_ptr(),
-                                     g_cols[c0:c1].data_ptr(), 1, r, c1 - c0, k, threads())
-            g_rows += g_tile
-            return
         g_rows += 2.0 * (p.sum(1, keepdim=True) * self.rows - p @ cols)
         g_cols[c0:c1] = 2.0 * (p.sum(0).unsqueeze(1) * cols - p.T @ self.rows)
 
@@ -187,12 +183,25 @@ def _logits(w: torch.Tensor, temperature: float, similarity: str) -> tuple[torch
     return -w / temperature, torch.full_like(w, -1.0 / temperature)
 
 
+PATHS = ("cpp", "triton", "torch")
+
+
+def _range_index(ids: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
+    """``ids - c0`` where that lies in ``[0, c1 - c0)``, else -1 (the kernels' per-row column index)."""
+    return torch.where((ids >= c0) & (ids < c1), ids - c0, torch.full_like(ids, -1))
+
+
 class _DistributedInfoNCE(torch.autograd.Function):
-    """Per-row losses ``[2 n_r]`` of the local rows against the global batch (see the module doc)."""
+    """Per-row losses ``[2 n_r]`` of the local rows against the global batch (see the module doc).
+
+    ``path``: ``"cpp"`` (float32 CPU tensors), ``"triton"`` (CUDA, or CPU under the interpreter;
+    computed in float32) or ``"torch"`` (any, float64 included)."""
 
     @staticmethod
-    def forward(ctx, mean_a, cov_a, mean_b, cov_b, temperature, similarity, group, use_cpp, sizes):
-        dtype = torch.float64 if mean_a.dtype == torch.float64 else torch.float32
+    def forward(ctx, mean_a, cov_a, mean_b, cov_b, temperature, similarity, group, path, sizes):
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        dtype = torch.float64 if mean_a.dtype == torch.float64 and path == "torch" else torch.float32
         rank, _ = world(group)
         n, total = mean_a.shape[0], sum(sizes)
         off = sum(sizes[:rank])
@@ -205,9 +214,16 @@ class _DistributedInfoNCE(torch.autograd.Function):
         row_ids = torch.cat([off + idx, total + off + idx])  # global index of each local row
         partner = torch.cat([total + off + idx, off + idx])
         rows = x[row_ids].contiguous()
-        tiles = _Tiles(rows, x, use_cpp)
         r, c = rows.shape[0], 2 * total
         chunk = max(256, _tile_bytes() // (4 * r))
+        ctx.temperature, ctx.similarity, ctx.group, ctx.path = temperature, similarity, group, path
+        ctx.chunk, ctx.n, ctx.total, ctx.off = chunk, n, total, off
+        if path != "torch":
+            losses, saved = _kernel_forward(path, rows, x, row_ids, partner, temperature, similarity, chunk)
+            ctx.keep = False
+            ctx.save_for_backward(x, rows, row_ids, partner, cov_a, cov_b, *saved)
+            return losses
+        tiles = _Tiles(rows, x)
         keep = any(ctx.needs_input_grad[:4]) and r * c * 4 <= _keep_bytes()
         kept = []
         # online (max, sum of the candidates other than the positive) per row, and the positive's
@@ -232,29 +248,33 @@ class _DistributedInfoNCE(torch.autograd.Function):
         lse = pos + losses
         # 1 - softmax(positive) = others / (exp(positive - max) + others), without cancellation
         not_pos = run_others / (torch.exp(pos - run_max) + run_others)
-        ctx.save_for_backward(x, rows, row_ids, partner, lse, not_pos, cov_a, cov_b, *kept)
-        ctx.temperature, ctx.similarity, ctx.group, ctx.use_cpp = temperature, similarity, group, use_cpp
-        ctx.chunk, ctx.keep, ctx.n, ctx.total, ctx.off = chunk, keep, n, total, off
+        ctx.save_for_backward(x, rows, row_ids, partner, cov_a, cov_b, lse, not_pos, *kept)
+        ctx.keep = keep
         return losses
 
     @staticmethod
     def backward(ctx, grad_rows):
-        x, rows, row_ids, partner, lse, not_pos, cov_a, cov_b, *kept = ctx.saved_tensors
-        tiles = _Tiles(rows, x, ctx.use_cpp)
+        x, rows, row_ids, partner, cov_a, cov_b, *saved = ctx.saved_tensors
         c = x.shape[0]
-        g = grad_rows.to(x.dtype)
+        g = grad_rows.to(x.dtype).contiguous()
         g_rows = torch.zeros_like(rows)
         g_x = empty_buffer(x)
-        for t, c0 in enumerate(range(0, c, ctx.chunk)):
-            c1 = min(c, c0 + ctx.chunk)
-            w = kept[t] if ctx.keep else tiles.w(c0, c1)
-            logit, slope = _logits(w, ctx.temperature, ctx.similarity)
-            logit = _mask_self(logit, row_ids, c0, c1)
-            soft = torch.exp(logit - lse.unsqueeze(1))
-            # softmax - 1 at the label, as -(1 - softmax) without cancellation
-            soft = torch.where(_one_hot(partner, c0, c1), -not_pos.unsqueeze(1), soft)
-            p = (g.unsqueeze(1) * soft * slope).contiguous()
-            tiles.backward(p, c0, c1, g_rows, g_x)
+        if ctx.path != "torch":
+            _kernel_backward(ctx.path, rows, x, row_ids, partner, ctx.temperature, ctx.similarity, ctx.chunk, g,
+                             saved, g_rows, g_x)
+        else:
+            lse, not_pos, *kept = saved
+            tiles = _Tiles(rows, x)
+            for t, c0 in enumerate(range(0, c, ctx.chunk)):
+                c1 = min(c, c0 + ctx.chunk)
+                w = kept[t] if ctx.keep else tiles.w(c0, c1)
+                logit, slope = _logits(w, ctx.temperature, ctx.similarity)
+                logit = _mask_self(logit, row_ids, c0, c1)
+                soft = torch.exp(logit - lse.unsqueeze(1))
+                # softmax - 1 at the label, as -(1 - softmax) without cancellation
+                soft = torch.where(_one_hot(partner, c0, c1), -not_pos.unsqueeze(1), soft)
+                p = (g.unsqueeze(1) * soft * slope).contiguous()
+                tiles.backward(p, c0, c1, g_rows, g_x)
         g_x.index_add_(0, row_ids, g_rows)
         if world(ctx.group)[1] > 1:
             dist.all_reduce(g_x, group=ctx.group)
@@ -265,6 +285,47 @@ class _DistributedInfoNCE(torch.autograd.Function):
             g_cov = cov_gradient(g_view[:, d:], cov.to(x.dtype))
             out += [g_view[:, :d].to(cov.dtype), g_cov.to(cov.dtype)]
         return (*out, None, None, None, None, None)
+
+
+def _kernel_forward(path, rows, x, row_ids, partner, temperature, similarity, chunk):
+    """The fused forward over the column ranges (``path`` ``"cpp"`` or ``"triton"``, float32 rows):
+    the row losses ``[r]`` and the tensors the backward needs (per-row statistics, and for Triton
+    the column of each row's largest other logit)."""
+    r, c = rows.shape[0], x.shape[0]
+    state = {"dtype": torch.float64, "device": x.device}
+    # the running state across ranges, in float64 (see csrc/infonce_rect.h); pos is written by
+    # the one range that holds the positive: NaN until then, so a missed write would show
+    run_max = torch.full((r,), float("-inf"), **state)
+    run_others = torch.zeros(r, **state)
+    pos = torch.full((r,), float("nan"), **state)
+    top_col = torch.full((r,), -1, dtype=torch.int64, device=x.device)
+    for c0 in range(0, c, chunk):
+        c1 = min(c, c0 + chunk)
+        self_col, pos_col = _range_index(row_ids, c0, c1), _range_index(partner, c0, c1)
+        if path == "cpp":
+            infonce_rect_fwd(rows, x[c0:c1], self_col, pos_col, temperature, similarity, run_max, run_others, pos)
+        else:
+            triton_kernels().rect_fwd(rows, x[c0:c1], self_col, pos_col, temperature, similarity, run_max,
+                                      run_others, pos, top_col, c0, validate=False)
+    losses = infonce_row_loss(run_max, run_others, pos).to(rows.dtype)
+    top, log_sum, not_pos, peak = infonce_row_stats(run_max, run_others, pos)
+    if path == "cpp":
+        return losses, [torch.stack([top, log_sum, not_pos]).to(rows.dtype).contiguous()]
+    return losses, [torch.stack([top, log_sum, not_pos, peak]).to(rows.dtype).contiguous(), top_col]
+
+
+def _kernel_backward(path, rows, x, row_ids, partner, temperature, similarity, chunk, g, saved, g_rows, g_x):
+    """The fused backward over the same column ranges: adds into ``g_rows``, writes ``g_x``."""
+    c = x.shape[0]
+    for c0 in range(0, c, chunk):
+        c1 = min(c, c0 + chunk)
+        self_col, pos_col = _range_index(row_ids, c0, c1), _range_index(partner, c0, c1)
+        if path == "cpp":
+            infonce_rect_bwd(rows, x[c0:c1], self_col, pos_col, temperature, similarity, g, saved[0], g_rows,
+                             g_x[c0:c1])
+        else:
+            triton_kernels().rect_bwd(rows, x[c0:c1], self_col, pos_col, temperature, similarity, g, saved[0],
+                                      saved[1], g_rows, g_x[c0:c1], c0, validate=False)
 
 
 def _one_hot(ids: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
@@ -308,6 +369,19 @@ def _check_collectively(pairs, extra: list[int], group) -> list[int]:
     return meta[:, 0].tolist()
 
 
+def _path(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """Which implementation of the tiles runs (see the module doc): ``"cpp"``, ``"triton"`` or ``"torch"``."""
+    if dtype == torch.float64:
+        return "torch"
+    name = resolve_backend(backend, device) if backend != "triton" else "triton"
+    if name == "cpp" and device.type == "cpu":
+        return "cpp"
+    interpreted = device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if name == "triton" and (device.type == "cuda" or interpreted) and "triton" in available_backends():
+        return "triton"
+    return "torch"
+
+
 def wasserstein_infonce(
     mean_a: torch.Tensor,
     cov_a: torch.Tensor,
@@ -328,8 +402,9 @@ def wasserstein_infonce(
         temperature, similarity: as in :func:`mstein_fast.wasserstein_infonce`.
         reduction: ``"mean"`` / ``"sum"`` over all 2N rows of all ranks (the same value on every
             rank), or ``"none"`` for this rank's ``[2 n_r]`` row losses (local A rows, then B).
-        backend: ``"auto"``/``"cpp"`` use the fused C++ tile kernels for float32 CPU tensors;
-            ``"torch"``/``"triton"`` (and CUDA tensors) use GEMM tiles.
+        backend: ``"auto"``/``"cpp"``: the fused C++ primitive for float32 CPU tensors;
+            ``"auto"``/``"triton"``: the Triton primitive for CUDA tensors (float32 or 16-bit);
+            ``"torch"``, float64 inputs, and CUDA tensors without Triton: PyTorch GEMM tiles.
         group: the process group (default: the world). Without an initialised process group the
             function is the single-process loss.
 
@@ -350,13 +425,12 @@ def wasserstein_infonce(
     device = mean_a.device if isinstance(mean_a, torch.Tensor) else torch.device("cpu")
     sizes = _check_collectively([("mean_a", mean_a, "cov_a", cov_a), ("mean_b", mean_b, "cov_b", cov_b)], code,
                                 group)
-    name = resolve_backend(backend, device) if backend != "triton" else "triton"
-    use_cpp = name == "cpp" and device.type == "cpu" and mean_a.dtype != torch.float64
-    if use_cpp:
+    path = _path(backend, device, mean_a.dtype)
+    if path == "cpp":
         inputs = [t.float().contiguous() for t in (mean_a, cov_a, mean_b, cov_b)]
     else:
         inputs = [t.contiguous() for t in (mean_a, cov_a, mean_b, cov_b)]
-    rows = _DistributedInfoNCE.apply(*inputs, temperature, similarity, group, use_cpp, sizes)
+    rows = _DistributedInfoNCE.apply(*inputs, temperature, similarity, group, path, sizes)
     return _global_reduce(rows, 2 * sum(sizes), reduction, group).to(mean_a.dtype)
 
 

@@ -24,6 +24,11 @@ Semantics (the reference, :mod:`mstein_fast.reference`, computes exactly these i
   the softmax saturates on the positive (the loss is then tiny, while ``lse - logit_positive``
   would subtract two numbers of the size of the logits, ~1e6 at temperature 1e-6).
 
+The distributed kernels (C++ and Triton, over column ranges) keep ``run_max`` as the largest of the
+*other* candidates (the positive excluded) and sum relative to it; ``infonce_row_loss`` is the
+same formula for any reference ``top`` (it need not be the overall maximum), and
+:func:`infonce_row_stats` derives the backward's per-row statistics from that state.
+
 Who follows what: the reference, the distributed tiles, the Triton kernels and the C++ kernel
 compute the row loss in this form (the reference through ``cross_entropy`` in float64, where it
 is exact enough). The C++ kernel keeps the positive out of its running sums, merges them in
@@ -68,3 +73,21 @@ def infonce_row_loss(top: torch.Tensor, others: torch.Tensor, positive: torch.Te
     near = torch.log1p(others * torch.exp(torch.where(small, gap, torch.zeros_like(gap))))
     far = gap + torch.log(others + torch.exp(-gap))
     return torch.where(small, near, far)
+
+
+def infonce_row_stats(run_max: torch.Tensor, others: torch.Tensor, positive: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What an InfoNCE backward needs of a row, from the statistics of its forward: ``run_max`` the
+    largest logit among the candidates other than the positive (-inf if none), ``others`` the sum
+    of ``exp(logit_c - run_max)`` over them, ``positive`` the positive's logit.
+
+    Returns ``(top, log_sum, not_pos, peak)``: ``top = max(run_max, positive)``, ``log_sum`` the log
+    of the softmax denominator relative to ``top`` (so ``softmax_c = exp((logit_c - top) - log_sum)``
+    without rounding a large ``top + log_sum``), ``not_pos = 1 - softmax(positive)`` formed as
+    others / (others + positive) (no cancellation when the softmax saturates on the positive), and
+    ``peak``, the softmax at ``run_max``. A row with no other candidate gets ``not_pos = peak = 0``.
+    """
+    top = torch.maximum(run_max, positive)
+    rest = others * torch.exp(run_max - top)  # 0 when run_max = -inf
+    total = rest + torch.exp(positive - top)
+    return top, torch.log(total), rest / total, torch.exp(run_max - top) / total

@@ -29,7 +29,7 @@ os.environ["PYTHONSAFEPATH"] = "1"
 # The kernel core (ops, reference, Triton, torch.library registration, numerics edge cases):
 # `pytest -m core` runs only these (a couple of minutes), `-m "not core"` the rest.
 CORE_FILES = {"test_ops.py", "test_numerics_edges.py", "test_triton.py", "test_torch_library.py", "test_dropout.py",
-              "test_infonce_sequences.py", "test_isa.py", "test_bad_inputs.py"}
+              "test_infonce_sequences.py", "test_isa.py", "test_bad_inputs.py", "test_infonce_rect.py"}
 
 
 def pytest_configure(config):

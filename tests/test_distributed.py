@@ -114,6 +114,14 @@ CASES_2 = [
     dict(BASE, seed=7, sizes=[129, 70], d=65, dtype="float32", backend="auto", tile_mb=0.1, keep_mb=0,
          similarity="neg", temperature=8.0),
     dict(BASE, seed=8, sizes=[20, 31], d=16, dtype="float32", backend="cpp", reduction="none", noncontiguous=True),
+    # the C++ primitive over four column ranges (256, 256, 256, 172 of 2N = 940; ranges of at least
+    # 256 columns whatever the tile size), row losses and a sharp softmax
+    dict(BASE, seed=19, sizes=[300, 170], d=3, dtype="float32", backend="cpp", tile_mb=0.001, reduction="none",
+         temperature=0.05),
+    # the Triton primitive (on these CPU tensors under TRITON_INTERPRET=1, which tests/conftest.py
+    # sets without a GPU; with a GPU these CPU tensors take the PyTorch tiles): three ranges
+    dict(BASE, seed=20, sizes=[150, 120], d=6, dtype="float32", backend="triton", tile_mb=0.001, similarity="neg",
+         temperature=0.7),
     # Gaussians far from the origin (the rows are centred before the tiles)
     dict(BASE, seed=9, sizes=[10, 12], d=8, dtype="float32", backend="cpp", offset=300.0, similarity="neg",
          temperature=3.0),

@@ -54,6 +54,18 @@ CHECK = textwrap.dedent(
             g = torch.rand_like(expect)
             out.backward(g.float()); expect.backward(g)
             worst = max(worst, rel(out, expect), *(rel(a.grad, r.grad) for a, r in zip(ins32, ref)))
+    # the rectangular InfoNCE primitive, through the distributed loss as one rank: ranges of 256 columns
+    from mstein_fast import distributed
+    distributed._TILE_BYTES = 1
+    for (n, d, sim, t) in [(150, 13, "inv", 0.5), (300, 5, "neg", 1.0)]:
+        ins64 = [*make(n, d), *make(n, d)]
+        ins32 = [x.float().requires_grad_() for x in ins64]
+        ref = [x.clone().requires_grad_() for x in ins64]
+        out = distributed._DistributedInfoNCE.apply(*ins32, t, sim, None, "cpp", [n])
+        expect = reference.wasserstein_infonce(*ref, temperature=t, similarity=sim, reduction="none")
+        g = torch.rand_like(expect)
+        out.backward(g.float()); expect.backward(g)
+        worst = max(worst, rel(out, expect), *(rel(a.grad, r.grad) for a, r in zip(ins32, ref)))
     # dropout: the mask is a function of (seed, index) only, the same in every build
     from mstein_fast.ops.dropout import dropout
     torch.manual_seed(5)

@@ -1,7 +1,7 @@
 """One edge-case suite for every implementation of the Wasserstein InfoNCE and W2 (issue 12: one
 numerics core): the C++ kernels, the reference, the Triton kernels (interpreter on a CPU) and the
-distributed tiles (C++ and PyTorch tiles, run in-process as one rank), against a float64 oracle
-written from the conventions of :mod:`mstein_fast.numerics` (variances floored at 1e-24, no
+distributed tiles (the C++ and Triton rectangular primitives and the PyTorch tiles, run in-process
+as one rank), against a float64 oracle written from the conventions of :mod:`mstein_fast.numerics` (variances floored at 1e-24, no
 gradient below the floor, the row loss ``log(1 + others * exp(gap))``).
 
 Cases: variances at zero / below the floor, means far from the origin, tiny and huge
@@ -22,6 +22,7 @@ from mstein_fast.numerics import COV_FLOOR, infonce_row_loss
 
 HAS_CPP = "cpp" in mstein_fast.available_backends()
 HAS_TRITON = "triton" in mstein_fast.available_backends() or __import__("os").environ.get("TRITON_INTERPRET") == "1"
+INTERPRETING = __import__("os").environ.get("TRITON_INTERPRET") == "1"
 
 
 def _needs(ok: bool, what: str):
@@ -34,6 +35,8 @@ BACKENDS = [
     pytest.param("triton", marks=_needs(HAS_TRITON, "Triton (GPU or interpreter)")),
     pytest.param("distributed-cpp", marks=_needs(HAS_CPP, "the C++ extension")),
     "distributed-torch",
+    # the distributed Triton primitive on these CPU tensors: only under the interpreter
+    pytest.param("distributed-triton", marks=_needs(HAS_TRITON and INTERPRETING, "Triton's interpreter")),
 ]
 
 
@@ -58,7 +61,7 @@ def rows_of(backend, inputs, temperature, similarity):
     if backend.startswith("distributed"):
         n = inputs[0].shape[0]
         return distributed._DistributedInfoNCE.apply(*inputs, temperature, similarity, None,
-                                                     backend == "distributed-cpp", [n])
+                                                     backend.split("-")[1], [n])
     return mstein_fast.wasserstein_infonce(*inputs, temperature=temperature, similarity=similarity,
                                            reduction="none", backend=backend)
 
