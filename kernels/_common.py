@@ -111,3 +111,23 @@ def gaussian_grads(x: torch.Tensor, products: torch.Tensor, weights: torch.Tenso
     cov_acc = cov.to(products.dtype)
     g_cov = cov_gradient(g_x[..., d:], cov_acc)
     return g_x[..., :d].to(cov.dtype), g_cov.to(cov.dtype)
+
+
+@triton.jit
+def cross_gram(a_ptr, rows, row_ok, b_ptr, cols, col_ok, K: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
+              UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """``a[rows] @ b[cols]^T`` for row-major ``a`` ``[R, K]`` and ``b`` ``[C, K]`` (``a`` may be ``b``: a Gram tile),
+    accumulated in ``ACC`` over blocks of ``BLOCK_K`` columns."""
+    a_rows = a_ptr + rows.to(tl.int64) * K
+    b_cols = b_ptr + cols.to(tl.int64) * K
+    acc = tl.zeros((rows.shape[0], cols.shape[0]), ACC)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        a = tl.load(a_rows[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_cols[None, :] + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        if UPCAST:
+            a = a.to(ACC)
+            b = b.to(ACC)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC)
+    return acc

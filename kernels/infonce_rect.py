@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, configs, device_guard, empty, kernel_dtypes, multiprocessors
+from ._common import acc_dtype, configs, cross_gram, device_guard, empty, kernel_dtypes, multiprocessors
 from .wasserstein_infonce import _logits_and_slope
 
 SIMILARITIES = ("inv", "neg")
@@ -54,25 +54,6 @@ def _columns_per_program(r: int, c: int, k: int, device: torch.device) -> int:
     if splits <= 1:
         return c
     return triton.cdiv(triton.cdiv(c, splits), 128) * 128
-
-
-@triton.jit
-def _cross_gram(a_ptr, rows, row_ok, b_ptr, cols, col_ok, K: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
-                UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    """``a[rows] @ b[cols]^T`` for row-major ``a`` ``[R, K]`` and ``b`` ``[C, K]``."""
-    a_rows = a_ptr + rows.to(tl.int64) * K
-    b_cols = b_ptr + cols.to(tl.int64) * K
-    acc = tl.zeros((rows.shape[0], cols.shape[0]), ACC)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < K
-        a = tl.load(a_rows[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(b_cols[None, :] + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        if UPCAST:
-            a = a.to(ACC)
-            b = b.to(ACC)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC)
-    return acc
 
 
 def _cfg(bm, bn, bk, warps, stages):
@@ -114,7 +95,7 @@ def _rect_fwd_kernel(
     for c0 in range(c_lo, c_hi, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_ok = cols < c_hi
-        dots = _cross_gram(rows_ptr, rows, row_ok, cols_ptr, cols, col_ok, K, BLOCK_K, ACC, UPCAST, PRECISION)
+        dots = cross_gram(rows_ptr, rows, row_ok, cols_ptr, cols, col_ok, K, BLOCK_K, ACC, UPCAST, PRECISION)
         sq_c = tl.load(sq_c_ptr + cols, mask=col_ok, other=0.0)
         logit, _ = _logits_and_slope(dots, sq_r, sq_c, inv_temp, SIM_INV)
         valid = row_ok[:, None] & col_ok[None, :] & (cols[None, :] != self_c[:, None])
@@ -163,7 +144,7 @@ def _rect_bwd_kernel(
     row_ok = rows < R
     col_ok = cols < C
     inv_temp = tl.load(temp_ptr)
-    dots = _cross_gram(rows_ptr, rows, row_ok, cols_ptr, cols, col_ok, K, BLOCK_K, ACC, UPCAST, PRECISION)
+    dots = cross_gram(rows_ptr, rows, row_ok, cols_ptr, cols, col_ok, K, BLOCK_K, ACC, UPCAST, PRECISION)
     sq_r = tl.load(sq_r_ptr + rows, mask=row_ok, other=0.0)
     sq_c = tl.load(sq_c_ptr + cols, mask=col_ok, other=0.0)
     logit, slope = _logits_and_slope(dots, sq_r, sq_c, inv_temp, SIM_INV)

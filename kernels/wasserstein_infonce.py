@@ -38,6 +38,7 @@ from mstein_fast.ops._library import define_op
 from ._common import (
     acc_dtype,
     configs,
+    cross_gram,
     device_guard,
     empty,
     gaussian_grads,
@@ -64,25 +65,6 @@ def _column_split(rows: int, k: int, device: torch.device) -> int:
     if splits <= 1:
         return rows
     return triton.cdiv(triton.cdiv(rows, splits), 128) * 128
-
-
-@triton.jit
-def _gram_tile(x_ptr, rows, row_ok, cols, col_ok, K: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
-               UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    """``x[rows] @ x[cols]^T`` over the K columns of the row-major ``[R, K]`` matrix ``x``."""
-    a_rows = x_ptr + rows.to(tl.int64) * K
-    b_cols = x_ptr + cols.to(tl.int64) * K
-    acc = tl.zeros((rows.shape[0], cols.shape[0]), ACC)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < K
-        a = tl.load(a_rows[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(b_cols[None, :] + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        if UPCAST:
-            a = a.to(ACC)
-            b = b.to(ACC)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC)
-    return acc
 
 
 @triton.jit
@@ -146,7 +128,7 @@ def _infonce_fwd_kernel(
     for c0 in range(c_lo, c_hi, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_ok = cols < c_hi
-        dots = _gram_tile(x_ptr, rows, row_ok, cols, col_ok, K, BLOCK_K, ACC, UPCAST, PRECISION)
+        dots = cross_gram(x_ptr, rows, row_ok, x_ptr, cols, col_ok, K, BLOCK_K, ACC, UPCAST, PRECISION)
         sq_c = tl.load(sq_ptr + cols, mask=col_ok, other=0.0)
         logit, _ = _logits_and_slope(dots, sq_r, sq_c, inv_temp, SIM_INV)
         valid = row_ok[:, None] & col_ok[None, :] & (rows[:, None] != cols[None, :])
@@ -293,7 +275,7 @@ def _infonce_bwd_tiles_kernel(
         row_ok = rows < R
         col_ok = cols < R
         inv_temp = tl.load(temp_ptr)
-        dots = _gram_tile(x_ptr, rows, row_ok, cols, col_ok, K, BLOCK_K, ACC, UPCAST, PRECISION)
+        dots = cross_gram(x_ptr, rows, row_ok, x_ptr, cols, col_ok, K, BLOCK_K, ACC, UPCAST, PRECISION)
         sq_r = tl.load(sq_ptr + rows, mask=row_ok, other=0.0)
         sq_c = tl.load(sq_ptr + cols, mask=col_ok, other=0.0)
         lse_r, miss_r, peak_r, top_r, g_r = _load_row_stats(stats_ptr, arg_ptr, g_ptr, rows, row_ok, R)
