@@ -176,22 +176,30 @@ def _fwd_fake(mean1, cov1, mean2, cov2):
     return mean1.new_empty((*batch, n, m)), mean1.new_empty((b, n, 2 * d)), mean1.new_empty((b, m, 2 * d))
 
 
-def _bwd(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cov1: torch.Tensor, cov2: torch.Tensor):
+def _bwd(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cov1: torch.Tensor, cov2: torch.Tensor,
+         need1: bool = True, need2: bool = True):
     """``mstein_fast::pairwise_w2_triton_bwd``: gradients w.r.t. ``mean1, cov1, mean2, cov2`` from
-    the upstream ``grad`` ``[..., N, M]`` and the forward's ``x``, ``y``."""
+    the upstream ``grad`` ``[..., N, M]`` and the forward's ``x``, ``y``; a side whose flag
+    (``need1``: mean1/cov1, ``need2``: mean2/cov2) is False is not computed and comes back as two
+    empty ``[0]`` tensors (an op cannot return None)."""
     b, n, _ = x.shape
     m = y.shape[1]
     g = grad.to(x.dtype).reshape(b, n, m)
-    prod, rowsum = _products(g, y)
-    g_mean1, g_cov1 = gaussian_grads(x, prod, rowsum, cov1.reshape(b, n, -1))
-    prod, rowsum = _products(g.transpose(1, 2), x)
-    g_mean2, g_cov2 = gaussian_grads(y, prod, rowsum, cov2.reshape(b, m, -1))
-    return tuple(t.reshape(c.shape).contiguous() for t, c in ((g_mean1, cov1), (g_cov1, cov1), (g_mean2, cov2),
-                                                                (g_cov2, cov2)))
+    out = []
+    for need, g_side, own, other, cov, rows in ((need1, g, x, y, cov1, n), (need2, g.transpose(1, 2), y, x, cov2, m)):
+        if not need:
+            out += [cov.new_empty(0), cov.new_empty(0)]
+            continue
+        prod, rowsum = _products(g_side, other)
+        g_mean, g_cov = gaussian_grads(own, prod, rowsum, cov.reshape(b, rows, -1))
+        out += [g_mean.reshape(cov.shape).contiguous(), g_cov.reshape(cov.shape).contiguous()]
+    return tuple(out)
 
 
-def _bwd_fake(grad, x, y, cov1, cov2):
-    return tuple(c.new_empty(c.shape) for c in (cov1, cov1, cov2, cov2))  # contiguous, as _bwd's
+def _bwd_fake(grad, x, y, cov1, cov2, need1=True, need2=True):
+    # contiguous, as _bwd's
+    return tuple(c.new_empty(c.shape if need else (0,)) for c, need in ((cov1, need1), (cov1, need1), (cov2, need2),
+                                                                         (cov2, need2)))
 
 
 def _setup_context(ctx, inputs, output):
@@ -203,13 +211,17 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad, _grad_x, _grad_y):
     x, y, cov1, cov2 = ctx.saved_tensors
-    return pairwise_w2_triton_bwd(grad.contiguous(), x, y, cov1, cov2)
+    needs = ctx.needs_input_grad
+    need1, need2 = bool(needs[0] or needs[1]), bool(needs[2] or needs[3])
+    grads = pairwise_w2_triton_bwd(grad.contiguous(), x, y, cov1, cov2, need1, need2)
+    return tuple(g if need else None for g, need in zip(grads, needs))
 
 
 # registered for every device type: CUDA, and CPU tensors under TRITON_INTERPRET=1
 pairwise_w2_triton_bwd = define_op(
     "pairwise_w2_triton_bwd",
-    "(Tensor grad, Tensor x, Tensor y, Tensor cov1, Tensor cov2) -> (Tensor, Tensor, Tensor, Tensor)",
+    "(Tensor grad, Tensor x, Tensor y, Tensor cov1, Tensor cov2, bool need1=True, bool need2=True) -> "
+    "(Tensor, Tensor, Tensor, Tensor)",
     _bwd, _bwd_fake, device_types=None)
 pairwise_w2_triton_fwd = define_op(
     "pairwise_w2_triton_fwd", "(Tensor mean1, Tensor cov1, Tensor mean2, Tensor cov2) -> (Tensor, Tensor, Tensor)",

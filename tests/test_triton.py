@@ -317,6 +317,9 @@ def _triton_op_cases():
         out, x, y = ops.pairwise_w2_triton_fwd(m1, c1, m2, c2)
         return torch.randn(out.shape, generator=g).to(DEVICE), x, y, c1, c2
 
+    def pairwise_bwd_one_side():
+        return (*pairwise_bwd(), True, False)
+
     def infonce_fwd(similarity):
         return (*gauss(6, 5), *gauss(6, 5), 0.5, similarity)
 
@@ -326,18 +329,44 @@ def _triton_op_cases():
         return torch.randn(losses.shape, generator=g).to(DEVICE), x, stats, top, ca, cb, t, s
 
     return [("pairwise_w2_triton_fwd", pairwise_fwd), ("pairwise_w2_triton_bwd", pairwise_bwd),
+            ("pairwise_w2_triton_bwd", pairwise_bwd_one_side),
             ("wasserstein_infonce_triton_fwd", lambda: infonce_fwd("inv")),
             ("wasserstein_infonce_triton_fwd", lambda: infonce_fwd("neg")),
             ("wasserstein_infonce_triton_bwd", lambda: infonce_bwd("inv"))]
 
 
 @pytest.mark.skipif(not hasattr(torch.library, "custom_op"), reason="torch.library.custom_op needs torch >= 2.4")
-@pytest.mark.parametrize("case", range(5))
+@pytest.mark.parametrize("case", range(6))
 def test_triton_ops_pass_opcheck(case):
     # the schema, the fake (shape) rule and the autograd registration of the Triton ops agree with
     # what the kernels do (on CUDA; on a CPU through the interpreter)
     name, make_args = _triton_op_cases()[case]
     torch.library.opcheck(getattr(torch.ops.mstein_fast, name).default, make_args())
+
+
+@pytest.mark.parametrize("side", [0, 1])
+def test_triton_pairwise_backward_computes_only_the_side_that_needs_it(side, monkeypatch):
+    import importlib
+
+    kp = importlib.import_module("mstein_fast.kernels.pairwise_w2")  # the module (the package exports the function)
+
+    g = torch.Generator().manual_seed(5 + side)
+    inputs = [torch.randn(2, 3, 5, generator=g), torch.rand(2, 3, 5, generator=g) + 0.1,
+              torch.randn(2, 4, 5, generator=g), torch.rand(2, 4, 5, generator=g) + 0.1]
+    upstream = torch.randn(2, 3, 4, generator=g)
+    full = [t.clone().to(DEVICE).requires_grad_() for t in inputs]
+    (kp.pairwise_w2(*full) * upstream.to(DEVICE)).sum().backward()
+    calls = []
+    real = kp._products
+    monkeypatch.setattr(kp, "_products", lambda *a: calls.append(1) or real(*a))
+    part = [t.clone().to(DEVICE).requires_grad_(i // 2 == side) for i, t in enumerate(inputs)]
+    (kp.pairwise_w2(*part) * upstream.to(DEVICE)).sum().backward()
+    assert len(calls) == 1  # one side's products only
+    for i, (a, b) in enumerate(zip(part, full)):
+        if i // 2 == side:
+            torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)  # the same kernels, the same sums
+        else:
+            assert a.grad is None
 
 
 @pytest.mark.slow
