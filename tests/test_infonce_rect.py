@@ -63,9 +63,9 @@ def problem(r: int, c: int, k: int, seed: int, *, no_self: int = 0, offset: floa
     return x.float().double(), y.float().double(), self_g, pos_g, upstream
 
 
-def oracle(x, y, self_g, pos_g, temperature, similarity):
-    """Row losses in float64 from direct differences (differentiable w.r.t. x and y)."""
-    w = ((x.unsqueeze(1) - y.unsqueeze(0)) ** 2).sum(-1)
+def row_losses(w, self_g, pos_g, temperature, similarity):
+    """InfoNCE row losses from the distances ``w`` ``[r, c]``: each row's own column (``self_g``,
+    -1: none) masked, its positive at ``pos_g``, the others in the denominator."""
     logits = (1.0 / (1.0 + w) if similarity == "inv" else -w) / temperature
     r = logits.shape[0]
     rows = torch.arange(r)
@@ -77,23 +77,19 @@ def oracle(x, y, self_g, pos_g, temperature, similarity):
     others = logits.masked_fill(mask, -math.inf)
     top = torch.maximum(others.max(1).values, positive).detach()
     return infonce_row_loss(top, torch.exp(others - top.unsqueeze(1)).sum(1), positive)
+
+
+def oracle(x, y, self_g, pos_g, temperature, similarity):
+    """Row losses in float64 from direct differences (differentiable w.r.t. x and y)."""
+    w = ((x.unsqueeze(1) - y.unsqueeze(0)) ** 2).sum(-1)
+    return row_losses(w, self_g, pos_g, temperature, similarity)
 
 
 def dense_float32(x, y, self_g, pos_g, temperature, similarity):
     """The same loss computed densely in float32 with W by the Gram expansion (the conditioning
     of the kernels' own arithmetic): the yardstick of the ill-conditioned cases."""
     w = torch.addmm((x * x).sum(1, keepdim=True) + (y * y).sum(1), x, y.T, alpha=-2.0)
-    logits = (1.0 / (1.0 + w) if similarity == "inv" else -w) / temperature
-    r = logits.shape[0]
-    rows = torch.arange(r)
-    positive = logits[rows, pos_g]
-    mask = torch.zeros_like(logits, dtype=torch.bool)
-    has_self = self_g >= 0
-    mask[rows[has_self], self_g[has_self]] = True
-    mask[rows, pos_g] = True
-    others = logits.masked_fill(mask, -math.inf)
-    top = torch.maximum(others.max(1).values, positive).detach()
-    return infonce_row_loss(top, torch.exp(others - top.unsqueeze(1)).sum(1), positive)
+    return row_losses(w, self_g, pos_g, temperature, similarity)
 
 
 def with_grads(fn, x, y, upstream):
