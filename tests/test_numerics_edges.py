@@ -35,9 +35,15 @@ BACKENDS = [
     pytest.param("triton", marks=_needs(HAS_TRITON, "Triton (GPU or interpreter)")),
     pytest.param("distributed-cpp", marks=_needs(HAS_CPP, "the C++ extension")),
     "distributed-torch",
-    # the distributed Triton primitive on these CPU tensors: only under the interpreter
-    pytest.param("distributed-triton", marks=_needs(HAS_TRITON and INTERPRETING, "Triton's interpreter")),
+    pytest.param("distributed-triton", marks=_needs(HAS_TRITON, "Triton (GPU or interpreter)")),
 ]
+
+
+def device_of(backend: str) -> torch.device:
+    """Where ``backend`` runs: the Triton kernels on the GPU, unless Triton's interpreter runs them
+    on the CPU; everything else on the CPU."""
+    on_gpu = backend.endswith("triton") and not INTERPRETING and torch.cuda.is_available()
+    return torch.device("cuda" if on_gpu else "cpu")
 
 
 # -- the oracle (float64, direct formulas) ---------------------------------------------------------
@@ -58,6 +64,12 @@ def oracle_rows(mean_a, cov_a, mean_b, cov_b, temperature, similarity):
 
 
 def rows_of(backend, inputs, temperature, similarity):
+    """The backend's per-row losses of ``inputs`` (moved to the backend's device), back on the CPU."""
+    device = device_of(backend)
+    return _rows_on(backend, [t.to(device) for t in inputs], temperature, similarity).cpu()
+
+
+def _rows_on(backend, inputs, temperature, similarity):
     if backend.startswith("distributed"):
         n = inputs[0].shape[0]
         return distributed._DistributedInfoNCE.apply(*inputs, temperature, similarity, None,
