@@ -1,4 +1,4 @@
-// wasserstein_infonce on the CPU: the 2N-row InfoNCE of SPEC section 2 on x = [mean ; sqrt(cov)]
+// wasserstein_infonce on the CPU: the 2N-row InfoNCE of docs/maths.md on x = [mean ; sqrt(cov)]
 // rows (rows of view A first, then view B), without ever forming the logit matrix for large N.
 //
 // W is symmetric, so the forward visits each pair of row blocks (I <= J) once: the Gram tile

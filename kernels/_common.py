@@ -2,7 +2,7 @@
 
 Every kernel works on rows ``x = [mean ; sqrt(clamp(cov, 1e-24))]`` (``[rows, 2D]``, contiguous,
 in the input dtype, shifted by their average: see :func:`stack_centered`) so that
-``W(i, j) = |x_i|^2 + |x_j|^2 - 2 x_i . x_j`` (SPEC section 1), and accumulates in float32
+``W(i, j) = |x_i|^2 + |x_j|^2 - 2 x_i . x_j`` (docs/maths.md), and accumulates in float32
 (float64 for float64 inputs).
 """
 

@@ -1,4 +1,4 @@
-"""Triton Wasserstein InfoNCE (SPEC section 2): the 2N x 2N logit matrix is never stored.
+"""Triton Wasserstein InfoNCE (docs/maths.md): the 2N x 2N logit matrix is never stored.
 
 ``Z = [A; B]`` is stacked once into (centered) ``x = [mean ; sqrt(cov)]`` rows (``R = 2N`` of them, ``K = 2D``
 columns) with their squared norms ``sq``; a logit tile is ``s(sq_r + sq_c - 2 x_r . x_c) / T``.

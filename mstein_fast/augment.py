@@ -1,4 +1,4 @@
-"""CoSeRec's sequence augmentations, batched on tensors (SPEC section 3).
+"""CoSeRec's sequence augmentations, batched on tensors (docs/models.md).
 
 Each view of a sequence of length n gets one augmentation, drawn uniformly from
 {insert, substitute, mask} when n <= augment_threshold and from {insert, crop, mask, reorder,

@@ -1,5 +1,5 @@
 """Interaction sequences: loading, the built-in synthetic data set, the leave-one-out split and
-vectorised negative sampling (SPEC section 4).
+vectorised negative sampling (docs/protocol.md).
 
 File format: one line per user, ``user_id item_id item_id ...`` in time order, ids are positive
 integers in plain ASCII digits (0 is the padding id; item ids up to :data:`MAX_ITEM_ID`); a UTF-8
@@ -223,7 +223,7 @@ class Ragged:
 
 @dataclass
 class LeaveOneOut:
-    """The leave-one-out split of SPEC section 4 as padded tensors (all on the CPU).
+    """The leave-one-out split of docs/protocol.md as padded tensors (all on the CPU).
 
     For a user with items ``s``: training inputs ``s[:-3]`` predict targets ``s[1:-2]`` position by
     position; validation input ``s[:-2]`` predicts ``s[-2]``; test input ``s[:-1]`` predicts ``s[-1]``.
@@ -394,7 +394,7 @@ def _read_csv(path: str, fh):
 
 
 def prepare_raw(raw_path: str, out_path: str, min_count: int = 5, fmt: str = "auto") -> dict:
-    """Turn raw Amazon reviews into a sequence file (SPEC section 4).
+    """Turn raw Amazon reviews into a sequence file (docs/protocol.md).
 
     Reads JSON lines (``reviewerID``, ``asin``, ``unixReviewTime``; plain or gzipped) or CSV
     ``user,item,rating,timestamp``; keeps the ``min_count``-core (users and items with at least

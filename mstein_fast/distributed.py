@@ -1,4 +1,4 @@
-"""Contrastive losses over the global batch of a ``torch.distributed`` job (issue 6).
+"""Contrastive losses over the global batch of a ``torch.distributed`` job.
 
 Each rank holds its local two views (``n_r`` rows each); the loss is the one the single-process
 :func:`mstein_fast.wasserstein_infonce` computes on the concatenated global batch

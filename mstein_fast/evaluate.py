@@ -1,4 +1,4 @@
-"""Full-ranking evaluation (SPEC section 4): every item is ranked for every user, the items of the
+"""Full-ranking evaluation (docs/protocol.md): every item is ranked for every user, the items of the
 user's input are excluded, and the 0-based rank of the held-out target gives the metrics.
 
 Ranks are computed in user batches on the model's device: ``rank = #items scored higher than the

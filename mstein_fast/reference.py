@@ -5,7 +5,7 @@ InfoNCE loss, the full 2N x 2N logit matrix exactly as the official MStein code 
 (``WassersteinNCELoss``: sim11, sim22 and sim12 with ``-inf`` diagonals, concatenated, then
 cross-entropy with labels ``arange(2N)``). The fused kernels must agree with these functions.
 
-Conventions (SPEC sections 1-2): ``cov`` holds variances of diagonal Gaussians, ``W`` is the
+Conventions (docs/maths.md): ``cov`` holds variances of diagonal Gaussians, ``W`` is the
 *squared* 2-Wasserstein distance ``||mu_i - mu_j||^2 + ||sqrt(cov_i) - sqrt(cov_j)||^2``.
 """
 

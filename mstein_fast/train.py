@@ -429,7 +429,7 @@ class Trainer:
         training and propagates, the epoch kept. With ``test=False`` the test split is never read:
         the result is :meth:`validation_result` (model selection on validation only)."""
         cfg = self.cfg
-        # the InfoNCE backward at temperature 1e-6 is mostly denormals on a CPU (SPEC section 2)
+        # the InfoNCE backward at temperature 1e-6 is mostly denormals on a CPU (docs/maths.md, Denormals)
         flush = self.device.type == "cpu" and torch.set_flush_denormal(True)
         try:
             while self.epoch < cfg.epochs and self.bad_epochs < cfg.patience:

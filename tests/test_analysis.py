@@ -1,4 +1,4 @@
-"""The analysis commands (issue 5): noise injection and user groups on hand-built cases, then
+"""The analysis commands: noise injection and user groups on hand-built cases, then
 `analyze noise|groups|batch-size` and `plot` end to end on a tiny synthetic data set."""
 
 import json

@@ -1,4 +1,4 @@
-"""The original code's behaviours (SPEC section 3, "Details of the original code"): those the
+"""The original code's behaviours (README: "Differences from the original code"): those the
 default now follows, and those only ``compat = "original"`` reproduces (README: "Differences from
 the original code"). Tiny inputs, no original code needed."""
 

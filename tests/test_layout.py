@@ -1,4 +1,4 @@
-"""Where things live (issue 12): the import directions between modules, and the names that moved.
+"""Where things live: the import directions between modules, and the names that moved.
 
 * nothing in ``mstein_fast/ops/`` imports :mod:`mstein_fast.distributed` (the distributed loss
   builds on the ops, not the other way round), and :mod:`mstein_fast.errors` imports nothing of
@@ -95,3 +95,20 @@ def test_moved_names_stay_importable_from_their_old_modules(old, new, names):
     old_module, new_module = importlib.import_module(old), importlib.import_module(new)
     for name in names:
         assert getattr(old_module, name) is getattr(new_module, name), name
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# pointers to documents outside the repository (a design brief's sections, tracker issues)
+OUTSIDE = __import__("re").compile(r"\bSPEC\b|\bissues? \d+|\(issue\b")
+
+
+def test_sources_point_only_to_documents_in_the_repository():
+    sources = [p for folder in ("mstein_fast", "kernels", "csrc", "tests", "benchmarks")
+               for p in sorted((ROOT / folder).rglob("*")) if p.suffix in (".py", ".h", ".cpp", ".sh")]
+    assert len(sources) > 30
+    found = [f"{p.relative_to(ROOT)}:{n}: {line.strip()}" for p in sources
+             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if OUTSIDE.search(line)
+             and p.name != "test_layout.py"]
+    assert not found, "\n".join(found)
+    docs = {m.group(1) for p in sources for m in __import__("re").finditer(r"docs/(\w+\.md)", p.read_text())}
+    assert docs and all((ROOT / "docs" / name).is_file() for name in docs), docs

@@ -1,4 +1,4 @@
-"""One edge-case suite for every implementation of the Wasserstein InfoNCE and W2 (issue 12: one
+"""One edge-case suite for every implementation of the Wasserstein InfoNCE and W2 (one
 numerics core): the C++ kernels, the reference, the Triton kernels (interpreter on a CPU) and the
 distributed tiles (the C++ and Triton rectangular primitives and the PyTorch tiles, run in-process
 as one rank), against a float64 oracle written from the conventions of :mod:`mstein_fast.numerics` (variances floored at 1e-24, no

@@ -1,6 +1,6 @@
 """The public ops against an independent float64 oracle, values and all four gradients.
 
-The oracle below is written from the formulas of SPEC sections 1-2, not from
+The oracle below is written from the formulas of docs/maths.md, not from
 ``mstein_fast.reference``: W from broadcast differences of ``x = [mean, sqrt(cov)]`` (no
 ``|x|^2 + |y|^2 - 2 x.y`` expansion) and the InfoNCE by an explicit max-shifted logsumexp over the
 candidates ``c != r`` of the 2N rows. Its gradients come from autograd through that direct formula.
@@ -235,7 +235,7 @@ def gaussians(n, d, *, regime="unit", batch=(), seed=0, paired_with=None):
     ``"official"``: ELU-like means (0.3 randn) and ELU+1-like variances in [0.5, 1.5] (the official
     trainer's inputs; with T = 1e-6 the softmax is nearly one-hot).
     ``"spread"``: W ~ 1e4: with "inv" and T = 1e-6 logits ~ 100 that differ by tens, so most softmax
-    weights underflow float32 and a few percent are denormal (the regime of SPEC section 2).
+    weights underflow float32 and a few percent are denormal (the regime of docs/maths.md, Denormals).
     ``paired_with``: the other view; then mean = its mean + noise of the same size (a positive that
     is closer than a random row on average, but not always the nearest: losses are not all 0).
     """

@@ -1,4 +1,4 @@
-"""Hostile input and faults (issue 14): divergence, the run directory, resume, config ranges,
+"""Hostile input and faults: divergence, the run directory, resume, config ranges,
 checkpoints, file-system errors, and a small fuzz of the CLI. Every failure must be a one-line
 ``error:`` with exit status 2 (or a success), never a traceback, a silently wrong number or an
 overwritten file."""

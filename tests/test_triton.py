@@ -207,7 +207,7 @@ def check_infonce(n, d, temperature, similarity, reduction, *, dtype=torch.float
           names=("loss", "d mean_a", "d cov_a", "d mean_b", "d cov_b"))
 
 
-# the similarity maps and the temperatures of SPEC section 2 (the official one is "inv" at 1e-6)
+# the similarity maps and the temperatures of docs/maths.md (the official one is "inv" at 1e-6)
 MAPS = [("inv", 1.0), ("inv", 0.1), ("neg", 1.0), ("neg", 0.1)]
 
 

@@ -1,5 +1,5 @@
 """Sequential recommenders: the STOSA backbone (MStein, STOSA) and the SASRec backbone (SASRec,
-CoSeRec, CoSeRec(WDM)), SPEC section 3. Device-agnostic: no ``.cuda()`` anywhere.
+CoSeRec, CoSeRec(WDM)), docs/models.md. Device-agnostic: no ``.cuda()`` anywhere.
 
 Every model maps a left-padded ``[B, L]`` batch of item ids (0 = padding) to per-position outputs
 and offers the same four methods used by the trainer: :meth:`rec_loss` (next-item ranking loss),

@@ -131,7 +131,7 @@ def wasserstein_infonce(
     reduction: str = "mean",
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Wasserstein InfoNCE between two views of N diagonal Gaussians (SPEC section 2).
+    """Wasserstein InfoNCE between two views of N diagonal Gaussians (docs/maths.md).
 
     With ``Z = [A; B]`` (2N rows), row ``r``'s positive is its other view and its candidates
     are all other 2N - 1 rows; ``logit(r, c) = s(W(r, c)) / temperature`` with
