@@ -1,4 +1,4 @@
-"""The long training runs of the fidelity issue (issue 11, item 4), restartable, and their summary.
+"""The long training runs that compare the trainer with the published numbers, restartable, and their summary.
 
 A plan is a list of runs (model, switches, seed, data); each run trains into ``RUNS/<name>`` with
 ``mstein-fast train`` (patience 100, at most 500 epochs, the model's own preset). ``run`` starts
@@ -6,7 +6,7 @@ what is missing, ``--resume``s what was interrupted (a run directory with ``last
 ``test_metrics.json``) and skips what is finished, ``--jobs`` runs at a time with ``--threads``
 torch threads each (on a 2-core CPU: 2 jobs x 1 thread, or 1 x 2). ``summary`` prints a Markdown
 table of the test metrics per configuration (mean +- std over seeds, per-seed values, epochs) next
-to the published MStein/STOSA rows (SPEC section 5), and the validation curves' best epochs.
+to the published MStein/STOSA rows (docs/protocol.md), and the validation curves' best epochs.
 
     python benchmarks/fidelity_runs.py run --data ../shared/data/Office_Products.txt --runs runs/fidelity --jobs 2
     python benchmarks/fidelity_runs.py summary --runs runs/fidelity
@@ -30,12 +30,14 @@ PLAN = [
     ("mstein-default", "mstein", []),
     ("mstein-compat", "mstein", ["--compat", "original"]),
     ("stosa-default", "stosa", []),
-    # the decisions (issues 10 and 11): one switch each against mstein-default, at equal epochs
+    # the Office preset (for Office_Products only) against mstein-default
+    ("mstein-office-preset", "mstein", ["--preset", "office"]),
+    # the decisions: one switch each against mstein-default, at equal epochs
     ("mstein-pool128", "mstein", ["--padding-pool", "128"]),
     ("mstein-double-cov", "mstein", ["--cl-double-cov-activation"]),
     ("mstein-original-padding", "mstein", ["--original-padding"]),
 ]
-PUBLISHED = {  # test, all-item ranking (MStein paper, WWW'23; SPEC section 5): recall@10, ndcg@10, mrr
+PUBLISHED = {  # test, all-item ranking (MStein paper, WWW'23; docs/protocol.md): recall@10, ndcg@10, mrr
     "Office_Products": {"MStein": (0.1155, 0.0627, 0.0529), "STOSA": (0.1021, 0.0572, 0.0502),
                         "CoSeRec": (0.1024, 0.0598, 0.0516)},
     "Beauty": {"MStein": (0.0774, 0.0463, 0.0398), "STOSA": (0.0707, 0.0416, 0.0360),

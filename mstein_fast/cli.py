@@ -14,6 +14,7 @@ import time
 
 from mstein_fast._checks import check_environment
 from mstein_fast.config import (
+    DATASET_PRESETS,
     FIELDS,
     MODEL_PRESETS,
     QUICK_PRESET,
@@ -39,7 +40,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         "configuration keys",
         "Each option sets the config key of the same name with '_' for '-' (the JSON config file uses those "
         "keys). Layers, later wins: defaults (the official MStein command) < the model's own published "
-        f"command (stosa: {json.dumps(MODEL_PRESETS['stosa'])}) < quick preset (built-in "
+        f"command (stosa: {json.dumps(MODEL_PRESETS['stosa'])}) < --preset (settings for a data set: "
+        f"{', '.join(sorted(DATASET_PRESETS))}; README: Presets) < quick preset (built-in "
         f"synthetic data only: {json.dumps(QUICK_PRESET)}) < --config FILE < these options.",
     )
     defaults = TrainConfig()
@@ -198,7 +200,7 @@ def _add_analysis_parsers(sub) -> None:
 
     p = sub.add_parser(
         "analyze", help="the paper's analyses: noise robustness, batch size, user/item groups (CSV, JSON, figures)",
-        description="Analyses of SPEC section 5. Each writes CSV and JSON of its numbers and PNG + SVG figures "
+        description="The paper's analyses beyond its main table (docs/protocol.md). Each writes CSV and JSON of its numbers and PNG + SVG figures "
                     "into --output. Models come from --checkpoints (checkpoint files or run directories) or are "
                     "trained with the train options below into OUTPUT/runs/ (a finished run there is reused, an "
                     "unfinished one resumed).",

@@ -1,7 +1,8 @@
 """Training configuration: every key typed, with a default and a one-line help.
 
-Layers, later wins: defaults (the official MStein command, SPEC section 3) < the quick preset
-(only for the built-in synthetic data) < a JSON config file < command-line options.
+Layers, later wins: defaults (the official MStein command, docs/models.md) < the model's own
+published command (:data:`MODEL_PRESETS`) < a data-set preset (``preset``, :data:`DATASET_PRESETS`)
+< the quick preset (only for the built-in synthetic data) < a JSON config file < command-line options.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class TrainConfig:
     # what to train on
     model: str = _key("mstein", "model: mstein, stosa, sasrec, coserec or coserec-wdm", sorted(MODELS))
     data: str | None = _key(None, "sequence file 'user_id item_id ...'; none = the built-in synthetic data")
+    preset: str = _key("none", "settings tuned for a data set (README: Presets): office (MStein tuned on "
+                       "Office_Products), beauty (the authors' published command, i.e. the defaults)",
+                       ["none", "beauty", "office"])
     seed: int = _key(42, "seed of initialisation, shuffling, negatives, augmentation and dropout",
                     valid=SEED)
     device: str = _key("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
@@ -267,22 +271,69 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
               "pvn_weight": 0.005},
 }
 
+# Per-data-set settings, by model, with where they came from (README: Presets). A preset sets only
+# model and training keys (never data, epochs, patience or threads); a model without an entry is an
+# error rather than silently the defaults.
+DATASET_PRESETS: dict[str, dict[str, Any]] = {
+    "beauty": {
+        "source": "the authors' published MStein command for Beauty (github zfan20/MStein README), which "
+                  "the defaults are",
+        "models": {"mstein": {}},
+    },
+    "office": {
+        "source": "mstein-fast tune on Office_Products, 2026-12-02, best of 19 trials by validation MRR "
+                  "(trial 17; benchmarks/results/tune_office_2026-12-02, benchmarks/RESULTS.md)",
+        "models": {
+            "mstein": {
+                "lr": 0.001550905421604415,
+                "hidden_dropout_prob": 0.1333700693763367,
+                "num_attention_heads": 4,
+                "batch_size": 512,
+                "cf_weight": 0.00330861710129213,
+                "temperature": 3.514196298368359e-07,
+                "pvn_weight": 0.004525695300555234,
+                "substitute_rate": 0.8331063095921656,
+                "insert_rate": 0.2575677045281955,
+                "augment_threshold": 20,
+                "augmentation_warm_up_epochs": 40,
+            },
+        },
+    },
+}
+
+
+def dataset_preset(name: str, model: str) -> dict[str, Any]:
+    """The config values of data-set preset ``name`` for ``model`` (``{}`` for ``"none"``);
+    :class:`ConfigError` if the preset is unknown or was not made for ``model``."""
+    if name == "none":
+        return {}
+    if name not in DATASET_PRESETS:
+        raise ConfigError(f"preset must be one of {['none', *sorted(DATASET_PRESETS)]}, got {name!r}")
+    models = DATASET_PRESETS[name]["models"]
+    if model not in models:
+        raise ConfigError(f"preset {name!r} has settings for {', '.join(sorted(models))} only (they were tuned for "
+                          f"that model), not for model {model!r}: drop --preset or choose that model")
+    return dict(models[model])
+
+
 # What ``compat = "original"`` changes among the config keys (below explicit values): the original
 # code early-stops on its MRR, which it computes over its top-40 list only.
 COMPAT_DEFAULTS: dict[str, Any] = {"early_stop_metric": "mrr@40"}
 
 
 def build_config(file_values: dict | None = None, cli_values: dict | None = None) -> tuple[TrainConfig, bool]:
-    """Merge the layers (defaults < the model's preset < quick preset < file < options; with
-    ``compat = "original"`` also :data:`COMPAT_DEFAULTS` below the file); returns the validated
-    config and whether the quick preset was applied."""
+    """Merge the layers (defaults < the model's preset < the data-set preset < quick preset < file
+    < options; with ``compat = "original"`` also :data:`COMPAT_DEFAULTS` below the file); returns
+    the validated config and whether the quick preset was applied."""
     values: dict[str, Any] = {}
     values.update(file_values or {})
     values.update(cli_values or {})
     quick = values.get("data") is None
-    preset = MODEL_PRESETS.get(values.get("model", TrainConfig.model), {})
+    model = values.get("model", TrainConfig.model)
+    preset = MODEL_PRESETS.get(model, {})
+    tuned = dataset_preset(values.get("preset", TrainConfig.preset), model)
     compat = COMPAT_DEFAULTS if values.get("compat") == "original" else {}
-    merged = {**preset, **(QUICK_PRESET if quick else {}), **compat, **values}
+    merged = {**preset, **tuned, **(QUICK_PRESET if quick else {}), **compat, **values}
     return TrainConfig(**merged).validate(), quick
 
 

@@ -141,3 +141,53 @@ def test_console_script_error_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mstein_fast.cli", "train", "--data", str(tmp_path / "nope.txt")],
                           check=False, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def _printed_config(capsys, *argv):
+    code, out, err = run_main(capsys, "train", "--print-config", *argv)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_dataset_preset_layers_between_the_defaults_and_the_options(tmp_path, capsys):
+    from mstein_fast.config import DATASET_PRESETS, TrainConfig
+
+    tuned = DATASET_PRESETS["office"]["models"]["mstein"]
+    data = ["--data", str(tmp_path / "office.txt")]  # --print-config does not read the file
+    plain = _printed_config(capsys, *data)
+    with_preset = _printed_config(capsys, *data, "--preset", "office")
+    assert with_preset["preset"] == "office"
+    assert {k: with_preset[k] for k in tuned} == tuned
+    assert any(plain[k] != v for k, v in tuned.items())  # the preset changes something
+    untouched = [k for k in plain if k not in tuned and k != "preset"]
+    assert {k: with_preset[k] for k in untouched} == {k: plain[k] for k in untouched}
+    # a config file and the options beat the preset, the option beats the file
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"lr": 0.02, "batch_size": 64}))
+    over = _printed_config(capsys, *data, "--preset", "office", "--config", str(config), "--lr", "0.03")
+    assert over["lr"] == 0.03 and over["batch_size"] == 64 and over["cf_weight"] == tuned["cf_weight"]
+    # beauty: the published command, which the defaults are
+    assert _printed_config(capsys, *data, "--preset", "beauty") == {**plain, "preset": "beauty"}
+    assert TrainConfig().preset == "none"
+
+
+def test_dataset_preset_for_another_model_is_refused(tmp_path, capsys):
+    code, out, err = run_main(capsys, "train", "--print-config", "--data", str(tmp_path / "o.txt"), "--preset",
+                              "office", "--model", "stosa")
+    assert code == 2 and out == ""
+    assert "preset 'office' has settings for mstein only" in err and "Traceback" not in err
+
+
+def test_readme_documents_every_dataset_preset():
+    import pathlib
+
+    from mstein_fast.config import DATASET_PRESETS
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Presets", 1)[1].split("\n## ", 1)[0]
+    for name, preset in DATASET_PRESETS.items():
+        assert f"`--preset {name}`" in section, name
+        for model, values in preset["models"].items():
+            for key, value in values.items():
+                shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+                assert f"{key} {shown}" in section, (name, model, key, shown)
