@@ -44,9 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 TEMPERATURE, SIMILARITY = 1e-6, "inv"
-# the test suite's fixed relative tolerances, and the floors of its 2x-the-reference rule
-TOL = {"float64": 1e-12, "float32": 1e-5, "float16": 0.0, "bfloat16": 0.0}
-FLOOR = {"float64": 1e-12, "float32": 1e-6, "float16": 2e-3, "bfloat16": 1.6e-2}
+# the comparison rule is the test suite's: mstein_fast.testing (fixed tolerance of the dtype, or 2x the
+# error of the reference run in the same dtype plus a floor)
 NAMES = ["value", "d mean1/a", "d cov1/a", "d mean2/b", "d cov2/b"]
 
 
@@ -190,21 +189,6 @@ def views(torch, plan: Plan, n: int, d: int, dtype, seed: int = 0, mix: float = 
     return [t.to(dtype) for t in (mean_a, cov_a, mean_b, cov_b)]
 
 
-def rel_err(actual, expected) -> float:
-    a, b = actual.detach().double(), expected.detach().double()
-    if not bool(a.isfinite().all()):
-        return math.inf
-    diff, scale = (a - b).norm().item(), b.norm().item()
-    return diff / scale if scale > 0 else diff
-
-
-def with_grads(fn, inputs, upstream):
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    out = fn(*leaves)
-    out.backward(upstream.to(out.dtype))
-    return [out.detach()] + [t.grad for t in leaves]
-
-
 def is_oom(err: BaseException) -> bool:
     return "out of memory" in str(err).lower() or type(err).__name__ == "OutOfMemoryError"
 
@@ -219,6 +203,8 @@ def dtype_name(dtype) -> str:
 
 
 def correctness(torch, mstein_fast, plan: Plan, clock: Clock, results: list, save) -> None:
+    from mstein_fast import testing
+
     def infonce(temperature, similarity, backend):
         def fn(*args):
             return mstein_fast.wasserstein_infonce(*args, temperature=temperature, similarity=similarity,
@@ -268,19 +254,13 @@ def correctness(torch, mstein_fast, plan: Plan, clock: Clock, results: list, sav
                 inputs = [a[0].reshape(b, n, d), a[1].reshape(b, n, d), c[0].reshape(b, m, d), c[1].reshape(b, m, d)]
                 fn, ref = pairwise("triton"), pairwise("torch")
                 up_shape = (b, n, m)
-            gen = torch.Generator(device=plan.device).manual_seed(7)
-            upstream = torch.randn(up_shape, device=plan.device, dtype=torch.float64, generator=gen)
-            want = with_grads(ref, [t.double() for t in inputs], upstream)
-            got = with_grads(fn, inputs, upstream)
-            base = with_grads(ref, inputs, upstream)
-            errors, ok = {}, True
-            for name, g, w, r in zip(NAMES, got, want, base):
-                err, ref_err = rel_err(g, w), rel_err(r, w)
-                allowed = max(TOL[row["dtype"]], 2 * ref_err + FLOOR[row["dtype"]])
-                errors[name] = {"error": err, "reference_error": ref_err, "allowed": allowed}
-                ok = ok and err <= allowed
+            measured = testing.measure(fn, ref, inputs, seed=7, tol=testing.TOL[dtype], baseline_fn=ref, names=NAMES,
+                                       shapes=[up_shape])
+            errors = {m.name: {"error": m.error, "reference_error": m.reference_error, "allowed": m.allowed}
+                      for m in measured}
+            ok = all(m.passed for m in measured)
             row.update(status="pass" if ok else "FAIL", errors=errors)
-            del inputs, want, got, base
+            del inputs, measured
         except Exception as err:  # noqa: BLE001  (keep going: one failure must not hide the other results)
             row.update(status="OOM" if is_oom(err) else "ERROR", error=f"{type(err).__name__}: {err}"[:500])
             traceback.print_exc()

@@ -30,6 +30,7 @@ import torch
 
 import mstein_fast
 from mstein_fast.numerics import infonce_row_loss, infonce_row_stats
+from mstein_fast.testing import rel_err
 
 HAS_CPP = "cpp" in mstein_fast.available_backends()
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="the C++ extension is not built")
@@ -153,14 +154,6 @@ def run_triton(x, y, self_g, pos_g, temperature, similarity, upstream, cuts):
         triton_rect.rect_bwd(rows, cols[c0:c1], local_index(self_g, c0, c1), local_index(pos_g, c0, c1), temperature,
                              similarity, upstream.float().to(dev), stats, top_col, g_rows, g_cols[c0:c1], c0)
     return loss.cpu(), g_rows.cpu(), g_cols.cpu(), (run_max.cpu(), run_others.cpu(), pos.cpu())
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    if not torch.isfinite(a).all():
-        return math.inf
-    scale = b.norm().item()
-    return (a - b).norm().item() / scale if scale > 0 else (a - b).norm().item()
 
 
 def check(run, x, y, self_g, pos_g, temperature, similarity, upstream, cuts, *, tol=2e-5, ill_conditioned=False):

@@ -13,11 +13,12 @@ import sys
 
 import pytest
 import torch
-from test_ops import TOL32, assert_close, oracle_infonce
+from test_ops import TOL32, oracle_infonce
 
 from mstein_fast.config import TrainConfig
 from mstein_fast.models import build_model
 from mstein_fast.ops.wasserstein_infonce_sequences import wasserstein_infonce_sequences
+from mstein_fast.testing import assert_close
 
 sequences_module = sys.modules["mstein_fast.ops.wasserstein_infonce_sequences"]
 

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import mstein_fast
-from mstein_fast import reference
+from mstein_fast import reference, testing
 from mstein_fast.ops import _wasserstein_infonce as infonce_module
 
 HAS_CPP = "cpp" in mstein_fast.available_backends()
@@ -107,60 +107,6 @@ def oracle_alignment_uniformity(mean_a, cov_a, mean_b, cov_b, temperature):
 # --------------------------------------------------------------------------------------------------
 
 
-def rel_rms(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """``||a - b|| / ||b||`` in float64 (the absolute RMS norm when ``b`` is exactly zero)."""
-    a, b = actual.detach().double(), expected.detach().double()
-    diff = (a - b).norm().item()
-    scale = b.norm().item()
-    return diff / scale if scale > 0 else diff
-
-
-def worst_mismatches(actual, expected, k=5) -> str:
-    a, b = actual.detach().double().flatten(), expected.detach().double().flatten()
-    diff = (a - b).abs()
-    diff = torch.where(torch.isnan(diff), torch.full_like(diff, math.inf), diff)
-    idx = torch.topk(diff, min(k, diff.numel())).indices
-    shape = tuple(actual.shape)
-    lines = []
-    for i in idx.tolist():
-        pos = tuple(int(v) for v in torch.unravel_index(torch.tensor(i), shape)) if shape else ()
-        lines.append(f"    at {pos}: got {a[i].item():.9g}, expected {b[i].item():.9g}, |diff| {diff[i].item():.3g}")
-    return "\n".join(lines)
-
-
-def assert_close(name: str, actual, expected, rel_tol: float, abs_floor: float = 0.0) -> float:
-    """``||a - b|| <= rel_tol * ||b|| + abs_floor`` and no NaN/inf where the oracle is finite.
-
-    Returns the relative error; on failure prints it with the worst mismatches.
-    """
-    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    bad = ~torch.isfinite(actual.detach()) & torch.isfinite(expected.detach())
-    assert not bad.any(), f"{name}: {int(bad.sum())} NaN/inf values where the oracle is finite\n" + worst_mismatches(
-        actual, expected
-    )
-    diff = (actual.detach().double() - expected.detach().double()).norm().item()
-    scale = expected.detach().double().norm().item()
-    allowed = rel_tol * scale + abs_floor
-    assert diff <= allowed, (
-        f"{name}: ||a - b|| = {diff:.3g} > allowed {allowed:.3g} (relative error {rel_rms(actual, expected):.3g}, "
-        f"tolerance {rel_tol:.3g} x ||b|| = {scale:.3g} + floor {abs_floor:.3g}); worst mismatches:\n"
-        + worst_mismatches(actual, expected)
-    )
-    return rel_rms(actual, expected)
-
-
-def _as_tuple(out):
-    return out if isinstance(out, tuple) else (out,)
-
-
-def run_with_grads(fn, inputs, upstream):
-    """``fn(*leaves)`` with fresh leaves; backward with the given upstream gradient(s); (outputs, grads)."""
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    outs = _as_tuple(fn(*leaves))
-    torch.autograd.backward(outs, [u.to(o.dtype) for o, u in zip(outs, upstream)])
-    return outs, [t.grad for t in leaves]
-
-
 # Tolerances for float32 kernels on well-conditioned inputs (values O(1), W computed with a
 # condition number (|x|^2 + |y|^2) / W of a few): float32 rounding (6e-8) accumulated over at most
 # 2D <= 200 products and 2N <= 600 softmax terms gives relative RMS errors of ~1e-7..5e-6 (measured
@@ -179,47 +125,13 @@ FLOOR_ILL = 1e-6
 FLOOR_SCALE = 1e-6
 
 
-def compare(
-    fn,
-    inputs,
-    oracle_fn,
-    seed,
-    *,
-    tol=None,
-    baseline_fn=None,
-    scale_fn=None,
-    floor=FLOOR_SCALE,
-):
-    """Run ``fn`` on ``inputs`` and the oracle on the same values in float64; compare the outputs and
-    the gradients w.r.t. all four inputs under a random (normal) upstream gradient.
-
-    Tolerance per quantity: ``tol`` relative, or with ``baseline_fn`` (run on ``inputs``)
-    ``2 x its relative error + FLOOR_ILL``; with ``scale_fn`` (a float64 function shaped like the
-    oracle) plus ``floor`` x the norm of its value / gradient. Returns the relative errors.
-    """
-    inputs64 = [t.double() for t in inputs]
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        shapes = [o.shape for o in _as_tuple(oracle_fn(*inputs64))]
-    upstream = [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in shapes]
-    want = [t for part in run_with_grads(oracle_fn, inputs64, upstream) for t in part]
-    got = [t for part in run_with_grads(fn, inputs, upstream) for t in part]
-    names = [f"output[{i}]" for i in range(len(shapes))] + ["d mean1/a", "d cov1/a", "d mean2/b", "d cov2/b"]
-    if baseline_fn is None:
-        tols = [tol] * len(got)
-    else:
-        base = [t for part in run_with_grads(baseline_fn, inputs, upstream) for t in part]
-        tols = [2 * rel_rms(b, w) + FLOOR_ILL for b, w in zip(base, want)]
-    if scale_fn is None:
-        floors = [0.0] * len(got)
-    else:
-        scale = [t for part in run_with_grads(scale_fn, inputs64, upstream) for t in part]
-        floors = [floor * s.norm().item() for s in scale]
-    errors = {}
-    for name, g, w, t, f in zip(names, got, want, tols, floors):
-        assert g.dtype == inputs[0].dtype, f"{name}: dtype {g.dtype}, inputs {inputs[0].dtype}"
-        errors[name] = assert_close(name, g, w, t, f)
-    return errors
+def compare(fn, inputs, oracle_fn, seed, *, tol=None, baseline_fn=None, scale_fn=None, floor=FLOOR_SCALE):
+    """:func:`mstein_fast.testing.compare` of ``fn`` on ``inputs`` with the oracle on their float64
+    copy, outputs and the four gradients under a random upstream gradient: ``tol`` relative, or
+    with ``baseline_fn`` (run on ``inputs``) ``2 x its relative error + FLOOR_ILL``; with
+    ``scale_fn`` plus ``floor`` x the norm of its value / gradient. Returns the relative errors."""
+    return testing.compare(fn, oracle_fn, inputs, seed=seed + 1, tol=tol, baseline_fn=baseline_fn,
+                           ill_floor=FLOOR_ILL, scale_fn=scale_fn, floor=floor)
 
 
 # --------------------------------------------------------------------------------------------------

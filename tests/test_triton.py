@@ -23,7 +23,7 @@ import torch
 pytest.importorskip("triton")
 
 import mstein_fast
-from mstein_fast import reference
+from mstein_fast import reference, testing
 
 triton_infonce = pytest.importorskip("mstein_fast.kernels.wasserstein_infonce")
 
@@ -31,38 +31,17 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_GPU = DEVICE.type == "cuda"
 needs_gpu = pytest.mark.skipif(not ON_GPU, reason="bf16 tl.dot is wrong in the Triton interpreter: GPU only")
 
-# Tolerances. A quantity passes if its relative error is at most the fixed tolerance of its dtype
-# OR (``relative=True``) at most twice the error of the same computation by ``mstein_fast.reference``
-# in the inputs' dtype, plus a floor (~4 ulps of the dtype) for when that happens to be exact.
-# fp32: float32 rounding (u = 6e-8) of W (the kernels expand |x|^2 + |y|^2 - 2 x.y on centered
-# rows) over 2D <= 260 products and 2N <= 140 softmax terms: measured <= 2e-6 for the kernels;
-# 1e-5 leaves margin and still catches masking, indexing or scaling bugs (errors 1e-3..1). The
-# float32 reference itself reaches 1e-4 on InfoNCE gradients here (sharp softmaxes amplify its
-# logit errors), which the kernels must not exceed by more than 2x either; at T = 1e-6 (an ulp of
-# a 1e6 logit is 0.06: ill-conditioned in float32) the 2x rule is the only one.
-TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 0.0, torch.bfloat16: 0.0}
-FLOOR = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+# Tolerances: mstein_fast.testing (TOL, ILL_FLOOR and its module docstring). For these shapes:
+# float32 rounding (u = 6e-8) of W (the kernels expand |x|^2 + |y|^2 - 2 x.y on centered rows)
+# over 2D <= 260 products and 2N <= 140 softmax terms: measured <= 2e-6 for the kernels against
+# the fixed 1e-5. The float32 reference itself reaches 1e-4 on InfoNCE gradients here (sharp
+# softmaxes amplify its logit errors), which the kernels must not exceed by more than 2x either;
+# at T = 1e-6 (an ulp of a 1e6 logit is 0.06: ill-conditioned in float32) the 2x rule is the only one.
 
 
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
     monkeypatch.setenv("MSTEIN_FAST_POISON", "1")
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """``||a - b|| / ||b||`` in float64 (``||a - b||`` when ``b`` is exactly 0); inf on NaN/inf."""
-    a, b = actual.detach().double().cpu(), expected.detach().double().cpu()
-    if not torch.isfinite(a).all():
-        return math.inf
-    diff, scale = (a - b).norm().item(), b.norm().item()
-    return diff / scale if scale > 0 else diff
-
-
-def worst(actual: torch.Tensor, expected: torch.Tensor, k: int = 4) -> str:
-    a, b = actual.detach().double().cpu().flatten(), expected.detach().double().cpu().flatten()
-    diff = (a - b).abs().nan_to_num(nan=math.inf)
-    idx = torch.topk(diff, min(k, diff.numel())).indices.tolist()
-    return "; ".join(f"[{i}] got {a[i].item():.7g} want {b[i].item():.7g}" for i in idx)
 
 
 def gaussians(n: int, d: int, *, batch=(), dtype=torch.float32, seed=0, offset=0.0, contiguous=True):
@@ -83,39 +62,16 @@ def gaussians(n: int, d: int, *, batch=(), dtype=torch.float32, seed=0, offset=0
     return mean, cov
 
 
-def with_grads(fn, inputs, upstream):
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    out = fn(*leaves)
-    out.backward(upstream.to(out.dtype))
-    return [out, *(t.grad for t in leaves)]
-
-
 def check(fn, ref_fn, inputs, *, fixed=True, relative=True, seed=0,
           names=("value", "d mean1", "d cov1", "d mean2", "d cov2")):
-    """Compare ``fn(*inputs)`` (output and 4 gradients, random upstream) with ``ref_fn`` in float64.
-
-    Allowed relative error: the larger of :data:`TOL` of the dtype (if ``fixed``) and (if
-    ``relative``) twice the error of ``ref_fn`` run in the inputs' dtype plus :data:`FLOOR`.
-    """
-    inputs64 = [t.double() for t in inputs]
-    with torch.no_grad():
-        shape = ref_fn(*inputs64).shape
-    upstream = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 7), dtype=torch.float64).to(DEVICE)
-    want = with_grads(ref_fn, inputs64, upstream)
-    got = with_grads(fn, inputs, upstream)
-    baseline = with_grads(ref_fn, inputs, upstream) if relative else None
+    """:func:`mstein_fast.testing.compare` of ``fn(*inputs)`` (output and 4 gradients, random
+    upstream) with ``ref_fn`` in float64: the fixed tolerance of the dtype (if ``fixed``) or (if
+    ``relative``) twice the error of ``ref_fn`` run in the inputs' dtype plus its floor."""
     dtype = inputs[0].dtype
-    failures = []
-    for i, name in enumerate(names):
-        assert got[i].dtype == dtype and got[i].shape == want[i].shape, name
-        err = rel_err(got[i], want[i])
-        allowed = max(TOL[dtype] if fixed else 0.0,
-                      2 * rel_err(baseline[i], want[i]) + FLOOR[dtype] if relative else 0.0)
-        if os.environ.get("SHOW_ERRORS"):
-            print(f"ERR {name} {dtype} {err:.3g} allowed {allowed:.3g}")
-        if not err <= allowed:
-            failures.append(f"{name}: relative error {err:.3g} > {allowed:.3g}: {worst(got[i], want[i])}")
-    assert not failures, "\n".join(failures)
+    errors = testing.compare(fn, ref_fn, inputs, seed=seed + 7, tol=testing.TOL[dtype] if fixed else None,
+                             baseline_fn=ref_fn if relative else None, names=names)
+    if os.environ.get("SHOW_ERRORS"):
+        print(" ".join(f"ERR {name} {dtype} {err:.3g}" for name, err in errors.items()))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,7 +251,7 @@ def test_infonce_no_grad_far_apart(similarity, temperature):
         want = loss(mean_a.double(), cov_a.double(), mean_b.double(), cov_b.double(), backend="torch")
         base = loss(mean_a, cov_a, mean_b, cov_b, backend="torch")
     assert torch.isfinite(got).all()
-    assert rel_err(got, want) <= max(TOL[torch.float32], 2 * rel_err(base, want)), worst(got, want)
+    testing.assert_close("rows", got, want, max(testing.TOL[torch.float32], 2 * testing.rel_err(base, want)))
 
 
 # ------------------------------------------- registered with torch.library (mstein_fast::*_triton_*)
