@@ -8,7 +8,8 @@ and offers the same four methods used by the trainer: :meth:`rec_loss` (next-ite
 insert / substitute augmentations).
 
 Where things live: :mod:`.layers` (activations, masks, feed-forward and attention layers),
-:mod:`.buckets` (length bucketing of left-padded rows), :mod:`.base` (what all models share),
+:mod:`.buckets` (length bucketing of left-padded rows, the padding-skipping encoder's plan),
+:mod:`.losses` (BPR + pvn, BCE, dot-product InfoNCE), :mod:`.base` (what all models share),
 :mod:`.stosa` (STOSA / MStein), :mod:`.sasrec` (SASRec / CoSeRec / CoSeRec(WDM)).
 """
 
@@ -22,11 +23,11 @@ from mstein_fast.models.layers import (
     FeedForward,
     WassersteinSelfAttention,
     attention_mask,
-    dot_infonce,
     elu_plus_one,
     original_attention_mask,
     paired_w2,
 )
+from mstein_fast.models.losses import bce, bpr_pvn_sums, dot_infonce, weighted_mean
 from mstein_fast.models.sasrec import SASRec
 from mstein_fast.models.stosa import STOSA
 from mstein_fast.numerics import COV_FLOOR
@@ -61,6 +62,8 @@ __all__ = [
     "SASRec",
     "WassersteinSelfAttention",
     "attention_mask",
+    "bce",
+    "bpr_pvn_sums",
     "build_model",
     "dot_infonce",
     "elu_plus_one",
@@ -68,4 +71,5 @@ __all__ = [
     "original_attention_mask",
     "paired_w2",
     "unpermute",
+    "weighted_mean",
 ]

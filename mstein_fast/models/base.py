@@ -14,10 +14,6 @@ from mstein_fast.models.layers import elu_plus_one
 from mstein_fast.ops.wasserstein_infonce_sequences import wasserstein_infonce_sequences
 
 
-def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    return (values * weights).sum() / weights.sum().clamp_min(1.0)
-
-
 class _Recommender(nn.Module):
     """Shared parts: configuration, initialisation, item similarity, the contrastive dispatch."""
 

@@ -62,19 +62,6 @@ def attention_mask(seqs: torch.Tensor) -> torch.Tensor:
     return allowed | (empty & eye)
 
 
-def dot_infonce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """CoSeRec's InfoNCE on dot products between two views ``[N, D]`` (the official ``NCELoss``)."""
-    n = a.shape[0]
-    sim11 = a @ a.T / temperature
-    sim22 = b @ b.T / temperature
-    sim12 = a @ b.T / temperature
-    eye = torch.eye(n, dtype=torch.bool, device=a.device)
-    sim11 = sim11.masked_fill(eye, float("-inf"))
-    sim22 = sim22.masked_fill(eye, float("-inf"))
-    logits = torch.cat([torch.cat([sim12, sim11], 1), torch.cat([sim22, sim12.T], 1)], 0)
-    return F.cross_entropy(logits, torch.arange(2 * n, device=a.device))
-
-
 class FeedForward(nn.Module):
     """Position-wise ``dense(4h) -> activation -> dense(h) -> dropout -> LayerNorm(x + input)``;
     the activation is GELU in SASRec's block and ELU in the distributional models' (the original

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mstein_fast import distributed
-from mstein_fast.models.base import _Recommender, _weighted_mean
+from mstein_fast.models.base import _Recommender
 from mstein_fast.models.layers import (
     DotSelfAttention,
     FeedForward,
     attention_mask,
-    dot_infonce,
     elu_plus_one,
     original_attention_mask,
 )
+from mstein_fast.models.losses import bce, dot_infonce
 from mstein_fast.ops.dropout import Dropout
 
 
@@ -56,13 +55,8 @@ class SASRec(_Recommender):
         out = self.encode(seqs)
         pos_logit = (out * self.item_emb(targets)).sum(-1)
         neg_logit = (out * self.item_emb(negatives)).sum(-1)
-        weight = (targets > 0).to(out.dtype)
-        if self.compat:  # the original's form
-            terms = -torch.log(torch.sigmoid(pos_logit) + 1e-24) - torch.log(1 - torch.sigmoid(neg_logit) + 1e-24)
-        else:
-            terms = -F.logsigmoid(pos_logit) - F.logsigmoid(-neg_logit)
-        bce = _weighted_mean(terms, weight)
-        return bce, {"bce": bce.detach()}
+        loss = bce(pos_logit, neg_logit, (targets > 0).to(out.dtype), original=self.compat)
+        return loss, {"bce": loss.detach()}
 
     def contrastive_loss(self, views: torch.Tensor) -> torch.Tensor | None:
         if self.contrastive is None:

@@ -17,6 +17,7 @@ from mstein_fast.models.layers import (
     original_attention_mask,
     paired_w2,
 )
+from mstein_fast.models.losses import bpr_pvn_sums
 from mstein_fast.ops import activations
 from mstein_fast.ops.dropout import Dropout
 
@@ -210,12 +211,7 @@ class STOSA(_Recommender):
         d_pos = paired_w2(mean, cov, pos_mean, pos_cov)
         d_neg = paired_w2(mean, cov, neg_mean, neg_cov)
         d_pos_neg = paired_w2(pos_mean, pos_cov, neg_mean, neg_cov)
-        weight = (targets > 0).to(mean.dtype)
-        if self.compat:  # the original's form: inf once sigmoid underflows to 0 (d_pos - d_neg > ~88)
-            bpr = -torch.log(torch.sigmoid(d_neg - d_pos + 1e-24))
-        else:
-            bpr = -F.logsigmoid(d_neg - d_pos)
-        return (bpr * weight).sum(), (F.relu(d_pos - d_pos_neg) * weight).sum(), weight.sum()
+        return bpr_pvn_sums(d_pos, d_neg, d_pos_neg, (targets > 0).to(mean.dtype), original=self.compat)
 
     def _rec_loss_full(self, seqs, targets, negatives) -> tuple[torch.Tensor, dict]:
         """:meth:`rec_loss` computed over all positions (the straightforward computation)."""
