@@ -144,7 +144,9 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # older glibc refuses thresholds above 32 MiB: fall back to that (tensors up to it are then kept)
+    # glibc caps the threshold at half its arena heap size (32 MiB on 64-bit), so the 1 GiB request is
+    # refused there and 32 MiB set: blocks above it still come from mmap (measured: they fault anew
+    # mostly while the heap grows to its peak in the first epochs; benchmarks/RESULTS.md)
     mmap_ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 or mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1
     trim_ok = mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) == 1
     _malloc_tuned = mmap_ok and trim_ok
