@@ -64,14 +64,40 @@ def _key(default, help: str, choices=None, valid: Range | None = None):
     return field(default=default, metadata={"help": help, "choices": choices, "range": valid})
 
 
+# Per-data-set settings (``preset``), by model (README: Presets, with where each came from). A
+# preset sets only model and training keys (never data, epochs, patience or threads); a model
+# without an entry is an error rather than silently the defaults.
+DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # the authors' published MStein command, given for Beauty: the defaults
+    "beauty": {"mstein": {}},
+    # trial 17 of the first Office tune (2026-12-02, 19 trials of 60 epochs, validation MRR;
+    # benchmarks/results/tune_office_2026-12-02, benchmarks/RESULTS.md)
+    "office": {
+        "mstein": {
+            "lr": 0.001550905421604415,
+            "hidden_dropout_prob": 0.1333700693763367,
+            "num_attention_heads": 4,
+            "batch_size": 512,
+            "cf_weight": 0.00330861710129213,
+            "temperature": 3.514196298368359e-07,
+            "pvn_weight": 0.004525695300555234,
+            "substitute_rate": 0.8331063095921656,
+            "insert_rate": 0.2575677045281955,
+            "augment_threshold": 20,
+            "augmentation_warm_up_epochs": 40,
+        },
+    },
+}
+
+
 @dataclass
 class TrainConfig:
     # what to train on
     model: str = _key("mstein", "model: mstein, stosa, sasrec, coserec or coserec-wdm", sorted(MODELS))
     data: str | None = _key(None, "sequence file 'user_id item_id ...'; none = the built-in synthetic data")
-    preset: str = _key("none", "settings tuned for a data set (README: Presets): office (MStein tuned on "
+    preset: str = _key("none", "settings found for a data set (README: Presets): office (MStein tuned on "
                        "Office_Products), beauty (the authors' published command, i.e. the defaults)",
-                       ["none", "beauty", "office"])
+                       ["none", *sorted(DATASET_PRESETS)])
     seed: int = _key(42, "seed of initialisation, shuffling, negatives, augmentation and dropout",
                     valid=SEED)
     device: str = _key("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
@@ -271,37 +297,6 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
               "pvn_weight": 0.005},
 }
 
-# Per-data-set settings, by model, with where they came from (README: Presets). A preset sets only
-# model and training keys (never data, epochs, patience or threads); a model without an entry is an
-# error rather than silently the defaults.
-DATASET_PRESETS: dict[str, dict[str, Any]] = {
-    "beauty": {
-        "source": "the authors' published MStein command for Beauty (github zfan20/MStein README), which "
-                  "the defaults are",
-        "models": {"mstein": {}},
-    },
-    "office": {
-        "source": "mstein-fast tune on Office_Products, 2026-12-02, best of 19 trials by validation MRR "
-                  "(trial 17; benchmarks/results/tune_office_2026-12-02, benchmarks/RESULTS.md)",
-        "models": {
-            "mstein": {
-                "lr": 0.001550905421604415,
-                "hidden_dropout_prob": 0.1333700693763367,
-                "num_attention_heads": 4,
-                "batch_size": 512,
-                "cf_weight": 0.00330861710129213,
-                "temperature": 3.514196298368359e-07,
-                "pvn_weight": 0.004525695300555234,
-                "substitute_rate": 0.8331063095921656,
-                "insert_rate": 0.2575677045281955,
-                "augment_threshold": 20,
-                "augmentation_warm_up_epochs": 40,
-            },
-        },
-    },
-}
-
-
 def dataset_preset(name: str, model: str) -> dict[str, Any]:
     """The config values of data-set preset ``name`` for ``model`` (``{}`` for ``"none"``);
     :class:`ConfigError` if the preset is unknown or was not made for ``model``."""
@@ -309,7 +304,7 @@ def dataset_preset(name: str, model: str) -> dict[str, Any]:
         return {}
     if name not in DATASET_PRESETS:
         raise ConfigError(f"preset must be one of {['none', *sorted(DATASET_PRESETS)]}, got {name!r}")
-    models = DATASET_PRESETS[name]["models"]
+    models = DATASET_PRESETS[name]
     if model not in models:
         raise ConfigError(f"preset {name!r} has settings for {', '.join(sorted(models))} only (they were tuned for "
                           f"that model), not for model {model!r}: drop --preset or choose that model")

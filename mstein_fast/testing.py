@@ -98,8 +98,9 @@ class Measured:
         return self.rel + (self.absolute / scale if scale > 0 else self.absolute)
 
     def message(self) -> str:
+        baseline = "" if math.isnan(self.reference_error) else f"; baseline error {self.reference_error:.3g}"
         return (f"{self.name}: relative error {self.error:.3g} > allowed {self.allowed:.3g} (tolerance {self.rel:.3g}"
-                f" x ||b|| + {self.absolute:.3g}; baseline error {self.reference_error:.3g}); worst mismatches:\n"
+                f" x ||b|| + {self.absolute:.3g}{baseline}); worst mismatches:\n"
                 + worst_mismatches(self.got, self.want))
 
 

@@ -29,7 +29,7 @@ os.environ["PYTHONSAFEPATH"] = "1"
 # Markers, set here by file or case (pyproject.toml declares `slow` for the torch.compile cases):
 # - core: the kernel core (ops, reference, Triton, torch.library registration, numerics edge cases,
 #   the comparison helpers); `pytest -m "core and not slow and not interpreter"` runs its compiled
-#   part alone in about a minute, `-m core` all of it;
+#   part alone (88 s on 2 shared cores), `-m core` all of it;
 # - distributed: tests that start torch.distributed process groups (gloo, several processes);
 # - interpreter: cases that run Triton kernels under Triton's interpreter on the CPU (slow: the
 #   interpreter executes each program instance in Python).

@@ -152,7 +152,7 @@ def _printed_config(capsys, *argv):
 def test_dataset_preset_layers_between_the_defaults_and_the_options(tmp_path, capsys):
     from mstein_fast.config import DATASET_PRESETS, TrainConfig
 
-    tuned = DATASET_PRESETS["office"]["models"]["mstein"]
+    tuned = DATASET_PRESETS["office"]["mstein"]
     data = ["--data", str(tmp_path / "office.txt")]  # --print-config does not read the file
     plain = _printed_config(capsys, *data)
     with_preset = _printed_config(capsys, *data, "--preset", "office")
@@ -187,7 +187,7 @@ def test_readme_documents_every_dataset_preset():
     section = readme.split("## Presets", 1)[1].split("\n## ", 1)[0]
     for name, preset in DATASET_PRESETS.items():
         assert f"`--preset {name}`" in section, name
-        for model, values in preset["models"].items():
+        for model, values in preset.items():
             for key, value in values.items():
                 shown = f"{value:.3g}" if isinstance(value, float) else str(value)
                 assert f"{key} {shown}" in section, (name, model, key, shown)

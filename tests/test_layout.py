@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import importlib
 import pathlib
+import re
 import types
 
 import pytest
@@ -99,7 +100,7 @@ def test_moved_names_stay_importable_from_their_old_modules(old, new, names):
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # pointers to documents outside the repository (a design brief's sections, tracker issues)
-OUTSIDE = __import__("re").compile(r"\bSPEC\b|\bissues? \d+|\(issue\b")
+OUTSIDE = re.compile(r"\bSPEC\b|\bissues? \d+|\(issue\b")
 
 
 def test_sources_point_only_to_documents_in_the_repository():
@@ -110,5 +111,5 @@ def test_sources_point_only_to_documents_in_the_repository():
              for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if OUTSIDE.search(line)
              and p.name != "test_layout.py"]
     assert not found, "\n".join(found)
-    docs = {m.group(1) for p in sources for m in __import__("re").finditer(r"docs/(\w+\.md)", p.read_text())}
+    docs = {m.group(1) for p in sources for m in re.finditer(r"docs/(\w+\.md)", p.read_text())}
     assert docs and all((ROOT / "docs" / name).is_file() for name in docs), docs
