@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 
 import mstein_fast.train as train_module
+from mstein_fast import reference
 from mstein_fast.config import TrainConfig, build_config
 from mstein_fast.data import leave_one_out, synthetic_sequences
 from mstein_fast.evaluate import evaluate
-from mstein_fast.models import MODELS, attention_mask, build_model, length_buckets
+from mstein_fast.models import MODELS, attention_mask, build_model, elu_plus_one, length_buckets
 from mstein_fast.train import Interrupted, Trainer, load_checkpoint, model_from_checkpoint, train
 
 TINY = {"synthetic_users": 200, "synthetic_items": 60, "synthetic_clusters": 4, "max_seq_length": 20,
@@ -189,10 +190,41 @@ def test_skip_padding_equals_the_full_computation(compat, layers):
     for g1, g2 in zip(grads(cl_fast), grads(cl_full)):
         torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-15)
     assert model.item_mean.weight.grad[0].abs().max() == 0  # padding_idx gets no gradient
-    last = model.last_gaussians(seqs)
-    model.skip_padding = False
-    for fast, full in zip(last, model.last_gaussians(seqs)):
-        torch.testing.assert_close(fast, full, rtol=1e-12, atol=1e-12)
+    # scoring: the last position only (the last layer computes nothing else), against the full encoder
+    full = [t[:, -1] for t in model.encode(seqs)]
+    for skip_padding in (True, False):
+        model.skip_padding = skip_padding
+        for last, expected in zip(model.last_gaussians(seqs), full):
+            assert last.shape == expected.shape
+            torch.testing.assert_close(last, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("model_name", ["sasrec", "coserec", "stosa", "mstein"])
+@pytest.mark.parametrize("compat,layers", [("none", 1), ("none", 3), ("original", 2)])
+def test_scores_equal_those_of_the_full_encoder(model_name, compat, layers):
+    # scoring computes only the last position in the last layer: the scores must be those of the
+    # last position of the full [B, L] encoder (float64, fresh random weights, ragged rows)
+    torch.manual_seed(3)
+    cfg = TrainConfig(model=model_name, hidden_size=8, max_seq_length=9, num_hidden_layers=layers, backend="torch",
+                      compat=compat, num_attention_heads=2, temperature=0.5)
+    model = build_model(model_name, 25, cfg).double().eval()
+    with torch.no_grad():  # away from the init's near-zero weights, so that every term counts
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    b, L = 13, 9
+    lengths = torch.randint(0, L + 1, (b,))
+    lengths[:3] = torch.tensor([0, L, 1])
+    seqs = torch.randint(1, 26, (b, L)).masked_fill(torch.arange(L) < (L - lengths).unsqueeze(1), 0)
+    with torch.no_grad():
+        scores = model.score_items(seqs, include_padding=True)
+        if model.distributional:
+            mean, cov = (t[:, -1] for t in model.encode(seqs))
+            item_mean, item_cov = model.item_mean.weight, elu_plus_one(model.item_cov.weight)
+            expected = -reference.pairwise_w2(mean, cov, item_mean, item_cov)
+        else:
+            expected = model.encode(seqs)[:, -1] @ model.item_emb.weight.T
+    assert scores.shape == (b, 26)
+    torch.testing.assert_close(scores, expected, rtol=1e-10, atol=1e-10)
 
 
 def test_shared_padding_without_dropout_equals_the_full_computation():

@@ -103,16 +103,22 @@ class WassersteinSelfAttention(nn.Module):
         b, L, _ = x.shape
         return [t.reshape(b, L, self.heads, self.head_dim).transpose(1, 2) for t in x.chunk(3, dim=-1)]
 
-    def forward(self, mean, cov, allowed):
-        b, L, h = mean.shape
+    def forward(self, mean, cov, allowed, last_only: bool = False):
+        """``[B, L, H]`` Gaussians -> ``[B, L, H]`` Gaussians; with ``last_only`` only the outputs at the
+        last position, ``[B, 1, H]`` (its query attends to all keys; what a scoring pass needs)."""
+        b, _, h = mean.shape
         q_mean, k_mean, v_mean = self._split(self.mean_qkv(mean))
         q_cov, k_cov, v_cov = self._split(elu_plus_one(self.cov_qkv(cov)))
-        # [B, heads, L, L]; no value check (a host sync per layer call): a NaN here reaches the loss
+        if last_only:
+            q_mean, q_cov, allowed = q_mean[:, :, -1:], q_cov[:, :, -1:], allowed[..., -1:, :]
+            mean, cov = mean[:, -1:], cov[:, -1:]
+        queries = q_mean.shape[2]
+        # [B, heads, queries, L]; no value check (a host sync per layer call): a NaN here reaches the loss
         w = mstein_fast.pairwise_w2(q_mean, q_cov, k_mean, k_cov, backend=self.backend, check_values=False)
         scores = _apply_mask(-w / math.sqrt(self.head_dim), allowed)
         probs = self.attn_dropout(torch.softmax(scores, dim=-1))
-        mean_ctx = (probs @ v_mean).transpose(1, 2).reshape(b, L, h)
-        cov_ctx = ((probs * probs) @ v_cov).transpose(1, 2).reshape(b, L, h)
+        mean_ctx = (probs @ v_mean).transpose(1, 2).reshape(b, queries, h)
+        cov_ctx = ((probs * probs) @ v_cov).transpose(1, 2).reshape(b, queries, h)
         return self._output(mean_ctx, cov_ctx, mean, cov)
 
     def _output(self, mean_ctx, cov_ctx, mean, cov):
@@ -149,10 +155,13 @@ class DotSelfAttention(nn.Module):
         self.attn_dropout = Dropout(attn_dropout)
         self.dropout = Dropout(dropout)
 
-    def forward(self, x, allowed):
+    def forward(self, x, allowed, last_only: bool = False):
+        """``[B, L, H]`` -> ``[B, L, H]``; with ``last_only`` the last position's output only, ``[B, 1, H]``."""
         b, L, h = x.shape
         q, k, v = (t.reshape(b, L, self.heads, self.head_dim).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        if last_only:
+            q, allowed, x = q[:, :, -1:], allowed[..., -1:, :], x[:, -1:]
         scores = _apply_mask(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim), allowed)
         probs = self.attn_dropout(torch.softmax(scores, dim=-1))
-        ctx = (probs @ v).transpose(1, 2).reshape(b, L, h)
+        ctx = (probs @ v).transpose(1, 2).reshape(b, q.shape[2], h)
         return self.norm(self.dropout(self.dense(ctx)) + x)

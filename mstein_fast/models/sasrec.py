@@ -41,13 +41,15 @@ class SASRec(_Recommender):
         self.ffn = nn.ModuleList(FeedForward(h, cfg.hidden_dropout_prob) for _ in range(cfg.num_hidden_layers))
         self._init_weights()
 
-    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
-        """``[B, L]`` ids -> ``[B, L, H]`` outputs."""
+    def encode(self, seqs: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """``[B, L]`` ids -> ``[B, L, H]`` outputs; with ``last_only`` the last position's only,
+        ``[B, 1, H]`` (the last layer computes nothing else)."""
         pos = torch.arange(seqs.shape[1], device=seqs.device)
         x = self.dropout(self.embed_norm(self.item_emb(seqs) + self.position_emb(pos)))
         allowed = original_attention_mask(seqs, -10000.0) if self.original_padding else attention_mask(seqs)
-        for attention, ffn in zip(self.attention, self.ffn):
-            x = ffn(attention(x, allowed))
+        layers = len(self.attention)
+        for i, (attention, ffn) in enumerate(zip(self.attention, self.ffn)):
+            x = ffn(attention(x, allowed, last_only and i == layers - 1))
         return x
 
     def rec_loss(self, seqs, targets, negatives) -> tuple[torch.Tensor, dict]:
@@ -74,7 +76,7 @@ class SASRec(_Recommender):
     def score_items(self, seqs: torch.Tensor, include_padding: bool = False) -> torch.Tensor:
         """``[B, n_items]`` dot products of the last position with every item (column i: id i+1);
         with ``include_padding`` ``[B, n_items + 1]`` whose column 0 scores the padding item 0."""
-        return self.encode(seqs)[:, -1] @ self.item_emb.weight[0 if include_padding else 1:].T
+        return self.encode(seqs, last_only=True)[:, -1] @ self.item_emb.weight[0 if include_padding else 1:].T
 
     def _item_similarity(self, rows):
         return self.item_emb(rows) @ self.item_emb.weight[1:].T

@@ -63,24 +63,33 @@ class STOSA(_Recommender):
         cov = elu_plus_one(self.dropout(self.embed_norm(self.item_cov(ids) + self.position_cov(pos))))
         return mean, cov
 
-    def _layers(self, mean, cov, attend):
-        for attention, mean_ffn, cov_ffn in zip(self.attention, self.mean_ffn, self.cov_ffn):
-            new_mean, cov = attend(attention, mean, cov)
+    def _layers(self, mean, cov, attend, last_only: bool = False):
+        """The encoder layers; ``attend(attention, mean, cov, last)`` runs one attention layer (``last``:
+        only its output at the last position is needed). With ``last_only`` the last layer computes
+        the last position only (the outputs are ``[B, 1, H]``)."""
+        layers = len(self.attention)
+        for i, (attention, mean_ffn, cov_ffn) in enumerate(zip(self.attention, self.mean_ffn, self.cov_ffn)):
+            last = last_only and i == layers - 1
+            new_mean, cov = attend(attention, mean, cov, last)
             new_mean = mean_ffn(new_mean)
             cov = elu_plus_one(cov_ffn(cov))
             if not self.compat:  # the original's typo drops the new means
                 mean = new_mean
+            elif last:
+                mean = mean[:, -1:]
         return mean, cov
 
-    def _encode_window(self, seqs: torch.Tensor, offset: int):
+    def _encode_window(self, seqs: torch.Tensor, offset: int, last_only: bool = False):
         """:meth:`encode` of the window ``seqs`` ``[B, w]`` = positions ``offset .. offset + w - 1``
         of a longer left-padded batch whose earlier positions are all padding: causal attention
         never reaches back into them (padding keys are masked), so the window's outputs are
-        those of the whole batch at these positions."""
+        those of the whole batch at these positions. With ``last_only``: the outputs at the last
+        position only, ``[B, 1, H]`` (the last layer skips the other positions' queries,
+        projections and feed-forward blocks)."""
         pos = torch.arange(offset, offset + seqs.shape[1], device=seqs.device)
         mean, cov = self._embed(seqs, pos)
         allowed = original_attention_mask(seqs, -(2.0**32) + 1) if self.original_padding else attention_mask(seqs)
-        return self._layers(mean, cov, lambda attention, m, c: attention(m, c, allowed))
+        return self._layers(mean, cov, lambda attention, m, c, last: attention(m, c, allowed, last), last_only)
 
     def _encode_lead(self, n: int, width: int):
         """:meth:`encode` at positions ``0 .. width - 1`` of ``n`` rows that are padding there (and
@@ -103,7 +112,7 @@ class STOSA(_Recommender):
         cov = torch.cat([cov[:w].repeat(n, 1) for n, w in blocks])
         mean = activations.elu(self.dropout(mean.unsqueeze(0)))
         cov = elu_plus_one(self.dropout(cov.unsqueeze(0)))
-        return self._layers(mean, cov, lambda attention, m, c: attention.forward_self_only(m, c))
+        return self._layers(mean, cov, lambda attention, m, c, last: attention.forward_self_only(m, c))
 
     def _windows(self, seqs: torch.Tensor, needed: torch.Tensor):
         """Group the rows into buckets of similar active length: ``[(rows, w), ...]`` where the last
@@ -232,15 +241,15 @@ class STOSA(_Recommender):
         return self._wasserstein_infonce(mean, cov, anchor)
 
     def last_gaussians(self, seqs):
-        """The Gaussians at the last position ``[B, H]`` (with ``skip_padding``: each bucket of rows
-        encodes only its window from the first item on)."""
+        """The Gaussians at the last position ``[B, H]`` (the last layer computes that position only;
+        with ``skip_padding`` each bucket of rows encodes only its window from the first item on)."""
         L = seqs.shape[1]
         if not self.skip_padding:
-            mean, cov = self.encode(seqs)
+            mean, cov = self._encode_window(seqs, 0, last_only=True)
             return mean[:, -1], cov[:, -1]
         means, covs, order = [], [], []
         for rows, w in self._windows(seqs, torch.zeros_like(seqs, dtype=torch.bool)):
-            mean, cov = self._encode_window(seqs[rows, L - max(w, 1):], L - max(w, 1))
+            mean, cov = self._encode_window(seqs[rows, L - max(w, 1):], L - max(w, 1), last_only=True)
             means.append(mean[:, -1])
             covs.append(cov[:, -1])
             order.append(rows)
