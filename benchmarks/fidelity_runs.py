@@ -9,6 +9,9 @@ table of the test metrics per configuration (mean +- std over seeds, per-seed va
 to the published MStein/STOSA rows (docs/protocol.md), and the validation curves' best epochs.
 
     python benchmarks/fidelity_runs.py run --data ../shared/data/Office_Products.txt --runs runs/fidelity --jobs 2
+    # the best trials of equal-budget tunes of the baselines, 3 seeds each
+    python benchmarks/fidelity_runs.py run --data FILE --runs runs/fidelity --only stosa-tuned,coserec-tuned \
+        --tuned stosa-tuned=tune/stosa/best.json --tuned coserec-tuned=tune/coserec/best.json --jobs 2
     python benchmarks/fidelity_runs.py summary --runs runs/fidelity
     python benchmarks/fidelity_runs.py plot --runs runs/fidelity --output benchmarks/figures/fidelity_curves
 
@@ -36,6 +39,10 @@ PLAN = [
     ("mstein-pool128", "mstein", ["--padding-pool", "128"]),
     ("mstein-double-cov", "mstein", ["--cl-double-cov-activation"]),
     ("mstein-original-padding", "mstein", ["--original-padding"]),
+    # the best trial of a tune of the model (--tuned NAME=FILE: the tune's best.json), trained to
+    # early stopping like every run here: the baselines' side of the tune issue's comparison
+    ("stosa-tuned", "stosa", ["--config", "{tuned}"]),
+    ("coserec-tuned", "coserec", ["--config", "{tuned}"]),
 ]
 PUBLISHED = {  # test, all-item ranking (MStein paper, WWW'23; docs/protocol.md): recall@10, ndcg@10, mrr
     "Office_Products": {"MStein": (0.1155, 0.0627, 0.0529), "STOSA": (0.1021, 0.0572, 0.0502),
@@ -47,21 +54,42 @@ METRICS = ("recall@10", "ndcg@10", "mrr@40", "mrr")
 
 
 def planned(data: str, seeds: list[int], names: list[str] | None,
-            epochs: int = 500) -> list[tuple[str, list[str]]]:
-    """``[(run name, train options)]`` of the plan for one data file (at most ``epochs`` epochs)."""
+            epochs: int = 500, tuned: dict[str, str] | None = None) -> list[tuple[str, list[str]]]:
+    """``[(run name, train options)]`` of the plan for one data file (at most ``epochs`` epochs).
+
+    A configuration that trains a tune's best setting (``--config {tuned}``) runs only when named in
+    ``tuned`` (configuration -> best.json); the options here (data, model, seed, patience, epochs)
+    override the file's."""
     tag = os.path.splitext(os.path.basename(data))[0]
-    unknown = sorted(set(names or []) - {name for name, _, _ in PLAN})
+    tuned = tuned or {}
+    known = {name for name, _, _ in PLAN}
+    unknown = sorted((set(names or []) | set(tuned)) - known)
     if unknown:
         raise SystemExit(f"unknown configuration(s) {unknown}; the plan has {[name for name, _, _ in PLAN]}")
     out = []
     for name, model, extra in PLAN:
         if names and name not in names:
             continue
+        if "{tuned}" in extra:
+            if name not in tuned:
+                if names:
+                    raise SystemExit(f"{name} trains a tune's best setting: give it with --tuned {name}=DIR/best.json")
+                continue  # not asked for: the plan's other runs go on
+            if not os.path.isfile(tuned[name]):
+                raise SystemExit(f"--tuned {name}={tuned[name]}: no such file (a tune's best.json)")
+            extra = [tuned[name] if option == "{tuned}" else option for option in extra]
         for seed in seeds:
             options = ["--data", data, "--model", model, "--seed", str(seed), "--patience", "100", "--epochs", str(epochs),
                        *extra]
             out.append((f"{tag}-{name}-s{seed}", options))
     return out
+
+
+def _tuned_pair(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {text!r}")
+    return name, path
 
 
 def state(run_dir: str) -> str:
@@ -83,7 +111,7 @@ def command(run_dir: str, options: list[str], threads: int) -> list[str] | None:
 
 
 def run(args) -> int:
-    runs = planned(args.data, args.seeds, args.only, args.epochs)
+    runs = planned(args.data, args.seeds, args.only, args.epochs, dict(args.tuned))
     os.makedirs(args.runs, exist_ok=True)
     queue = [(name, command(os.path.join(args.runs, name), options, args.threads)) for name, options in runs]
     queue = [(name, cmd) for name, cmd in queue if cmd is not None]
@@ -246,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=500,
                    help="at most this many epochs per run (default 500; shorter budgets for the decisions "
                         "at equal epochs: use another --runs folder)")
+    p.add_argument("--tuned", action="append", default=[], metavar="NAME=FILE", type=_tuned_pair,
+                   help="the best.json of a tune for configuration NAME (stosa-tuned, coserec-tuned); repeatable")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     q = sub.add_parser("summary", help="Markdown table of the finished runs")

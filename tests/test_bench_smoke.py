@@ -133,6 +133,17 @@ def test_fidelity_runs_plans_resumes_and_summarises(tmp_path, capsys):
         runs.planned("/data/Office_Products.txt", [1], ["mstein-nonsense"])
     assert runs.planned("/data/x.txt", [1], ["mstein-pool128"], epochs=60)[0][1][-4:] == [
         "--epochs", "60", "--padding-pool", "128"]
+    # a tune's best setting: only with its file, whose place the options after it override
+    assert all("tuned" not in name for name, _ in runs.planned("/data/x.txt", [1], None))
+    with pytest.raises(SystemExit, match="--tuned stosa-tuned="):
+        runs.planned("/data/x.txt", [1], ["stosa-tuned"])
+    with pytest.raises(SystemExit, match="no such file"):
+        runs.planned("/data/x.txt", [1], ["stosa-tuned"], tuned={"stosa-tuned": str(tmp_path / "missing.json")})
+    best = tmp_path / "best.json"
+    best.write_text("{}")
+    (name, options), = runs.planned("/data/x.txt", [2], ["stosa-tuned"], tuned={"stosa-tuned": str(best)})
+    assert name == "x-stosa-tuned-s2" and options[-2:] == ["--config", str(best)]
+    assert options[options.index("--model") + 1] == "stosa" and options[options.index("--seed") + 1] == "2"
     assert runs.command(str(done), ["--x"], 1) is None  # finished: skipped
     assert runs.command(str(half), ["--x"], 1)[-2:] == ["--resume", str(half)]
     assert runs.command(str(new), ["--x"], 2)[-3:] == ["--x", "--output", str(new)]
