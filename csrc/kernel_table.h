@@ -53,6 +53,13 @@ struct KernelTable {
   void (*elu_forward)(const float* x, float* out, int64_t n, int plus_one, int threads);
   // grad_in = grad * d act / dx, from the forward's output y (grad_in may alias grad).
   void (*elu_backward)(const float* grad, const float* y, float* grad_in, int64_t n, int plus_one, int threads);
+  // Dense layer (csrc/linear.h): y [t, n] = x [t, k] W^T (+ b, may be null); gx [t, k] = g W; gW [n, k] = g^T x.
+  void (*linear_forward)(const float* x, const float* w, const float* b, float* y, int64_t t, int64_t k, int64_t n,
+                         int threads);
+  void (*linear_backward_input)(const float* g, const float* w, float* gx, int64_t t, int64_t k, int64_t n,
+                                int threads);
+  void (*linear_backward_weight)(const float* g, const float* x, float* gw, int64_t t, int64_t k, int64_t n,
+                                 int threads);
 };
 
 }  // namespace mstein

@@ -371,4 +371,42 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("grad"), py::arg("y"), py::arg("grad_in"), py::arg("n"), py::arg("plus_one"), py::arg("threads"),
       "grad_in = grad * (elu or elu + 1)'(x), from the forward's output y (float32 [n]; grad_in may alias grad).");
+  m.def(
+      "linear_fwd",
+      [](uintptr_t x, uintptr_t w, uintptr_t b, uintptr_t y, int64_t t, int64_t k, int64_t n, int threads) {
+        check_threads(threads);
+        check_buffer("x", x, {t, k});
+        check_buffer("w", w, {n, k});
+        if (b != 0) check_buffer("b", b, {n});
+        check_buffer("y", y, {t, n});
+        py::gil_scoped_release nogil;
+        table()->linear_forward(ptr<const float>(x), ptr<const float>(w), b ? ptr<const float>(b) : nullptr,
+                                ptr<float>(y), t, k, n, threads);
+      },
+      py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("t"), py::arg("k"), py::arg("n"),
+      py::arg("threads"), "y [t, n] = x [t, k] w^T + b (w [n, k]; b [n], or 0 for none; float32).");
+  m.def(
+      "linear_bwd_input",
+      [](uintptr_t g, uintptr_t w, uintptr_t gx, int64_t t, int64_t k, int64_t n, int threads) {
+        check_threads(threads);
+        check_buffer("g", g, {t, n});
+        check_buffer("w", w, {n, k});
+        check_buffer("gx", gx, {t, k});
+        py::gil_scoped_release nogil;
+        table()->linear_backward_input(ptr<const float>(g), ptr<const float>(w), ptr<float>(gx), t, k, n, threads);
+      },
+      py::arg("g"), py::arg("w"), py::arg("gx"), py::arg("t"), py::arg("k"), py::arg("n"), py::arg("threads"),
+      "gx [t, k] = g [t, n] w (w [n, k]; float32).");
+  m.def(
+      "linear_bwd_weight",
+      [](uintptr_t g, uintptr_t x, uintptr_t gw, int64_t t, int64_t k, int64_t n, int threads) {
+        check_threads(threads);
+        check_buffer("g", g, {t, n});
+        check_buffer("x", x, {t, k});
+        check_buffer("gw", gw, {n, k});
+        py::gil_scoped_release nogil;
+        table()->linear_backward_weight(ptr<const float>(g), ptr<const float>(x), ptr<float>(gw), t, k, n, threads);
+      },
+      py::arg("g"), py::arg("x"), py::arg("gw"), py::arg("t"), py::arg("k"), py::arg("n"), py::arg("threads"),
+      "gw [n, k] = g [t, n]^T x [t, k] (float32; the thread count fixes the order of the sums).");
 }

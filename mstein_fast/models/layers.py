@@ -13,6 +13,7 @@ import mstein_fast
 from mstein_fast.numerics import std_from_cov
 from mstein_fast.ops import activations
 from mstein_fast.ops.dropout import Dropout
+from mstein_fast.ops.linear import linear
 
 MASKED_SCORE = -1e9  # attention score of a masked key (finite: no NaN for a fully masked row)
 
@@ -27,6 +28,15 @@ def paired_w2(mean1, cov1, mean2, cov2) -> torch.Tensor:
     """Squared W2 between matching rows ``[..., D]`` -> ``[...]`` (the diagonal of pairwise_w2)."""
     std1, std2 = std_from_cov(cov1), std_from_cov(cov2)
     return ((mean1 - mean2) ** 2).sum(-1) + ((std1 - std2) ** 2).sum(-1)
+
+
+def dense(layer: nn.Linear, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+    """``layer(x)``, or only its outputs ``rows``, by :func:`mstein_fast.ops.linear.linear` (the C++
+    dense-layer kernels on float32 CPU tensors, ``F.linear`` elsewhere)."""
+    weight, bias = layer.weight, layer.bias
+    if rows is not None:
+        weight, bias = weight[rows], (None if bias is None else bias[rows])
+    return linear(x, weight, bias)
 
 
 def original_attention_mask(seqs: torch.Tensor, masked: float) -> torch.Tensor:
@@ -78,7 +88,7 @@ class FeedForward(nn.Module):
         self.activation = F.gelu if activation == "gelu" else activations.elu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.dropout(self.dense_2(self.activation(self.dense_1(x)))) + x)
+        return self.norm(self.dropout(dense(self.dense_2, self.activation(dense(self.dense_1, x)))) + x)
 
 
 class WassersteinSelfAttention(nn.Module):
@@ -107,8 +117,8 @@ class WassersteinSelfAttention(nn.Module):
         """``[B, L, H]`` Gaussians -> ``[B, L, H]`` Gaussians; with ``last_only`` only the outputs at the
         last position, ``[B, 1, H]`` (its query attends to all keys; what a scoring pass needs)."""
         b, _, h = mean.shape
-        q_mean, k_mean, v_mean = self._split(self.mean_qkv(mean))
-        q_cov, k_cov, v_cov = self._split(elu_plus_one(self.cov_qkv(cov)))
+        q_mean, k_mean, v_mean = self._split(dense(self.mean_qkv, mean))
+        q_cov, k_cov, v_cov = self._split(elu_plus_one(dense(self.cov_qkv, cov)))
         if last_only:
             q_mean, q_cov, allowed = q_mean[:, :, -1:], q_cov[:, :, -1:], allowed[..., -1:, :]
             mean, cov = mean[:, -1:], cov[:, -1:]
@@ -122,8 +132,8 @@ class WassersteinSelfAttention(nn.Module):
         return self._output(mean_ctx, cov_ctx, mean, cov)
 
     def _output(self, mean_ctx, cov_ctx, mean, cov):
-        mean_out = self.norm(self.dropout(self.mean_dense(mean_ctx)) + mean)
-        cov_out = self.norm(self.dropout(self.cov_dense(cov_ctx)) + cov)
+        mean_out = self.norm(self.dropout(dense(self.mean_dense, mean_ctx)) + mean)
+        cov_out = self.norm(self.dropout(dense(self.cov_dense, cov_ctx)) + cov)
         return mean_out, cov_out
 
     def forward_self_only(self, mean, cov):
@@ -132,8 +142,8 @@ class WassersteinSelfAttention(nn.Module):
         (no queries, keys or distances needed; the softmax passes no gradient to the scores)."""
         b, L, h = mean.shape
         hd = self.head_dim
-        v_mean = F.linear(mean, self.mean_qkv.weight[2 * h:], self.mean_qkv.bias[2 * h:])
-        v_cov = elu_plus_one(F.linear(cov, self.cov_qkv.weight[2 * h:], self.cov_qkv.bias[2 * h:]))
+        v_mean = dense(self.mean_qkv, mean, slice(2 * h, 3 * h))
+        v_cov = elu_plus_one(dense(self.cov_qkv, cov, slice(2 * h, 3 * h)))
         if self.training and self.attn_dropout.p > 0:  # the one-hot probability is dropped (or scaled) per head
             keep = self.attn_dropout(torch.ones(b, L, self.heads, 1, dtype=mean.dtype, device=mean.device))
             v_mean = (v_mean.reshape(b, L, self.heads, hd) * keep).reshape(b, L, h)
@@ -158,10 +168,10 @@ class DotSelfAttention(nn.Module):
     def forward(self, x, allowed, last_only: bool = False):
         """``[B, L, H]`` -> ``[B, L, H]``; with ``last_only`` the last position's output only, ``[B, 1, H]``."""
         b, L, h = x.shape
-        q, k, v = (t.reshape(b, L, self.heads, self.head_dim).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        q, k, v = (t.reshape(b, L, self.heads, self.head_dim).transpose(1, 2) for t in dense(self.qkv, x).chunk(3, -1))
         if last_only:
             q, allowed, x = q[:, :, -1:], allowed[..., -1:, :], x[:, -1:]
         scores = _apply_mask(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim), allowed)
         probs = self.attn_dropout(torch.softmax(scores, dim=-1))
         ctx = (probs @ v).transpose(1, 2).reshape(b, q.shape[2], h)
-        return self.norm(self.dropout(self.dense(ctx)) + x)
+        return self.norm(self.dropout(dense(self.dense, ctx)) + x)

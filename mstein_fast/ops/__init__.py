@@ -4,12 +4,13 @@ The ops re-exported here live in modules with private names (``_pairwise_w2``,
 ``_wasserstein_infonce``), so that ``mstein_fast.ops.pairwise_w2`` is unambiguously the function;
 reach a module's internals with ``from mstein_fast.ops import _wasserstein_infonce``.
 ``wasserstein_infonce_sequences`` (the loss on flattened sequence outputs, used by the models) and
-``dropout`` and ``activations`` (fused ELU / ELU + 1) are modules of their own. Nothing here imports :mod:`mstein_fast.distributed` (the
+``dropout``, ``activations`` (fused ELU / ELU + 1) and ``linear`` (dense layers) are modules of their own. Nothing here imports :mod:`mstein_fast.distributed` (the
 distributed loss builds on these ops, not the other way round).
 """
 
 from mstein_fast.ops import activations as _activations  # noqa: F401  (registers mstein_fast::elu, elu_bwd)
 from mstein_fast.ops import dropout as _dropout  # noqa: F401  (registers mstein_fast::dropout with torch)
+from mstein_fast.ops import linear as _linear  # noqa: F401  (registers mstein_fast::linear, linear_grad_*)
 from mstein_fast.ops._pairwise_w2 import pairwise_w2
 from mstein_fast.ops._wasserstein_infonce import wasserstein_alignment_uniformity, wasserstein_infonce
 
