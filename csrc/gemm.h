@@ -139,6 +139,67 @@ static inline void micro_kernel(int64_t kc, const float* __restrict a, const flo
     }
 }
 
+// The same product with the left operand read in place, row-major: A(r, p) = a[r * lda + p]. The
+// broadcasts are scalar loads either way, so this costs the micro-kernel nothing and saves packing
+// (and re-reading) A when A is a plain row-major matrix with MR full rows at `a`.
+static inline void micro_kernel_rows(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b,
+                                     float* __restrict c, int64_t ldc, bool accumulate) {
+  vf acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
+  for (int64_t p = 0; p < kc; ++p) {
+    vf bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = *reinterpret_cast<const vf*>(b + p * NR + v * VW);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const float av = a[r * lda + p];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* dst = c + r * ldc + v * VW;
+      storeu(dst, accumulate ? loadu(dst) + acc[r][v] : acc[r][v]);
+    }
+}
+
+// The product with both operands read in place: A(r, p) = a[r + p * a_step] (MR consecutive values
+// per depth step: a transposed row-major matrix) and B(p, c) = b[p * b_step + c] (NR consecutive
+// values per step: a row-major matrix). For the weight gradient g^T x, where packing would copy
+// both operands once per use.
+static inline void micro_kernel_tn(int64_t kc, const float* __restrict a, int64_t a_step, const float* __restrict b,
+                                   int64_t b_step, float* __restrict c, int64_t ldc, bool accumulate) {
+  vf acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
+  for (int64_t p = 0; p < kc; ++p) {
+    vf bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = loadu(b + p * b_step + v * VW);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const float av = a[p * a_step + r];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* dst = c + r * ldc + v * VW;
+      storeu(dst, accumulate ? loadu(dst) + acc[r][v] : acc[r][v]);
+    }
+}
+
 // Broadcast-panel layout ("A"): rows in groups of MR, depth-major within a group:
 // element (row, p) at ((row / MR) * depth + p) * MR + row % MR. Rows >= rows are zero.
 static void pack_a_rows(const float* src, int64_t rows, int64_t depth, int64_t ld, float* dst, int64_t rows_pad) {
