@@ -1,0 +1,47 @@
+// The fused InfoNCE forward of csrc/wasserstein_infonce.h (avx512 build) at the trainer's shape
+// (N = 1024 rows per view, K = 2 x 3200): packing, the Gram tiles alone, the whole forward.
+// Usage: infonce_forward_parts THREADS. -DBS_=... changes the block size, -DKC_ the pass depth
+// (with a copy of csrc whose gemm.h reads KC_).
+#define MSTEIN_ISA avx512
+#define MSTEIN_VW 16
+#define MSTEIN_MR 8
+#define MSTEIN_NV 2
+#ifndef BS_
+#define BS_ 128
+#endif
+#define MSTEIN_BS BS_
+#include "kernel_table.h"
+#include "gaussian_stack.h"
+#include "wasserstein_infonce.h"
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <malloc.h>
+namespace mstein { std::atomic<int>& stop_flag() { static std::atomic<int> f{0}; return f; } }
+using namespace mstein::avx512;
+static double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+int main(int argc, char** argv) {
+  mallopt(M_MMAP_MAX, 0); mallopt(M_TRIM_THRESHOLD, 2000000000);
+  int threads = atoi(argv[1]);
+  int64_t n = 1024, k = 6400;
+  std::vector<float> x(2 * n * k), losses(2 * n), lse(6 * n);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = (float)((i * 2654435761u) % 1000) * 1e-3f;
+  for (int rep = 0; rep < 6; ++rep) {
+    double t0 = now();
+    { InfoNCEProblem pb(x.data(), n, k, threads, true); 
+      double t1 = now();
+      // gram tiles only
+      std::vector<float> tile(BS*BS*threads);
+#pragma omp parallel for num_threads(threads) schedule(static)
+      for (size_t pi = 0; pi < pb.pairs.size(); ++pi) {
+        int tid = omp_get_thread_num();
+        gram_tile(pb.xa.get(), pb.pairs[pi].first * BS, pb.xb.get(), pb.pairs[pi].second * BS, k, tile.data() + tid*BS*BS);
+      }
+      double t2 = now();
+      infonce_forward(x.data(), n, k, 1e-6f, 0, losses.data(), lse.data(), nullptr, threads);
+      double t3 = now();
+      double fl = pb.pairs.size() * 2.0 * BS * BS * k;
+      printf("BS=%d thr %d: pack %.1f ms, gram-only %.1f ms (%.0f GFLOP/s), full fwd %.1f ms\n", BS, threads, (t1-t0)*1e3, (t2-t1)*1e3, fl/(t2-t1)*1e-9, (t3-t2)*1e3);
+    }
+  }
+}
