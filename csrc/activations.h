@@ -32,28 +32,27 @@ static inline vf vexpm1_nonpositive(vf x) {
 
 constexpr int64_t ACT_CHUNK = 1 << 14;
 
+// elu(v) (plus_one = 0) or max(elu(v) + 1, 1e-24) (plus_one = 1), per lane.
+static inline vf elu_lane(vf v, int plus_one) {
+  vf y = v > splat(0.0f) ? v : vexpm1_nonpositive(v);
+  if (!plus_one) return y;
+  y = y + 1.0f;
+  // floor only where it binds (a NaN stays NaN: the comparison is false for it)
+  return y < splat(COV_FLOOR) ? splat(COV_FLOOR) : y;
+}
+
 // out[i] = elu(x[i]) (plus_one = 0) or max(elu(x[i]) + 1, 1e-24) (plus_one = 1); x and out may alias.
 static void elu_forward(const float* x, float* out, int64_t n, int plus_one, int threads) {
   const int64_t chunks = (n + ACT_CHUNK - 1) / ACT_CHUNK;
-  const float shift = plus_one ? 1.0f : 0.0f, floor = plus_one ? COV_FLOOR : -2.0f;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t begin = c * ACT_CHUNK, end = std::min(n, begin + ACT_CHUNK);
     int64_t i = begin;
-    for (; i + VW <= end; i += VW) {
-      const vf v = loadu(x + i);
-      vf y = v > splat(0.0f) ? v : vexpm1_nonpositive(v);
-      y = y + shift;
-      // floor only where it binds (a NaN stays NaN: the comparison is false for it)
-      storeu(out + i, y < splat(floor) ? splat(floor) : y);
-    }
+    for (; i + VW <= end; i += VW) storeu(out + i, elu_lane(loadu(x + i), plus_one));
     if (i < end) {  // the tail through a padded vector
       float buf[VW] = {};
       std::memcpy(buf, x + i, (end - i) * sizeof(float));
-      const vf v = loadu(buf);
-      vf y = v > splat(0.0f) ? v : vexpm1_nonpositive(v);
-      y = y + shift;
-      storeu(buf, y < splat(floor) ? splat(floor) : y);
+      storeu(buf, elu_lane(loadu(buf), plus_one));
       std::memcpy(out + i, buf, (end - i) * sizeof(float));
     }
   }

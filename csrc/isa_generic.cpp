@@ -18,7 +18,7 @@ const KernelTable* table_generic() {
   static const KernelTable table{"generic", generic::stack_gaussian, generic::unstack_gradient, generic::sqdist_forward, generic::sqdist_backward, generic::infonce_forward,
                                  generic::infonce_backward, generic::infonce_rect_forward, generic::infonce_rect_backward,
                                  generic::dropout, generic::elu_forward, generic::elu_backward,
-                                 generic::linear_forward, generic::linear_backward_input, generic::linear_backward_weight};
+                                 generic::linear_forward, generic::linear_backward};
   return &table;
 }
 }  // namespace mstein

@@ -53,13 +53,13 @@ struct KernelTable {
   void (*elu_forward)(const float* x, float* out, int64_t n, int plus_one, int threads);
   // grad_in = grad * d act / dx, from the forward's output y (grad_in may alias grad).
   void (*elu_backward)(const float* grad, const float* y, float* grad_in, int64_t n, int plus_one, int threads);
-  // Dense layer (csrc/linear.h): y [t, n] = x [t, k] W^T (+ b, may be null); gx [t, k] = g W; gW [n, k] = g^T x.
+  // Dense layer (csrc/linear.h): y [t, n] = act(x [t, k] W^T (+ b, may be null)); act 0 none, 1 ELU, 2 ELU + 1.
   void (*linear_forward)(const float* x, const float* w, const float* b, float* y, int64_t t, int64_t k, int64_t n,
-                         int threads);
-  void (*linear_backward_input)(const float* g, const float* w, float* gx, int64_t t, int64_t k, int64_t n,
-                                int threads);
-  void (*linear_backward_weight)(const float* g, const float* x, float* gw, int64_t t, int64_t k, int64_t n,
-                                 int threads);
+                         int act, int threads);
+  // From g = dL/dy and (act != 0) y: gx [t, k] = g' W, gW [n, k] = g'^T x, gb [n] = colsum(g') with
+  // g' = g * act'(y); gx, gw, gb may each be null (not computed).
+  void (*linear_backward)(const float* g, const float* y, int act, const float* x, const float* w, float* gx,
+                          float* gw, float* gb, int64_t t, int64_t k, int64_t n, int threads);
 };
 
 }  // namespace mstein

@@ -1,17 +1,23 @@
-// Dense layer products y = x W^T + b and their gradients, on the register-blocked micro-kernel of
-// gemm.h.
+// Dense layers y = act(x W^T + b) and their gradients, on the register-blocked micro-kernel of
+// gemm.h, with the activation (none, ELU, or the covariance activation ELU + 1) fused in.
 //
 // The encoder's dense layers multiply tall, thin matrices ([tokens, 64] by [64, 256] and back). On
 // CPUs where the BLAS library runs these at a fraction of the vector units' peak (MKL's AVX2 code
 // on AMD Zen, for instance: benchmarks/RESULTS.md), the same micro-kernel as the fused InfoNCE's
-// does them faster. Three products, float32, row-major contiguous buffers:
-//   forward          y  [t, n] = x [t, k] W^T + b   (W [n, k], b [n] or null)
-//   input gradient   gx [t, k] = g [t, n] W
-//   weight gradient  gW [n, k] = g^T x              (the bias gradient, g's column sums, is left to the caller)
-// Rows are split across threads in blocks (forward, input gradient); the weight gradient splits the
-// token dimension into one contiguous range per thread and adds the partial products in thread
-// order, so the result depends on the thread count but not on scheduling (deterministic).
+// does them faster. Inside a training step the activations are far larger than the caches, so
+// what costs is moving them through memory: the activation is applied to each block of outputs
+// while it is in cache, and the backward makes one sweep over the upstream gradient for all three
+// gradients. Float32, row-major contiguous buffers:
+//   forward   y  [t, n] = act(x [t, k] W^T + b)          (W [n, k], b [n] or null)
+//   backward  g' = g * act'(y)  (act' from the output y: activations.h)
+//             gx [t, k] = g' W,  gW [n, k] = g'^T x,  gb [n] = sum over tokens of g'  (each optional)
+// The forward splits rows across threads in blocks. The backward gives each thread one contiguous
+// range of tokens (whole passes of LIN_KC) and adds the per-thread partial gW and gb in thread
+// order: the result depends on the thread count but not on scheduling (deterministic). Every
+// element is computed in the same order whatever the blocking, so gx and gW equal those of
+// separate products; act(z) equals elu_forward's (the same lane function).
 #pragma once
+#include "activations.h"
 #include "gemm.h"
 
 namespace mstein {
@@ -19,80 +25,99 @@ namespace MSTEIN_ISA {
 
 constexpr int64_t LIN_KC = 256;  // depth of one pass (packed panels stay in L2)
 
-// bpack: the [depth x n] right operand in panels of NR columns, depth-major within a panel:
+// act: 0 none, 1 ELU, 2 ELU + 1 floored at 1e-24 (elu_lane's plus_one = act - 1)
+static inline vf activate(vf v, int act) { return act == 0 ? v : elu_lane(v, act - 1); }
+
+// C rows [0, rows) (ldc) = act(A [rows x depth] * B + bias) for rows <= BS: A row-major (lda), read
+// in place by the micro-kernel MR rows at a time (a last group of fewer than MR rows is copied,
+// zero-padded, into `tail` [MR x depth]); B in panels of NR columns, depth-major within a panel:
 // element (p, col) at ((col / NR) * depth + p) * NR + col % NR, zero-padded to round_up(n, NR).
-// C[m x n] (ldc) = A[m x depth] * B (+ bias), A row-major (lda), read in place by the micro-kernel
-// (MR rows at a time); only a last group of fewer than MR rows is copied, zero-padded, into a small
-// buffer. Threads take BS-row blocks.
-static void gemm_rows_panels(const float* a, int64_t lda, const float* bpack, int64_t m, int64_t n, int64_t depth,
-                             const float* bias, float* c, int64_t ldc, int threads) {
+// `tile` [BS x round_up(n, NR)] is scratch.
+static void rows_block(const float* a, int64_t lda, int64_t rows, const float* bpack, int64_t n, int64_t depth,
+                       const float* bias, int act, float* c, int64_t ldc, float* tail, float* tile) {
   const int64_t n_pad = round_up(n, NR);
-  const int64_t blocks = (m + BS - 1) / BS;
-#pragma omp parallel num_threads(threads)
-  {
-    Buffer tail(static_cast<size_t>(MR) * std::max<int64_t>(depth, 1));
-    Buffer tile(static_cast<size_t>(BS) * n_pad);
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-      const int64_t r0 = blk * BS, rows = std::min<int64_t>(BS, m - r0);
-      const int64_t groups = (rows + MR - 1) / MR, full = rows / MR;
-      if (full < groups) {  // the matrix's last rows: a partial group
-        std::memset(tail.get(), 0, sizeof(float) * MR * depth);
-        for (int64_t r = full * MR; r < rows; ++r)
-          std::memcpy(tail.get() + (r - full * MR) * depth, a + (r0 + r) * lda, sizeof(float) * depth);
+  const int64_t groups = (rows + MR - 1) / MR, full = rows / MR;
+  if (full < groups) {
+    std::memset(tail, 0, sizeof(float) * MR * depth);
+    for (int64_t r = full * MR; r < rows; ++r)
+      std::memcpy(tail + (r - full * MR) * depth, a + r * lda, sizeof(float) * depth);
+  }
+  if (depth == 0) std::memset(tile, 0, sizeof(float) * BS * n_pad);
+  for (int64_t k0 = 0; k0 < depth; k0 += LIN_KC) {
+    const int64_t kc = std::min<int64_t>(LIN_KC, depth - k0);
+    for (int64_t j = 0; j < n_pad / NR; ++j) {
+      const float* b = bpack + (j * depth + k0) * NR;
+      for (int64_t ip = 0; ip < groups; ++ip) {
+        float* ct = tile + ip * MR * n_pad + j * NR;
+        if (ip < full)
+          micro_kernel_rows(kc, a + ip * MR * lda + k0, lda, b, ct, n_pad, k0 > 0);
+        else
+          micro_kernel_rows(kc, tail + k0, depth, b, ct, n_pad, k0 > 0);
       }
-      if (depth == 0) std::memset(tile.get(), 0, sizeof(float) * BS * n_pad);
-      for (int64_t k0 = 0; k0 < depth; k0 += LIN_KC) {
-        const int64_t kc = std::min<int64_t>(LIN_KC, depth - k0);
-        for (int64_t j = 0; j < n_pad / NR; ++j) {
-          const float* b = bpack + (j * depth + k0) * NR;
-          for (int64_t ip = 0; ip < groups; ++ip) {
-            float* ct = tile.get() + ip * MR * n_pad + j * NR;
-            if (ip < full)
-              micro_kernel_rows(kc, a + (r0 + ip * MR) * lda + k0, lda, b, ct, n_pad, k0 > 0);
-            else
-              micro_kernel_rows(kc, tail.get() + k0, depth, b, ct, n_pad, k0 > 0);
-          }
-        }
+    }
+  }
+  // epilogue while the block is in cache: bias, activation, store
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* src = tile + r * n_pad;
+    float* dst = c + r * ldc;
+    int64_t col = 0;
+    for (; col + VW <= n; col += VW) {
+      vf v = loadu(src + col);
+      if (bias) v += loadu(bias + col);
+      storeu(dst + col, act ? activate(v, act) : v);
+    }
+    if (col < n) {  // the last columns through a padded vector (the tile row has n_pad >= col + VW columns)
+      const int64_t width = n - col;
+      vf v = loadu(src + col);
+      if (bias) {
+        float bb[VW] = {};
+        std::memcpy(bb, bias + col, sizeof(float) * width);
+        v += loadu(bb);
       }
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* src = tile.get() + r * n_pad;
-        float* dst = c + (r0 + r) * ldc;
-        if (bias) {
-          for (int64_t col = 0; col < n; ++col) dst[col] = src[col] + bias[col];
-        } else {
-          std::memcpy(dst, src, sizeof(float) * n);
-        }
-      }
+      float out[VW];
+      storeu(out, act ? activate(v, act) : v);
+      std::memcpy(dst + col, out, sizeof(float) * width);
     }
   }
 }
 
-// y [t, n] = x [t, k] W^T (+ b); W [n, k].
+// y [t, n] = act(x [t, k] W^T + b); W [n, k].
 static void linear_forward(const float* x, const float* w, const float* b, float* y, int64_t t, int64_t k, int64_t n,
-                           int threads) {
-  Buffer bpack(static_cast<size_t>(round_up(n, NR)) * std::max<int64_t>(k, 1));
-  pack_b_rows(w, n, k, k, bpack.get(), round_up(n, NR));  // panel element (p, col) = W[col, p]
-  gemm_rows_panels(x, k, bpack.get(), t, n, k, b, y, n, threads);
+                           int act, int threads) {
+  const int64_t n_pad = round_up(n, NR);
+  Buffer bpack(static_cast<size_t>(n_pad) * std::max<int64_t>(k, 1));
+  pack_b_rows(w, n, k, k, bpack.get(), n_pad);  // panel element (p, col) = W[col, p]
+  const int64_t blocks = (t + BS - 1) / BS;
+#pragma omp parallel num_threads(threads)
+  {
+    Buffer tail(static_cast<size_t>(MR) * std::max<int64_t>(k, 1));
+    Buffer tile(static_cast<size_t>(BS) * n_pad);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t r0 = blk * BS, rows = std::min<int64_t>(BS, t - r0);
+      rows_block(x + r0 * k, k, rows, bpack.get(), n, k, b, act, y + r0 * n, n, tail.get(), tile.get());
+    }
+  }
 }
 
-// gx [t, k] = g [t, n] W; W [n, k].
-static void linear_backward_input(const float* g, const float* w, float* gx, int64_t t, int64_t k, int64_t n,
-                                  int threads) {
-  Buffer bpack(static_cast<size_t>(round_up(k, NR)) * std::max<int64_t>(n, 1));
-  pack_n(w, n, k, k, bpack.get(), n);  // panel element (p, col) = W[p, col], depth n
-  gemm_rows_panels(g, n, bpack.get(), t, k, n, nullptr, gx, k, threads);
-}
-
-// gW [n, k] = g [t, n]^T x [t, k].
-static void linear_backward_weight(const float* g, const float* x, float* gw, int64_t t, int64_t k, int64_t n,
-                                   int threads) {
+// From g [t, n] = dL/dy (and, with act, the forward's output y [t, n]): gx [t, k], gW [n, k] and
+// gb [n] (each may be null: not computed) of y = act(x W^T + b); x [t, k], W [n, k].
+static void linear_backward(const float* g, const float* y, int act, const float* x, const float* w, float* gx,
+                            float* gw, float* gb, int64_t t, int64_t k, int64_t n, int threads) {
   const int64_t n_pad = round_up(n, MR), k_pad = round_up(k, NR);
-  // whole micro-tiles in both directions: the operands are read in place (no copies)
+  if (gw) std::fill(gw, gw + n * k, 0.f);
+  if (gb) std::fill(gb, gb + n, 0.f);
+  if (t == 0) return;
+  // W's panels for gx = g' W: panel element (p, col) = W[p, col], depth n
+  Buffer wpack(gx ? static_cast<size_t>(k_pad) * std::max<int64_t>(n, 1) : 1);
+  if (gx) pack_n(w, n, k, k, wpack.get(), n);
+  // whole micro-tiles in both directions: gW's operands are read in place (no copies)
   const bool in_place = n % MR == 0 && k % NR == 0;
-  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, (t + LIN_KC - 1) / LIN_KC)));
-  std::vector<Buffer> partial(threads);
+  const int64_t passes = (t + LIN_KC - 1) / LIN_KC;
+  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, passes)));
+  std::vector<Buffer> partial(gw ? threads : 0);
   for (auto& acc : partial) acc.reset(static_cast<size_t>(n_pad) * k_pad, true);
+  std::vector<double> bias_sums(gb ? static_cast<size_t>(threads) * n : 0, 0.0);
 #pragma omp parallel num_threads(threads)
   {
 #ifdef _OPENMP
@@ -101,38 +126,76 @@ static void linear_backward_weight(const float* g, const float* x, float* gw, in
     const int count = 1;
 #endif
     const int id = thread_id();
-    // a contiguous range of tokens per thread, in whole passes
-    const int64_t passes = (t + LIN_KC - 1) / LIN_KC;
-    const int64_t p0 = passes * id / count, p1 = passes * (id + 1) / count;
-    Buffer& acc = partial[id];
-    Buffer apack(static_cast<size_t>(n_pad) * LIN_KC), bpack(static_cast<size_t>(k_pad) * LIN_KC);
+    const int64_t p0 = passes * id / count, p1 = passes * (id + 1) / count;  // this thread's tokens, whole passes
+    Buffer gbuf(act ? static_cast<size_t>(LIN_KC) * n : 1);
+    Buffer tail(static_cast<size_t>(MR) * std::max<int64_t>(n, 1)), tile(static_cast<size_t>(BS) * k_pad);
+    Buffer apack(in_place ? 1 : static_cast<size_t>(n_pad) * LIN_KC);
+    Buffer bpack(in_place ? 1 : static_cast<size_t>(k_pad) * LIN_KC);
+    std::vector<float> colsum(gb ? n : 0);
     bool first = true;
     for (int64_t pass = p0; pass < p1; ++pass) {
       const int64_t t0 = pass * LIN_KC, kc = std::min<int64_t>(LIN_KC, t - t0);
-      if (in_place) {  // A (row i, depth p) = g[t0 + p, i], B (depth p, col) = x[t0 + p, col], read where they are
-        for (int64_t ip = 0; ip < n_pad / MR; ++ip)  // the A group (strided) stays in L1 across the B panels
+      // g' for this pass's tokens: g itself, or g * act'(y) in a buffer that stays in cache
+      const float* gp = g + t0 * n;
+      if (act) {
+        const int64_t count_el = kc * n;
+        int64_t i = 0;
+        for (; i + VW <= count_el; i += VW)
+          storeu(gbuf.get() + i, elu_grad_lane(loadu(gp + i), loadu(y + t0 * n + i), act - 1));
+        if (i < count_el) {
+          float gb_[VW] = {}, yb[VW] = {};
+          std::memcpy(gb_, gp + i, (count_el - i) * sizeof(float));
+          std::memcpy(yb, y + t0 * n + i, (count_el - i) * sizeof(float));
+          storeu(gb_, elu_grad_lane(loadu(gb_), loadu(yb), act - 1));
+          std::memcpy(gbuf.get() + i, gb_, (count_el - i) * sizeof(float));
+        }
+        gp = gbuf.get();
+      }
+      if (gb) {  // column sums of g' (float within a pass, double across passes)
+        std::fill(colsum.begin(), colsum.end(), 0.f);
+        for (int64_t r = 0; r < kc; ++r)
+          for (int64_t col = 0; col < n; ++col) colsum[col] += gp[r * n + col];
+        double* mine = bias_sums.data() + static_cast<size_t>(id) * n;
+        for (int64_t col = 0; col < n; ++col) mine[col] += colsum[col];
+      }
+      if (gx)
+        for (int64_t r0 = 0; r0 < kc; r0 += BS)
+          rows_block(gp + r0 * n, n, std::min<int64_t>(BS, kc - r0), wpack.get(), k, n, nullptr, 0,
+                     gx + (t0 + r0) * k, k, tail.get(), tile.get());
+      if (gw) {
+        float* acc = partial[id].get();
+        if (in_place) {  // A (row i, depth p) = g'[p, i], B (depth p, col) = x[t0 + p, col], read where they are
+          for (int64_t ip = 0; ip < n_pad / MR; ++ip)  // the A group (strided) stays in L1 across the B panels
+            for (int64_t j = 0; j < k_pad / NR; ++j)
+              micro_kernel_tn(kc, gp + ip * MR, n, x + t0 * k + j * NR, k, acc + ip * MR * k_pad + j * NR, k_pad,
+                              !first);
+        } else {
+          pack_a_cols(gp, n, kc, n, apack.get(), n_pad);  // A (row i, depth p) = g'[p, i]
+          pack_n(x + t0 * k, kc, k, k, bpack.get(), kc);  // B (depth p, col) = x[t0 + p, col]
           for (int64_t j = 0; j < k_pad / NR; ++j)
-            micro_kernel_tn(kc, g + t0 * n + ip * MR, n, x + t0 * k + j * NR, k, acc.get() + ip * MR * k_pad + j * NR,
-                            k_pad, !first);
-      } else {
-        pack_a_cols(g + t0 * n, n, kc, n, apack.get(), n_pad);  // A (row i, depth p) = g[t0 + p, i]
-        pack_n(x + t0 * k, kc, k, k, bpack.get(), kc);          // B (depth p, col) = x[t0 + p, col]
-        for (int64_t j = 0; j < k_pad / NR; ++j)
-          for (int64_t ip = 0; ip < n_pad / MR; ++ip)
-            micro_kernel(kc, apack.get() + ip * kc * MR, bpack.get() + j * kc * NR,
-                         acc.get() + ip * MR * k_pad + j * NR, k_pad, !first);
+            for (int64_t ip = 0; ip < n_pad / MR; ++ip)
+              micro_kernel(kc, apack.get() + ip * kc * MR, bpack.get() + j * kc * NR, acc + ip * MR * k_pad + j * NR,
+                           k_pad, !first);
+        }
       }
       first = false;
     }
   }
-  for (int64_t i = 0; i < n; ++i) {
-    float* dst = gw + i * k;
-    for (int64_t col = 0; col < k; ++col) {
-      float s = 0.f;
-      for (int id = 0; id < threads; ++id) s += partial[id].get()[i * k_pad + col];
-      dst[col] = s;
+  if (gw)
+    for (int64_t i = 0; i < n; ++i) {
+      float* dst = gw + i * k;
+      for (int64_t col = 0; col < k; ++col) {
+        float s = 0.f;
+        for (int id = 0; id < threads; ++id) s += partial[id].get()[i * k_pad + col];
+        dst[col] = s;
+      }
     }
-  }
+  if (gb)
+    for (int64_t col = 0; col < n; ++col) {
+      double s = 0.0;
+      for (int id = 0; id < threads; ++id) s += bias_sums[static_cast<size_t>(id) * n + col];
+      gb[col] = static_cast<float>(s);
+    }
 }
 
 }  // namespace MSTEIN_ISA

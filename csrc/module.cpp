@@ -151,6 +151,11 @@ void check_pointer(const char* name, uintptr_t p, int64_t n) {
   if (p % alignof(float) != 0) throw std::invalid_argument(std::string(name) + ": pointer not aligned to float");
 }
 
+// The dense layer's activation code (csrc/linear.h).
+void check_activation(int act) {
+  if (act < 0 || act > 2) throw std::invalid_argument("act must be 0 (none), 1 (ELU) or 2 (ELU + 1), got " + std::to_string(act));
+}
+
 void check_buffer(const char* name, uintptr_t p, std::initializer_list<int64_t> sizes) {
   check_pointer(name, p, count(name, sizes));
 }
@@ -373,40 +378,42 @@ PYBIND11_MODULE(_C, m) {
       "grad_in = grad * (elu or elu + 1)'(x), from the forward's output y (float32 [n]; grad_in may alias grad).");
   m.def(
       "linear_fwd",
-      [](uintptr_t x, uintptr_t w, uintptr_t b, uintptr_t y, int64_t t, int64_t k, int64_t n, int threads) {
+      [](uintptr_t x, uintptr_t w, uintptr_t b, uintptr_t y, int64_t t, int64_t k, int64_t n, int act, int threads) {
         check_threads(threads);
+        check_activation(act);
         check_buffer("x", x, {t, k});
         check_buffer("w", w, {n, k});
         if (b != 0) check_buffer("b", b, {n});
         check_buffer("y", y, {t, n});
         py::gil_scoped_release nogil;
         table()->linear_forward(ptr<const float>(x), ptr<const float>(w), b ? ptr<const float>(b) : nullptr,
-                                ptr<float>(y), t, k, n, threads);
+                                ptr<float>(y), t, k, n, act, threads);
       },
-      py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("t"), py::arg("k"), py::arg("n"),
-      py::arg("threads"), "y [t, n] = x [t, k] w^T + b (w [n, k]; b [n], or 0 for none; float32).");
+      py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("t"), py::arg("k"), py::arg("n"), py::arg("act"),
+      py::arg("threads"),
+      "y [t, n] = act(x [t, k] w^T + b) (w [n, k]; b [n], or 0 for none; act 0 none, 1 ELU, 2 ELU + 1 floored at "
+      "1e-24; float32).");
   m.def(
-      "linear_bwd_input",
-      [](uintptr_t g, uintptr_t w, uintptr_t gx, int64_t t, int64_t k, int64_t n, int threads) {
+      "linear_bwd",
+      [](uintptr_t g, uintptr_t y, int act, uintptr_t x, uintptr_t w, uintptr_t gx, uintptr_t gw, uintptr_t gb,
+         int64_t t, int64_t k, int64_t n, int threads) {
         check_threads(threads);
+        check_activation(act);
         check_buffer("g", g, {t, n});
-        check_buffer("w", w, {n, k});
-        check_buffer("gx", gx, {t, k});
+        if (act != 0) check_buffer("y", y, {t, n});
+        if (gx != 0) check_buffer("w", w, {n, k});
+        if (gw != 0) check_buffer("x", x, {t, k});
+        if (gx != 0) check_buffer("gx", gx, {t, k});
+        if (gw != 0) check_buffer("gw", gw, {n, k});
+        if (gb != 0) check_buffer("gb", gb, {n});
         py::gil_scoped_release nogil;
-        table()->linear_backward_input(ptr<const float>(g), ptr<const float>(w), ptr<float>(gx), t, k, n, threads);
+        table()->linear_backward(ptr<const float>(g), act ? ptr<const float>(y) : nullptr, act, ptr<const float>(x),
+                                 ptr<const float>(w), gx ? ptr<float>(gx) : nullptr, gw ? ptr<float>(gw) : nullptr,
+                                 gb ? ptr<float>(gb) : nullptr, t, k, n, threads);
       },
-      py::arg("g"), py::arg("w"), py::arg("gx"), py::arg("t"), py::arg("k"), py::arg("n"), py::arg("threads"),
-      "gx [t, k] = g [t, n] w (w [n, k]; float32).");
-  m.def(
-      "linear_bwd_weight",
-      [](uintptr_t g, uintptr_t x, uintptr_t gw, int64_t t, int64_t k, int64_t n, int threads) {
-        check_threads(threads);
-        check_buffer("g", g, {t, n});
-        check_buffer("x", x, {t, k});
-        check_buffer("gw", gw, {n, k});
-        py::gil_scoped_release nogil;
-        table()->linear_backward_weight(ptr<const float>(g), ptr<const float>(x), ptr<float>(gw), t, k, n, threads);
-      },
-      py::arg("g"), py::arg("x"), py::arg("gw"), py::arg("t"), py::arg("k"), py::arg("n"), py::arg("threads"),
-      "gw [n, k] = g [t, n]^T x [t, k] (float32; the thread count fixes the order of the sums).");
+      py::arg("g"), py::arg("y"), py::arg("act"), py::arg("x"), py::arg("w"), py::arg("gx"), py::arg("gw"),
+      py::arg("gb"), py::arg("t"), py::arg("k"), py::arg("n"), py::arg("threads"),
+      "From g = dL/dy [t, n] and, with act, the forward's output y: gx [t, k] = g' w, gw [n, k] = g'^T x, gb [n] = "
+      "column sums of g', where g' = g * act'(y); gx, gw, gb: 0 to skip (float32; the thread count fixes the order of "
+      "the sums).");
 }

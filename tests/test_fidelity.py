@@ -13,7 +13,6 @@ from mstein_fast import reference
 from mstein_fast.augment import CROP, INSERT, REORDER, SUBSTITUTE, Augmenter
 from mstein_fast.config import COMPAT_DEFAULTS, ConfigError, TrainConfig, build_config, coerce
 from mstein_fast.models import FeedForward, build_model, elu_plus_one, original_attention_mask
-from mstein_fast.ops import activations
 
 L = 8
 
@@ -37,10 +36,14 @@ def test_distributional_feed_forward_uses_elu_sasrec_gelu():
         block = FeedForward(8, 0.0, activation).double()
         want = block.norm(block.dense_2(fn(block.dense_1(x))) + x)
         assert torch.allclose(block(x), want, rtol=0, atol=1e-12)
-    # ELU by the fused op (mstein_fast.ops.activations.elu: F.elu's values, one pass each way)
-    assert model("mstein").mean_ffn[0].activation is activations.elu
-    assert model("stosa").cov_ffn[0].activation is activations.elu
-    assert model("sasrec").ffn[0].activation is F.gelu
+    # float32 on the CPU: ELU fused into the first product (mstein_fast.ops.linear), same values
+    block = FeedForward(8, 0.0, "elu")
+    x32 = x.float()
+    want = block.norm(block.dense_2(F.elu(block.dense_1(x32))) + x32)
+    torch.testing.assert_close(block(x32), want, rtol=1e-5, atol=1e-5)
+    assert model("mstein").mean_ffn[0].activation == "elu"
+    assert model("stosa").cov_ffn[0].activation == "elu"
+    assert model("sasrec").ffn[0].activation == "gelu"
     with pytest.raises(ValueError, match="gelu or elu"):
         FeedForward(8, 0.0, "relu")
 

@@ -4,6 +4,12 @@ Tolerance: a float32 dot product of depth ``K`` (summed in any order) is within 
 |a_i b_i|`` of the exact value (``u = 2^-24``; the classical bound ``gamma_K``); the tests check each
 element against twice that bound computed from the float64 absolute values, so any wrong or missing
 term (of size about ``sum |a_i b_i| / K``) fails, and no correct rounding can.
+
+With an activation (ELU, or ELU + 1 for covariances) fused in: both are 1-Lipschitz, so the output is
+within the product's bound plus a few units in the last place of the result (the kernel's ``expm1``
+is within 2 ulp, ``+ 1`` rounds once); the backward takes the activation's derivative from the
+float32 output ``y`` (as specified: ``1`` where ``x > 0``, else ``y + 1`` for ELU, ``y`` for ELU + 1,
+``0`` where the floor binds), so its reference is the float64 product with that same ``g * act'(y)``.
 """
 
 from __future__ import annotations
@@ -42,37 +48,126 @@ def _tensors(t, k, n, seed):
             torch.randn(t, n, generator=g))
 
 
+ACTS = {0: None, 1: "elu", 2: "elu_plus_one"}
+
+
+def act64(z: torch.Tensor, act: int) -> torch.Tensor:
+    if act == 0:
+        return z
+    y = F.elu(z)
+    return y if act == 1 else (y + 1).clamp_min(1e-24)
+
+
+def dact_from_output(y: torch.Tensor, act: int) -> torch.Tensor:
+    """The derivative the kernels use, from the float32 output ``y`` (float64 result)."""
+    y = y.double()
+    if act == 0:
+        return torch.ones_like(y)
+    if act == 1:
+        return torch.where(y > 0, torch.ones_like(y), y + 1)
+    floor = torch.tensor(1e-24, dtype=torch.float32).item()  # the float32 floor the kernels compare with
+    return torch.where(y > 1, torch.ones_like(y), torch.where(y > floor, y, torch.zeros_like(y)))
+
+
+def assert_act_within_bound(got, x, w, b, act):
+    z = x.double() @ w.double().T + b.double()
+    bound = 2 * x.shape[1] * U * (x.double().abs() @ w.double().abs().T) + 8 * U * (act64(z, act).abs() + (act == 2))
+    err = (got.double() - act64(z, act)).abs()
+    assert torch.isfinite(got).all() and (err <= bound + 1e-30).all(), f"error {(err / (bound + 1e-30)).max():.3g} x bound"
+
+
+def bwd_call(ext, g, y, act, x, w, threads, want=(True, True, True)):
+    t, n = g.shape
+    k = x.shape[1]
+    gx, gw, gb = (torch.full(s, float("nan")) for s in ((t, k), (n, k), (n,)))
+    ext.linear_bwd(g.data_ptr(), y.data_ptr() if act else 0, act, x.data_ptr(), w.data_ptr(),
+                   gx.data_ptr() if want[0] else 0, gw.data_ptr() if want[1] else 0, gb.data_ptr() if want[2] else 0,
+                   t, k, n, threads)
+    return gx, gw, gb
+
+
 @needs_cpp
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("act", [0, 1, 2])
 @pytest.mark.parametrize("t,k,n", SHAPES)
-def test_kernels_write_every_element_within_the_float32_bound(t, k, n, threads):
+def test_kernels_write_every_element_within_the_float32_bound(t, k, n, act, threads):
     # the extension's entry points on NaN-poisoned outputs: every element written, and right
     ext = _load("cpp")
-    x, w, b, g = _tensors(t, k, n, seed=t * 7 + k * 3 + n)
+    x, w, b, g = _tensors(t, k, n, seed=t * 7 + k * 3 + n + act)
     y = torch.full((t, n), float("nan"))
-    ext.linear_fwd(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), t, k, n, threads)
-    assert_within_bound(y - b, x, w.T, k)
-    ext.linear_fwd(x.data_ptr(), w.data_ptr(), 0, y.fill_(float("nan")).data_ptr(), t, k, n, threads)  # no bias
-    assert_within_bound(y, x, w.T, k)
-    gx = torch.full((t, k), float("nan"))
-    ext.linear_bwd_input(g.data_ptr(), w.data_ptr(), gx.data_ptr(), t, k, n, threads)
-    assert_within_bound(gx, g, w, n)
-    gw = torch.full((n, k), float("nan"))
-    ext.linear_bwd_weight(g.data_ptr(), x.data_ptr(), gw.data_ptr(), t, k, n, threads)
-    assert_within_bound(gw, g.T, x, t)
+    ext.linear_fwd(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), t, k, n, act, threads)
+    assert_act_within_bound(y, x, w, b, act)
+    if act == 0:
+        ynb = torch.full((t, n), float("nan"))
+        ext.linear_fwd(x.data_ptr(), w.data_ptr(), 0, ynb.data_ptr(), t, k, n, 0, threads)  # no bias
+        assert_within_bound(ynb, x, w.T, k)
+    gx, gw, gb = bwd_call(ext, g, y, act, x, w, threads)
+    gp = g.double() * dact_from_output(y, act)  # g' (float64, from the kernel's own y)
+    # g' is rounded once to float32 in the kernel: u |g'| more per term
+    for got, a_, b_, depth in ((gx, gp, w, n), (gw, gp.T, x, t)):
+        exact = a_ @ b_.double()
+        bound = (2 * depth * U + U) * (a_.abs() @ b_.double().abs()) + 1e-30
+        assert torch.isfinite(got).all() and ((got.double() - exact).abs() <= bound).all()
+    bound_b = 2 * (min(t, 256) + 2) * U * gp.abs().sum(0) + 1e-30
+    assert ((gb.double() - gp.sum(0)).abs() <= bound_b).all()
 
 
 @needs_cpp
+@pytest.mark.parametrize("want", [(True, False, False), (False, True, False), (False, False, True)])
+def test_backward_computes_only_what_is_asked(want):
+    ext = _load("cpp")
+    x, w, _, g = _tensors(300, 64, 40, seed=9)
+    full = bwd_call(ext, g, None, 0, x, w, 2)
+    part = bwd_call(ext, g, None, 0, x, w, 2, want)
+    for wanted, f, p in zip(want, full, part):
+        if wanted:
+            assert torch.equal(f, p)  # the same sums in the same order
+        else:
+            assert torch.isnan(p).all()  # left untouched
+
+
+@needs_cpp
+@pytest.mark.parametrize("act", [0, 1, 2])
 @pytest.mark.parametrize("t,k,n", [(1, 1, 1), (129, 64, 192), (1000, 256, 64)])
-def test_op_value_and_gradients_under_a_random_upstream(t, k, n):
+def test_op_value_and_gradients_under_a_random_upstream(t, k, n, act):
     x, w, b, g = _tensors(t, k, n, seed=11)
     xs, ws, bs = (v.clone().requires_grad_() for v in (x, w, b))
-    y = linear(xs, ws, bs)
+    y = linear(xs, ws, bs, ACTS[act])
     y.backward(g)
-    assert_within_bound(y - b, x, w.T, k)
-    assert_within_bound(xs.grad, g, w, n)
-    assert_within_bound(ws.grad, g.T, x, t)
-    torch.testing.assert_close(bs.grad.double(), g.double().sum(0), rtol=1e-5, atol=1e-5 * t ** 0.5)
+    assert_act_within_bound(y.detach(), x, w, b, act)
+    gp = (g.double() * dact_from_output(y.detach(), act)).float()
+    assert_within_bound(xs.grad, gp, w, n)
+    assert_within_bound(ws.grad, gp.T, x, t)
+    torch.testing.assert_close(bs.grad.double(), gp.double().sum(0), rtol=1e-5, atol=1e-5 * t ** 0.5)
+
+
+@needs_cpp
+def test_fused_activation_equals_the_separate_ops():
+    # the encoder's old path (product, then the activation op) gives the same values bit for bit,
+    # and the same input and weight gradients up to float32 rounding of their sums
+    from mstein_fast.ops import activations
+    x, w, b, g = _tensors(517, 64, 256, seed=21)
+    for act, op in ((1, activations.elu), (2, activations.elu_plus_one)):
+        xs, ws, bs = (v.clone().requires_grad_() for v in (x, w, b))
+        fused = linear(xs, ws, bs, ACTS[act])
+        fused.backward(g)
+        xo, wo, bo = (v.clone().requires_grad_() for v in (x, w, b))
+        separate = op(linear(xo, wo, bo))
+        separate.backward(g)
+        assert torch.equal(fused, separate)
+        assert torch.equal(xs.grad, xo.grad) and torch.equal(ws.grad, wo.grad)
+        torch.testing.assert_close(bs.grad, bo.grad, rtol=1e-5, atol=1e-5)
+
+
+@needs_cpp
+def test_the_floor_of_the_covariance_activation_passes_no_gradient():
+    x = torch.tensor([[-40.0], [0.5], [-0.3]], requires_grad=True)
+    w = torch.ones(1, 1, requires_grad=True)
+    y = linear(x, w, None, "elu_plus_one")
+    assert y[0, 0] == torch.tensor(1e-24) and y[1, 0].item() == 1.5
+    y.sum().backward()
+    assert x.grad[0, 0].item() == 0.0 and x.grad[1, 0].item() == 1.0
+    torch.testing.assert_close(x.grad[2, 0], torch.exp(torch.tensor(-0.3)), rtol=1e-6, atol=0)
 
 
 @needs_cpp
@@ -126,15 +221,24 @@ def test_other_dtypes_use_pytorch(dtype):
 @needs_cpp
 def test_opcheck_and_boundary_checks():
     x, w, b, g = _tensors(13, 6, 5, seed=3)
-    torch.library.opcheck(linear_module.linear_op.op, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_()))
-    torch.library.opcheck(linear_module.linear_op.op, (x.detach(), w.detach(), None))
-    torch.library.opcheck(linear_module.grad_input_op.op, (g, w.detach()))
-    torch.library.opcheck(linear_module.grad_weight_op.op, (g, x.detach()))
+    for act in (0, 1, 2):
+        torch.library.opcheck(linear_module.linear_op.op,
+                              (x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_(), act))
+    torch.library.opcheck(linear_module.linear_op.op, (x, w, None, 0))
+    y = linear_module.linear_op(x, w, b, 1)
+    torch.library.opcheck(linear_module.linear_bwd_op.op, (g, y, x, w, 1, True, True, True))
+    torch.library.opcheck(linear_module.linear_bwd_op.op, (g, torch.zeros(0), x, w, 0, False, True, False))
     with pytest.raises(ValueError, match="w:"):
-        linear_module.linear_op(x.detach(), w.detach()[:, :3], None)
+        linear_module.linear_op(x, w[:, :3], None, 0)
+    with pytest.raises(ValueError, match="activation must be"):
+        linear(x, w, b, "gelu")
     ext = _load("cpp")
     buf = torch.zeros(64)
     with pytest.raises(ValueError, match="negative size"):
-        ext.linear_fwd(buf.data_ptr(), buf.data_ptr(), 0, buf.data_ptr(), -1, 2, 2, 1)
+        ext.linear_fwd(buf.data_ptr(), buf.data_ptr(), 0, buf.data_ptr(), -1, 2, 2, 0, 1)
+    with pytest.raises(ValueError, match="act must be"):
+        ext.linear_fwd(buf.data_ptr(), buf.data_ptr(), 0, buf.data_ptr(), 2, 2, 2, 3, 1)
     with pytest.raises(ValueError, match="null pointer"):
-        ext.linear_bwd_weight(0, buf.data_ptr(), buf.data_ptr(), 2, 2, 2, 1)
+        ext.linear_bwd(0, 0, 0, buf.data_ptr(), buf.data_ptr(), buf.data_ptr(), 0, 0, 2, 2, 2, 1)
+    with pytest.raises(ValueError, match="null pointer"):  # the output y is needed for act'
+        ext.linear_bwd(buf.data_ptr(), 0, 1, buf.data_ptr(), buf.data_ptr(), buf.data_ptr(), 0, 0, 2, 2, 2, 1)

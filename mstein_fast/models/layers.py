@@ -30,13 +30,14 @@ def paired_w2(mean1, cov1, mean2, cov2) -> torch.Tensor:
     return ((mean1 - mean2) ** 2).sum(-1) + ((std1 - std2) ** 2).sum(-1)
 
 
-def dense(layer: nn.Linear, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
-    """``layer(x)``, or only its outputs ``rows``, by :func:`mstein_fast.ops.linear.linear` (the C++
-    dense-layer kernels on float32 CPU tensors, ``F.linear`` elsewhere)."""
+def dense(layer: nn.Linear, x: torch.Tensor, rows: slice | None = None, activation: str | None = None) -> torch.Tensor:
+    """``layer(x)``, or only its outputs ``rows``, followed by ``activation`` (None, ``"elu"`` or
+    ``"elu_plus_one"``), by :func:`mstein_fast.ops.linear.linear` (the C++ dense-layer kernels with
+    the activation fused on float32 CPU tensors, ``F.linear`` and the activation elsewhere)."""
     weight, bias = layer.weight, layer.bias
     if rows is not None:
         weight, bias = weight[rows], (None if bias is None else bias[rows])
-    return linear(x, weight, bias)
+    return linear(x, weight, bias, activation)
 
 
 def original_attention_mask(seqs: torch.Tensor, masked: float) -> torch.Tensor:
@@ -85,10 +86,14 @@ class FeedForward(nn.Module):
         self.dense_2 = nn.Linear(4 * hidden, hidden)
         self.norm = nn.LayerNorm(hidden, eps=1e-12)
         self.dropout = Dropout(dropout)
-        self.activation = F.gelu if activation == "gelu" else activations.elu
+        self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.dropout(dense(self.dense_2, self.activation(dense(self.dense_1, x)))) + x)
+        if self.activation == "elu":  # fused into the first product
+            hidden = dense(self.dense_1, x, activation="elu")
+        else:
+            hidden = F.gelu(dense(self.dense_1, x))
+        return self.norm(self.dropout(dense(self.dense_2, hidden)) + x)
 
 
 class WassersteinSelfAttention(nn.Module):
@@ -118,7 +123,7 @@ class WassersteinSelfAttention(nn.Module):
         last position, ``[B, 1, H]`` (its query attends to all keys; what a scoring pass needs)."""
         b, _, h = mean.shape
         q_mean, k_mean, v_mean = self._split(dense(self.mean_qkv, mean))
-        q_cov, k_cov, v_cov = self._split(elu_plus_one(dense(self.cov_qkv, cov)))
+        q_cov, k_cov, v_cov = self._split(dense(self.cov_qkv, cov, activation="elu_plus_one"))
         if last_only:
             q_mean, q_cov, allowed = q_mean[:, :, -1:], q_cov[:, :, -1:], allowed[..., -1:, :]
             mean, cov = mean[:, -1:], cov[:, -1:]
@@ -143,7 +148,7 @@ class WassersteinSelfAttention(nn.Module):
         b, L, h = mean.shape
         hd = self.head_dim
         v_mean = dense(self.mean_qkv, mean, slice(2 * h, 3 * h))
-        v_cov = elu_plus_one(dense(self.cov_qkv, cov, slice(2 * h, 3 * h)))
+        v_cov = dense(self.cov_qkv, cov, slice(2 * h, 3 * h), activation="elu_plus_one")
         if self.training and self.attn_dropout.p > 0:  # the one-hot probability is dropped (or scaled) per head
             keep = self.attn_dropout(torch.ones(b, L, self.heads, 1, dtype=mean.dtype, device=mean.device))
             v_mean = (v_mean.reshape(b, L, self.heads, hd) * keep).reshape(b, L, h)

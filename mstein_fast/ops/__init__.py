@@ -10,7 +10,7 @@ distributed loss builds on these ops, not the other way round).
 
 from mstein_fast.ops import activations as _activations  # noqa: F401  (registers mstein_fast::elu, elu_bwd)
 from mstein_fast.ops import dropout as _dropout  # noqa: F401  (registers mstein_fast::dropout with torch)
-from mstein_fast.ops import linear as _linear  # noqa: F401  (registers mstein_fast::linear, linear_grad_*)
+from mstein_fast.ops import linear as _linear  # noqa: F401  (registers mstein_fast::linear, linear_bwd)
 from mstein_fast.ops._pairwise_w2 import pairwise_w2
 from mstein_fast.ops._wasserstein_infonce import wasserstein_alignment_uniformity, wasserstein_infonce
 

@@ -1,13 +1,18 @@
-"""``linear``: the dense layer ``y = x W^T + b`` and its gradients by the C++ extension for float32
-CPU tensors.
+"""``linear``: the dense layer ``y = act(x W^T + b)`` (``act``: none, ELU or the covariance
+activation ELU + 1) and its gradients by the C++ extension for float32 CPU tensors.
 
 The encoder's dense layers multiply tall, thin matrices (``[tokens, 64]`` by ``[64, 256]`` and back,
-about 40% of an MStein training epoch). On CPUs where the BLAS library runs these shapes far below
-the vector units' peak (MKL on AMD Zen 5 here: 106-160 GFLOP/s of about 480), the register-blocked
-micro-kernel of the fused InfoNCE does them 1.4-1.9x faster (csrc/linear.h; benchmarks/RESULTS.md).
-Same products in float32, summed in another order; the weight gradient's sum over tokens is split
-into one contiguous range per thread, added in thread order, so it is deterministic for a fixed
-thread count. Other devices and dtypes (and builds without the extension) use ``F.linear``.
+about a third of an MStein training epoch). On CPUs where the BLAS library runs these shapes far
+below the vector units' peak (MKL on AMD Zen 5 here: 106-160 GFLOP/s of about 480), the
+register-blocked micro-kernel of the fused InfoNCE does them 1.4-1.9x faster (csrc/linear.h;
+benchmarks/RESULTS.md). Inside a training step the activations are much larger than the caches, so
+the activation is applied to each block of outputs while it is in cache, and the backward computes
+the input, weight and bias gradients in one sweep over the upstream gradient (applying the
+activation's derivative, taken from the saved output, on the way). Same values as ``F.linear``
+followed by :mod:`mstein_fast.ops.activations` up to the order of float32 sums; the sums over tokens
+(weight and bias gradients) are split into one contiguous range per thread and added in thread
+order, so results are deterministic for a fixed thread count. Other devices and dtypes (and builds
+without the extension) use ``F.linear`` and the activation ops.
 """
 
 from __future__ import annotations
@@ -16,12 +21,16 @@ import torch
 import torch.nn.functional as F
 
 from mstein_fast.backends import _load
+from mstein_fast.ops import activations
 from mstein_fast.ops._library import check_buffer, define_op
 from mstein_fast.ops._stack import threads
 
+ACTIVATIONS = {None: 0, "elu": 1, "elu_plus_one": 2}  # the kernels' activation codes
 
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """``mstein_fast::linear``: ``x [t, k] w^T + b`` (contiguous float32 CPU; ``w [n, k]``, ``b [n]`` or None)."""
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, act: int) -> torch.Tensor:
+    """``mstein_fast::linear``: ``act(x [t, k] w^T + b)`` (contiguous float32 CPU; ``w [n, k]``,
+    ``b [n]`` or None; ``act`` a code of :data:`ACTIVATIONS`)."""
     t, k = x.shape
     n = w.shape[0]
     check_buffer("x", x, (t, k))
@@ -29,65 +38,64 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.T
     if b is not None:
         check_buffer("b", b, (n,))
     y = torch.empty((t, n), dtype=torch.float32)
-    _load("cpp").linear_fwd(x.data_ptr(), w.data_ptr(), 0 if b is None else b.data_ptr(), y.data_ptr(), t, k, n,
+    _load("cpp").linear_fwd(x.data_ptr(), w.data_ptr(), 0 if b is None else b.data_ptr(), y.data_ptr(), t, k, n, act,
                             threads())
     return y
 
 
-def _linear_fake(x, w, b):
+def _linear_fake(x, w, b, act):
     return x.new_empty((x.shape[0], w.shape[0]))
 
 
-def _grad_input(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``mstein_fast::linear_grad_input``: ``g [t, n] w`` (``w [n, k]``)."""
+def _linear_bwd(g: torch.Tensor, y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, act: int, want_x: bool,
+                want_w: bool, want_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``mstein_fast::linear_bwd``: the gradients w.r.t. ``x``, ``w`` and ``b`` of ``y = act(x w^T + b)``
+    from ``g = dL/dy`` (and ``y``, the forward's output, when ``act`` is not 0), in one sweep over the
+    tokens; the ones not wanted come back empty (``[0]``)."""
     t, n = g.shape
     k = w.shape[1]
     check_buffer("g", g, (t, n))
-    check_buffer("w", w, (n, k))
-    gx = torch.empty((t, k), dtype=torch.float32)
-    _load("cpp").linear_bwd_input(g.data_ptr(), w.data_ptr(), gx.data_ptr(), t, k, n, threads())
-    return gx
-
-
-def _grad_input_fake(g, w):
-    return g.new_empty((g.shape[0], w.shape[1]))
-
-
-def _grad_weight(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``mstein_fast::linear_grad_weight``: ``g [t, n]^T x [t, k]``."""
-    t, n = g.shape
-    k = x.shape[1]
-    check_buffer("g", g, (t, n))
+    if act:
+        check_buffer("y", y, (t, n))
     check_buffer("x", x, (t, k))
-    gw = torch.empty((n, k), dtype=torch.float32)
-    _load("cpp").linear_bwd_weight(g.data_ptr(), x.data_ptr(), gw.data_ptr(), t, k, n, threads())
-    return gw
-
-
-def _grad_weight_fake(g, x):
-    return g.new_empty((g.shape[1], x.shape[1]))
-
-
-grad_input_op = define_op("linear_grad_input", "(Tensor g, Tensor w) -> Tensor", _grad_input, _grad_input_fake)
-grad_weight_op = define_op("linear_grad_weight", "(Tensor g, Tensor x) -> Tensor", _grad_weight, _grad_weight_fake)
-
-
-def _setup_context(ctx, inputs, output):
-    x, w, b = inputs
-    ctx.save_for_backward(x, w)
-    ctx.has_bias = b is not None
-
-
-def _backward(ctx, grad):
-    x, w = ctx.saved_tensors
-    grad = grad.contiguous()
-    gx = grad_input_op(grad, w) if ctx.needs_input_grad[0] else None
-    gw = grad_weight_op(grad, x) if ctx.needs_input_grad[1] else None
-    gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    check_buffer("w", w, (n, k))
+    gx = torch.empty((t, k) if want_x else (0,), dtype=torch.float32)
+    gw = torch.empty((n, k) if want_w else (0,), dtype=torch.float32)
+    gb = torch.empty((n,) if want_b else (0,), dtype=torch.float32)
+    _load("cpp").linear_bwd(g.data_ptr(), y.data_ptr() if act else 0, act, x.data_ptr(), w.data_ptr(),
+                            gx.data_ptr() if want_x else 0, gw.data_ptr() if want_w else 0,
+                            gb.data_ptr() if want_b else 0, t, k, n, threads())
     return gx, gw, gb
 
 
-linear_op = define_op("linear", "(Tensor x, Tensor w, Tensor? b) -> Tensor", _linear, _linear_fake,
+def _linear_bwd_fake(g, y, x, w, act, want_x, want_w, want_b):
+    t, n = g.shape
+    k = w.shape[1]
+    return (g.new_empty((t, k) if want_x else (0,)), g.new_empty((n, k) if want_w else (0,)),
+            g.new_empty((n,) if want_b else (0,)))
+
+
+linear_bwd_op = define_op(
+    "linear_bwd",
+    "(Tensor g, Tensor y, Tensor x, Tensor w, int act, bool want_x, bool want_w, bool want_b) -> (Tensor, Tensor, Tensor)",
+    _linear_bwd, _linear_bwd_fake)
+
+
+def _setup_context(ctx, inputs, output):
+    x, w, b, act = inputs
+    ctx.save_for_backward(x, w, output if act else None)  # act' is taken from the output
+    ctx.has_bias, ctx.act = b is not None, act
+
+
+def _backward(ctx, grad):
+    x, w, y = ctx.saved_tensors
+    want = ctx.needs_input_grad
+    gx, gw, gb = linear_bwd_op(grad.contiguous(), x.new_empty(0) if y is None else y, x, w, ctx.act, want[0], want[1],
+                               ctx.has_bias and want[2])
+    return (gx if want[0] else None, gw if want[1] else None, gb if ctx.has_bias and want[2] else None, None)
+
+
+linear_op = define_op("linear", "(Tensor x, Tensor w, Tensor? b, int act) -> Tensor", _linear, _linear_fake,
                       backward=_backward, setup_context=_setup_context)
 
 
@@ -96,12 +104,21 @@ def _cpp_usable(*tensors: torch.Tensor | None) -> bool:
             and not isinstance(_load("cpp"), ImportError))
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``torch.nn.functional.linear(x, weight, bias)`` (``x [..., k]``, ``weight [n, k]``, ``bias [n]``),
-    by the C++ kernels for float32 CPU tensors, ``F.linear`` otherwise."""
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           activation: str | None = None) -> torch.Tensor:
+    """``torch.nn.functional.linear(x, weight, bias)`` (``x [..., k]``, ``weight [n, k]``, ``bias [n]``)
+    followed by ``activation``: None, ``"elu"`` (:func:`mstein_fast.ops.activations.elu`) or
+    ``"elu_plus_one"`` (:func:`mstein_fast.ops.activations.elu_plus_one`, the covariance activation).
+    The C++ kernels for float32 CPU tensors apply the activation to each block of outputs while it is
+    in cache (and its derivative in the backward's sweep); ``F.linear`` and the activation otherwise."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(a for a in ACTIVATIONS if a)} or None, got {activation!r}")
     if not _cpp_usable(x, weight, bias) or x.dim() == 0 or weight.dim() != 2:
-        return F.linear(x, weight, bias)
+        y = F.linear(x, weight, bias)
+        if activation is None:
+            return y
+        return activations.elu(y) if activation == "elu" else activations.elu_plus_one(y)
     lead = x.shape[:-1]
     y = linear_op(x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous(),
-                  None if bias is None else bias.contiguous())
+                  None if bias is None else bias.contiguous(), ACTIVATIONS[activation])
     return y.reshape(*lead, weight.shape[0])
