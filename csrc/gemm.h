@@ -111,93 +111,59 @@ struct DenormalsOff {
 
 static inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// C[MR x NR] = (accumulate ? C : 0) + sum_{p < kc} A[p*MR + r] * B[p*NR + c].
+// C[MR x NR] (ldc) = (accumulate ? C : 0) + sum_{p < kc} A(r, p) * B(p, c), with the operands read
+// through strides: A(r, p) = a[r * a_row + p * a_depth] (MR scalars per depth step, broadcast) and
+// B(p, c) = b[p * b_depth + c] (NR consecutive values per step, vector loads). Always inlined, so
+// the strides the wrappers below pass as constants fold into the addressing.
+__attribute__((always_inline)) static inline void micro_kernel_strided(int64_t kc, const float* __restrict a,
+                                                                       int64_t a_row, int64_t a_depth,
+                                                                       const float* __restrict b, int64_t b_depth,
+                                                                       float* __restrict c, int64_t ldc,
+                                                                       bool accumulate) {
+  vf acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
+  for (int64_t p = 0; p < kc; ++p) {
+    vf bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = loadu(b + p * b_depth + v * VW);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const float av = a[r * a_row + p * a_depth];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* dst = c + r * ldc + v * VW;
+      storeu(dst, accumulate ? loadu(dst) + acc[r][v] : acc[r][v]);
+    }
+}
+
+// Both operands packed: A in broadcast panels (A(r, p) = a[p * MR + r]), B in vector panels
+// (B(p, c) = b[p * NR + c]).
 static inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
                                 int64_t ldc, bool accumulate) {
-  vf acc[MR][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
-  for (int64_t p = 0; p < kc; ++p) {
-    vf bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = *reinterpret_cast<const vf*>(b + p * NR + v * VW);
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const float av = a[p * MR + r];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
-    }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      float* dst = c + r * ldc + v * VW;
-      storeu(dst, accumulate ? loadu(dst) + acc[r][v] : acc[r][v]);
-    }
+  micro_kernel_strided(kc, a, 1, MR, b, NR, c, ldc, accumulate);
 }
 
-// The same product with the left operand read in place, row-major: A(r, p) = a[r * lda + p]. The
-// broadcasts are scalar loads either way, so this costs the micro-kernel nothing and saves packing
-// (and re-reading) A when A is a plain row-major matrix with MR full rows at `a`.
+// A read in place from a row-major matrix (A(r, p) = a[r * lda + p]): the broadcasts are scalar
+// loads either way, so this costs the micro-kernel nothing and saves packing A. B packed.
 static inline void micro_kernel_rows(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b,
                                      float* __restrict c, int64_t ldc, bool accumulate) {
-  vf acc[MR][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
-  for (int64_t p = 0; p < kc; ++p) {
-    vf bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = *reinterpret_cast<const vf*>(b + p * NR + v * VW);
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const float av = a[r * lda + p];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
-    }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      float* dst = c + r * ldc + v * VW;
-      storeu(dst, accumulate ? loadu(dst) + acc[r][v] : acc[r][v]);
-    }
+  micro_kernel_strided(kc, a, lda, 1, b, NR, c, ldc, accumulate);
 }
 
-// The product with both operands read in place: A(r, p) = a[r + p * a_step] (MR consecutive values
-// per depth step: a transposed row-major matrix) and B(p, c) = b[p * b_step + c] (NR consecutive
-// values per step: a row-major matrix). For the weight gradient g^T x, where packing would copy
-// both operands once per use.
+// Both read in place: A(r, p) = a[r + p * a_step] (the transpose of a row-major matrix), B(p, c) =
+// b[p * b_step + c] (a row-major matrix): the weight gradient g^T x without copies.
 static inline void micro_kernel_tn(int64_t kc, const float* __restrict a, int64_t a_step, const float* __restrict b,
                                    int64_t b_step, float* __restrict c, int64_t ldc, bool accumulate) {
-  vf acc[MR][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
-  for (int64_t p = 0; p < kc; ++p) {
-    vf bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = loadu(b + p * b_step + v * VW);
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const float av = a[p * a_step + r];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
-    }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      float* dst = c + r * ldc + v * VW;
-      storeu(dst, accumulate ? loadu(dst) + acc[r][v] : acc[r][v]);
-    }
+  micro_kernel_strided(kc, a, 1, a_step, b, b_step, c, ldc, accumulate);
 }
 
 // Broadcast-panel layout ("A"): rows in groups of MR, depth-major within a group:
