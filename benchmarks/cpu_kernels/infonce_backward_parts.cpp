@@ -1,23 +1,12 @@
 // The fused InfoNCE backward of csrc/wasserstein_infonce.h (avx512 build, stored W) at the
 // trainer's shape (N = 1024 rows per view, K = 2 x 3200): the whole backward, the packing of x,
 // and its products Q_I x alone. Usage: infonce_backward_parts THREADS.
-#define MSTEIN_ISA avx512
-#define MSTEIN_VW 16
-#define MSTEIN_MR 8
-#define MSTEIN_NV 2
-#define MSTEIN_BS 128
-#include "kernel_table.h"
-#include "gaussian_stack.h"
+#include "bench_common.h"
 #include "wasserstein_infonce.h"
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
-#include <malloc.h>
-namespace mstein { std::atomic<int>& stop_flag() { static std::atomic<int> f{0}; return f; } }
+
 using namespace mstein::avx512;
-static double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 int main(int argc, char** argv) {
-  mallopt(M_MMAP_MAX, 0); mallopt(M_TRIM_THRESHOLD, 2000000000);
+  keep_freed_memory();
   int threads = atoi(argv[1]);
   int64_t n = 1024, k = 6400, rows = 2 * n;
   std::vector<float> x(rows * k), losses(rows), lse(3 * rows), w(rows * rows), g(rows, 1.0f / rows), cov(n * k / 2, 1.0f);

@@ -2,26 +2,12 @@
 // (N = 1024 rows per view, K = 2 x 3200): packing, the Gram tiles alone, the whole forward.
 // Usage: infonce_forward_parts THREADS. -DBS_=... changes the block size, -DKC_ the pass depth
 // (with a copy of csrc whose gemm.h reads KC_).
-#define MSTEIN_ISA avx512
-#define MSTEIN_VW 16
-#define MSTEIN_MR 8
-#define MSTEIN_NV 2
-#ifndef BS_
-#define BS_ 128
-#endif
-#define MSTEIN_BS BS_
-#include "kernel_table.h"
-#include "gaussian_stack.h"
+#include "bench_common.h"
 #include "wasserstein_infonce.h"
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
-#include <malloc.h>
-namespace mstein { std::atomic<int>& stop_flag() { static std::atomic<int> f{0}; return f; } }
+
 using namespace mstein::avx512;
-static double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 int main(int argc, char** argv) {
-  mallopt(M_MMAP_MAX, 0); mallopt(M_TRIM_THRESHOLD, 2000000000);
+  keep_freed_memory();
   int threads = atoi(argv[1]);
   int64_t n = 1024, k = 6400;
   std::vector<float> x(2 * n * k), losses(2 * n), lse(6 * n);

@@ -4,25 +4,12 @@
 // of 9, ms (GFLOP/s of the product where there is one).
 // FLUSH=1 evicts the caches (touches 128 MB) before every call, as a training step's other
 // activations do; THREADS (default 2). Prints checksums, equal across builds that sum alike.
-#define MSTEIN_ISA avx512
-#define MSTEIN_VW 16
-#define MSTEIN_MR 8
-#define MSTEIN_NV 2
-#define MSTEIN_BS 128
-#include "kernel_table.h"
-#include "gaussian_stack.h"
+#include "bench_common.h"
 #include "linear.h"
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
-#include <malloc.h>
-#include <algorithm>
-#include <string>
-namespace mstein { std::atomic<int>& stop_flag() { static std::atomic<int> f{0}; return f; } }
+
 using namespace mstein::avx512;
-static double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 int main(int argc, char** argv) {
-  mallopt(M_MMAP_MAX, 0); mallopt(M_TRIM_THRESHOLD, 2000000000);
+  keep_freed_memory();
   const int threads = getenv("THREADS") ? atoi(getenv("THREADS")) : 2;
   const bool flush_on = getenv("FLUSH") && std::string(getenv("FLUSH")) == "1";
   int64_t t = 81999;

@@ -1,23 +1,9 @@
 // The register-blocked micro-kernel of csrc/gemm.h alone, one thread, avx512: GFLOP/s for a
 // depth kc and `groups` A panels per B panel (1: everything in L1; 16: the Gram tile's pattern).
 // Usage: micro_kernel KC GROUPS REPS; -DMR_=.. -DNV_=.. -DBS_=.. choose the micro-tile.
-#ifndef MR_
-#define MR_ 8
-#endif
-#ifndef NV_
-#define NV_ 2
-#endif
-#define MSTEIN_ISA avx512
-#define MSTEIN_VW 16
-#define MSTEIN_MR MR_
-#define MSTEIN_NV NV_
-#ifndef BS_
-#define BS_ 128
-#endif
-#define MSTEIN_BS BS_
+#include "bench_common.h"
 #include "gemm.h"
-#include <chrono>
-#include <cstdio>
+
 using namespace mstein::avx512;
 int main(int argc, char** argv) {
   int64_t kc = argc > 1 ? atol(argv[1]) : 256;
