@@ -2,7 +2,8 @@
 (batches + negative sampling), augmentation, forward/backward/step and evaluation, for each
 backend of the Wasserstein ops; plus the InfoNCE loss alone (forward + backward) on the trainer's
 real shapes (N = batch size per view, D = max_seq_length * hidden_size). Two more modes: the
-original research code side by side (``--original DIR``) and a profiled epoch (``--profile``).
+original research code side by side (``--original DIR``), a profiled epoch (``--profile``) and the
+C++ kernels' share of unprofiled epochs (``--kernel-times``).
 
     python benchmarks/train_throughput.py --data /work/shared/data/Office_Products.txt
     python benchmarks/train_throughput.py --backends cpp,torch --epochs 1 --csv out.csv
@@ -12,6 +13,8 @@ original research code side by side (``--original DIR``) and a profiled epoch (`
     python benchmarks/train_throughput.py --original /path/to/MStein --epochs 6 --rounds 2 --csv out.csv
     # where the time of one epoch goes (torch.profiler over epoch 2; --profile-trace for a Chrome trace)
     python benchmarks/train_throughput.py --profile --csv out.csv
+    # the same without the profiler's overhead: wall time of every C++ kernel call, epochs 3-4
+    python benchmarks/train_throughput.py --kernel-times --epochs 4
 
 A backend name with the suffix ``-full`` runs the straightforward encoder over all ``[B, L]``
 positions (``skip_padding`` off, the computation before the windowed encoder) for comparison;
@@ -36,7 +39,11 @@ Profile (``--profile``): epoch 1 unprofiled (warm-up), then epoch 2 and its vali
 backward, Wasserstein InfoNCE forward and backward, optimizer and validation, from the trainer's
 timing fields, ``record_function`` labels this script wraps around the model's methods, and the
 profiler's events (the InfoNCE's backward node, ``wasserstein_infonce_fwdBackward``, and
-``Optimizer.step#Adam.step``); also the top operators by self CPU time.
+``Optimizer.step#Adam.step``); also the top operators by self CPU time. On some machines the
+profiler inflates an epoch severalfold (a 2-core VM: 7.5-8.4 s against 4.2 s, single calls 30x):
+``--kernel-times`` instead wraps every entry point of the C++ extension with a wall clock and runs
+epochs 1..K (default 4) unprofiled, reporting calls and milliseconds per epoch over epochs 3..K (1-2
+are warm-up: the heap grows, pages fault) against the epochs' wall time; the rest is PyTorch.
 
 Writes one CSV row per measurement (benchmark, backend, phase, metric, value, config, device,
 torch, date) and prints a table with the ratio of each backend to the first one.
@@ -391,6 +398,68 @@ def profile_epoch(args, backend: str) -> None:
         write_csv(args.csv, "profile", rows, config, dev)
 
 
+def kernel_times(args, backend: str) -> None:
+    """Epochs 1..K of ``backend`` with a wall clock around every C++ kernel call; calls and ms per
+    epoch over epochs 3..K (see the module docstring)."""
+    from mstein_fast.backends import _load
+
+    ext = _load("cpp")
+    if isinstance(ext, ImportError):
+        raise SystemExit(f"error: --kernel-times needs the C++ extension ({ext})")
+    if resolve_device(args.device).type != "cpu":
+        raise SystemExit("error: --kernel-times times the C++ (CPU) kernels: run it with --device cpu")
+    first = 3 if args.epochs >= 3 else 1
+    totals: dict[str, list[float]] = {}
+    timing = [False]
+    originals = {}
+    for name in sorted(n for n in dir(ext) if not n.startswith("_") and callable(getattr(ext, n))):
+        fn = originals[name] = getattr(ext, name)
+
+        def timed(*a, _fn=fn, _name=name):
+            if not timing[0]:
+                return _fn(*a)
+            t = time.perf_counter()
+            try:
+                return _fn(*a)
+            finally:
+                entry = totals.setdefault(_name, [0, 0.0])
+                entry[0] += 1
+                entry[1] += time.perf_counter() - t
+
+        setattr(ext, name, timed)
+    try:
+        cfg = make_config(args, backend)
+        walls = []
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(cfg, tmp)
+            for epoch in range(1, args.epochs + 1):
+                timing[0] = epoch >= first
+                t = time.perf_counter()
+                trainer.train_epoch(epoch)
+                if epoch >= first:
+                    walls.append(time.perf_counter() - t)
+            del trainer
+    finally:
+        for name, fn in originals.items():
+            setattr(ext, name, fn)
+    n = len(walls)
+    wall = sum(walls) / n
+    kernels = sum(v[1] for v in totals.values()) / n
+    dev = device_name(torch.device("cpu"))
+    config = (f"{os.path.basename(args.data)} model={args.model} batch={args.batch_size} epochs {first}-{args.epochs} "
+              "unprofiled, C++ kernel calls timed")
+    print(f"\nkernel times: {config}; {backend}, {dev}, torch {torch.__version__}")
+    print(f"{'kernel':28} {'calls/epoch':>11} {'ms/epoch':>9} {'share':>6}")
+    for name, (calls, seconds) in sorted(totals.items(), key=lambda kv: -kv[1][1]):
+        print(f"{name:28} {calls / n:11.0f} {1e3 * seconds / n:9.1f} {100 * seconds / n / wall:5.1f}%")
+    print(f"{'all C++ kernels':28} {'':11} {1e3 * kernels:9.1f} {100 * kernels / wall:5.1f}%")
+    print(f"{'training epoch (wall)':28} {'':11} {1e3 * wall:9.1f}")
+    if args.csv:
+        rows = [(backend, name, "ms_per_epoch", 1e3 * seconds / n) for name, (_, seconds) in totals.items()]
+        rows += [(backend, "all_kernels", "ms_per_epoch", 1e3 * kernels), (backend, "train_epoch_wall", "ms", 1e3 * wall)]
+        write_csv(args.csv, "kernel_times", rows, config, dev)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -419,6 +488,8 @@ def main() -> None:
     prof.add_argument("--profile", action="store_true", help="profile epoch 2 of this trainer")
     prof.add_argument("--profile-rows", type=int, default=20, help="operators listed by self CPU time")
     prof.add_argument("--profile-trace", metavar="FILE", help="also write a Chrome trace of the profiled epoch")
+    prof.add_argument("--kernel-times", action="store_true",
+                      help="time every C++ kernel call over unprofiled epochs 3..--epochs (default 4) of the first backend")
     args = parser.parse_args()
     if args.model != "mstein" and args.original:
         parser.error("--original compares the mstein model (the official MStein command)")
@@ -431,7 +502,7 @@ def main() -> None:
         except ValueError as err:
             parser.error(str(err))
     if args.epochs is None:
-        args.epochs = 6 if args.original else 1
+        args.epochs = 6 if args.original else 4 if args.kernel_times else 1
 
     original_error = load_original().OriginalError
     torch.set_flush_denormal(True)  # as the trainer does on a CPU
@@ -440,7 +511,9 @@ def main() -> None:
             side_by_side(args, backends)
         if args.profile:
             profile_epoch(args, backends[0])
-        if not (args.original or args.profile):
+        if args.kernel_times:
+            kernel_times(args, backends[0])
+        if not (args.original or args.profile or args.kernel_times):
             throughput(args, backends)
     except original_error as err:
         raise SystemExit(f"error: {err}") from None

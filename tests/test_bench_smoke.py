@@ -1,14 +1,18 @@
 """benchmarks/bench_ops.py runs end to end on tiny shapes and writes well-formed JSON rows; the plumbing of
-train_throughput.py --original runs a stand-in checkout and times its epochs from its log lines."""
+train_throughput.py --original runs a stand-in checkout and times its epochs from its log lines;
+train_throughput.py --kernel-times reports the C++ kernels' share of unprofiled epochs."""
 
 from __future__ import annotations
 
+import csv
 import importlib
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import mstein_fast
@@ -158,3 +162,23 @@ def test_fidelity_runs_plans_resumes_and_summarises(tmp_path, capsys):
     assert lines[0] == "configuration,epoch,valid_mrr_mean,min,max,seeds" and len(lines) == 1 + 23
     assert lines[4] == "a,4,0.003000,0.003000,0.003000,1"
     assert (tmp_path / "fig" / "curves.png").stat().st_size > 5000
+
+
+@pytest.mark.skipif("cpp" not in mstein_fast.available_backends(), reason="C++ extension not built")
+def test_kernel_times_report_the_cpp_kernels_of_unprofiled_epochs(tmp_path):
+    gen = np.random.default_rng(0)
+    data = tmp_path / "Tiny.txt"
+    data.write_text("".join(f"{u} " + " ".join(str(i) for i in gen.integers(1, 40, size=gen.integers(5, 12))) + "\n"
+                            for u in range(1, 61)))
+    out = tmp_path / "kernels.csv"
+    script = SCRIPT.parent / "train_throughput.py"
+    run = subprocess.run([sys.executable, str(script), "--data", str(data), "--kernel-times", "--epochs", "3",
+                          "--batch-size", "16", "--threads", "1", "--device", "cpu", "--csv", str(out)],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "all C++ kernels" in run.stdout and "training epoch (wall)" in run.stdout
+    rows = list(csv.DictReader(out.open()))
+    by_phase = {r["phase"]: float(r["value"]) for r in rows if r["benchmark"] == "kernel_times"}
+    # the encoder's dense layers and the fused InfoNCE ran, and took part of the epoch's wall time
+    assert by_phase["linear_fwd"] > 0 and by_phase["linear_bwd"] > 0 and by_phase["wasserstein_infonce_fwd"] > 0
+    assert 0 < by_phase["all_kernels"] < by_phase["train_epoch_wall"]
