@@ -229,15 +229,19 @@ static void pack_n(const float* src, int64_t rows, int64_t cols, int64_t ld, flo
   }
 }
 
-// Gram tile C[BS x BS] (ldc = BS) = rows [a_group0 * MR, +BS) of an A-packed operand times the
-// rows [b_group0 * NR, +BS) of a B-packed operand, over the full depth.
+// Gram tile C[BS x BS] (ldc = BS) = rows [a_row0, +BS) of an A-packed operand times the rows
+// [b_row0, +BS) of a B-packed operand, over the full depth. With `rows` / `cols` < BS only the
+// micro-tiles covering C[0, rows) x [0, cols) are computed (the rest of C is left as it was; the
+// operands need only those rows packed): small problems (attention over short sequences) then
+// cost what they use instead of a whole BS x BS tile.
 static void gram_tile(const float* apack, int64_t a_row0, const float* bpack, int64_t b_row0, int64_t depth,
-                      float* c) {
+                      float* c, int64_t rows = BS, int64_t cols = BS) {
+  const int64_t ip_end = (rows + MR - 1) / MR, jp_end = (cols + NR - 1) / NR;
   for (int64_t k0 = 0; k0 < depth; k0 += KC) {
     const int64_t kc = std::min<int64_t>(KC, depth - k0);
-    for (int jp = 0; jp < BS / NR; ++jp) {
+    for (int64_t jp = 0; jp < jp_end; ++jp) {
       const float* b = bpack + ((b_row0 / NR + jp) * depth + k0) * NR;
-      for (int ip = 0; ip < BS / MR; ++ip) {
+      for (int64_t ip = 0; ip < ip_end; ++ip) {
         const float* a = apack + ((a_row0 / MR + ip) * depth + k0) * MR;
         micro_kernel(kc, a, b, c + ip * MR * BS + jp * NR, BS, k0 > 0);
       }
@@ -246,15 +250,18 @@ static void gram_tile(const float* apack, int64_t a_row0, const float* bpack, in
 }
 
 // C[BS x k_pad] (ldc) (+)= A-packed [BS rows, inner p0..p0+inner) times N-packed rows [p0, +inner)
-// (N-packed with rows_pad rows). `a_depth` is the inner size the A panel was packed with.
+// (N-packed with rows_pad rows). `a_depth` is the inner size the A panel was packed with. With
+// `rows` < BS only the micro-tile rows covering C rows [0, rows) are computed.
 static void product_n(const float* apack, int64_t a_depth, int64_t a_p0, const float* npack, int64_t n_rows_pad,
-                      int64_t n_p0, int64_t inner, int64_t k_pad, float* c, int64_t ldc, bool accumulate) {
+                      int64_t n_p0, int64_t inner, int64_t k_pad, float* c, int64_t ldc, bool accumulate,
+                      int64_t rows = BS) {
+  const int64_t ip_end = (rows + MR - 1) / MR;
   for (int64_t q0 = 0; q0 < inner; q0 += KC) {
     const int64_t kc = std::min<int64_t>(KC, inner - q0);
     const bool acc = accumulate || q0 > 0;
     for (int64_t kp = 0; kp < k_pad / NR; ++kp) {
       const float* b = npack + (kp * n_rows_pad + n_p0 + q0) * NR;
-      for (int ip = 0; ip < BS / MR; ++ip) {
+      for (int64_t ip = 0; ip < ip_end; ++ip) {
         const float* a = apack + (ip * a_depth + a_p0 + q0) * MR;
         micro_kernel(kc, a, b, c + ip * MR * ldc + kp * NR, ldc, acc);
       }

@@ -27,17 +27,17 @@ static void sqdist_forward(const float* x, const float* y, float* out, int64_t b
       const float* xb = x + b * n * k;
       const float* yb = y + b * m * k;
       if (b != packed_batch) {
-        pack_b_rows(yb, m, k, k, bpack.get(), m_pad);
+        pack_b_rows(yb, m, k, k, bpack.get(), round_up(m, NR));
         for (int64_t j = 0; j < m; ++j) ny[j] = static_cast<float>(row_sq_norm(yb + j * k, k));
         packed_batch = b;
       }
       const int64_t rows = std::min<int64_t>(BS, n - i0);
-      pack_a_rows(xb + i0 * k, rows, k, k, apack.get(), BS);
+      pack_a_rows(xb + i0 * k, rows, k, k, apack.get(), round_up(rows, MR));
       for (int64_t i = 0; i < rows; ++i) nx[i] = static_cast<float>(row_sq_norm(xb + (i0 + i) * k, k));
       float* ob = out + b * n * m;
       for (int64_t jb = 0; jb < col_blocks; ++jb) {
         const int64_t j0 = jb * BS, cols = std::min<int64_t>(BS, m - j0);
-        gram_tile(apack.get(), 0, bpack.get(), j0, k, tile.get());
+        gram_tile(apack.get(), 0, bpack.get(), j0, k, tile.get(), rows, cols);
         for (int64_t i = 0; i < rows; ++i) {
           const float* c = tile.get() + i * BS;
           float* o = ob + (i0 + i) * m + j0;
@@ -66,14 +66,14 @@ static void sqdist_backward_side(const float* g, int64_t ldg, bool transposed, c
       const int64_t bi = t / blocks, r0 = (t % blocks) * BS;
       const float* gb = g + bi * g_batch_stride;
       if (bi != packed_batch) {
-        pack_n(b + bi * inner * k, inner, k, k, npack.get(), inner_pad);
+        pack_n(b + bi * inner * k, inner, k, k, npack.get(), inner);
         packed_batch = bi;
       }
       const int64_t nrows = std::min<int64_t>(BS, rows - r0);
       if (transposed) {
-        pack_a_cols(gb + r0, nrows, inner, ldg, gpack.get(), BS);
+        pack_a_cols(gb + r0, nrows, inner, ldg, gpack.get(), round_up(nrows, MR));
       } else {
-        pack_a_rows(gb + r0 * ldg, nrows, inner, ldg, gpack.get(), BS);
+        pack_a_rows(gb + r0 * ldg, nrows, inner, ldg, gpack.get(), round_up(nrows, MR));
       }
       for (int64_t i = 0; i < nrows; ++i) {
         double s = 0.0;
@@ -84,7 +84,7 @@ static void sqdist_backward_side(const float* g, int64_t ldg, bool transposed, c
         }
         rowsum[i] = s;
       }
-      product_n(gpack.get(), inner, 0, npack.get(), inner_pad, 0, inner, k_pad, cbuf.get(), k_pad, false);
+      product_n(gpack.get(), inner, 0, npack.get(), inner, 0, inner, k_pad, cbuf.get(), k_pad, false, nrows);
       const float* ab = a + bi * rows * k;
       float* ob = out + bi * rows * k;
       for (int64_t i = 0; i < nrows; ++i) {

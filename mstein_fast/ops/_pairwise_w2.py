@@ -11,7 +11,7 @@ from mstein_fast import reference
 from mstein_fast._checks import _is_compiling, check_gaussians
 from mstein_fast.backends import cpp_extension, resolve_backend, triton_kernels
 from mstein_fast.ops._library import check_buffer, check_dims, define_op
-from mstein_fast.ops._stack import centre_rows_, cpp_stack, cpp_unstack, threads
+from mstein_fast.ops._stack import centre_rows_, cpp_stack, cpp_unstack, empty_buffer, threads
 
 
 def _fwd(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: torch.Tensor):
@@ -28,7 +28,7 @@ def _fwd(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: tor
     x = cpp_stack(ext, mean1, cov1)
     y = cpp_stack(ext, mean2, cov2)
     centre_rows_(x, y)
-    out = torch.empty((b, n, m), dtype=torch.float32)
+    out = empty_buffer(x, (b, n, m))  # NaN under MSTEIN_FAST_POISON=1: every element must be written
     ext.pairwise_w2_fwd(x.data_ptr(), y.data_ptr(), out.data_ptr(), b, n, m, 2 * d, threads())
     return out, x, y
 
@@ -52,8 +52,8 @@ def _bwd(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cov1: torch.Tenso
     for name, t, shape in (("grad", grad, (b, n, m)), ("x", x, (b, n, k)), ("y", y, (b, m, k)),
                            ("cov1", cov1, (b, n, k // 2)), ("cov2", cov2, (b, m, k // 2))):
         check_buffer(name, t, shape)
-    gx = torch.empty_like(x)
-    gy = torch.empty_like(y)
+    gx = empty_buffer(x)
+    gy = empty_buffer(y)
     ext.pairwise_w2_bwd(grad.data_ptr(), x.data_ptr(), y.data_ptr(), gx.data_ptr(), gy.data_ptr(), b, n, m, k,
                         threads())
     return (*cpp_unstack(ext, gx, cov1), *cpp_unstack(ext, gy, cov2))
