@@ -12,13 +12,15 @@
 #include "dropout.h"
 #include "activations.h"
 #include "linear.h"
+#include "residual_norm.h"
 
 namespace mstein {
 const KernelTable* table_avx2() {
   static const KernelTable table{"avx2", avx2::stack_gaussian, avx2::unstack_gradient, avx2::sqdist_forward, avx2::sqdist_backward, avx2::infonce_forward,
                                  avx2::infonce_backward, avx2::infonce_rect_forward, avx2::infonce_rect_backward,
                                  avx2::dropout, avx2::elu_forward, avx2::elu_backward,
-                                 avx2::linear_forward, avx2::linear_backward};
+                                 avx2::linear_forward, avx2::linear_backward,
+                                 avx2::residual_norm_forward, avx2::residual_norm_backward};
   return &table;
 }
 }  // namespace mstein

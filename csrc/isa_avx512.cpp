@@ -12,13 +12,15 @@
 #include "dropout.h"
 #include "activations.h"
 #include "linear.h"
+#include "residual_norm.h"
 
 namespace mstein {
 const KernelTable* table_avx512() {
   static const KernelTable table{"avx512", avx512::stack_gaussian, avx512::unstack_gradient, avx512::sqdist_forward, avx512::sqdist_backward, avx512::infonce_forward,
                                  avx512::infonce_backward, avx512::infonce_rect_forward, avx512::infonce_rect_backward,
                                  avx512::dropout, avx512::elu_forward, avx512::elu_backward,
-                                 avx512::linear_forward, avx512::linear_backward};
+                                 avx512::linear_forward, avx512::linear_backward,
+                                 avx512::residual_norm_forward, avx512::residual_norm_backward};
   return &table;
 }
 }  // namespace mstein

@@ -12,13 +12,15 @@
 #include "dropout.h"
 #include "activations.h"
 #include "linear.h"
+#include "residual_norm.h"
 
 namespace mstein {
 const KernelTable* table_generic() {
   static const KernelTable table{"generic", generic::stack_gaussian, generic::unstack_gradient, generic::sqdist_forward, generic::sqdist_backward, generic::infonce_forward,
                                  generic::infonce_backward, generic::infonce_rect_forward, generic::infonce_rect_backward,
                                  generic::dropout, generic::elu_forward, generic::elu_backward,
-                                 generic::linear_forward, generic::linear_backward};
+                                 generic::linear_forward, generic::linear_backward,
+                                 generic::residual_norm_forward, generic::residual_norm_backward};
   return &table;
 }
 }  // namespace mstein

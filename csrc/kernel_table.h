@@ -60,6 +60,15 @@ struct KernelTable {
   // g' = g * act'(y); gx, gw, gb may each be null (not computed).
   void (*linear_backward)(const float* g, const float* y, int act, const float* x, const float* w, float* gx,
                           float* gw, float* gb, int64_t t, int64_t k, int64_t n, int threads);
+  // Sub-layer end (csrc/residual_norm.h): y = act(LayerNorm(dropout(z) + x) * gamma + beta) for z, x
+  // [rows, h] (act 0 none, 2 ELU + 1; threshold 0: no dropout); also writes xhat [rows, h] and rstd [rows].
+  void (*residual_norm_forward)(const float* z, const float* x, const float* gamma, const float* beta, int64_t rows,
+                                int64_t h, uint32_t threshold, float scale, uint64_t seed, float eps, int act, float* y,
+                                float* xhat, float* rstd, int threads);
+  // Its backward from gy (and y when act != 0): gz, gx [rows, h], ggamma, gbeta [h]; each may be null.
+  void (*residual_norm_backward)(const float* gy, const float* y, int act, const float* xhat, const float* rstd,
+                                 const float* gamma, int64_t rows, int64_t h, uint32_t threshold, float scale,
+                                 uint64_t seed, float* gz, float* gx, float* ggamma, float* gbeta, int threads);
 };
 
 }  // namespace mstein

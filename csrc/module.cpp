@@ -156,6 +156,14 @@ void check_activation(int act) {
   if (act < 0 || act > 2) throw std::invalid_argument("act must be 0 (none), 1 (ELU) or 2 (ELU + 1), got " + std::to_string(act));
 }
 
+// The sub-layer end's activation (none or ELU + 1), row width and LayerNorm epsilon (csrc/residual_norm.h).
+void check_norm_args(int act, int64_t h, float eps) {
+  if (act != 0 && act != 2) throw std::invalid_argument("act must be 0 (none) or 2 (ELU + 1), got " + std::to_string(act));
+  if (h < 1) throw std::invalid_argument("h (features per row) must be >= 1, got " + std::to_string(h));
+  if (!(eps >= 0.f) || !std::isfinite(eps))
+    throw std::invalid_argument("eps must be a finite float32 >= 0, got " + std::to_string(eps));
+}
+
 void check_buffer(const char* name, uintptr_t p, std::initializer_list<int64_t> sizes) {
   check_pointer(name, p, count(name, sizes));
 }
@@ -416,4 +424,54 @@ PYBIND11_MODULE(_C, m) {
       "From g = dL/dy [t, n] and, with act, the forward's output y: gx [t, k] = g' w, gw [n, k] = g'^T x, gb [n] = "
       "column sums of g', where g' = g * act'(y); gx, gw, gb: 0 to skip (float32; the thread count fixes the order of "
       "the sums).");
+  m.def(
+      "residual_norm_fwd",
+      [](uintptr_t z, uintptr_t x, uintptr_t gamma, uintptr_t beta, int64_t rows, int64_t h, uint32_t threshold,
+         float scale, uint64_t seed, float eps, int act, uintptr_t y, uintptr_t xhat, uintptr_t rstd, int threads) {
+        check_threads(threads);
+        check_norm_args(act, h, eps);
+        for (const auto& [name, p] : {std::pair<const char*, uintptr_t>{"z", z}, {"x", x}, {"y", y}, {"xhat", xhat}})
+          check_buffer(name, p, {rows, h});
+        check_buffer("gamma", gamma, {h});
+        check_buffer("beta", beta, {h});
+        check_buffer("rstd", rstd, {rows});
+        py::gil_scoped_release nogil;
+        table()->residual_norm_forward(ptr<const float>(z), ptr<const float>(x), ptr<const float>(gamma),
+                                       ptr<const float>(beta), rows, h, threshold, scale, seed, eps, act, ptr<float>(y),
+                                       ptr<float>(xhat), ptr<float>(rstd), threads);
+      },
+      py::arg("z"), py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("rows"), py::arg("h"),
+      py::arg("threshold"), py::arg("scale"), py::arg("seed"), py::arg("eps"), py::arg("act"), py::arg("y"),
+      py::arg("xhat"), py::arg("rstd"), py::arg("threads"),
+      "y = act(LayerNorm(dropout(z) + x) * gamma + beta) for z, x [rows, h] (dropout: the mask of the dropout "
+      "kernel for seed, threshold 0 for none; act 0 none, 2 ELU + 1 floored at 1e-24); also xhat [rows, h] (the "
+      "normalised rows) and rstd [rows] for the backward (float32).");
+  m.def(
+      "residual_norm_bwd",
+      [](uintptr_t gy, uintptr_t y, int act, uintptr_t xhat, uintptr_t rstd, uintptr_t gamma, int64_t rows, int64_t h,
+         uint32_t threshold, float scale, uint64_t seed, uintptr_t gz, uintptr_t gx, uintptr_t ggamma, uintptr_t gbeta,
+         int threads) {
+        check_threads(threads);
+        check_norm_args(act, h, 1.f);
+        check_buffer("gy", gy, {rows, h});
+        if (act != 0) check_buffer("y", y, {rows, h});
+        check_buffer("xhat", xhat, {rows, h});
+        check_buffer("rstd", rstd, {rows});
+        check_buffer("gamma", gamma, {h});
+        if (gz != 0) check_buffer("gz", gz, {rows, h});
+        if (gx != 0) check_buffer("gx", gx, {rows, h});
+        if (ggamma != 0) check_buffer("ggamma", ggamma, {h});
+        if (gbeta != 0) check_buffer("gbeta", gbeta, {h});
+        py::gil_scoped_release nogil;
+        table()->residual_norm_backward(ptr<const float>(gy), act ? ptr<const float>(y) : nullptr, act,
+                                        ptr<const float>(xhat), ptr<const float>(rstd), ptr<const float>(gamma), rows,
+                                        h, threshold, scale, seed, gz ? ptr<float>(gz) : nullptr,
+                                        gx ? ptr<float>(gx) : nullptr, ggamma ? ptr<float>(ggamma) : nullptr,
+                                        gbeta ? ptr<float>(gbeta) : nullptr, threads);
+      },
+      py::arg("gy"), py::arg("y"), py::arg("act"), py::arg("xhat"), py::arg("rstd"), py::arg("gamma"), py::arg("rows"),
+      py::arg("h"), py::arg("threshold"), py::arg("scale"), py::arg("seed"), py::arg("gz"), py::arg("gx"),
+      py::arg("ggamma"), py::arg("gbeta"), py::arg("threads"),
+      "Backward of residual_norm_fwd from gy [rows, h] (and y when act != 0): gz, gx [rows, h], ggamma, gbeta [h]; "
+      "0 to skip one (float32; the sums over rows are the same for any thread count).");
 }

@@ -14,6 +14,7 @@ from mstein_fast.numerics import std_from_cov
 from mstein_fast.ops import activations
 from mstein_fast.ops.dropout import Dropout
 from mstein_fast.ops.linear import linear
+from mstein_fast.ops.residual_norm import residual_layer_norm
 
 MASKED_SCORE = -1e9  # attention score of a masked key (finite: no NaN for a fully masked row)
 
@@ -73,10 +74,18 @@ def attention_mask(seqs: torch.Tensor) -> torch.Tensor:
     return allowed | (empty & eye)
 
 
+def sublayer_end(layer: nn.Module, z: torch.Tensor, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
+    """``activation(layer.norm(layer.dropout(z) + x))``, the end of every attention and feed-forward
+    block, by :func:`mstein_fast.ops.residual_norm.residual_layer_norm` (one fused pass each way on
+    float32 CPU tensors; the same dropout masks as the separate ops)."""
+    return residual_layer_norm(z, x, layer.norm, layer.dropout.p, layer.dropout.training, activation)
+
+
 class FeedForward(nn.Module):
     """Position-wise ``dense(4h) -> activation -> dense(h) -> dropout -> LayerNorm(x + input)``;
     the activation is GELU in SASRec's block and ELU in the distributional models' (the original
-    code's ``DistIntermediate`` uses ELU whatever ``hidden_act`` says)."""
+    code's ``DistIntermediate`` uses ELU whatever ``hidden_act`` says). ``forward(x, "elu_plus_one")``
+    applies the covariance activation to the output (fused into the LayerNorm's pass)."""
 
     def __init__(self, hidden: int, dropout: float, activation: str = "gelu"):
         super().__init__()
@@ -88,12 +97,12 @@ class FeedForward(nn.Module):
         self.dropout = Dropout(dropout)
         self.activation = activation
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out_activation: str | None = None) -> torch.Tensor:
         if self.activation == "elu":  # fused into the first product
             hidden = dense(self.dense_1, x, activation="elu")
         else:
             hidden = F.gelu(dense(self.dense_1, x))
-        return self.norm(self.dropout(dense(self.dense_2, hidden)) + x)
+        return sublayer_end(self, dense(self.dense_2, hidden), x, out_activation)
 
 
 class WassersteinSelfAttention(nn.Module):
@@ -137,8 +146,8 @@ class WassersteinSelfAttention(nn.Module):
         return self._output(mean_ctx, cov_ctx, mean, cov)
 
     def _output(self, mean_ctx, cov_ctx, mean, cov):
-        mean_out = self.norm(self.dropout(dense(self.mean_dense, mean_ctx)) + mean)
-        cov_out = self.norm(self.dropout(dense(self.cov_dense, cov_ctx)) + cov)
+        mean_out = sublayer_end(self, dense(self.mean_dense, mean_ctx), mean)
+        cov_out = sublayer_end(self, dense(self.cov_dense, cov_ctx), cov)
         return mean_out, cov_out
 
     def forward_self_only(self, mean, cov):
@@ -179,4 +188,4 @@ class DotSelfAttention(nn.Module):
         scores = _apply_mask(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim), allowed)
         probs = self.attn_dropout(torch.softmax(scores, dim=-1))
         ctx = (probs @ v).transpose(1, 2).reshape(b, q.shape[2], h)
-        return self.norm(self.dropout(dense(self.dense, ctx)) + x)
+        return sublayer_end(self, dense(self.dense, ctx), x)

@@ -72,7 +72,7 @@ class STOSA(_Recommender):
             last = last_only and i == layers - 1
             new_mean, cov = attend(attention, mean, cov, last)
             new_mean = mean_ffn(new_mean)
-            cov = elu_plus_one(cov_ffn(cov))
+            cov = cov_ffn(cov, "elu_plus_one")
             if not self.compat:  # the original's typo drops the new means
                 mean = new_mean
             elif last:
