@@ -13,6 +13,7 @@
 #include "activations.h"
 #include "linear.h"
 #include "residual_norm.h"
+#include "feed_forward.h"
 
 namespace mstein {
 const KernelTable* table_avx2() {
@@ -20,7 +21,8 @@ const KernelTable* table_avx2() {
                                  avx2::infonce_backward, avx2::infonce_rect_forward, avx2::infonce_rect_backward,
                                  avx2::dropout, avx2::elu_forward, avx2::elu_backward,
                                  avx2::linear_forward, avx2::linear_backward,
-                                 avx2::residual_norm_forward, avx2::residual_norm_backward};
+                                 avx2::residual_norm_forward, avx2::residual_norm_backward,
+                                 avx2::ff_forward, avx2::ff_backward};
   return &table;
 }
 }  // namespace mstein

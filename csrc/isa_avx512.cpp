@@ -13,6 +13,7 @@
 #include "activations.h"
 #include "linear.h"
 #include "residual_norm.h"
+#include "feed_forward.h"
 
 namespace mstein {
 const KernelTable* table_avx512() {
@@ -20,7 +21,8 @@ const KernelTable* table_avx512() {
                                  avx512::infonce_backward, avx512::infonce_rect_forward, avx512::infonce_rect_backward,
                                  avx512::dropout, avx512::elu_forward, avx512::elu_backward,
                                  avx512::linear_forward, avx512::linear_backward,
-                                 avx512::residual_norm_forward, avx512::residual_norm_backward};
+                                 avx512::residual_norm_forward, avx512::residual_norm_backward,
+                                 avx512::ff_forward, avx512::ff_backward};
   return &table;
 }
 }  // namespace mstein

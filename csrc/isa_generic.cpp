@@ -13,6 +13,7 @@
 #include "activations.h"
 #include "linear.h"
 #include "residual_norm.h"
+#include "feed_forward.h"
 
 namespace mstein {
 const KernelTable* table_generic() {
@@ -20,7 +21,8 @@ const KernelTable* table_generic() {
                                  generic::infonce_backward, generic::infonce_rect_forward, generic::infonce_rect_backward,
                                  generic::dropout, generic::elu_forward, generic::elu_backward,
                                  generic::linear_forward, generic::linear_backward,
-                                 generic::residual_norm_forward, generic::residual_norm_backward};
+                                 generic::residual_norm_forward, generic::residual_norm_backward,
+                                 generic::ff_forward, generic::ff_backward};
   return &table;
 }
 }  // namespace mstein

@@ -69,6 +69,14 @@ struct KernelTable {
   void (*residual_norm_backward)(const float* gy, const float* y, int act, const float* xhat, const float* rstd,
                                  const float* gamma, int64_t rows, int64_t h, uint32_t threshold, float scale,
                                  uint64_t seed, float* gz, float* gx, float* ggamma, float* gbeta, int threads);
+  // Feed-forward product (csrc/feed_forward.h): z [t, m] = ELU(x [t, k] W1^T + b1) W2^T + b2 for W1 [n, k],
+  // W2 [m, n] (biases may be null), the hidden layer kept in cache.
+  void (*ff_forward)(const float* x, const float* w1, const float* b1, const float* w2, const float* b2, float* z,
+                     int64_t t, int64_t k, int64_t n, int64_t m, int threads);
+  // Its backward from g [t, m] (the hidden layer recomputed): gx, gW1, gb1, gW2, gb2; each may be null.
+  void (*ff_backward)(const float* g, const float* x, const float* w1, const float* b1, const float* w2, float* gx,
+                      float* gw1, float* gb1, float* gw2, float* gb2, int64_t t, int64_t k, int64_t n, int64_t m,
+                      int threads);
 };
 
 }  // namespace mstein

@@ -81,6 +81,66 @@ static void rows_block(const float* a, int64_t lda, int64_t rows, const float* b
   }
 }
 
+// out[i] = g[i] * act'(at y[i]) for i < count (act 1 ELU, 2 ELU + 1; out may alias g).
+static void act_grad(const float* g, const float* y, int64_t count, int act, float* out) {
+  int64_t i = 0;
+  for (; i + VW <= count; i += VW) storeu(out + i, elu_grad_lane(loadu(g + i), loadu(y + i), act - 1));
+  if (i < count) {
+    float gb[VW] = {}, yb[VW] = {};
+    std::memcpy(gb, g + i, (count - i) * sizeof(float));
+    std::memcpy(yb, y + i, (count - i) * sizeof(float));
+    storeu(gb, elu_grad_lane(loadu(gb), loadu(yb), act - 1));
+    std::memcpy(out + i, gb, (count - i) * sizeof(float));
+  }
+}
+
+// acc [round_up(n, MR) x round_up(k, NR)] (+)= g'^T x over one pass of kc tokens: g' [kc, n] and
+// x [kc, k] row-major. Read in place when both are whole micro-tiles wide, else through the packed
+// panels apack [round_up(n, MR) x kc] and bpack [round_up(k, NR) x kc].
+static void weight_grad_pass(const float* gp, int64_t n, const float* xp, int64_t k, int64_t kc, float* acc,
+                             bool accumulate, float* apack, float* bpack) {
+  const int64_t n_pad = round_up(n, MR), k_pad = round_up(k, NR);
+  if (n % MR == 0 && k % NR == 0) {  // A (row i, depth p) = g'[p, i], B (depth p, col) = x[p, col], where they are
+    for (int64_t ip = 0; ip < n_pad / MR; ++ip)  // the A group (strided) stays in L1 across the B panels
+      for (int64_t j = 0; j < k_pad / NR; ++j)
+        micro_kernel_tn(kc, gp + ip * MR, n, xp + j * NR, k, acc + ip * MR * k_pad + j * NR, k_pad, accumulate);
+  } else {
+    pack_a_cols(gp, n, kc, n, apack, n_pad);  // A (row i, depth p) = g'[p, i]
+    pack_n(xp, kc, k, k, bpack, kc);          // B (depth p, col) = x[p, col]
+    for (int64_t j = 0; j < k_pad / NR; ++j)
+      for (int64_t ip = 0; ip < n_pad / MR; ++ip)
+        micro_kernel(kc, apack + ip * kc * MR, bpack + j * kc * NR, acc + ip * MR * k_pad + j * NR, k_pad, accumulate);
+  }
+}
+
+// sums[col] += the column sums of g' [kc, n] (float within the pass, added in double).
+static void colsum_pass(const float* gp, int64_t kc, int64_t n, float* colsum, double* sums) {
+  std::fill(colsum, colsum + n, 0.f);
+  for (int64_t r = 0; r < kc; ++r)
+    for (int64_t col = 0; col < n; ++col) colsum[col] += gp[r * n + col];
+  for (int64_t col = 0; col < n; ++col) sums[col] += colsum[col];
+}
+
+// dst [n, k] = the per-thread partial accumulators [round_up(n, MR) x round_up(k, NR)] added in thread order.
+static void sum_partials(const std::vector<Buffer>& partial, int64_t n, int64_t k, float* dst) {
+  const int64_t k_pad = round_up(k, NR);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t col = 0; col < k; ++col) {
+      float s = 0.f;
+      for (const Buffer& b : partial) s += b.get()[i * k_pad + col];
+      dst[i * k + col] = s;
+    }
+}
+
+// dst [n] = the per-thread double sums [threads x n] added in thread order.
+static void sum_bias(const std::vector<double>& sums, int threads, int64_t n, float* dst) {
+  for (int64_t col = 0; col < n; ++col) {
+    double s = 0.0;
+    for (int id = 0; id < threads; ++id) s += sums[static_cast<size_t>(id) * n + col];
+    dst[col] = static_cast<float>(s);
+  }
+}
+
 // y [t, n] = act(x [t, k] W^T + b); W [n, k].
 static void linear_forward(const float* x, const float* w, const float* b, float* y, int64_t t, int64_t k, int64_t n,
                            int act, int threads) {
@@ -138,64 +198,20 @@ static void linear_backward(const float* g, const float* y, int act, const float
       // g' for this pass's tokens: g itself, or g * act'(y) in a buffer that stays in cache
       const float* gp = g + t0 * n;
       if (act) {
-        const int64_t count_el = kc * n;
-        int64_t i = 0;
-        for (; i + VW <= count_el; i += VW)
-          storeu(gbuf.get() + i, elu_grad_lane(loadu(gp + i), loadu(y + t0 * n + i), act - 1));
-        if (i < count_el) {
-          float gb_[VW] = {}, yb[VW] = {};
-          std::memcpy(gb_, gp + i, (count_el - i) * sizeof(float));
-          std::memcpy(yb, y + t0 * n + i, (count_el - i) * sizeof(float));
-          storeu(gb_, elu_grad_lane(loadu(gb_), loadu(yb), act - 1));
-          std::memcpy(gbuf.get() + i, gb_, (count_el - i) * sizeof(float));
-        }
+        act_grad(gp, y + t0 * n, kc * n, act, gbuf.get());
         gp = gbuf.get();
       }
-      if (gb) {  // column sums of g' (float within a pass, double across passes)
-        std::fill(colsum.begin(), colsum.end(), 0.f);
-        for (int64_t r = 0; r < kc; ++r)
-          for (int64_t col = 0; col < n; ++col) colsum[col] += gp[r * n + col];
-        double* mine = bias_sums.data() + static_cast<size_t>(id) * n;
-        for (int64_t col = 0; col < n; ++col) mine[col] += colsum[col];
-      }
+      if (gb) colsum_pass(gp, kc, n, colsum.data(), bias_sums.data() + static_cast<size_t>(id) * n);
       if (gx)
         for (int64_t r0 = 0; r0 < kc; r0 += BS)
           rows_block(gp + r0 * n, n, std::min<int64_t>(BS, kc - r0), wpack.get(), k, n, nullptr, 0,
                      gx + (t0 + r0) * k, k, tail.get(), tile.get());
-      if (gw) {
-        float* acc = partial[id].get();
-        if (in_place) {  // A (row i, depth p) = g'[p, i], B (depth p, col) = x[t0 + p, col], read where they are
-          for (int64_t ip = 0; ip < n_pad / MR; ++ip)  // the A group (strided) stays in L1 across the B panels
-            for (int64_t j = 0; j < k_pad / NR; ++j)
-              micro_kernel_tn(kc, gp + ip * MR, n, x + t0 * k + j * NR, k, acc + ip * MR * k_pad + j * NR, k_pad,
-                              !first);
-        } else {
-          pack_a_cols(gp, n, kc, n, apack.get(), n_pad);  // A (row i, depth p) = g'[p, i]
-          pack_n(x + t0 * k, kc, k, k, bpack.get(), kc);  // B (depth p, col) = x[t0 + p, col]
-          for (int64_t j = 0; j < k_pad / NR; ++j)
-            for (int64_t ip = 0; ip < n_pad / MR; ++ip)
-              micro_kernel(kc, apack.get() + ip * kc * MR, bpack.get() + j * kc * NR, acc + ip * MR * k_pad + j * NR,
-                           k_pad, !first);
-        }
-      }
+      if (gw) weight_grad_pass(gp, n, x + t0 * k, k, kc, partial[id].get(), !first, apack.get(), bpack.get());
       first = false;
     }
   }
-  if (gw)
-    for (int64_t i = 0; i < n; ++i) {
-      float* dst = gw + i * k;
-      for (int64_t col = 0; col < k; ++col) {
-        float s = 0.f;
-        for (int id = 0; id < threads; ++id) s += partial[id].get()[i * k_pad + col];
-        dst[col] = s;
-      }
-    }
-  if (gb)
-    for (int64_t col = 0; col < n; ++col) {
-      double s = 0.0;
-      for (int id = 0; id < threads; ++id) s += bias_sums[static_cast<size_t>(id) * n + col];
-      gb[col] = static_cast<float>(s);
-    }
+  if (gw) sum_partials(partial, n, k, gw);
+  if (gb) sum_bias(bias_sums, threads, n, gb);
 }
 
 }  // namespace MSTEIN_ISA

@@ -242,3 +242,94 @@ def test_opcheck_and_boundary_checks():
         ext.linear_bwd(0, 0, 0, buf.data_ptr(), buf.data_ptr(), buf.data_ptr(), 0, 0, 2, 2, 2, 1)
     with pytest.raises(ValueError, match="null pointer"):  # the output y is needed for act'
         ext.linear_bwd(buf.data_ptr(), 0, 1, buf.data_ptr(), buf.data_ptr(), buf.data_ptr(), 0, 0, 2, 2, 2, 1)
+
+
+# -- the fused feed-forward product ELU(x W1^T + b1) W2^T + b2 ---------------------------------------
+
+# (tokens t, k, hidden n, m): single tokens, sizes that are not multiples of the micro-tile or of the
+# 256-token pass (t = 513: three passes, the last of one token), the encoder's own shape
+FF_SHAPES = [(1, 64, 256, 64), (7, 3, 5, 2), (300, 33, 70, 17), (513, 64, 256, 64), (129, 64, 256, 64)]
+
+
+def _ff_inputs(t, k, n, m, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(t, k, generator=g), torch.randn(n, k, generator=g) / k**0.5, torch.randn(n, generator=g),
+            torch.randn(m, n, generator=g) / n**0.5, torch.randn(m, generator=g), torch.randn(t, m, generator=g)]
+
+
+def _values_and_grads(fn, x, w1, b1, w2, b2, g):
+    leaves = [p.detach().clone().requires_grad_() for p in (x, w1, b1, w2, b2)]
+    z = fn(*leaves)
+    z.backward(g)
+    return [z.detach()] + [p.grad for p in leaves]
+
+
+@needs_cpp
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("t,k,n,m", FF_SHAPES)
+def test_feed_forward_equals_two_dense_layers_bit_for_bit(t, k, n, m, threads, monkeypatch):
+    monkeypatch.setenv("MSTEIN_FAST_POISON", "1")  # outputs start as NaN: an unwritten element shows
+    *params, g = _ff_inputs(t, k, n, m, seed=t + k + n + m)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        fused = _values_and_grads(linear_module.feed_forward, *params, g)
+        separate = _values_and_grads(lambda x, w1, b1, w2, b2: linear(linear(x, w1, b1, "elu"), w2, b2), *params, g)
+    finally:
+        torch.set_num_threads(saved)
+    for name, a, b in zip(["z", "dx", "dw1", "db1", "dw2", "db2"], fused, separate):
+        assert torch.isfinite(a).all(), name
+        assert torch.equal(a, b), f"{name}: largest difference {(a - b).abs().max().item():.3g}"
+    # and against float64 (the separate layers are checked element-wise in the tests above)
+    exact = _values_and_grads(lambda x, w1, b1, w2, b2: F.linear(F.elu(F.linear(x, w1, b1)), w2, b2),
+                              *[p.double() for p in params], g.double())
+    for name, a, b in zip(["z", "dx", "dw1", "db1", "dw2", "db2"], fused, exact):
+        err = (a.double() - b).norm() / b.norm().clamp_min(1e-30)
+        assert err < 1e-5, f"{name}: relative error {err:.3g} against float64"
+
+
+@needs_cpp
+@pytest.mark.parametrize("want", [(True, False, False, False, False), (False, True, False, False, False),
+                                  (False, False, True, False, True), (False, False, False, True, False)])
+def test_feed_forward_backward_computes_only_what_is_asked(want):
+    *params, g = _ff_inputs(300, 64, 256, 64, seed=4)
+    full = _values_and_grads(linear_module.feed_forward, *params, g)[1:]
+    leaves = [p.detach().clone().requires_grad_(w) for p, w in zip(params, want)]
+    linear_module.feed_forward(*leaves).backward(g)
+    for leaf, w, ref in zip(leaves, want, full):
+        if w:
+            assert torch.equal(leaf.grad, ref)
+        else:
+            assert leaf.grad is None
+
+
+@needs_cpp
+def test_feed_forward_leading_dims_no_bias_and_fallback():
+    *params, _ = _ff_inputs(24, 16, 40, 8, seed=5)
+    x, w1, b1, w2, b2 = params
+    x3 = x.reshape(2, 3, 4, 16)
+    got = linear_module.feed_forward(x3, w1, None, w2, b2)
+    assert got.shape == (2, 3, 4, 8)
+    assert torch.equal(got.reshape(24, 8), linear(linear(x, w1, None, "elu"), w2, b2))
+    got64 = linear_module.feed_forward(x.double(), w1.double(), b1.double(), w2.double(), b2.double())
+    assert got64.dtype == torch.float64
+    torch.testing.assert_close(got64, F.linear(F.elu(F.linear(x.double(), w1.double(), b1.double())), w2.double(),
+                                               b2.double()), rtol=0, atol=0)
+
+
+@needs_cpp
+def test_feed_forward_opcheck_and_boundary_checks():
+    *params, g = _ff_inputs(9, 6, 10, 4, seed=6)
+    x, w1, b1, w2, b2 = params
+    torch.library.opcheck(linear_module.ff_op.op, tuple(p.clone().requires_grad_() for p in params))
+    torch.library.opcheck(linear_module.ff_op.op, (x, w1, None, w2, None))
+    torch.library.opcheck(linear_module.ff_bwd_op.op, (g, x, w1, b1, w2, [True, True, True, True, True]))
+    torch.library.opcheck(linear_module.ff_bwd_op.op, (g, x, w1, None, w2, [False, True, False, False, True]))
+    with pytest.raises(ValueError, match="w2"):
+        linear_module.ff_op(x, w1, b1, w2[:, :3].contiguous(), b2)
+    ext = _load("cpp")
+    z = torch.empty(9, 4)
+    with pytest.raises(ValueError, match="null pointer"):
+        ext.ff_fwd(x.data_ptr(), 0, 0, w2.data_ptr(), 0, z.data_ptr(), 9, 6, 10, 4, 1)
+    with pytest.raises(ValueError, match="negative size"):
+        ext.ff_bwd(g.data_ptr(), x.data_ptr(), w1.data_ptr(), 0, w2.data_ptr(), 0, 0, 0, 0, 0, -1, 6, 10, 4, 1)

@@ -13,7 +13,7 @@ import mstein_fast
 from mstein_fast.numerics import std_from_cov
 from mstein_fast.ops import activations
 from mstein_fast.ops.dropout import Dropout
-from mstein_fast.ops.linear import linear
+from mstein_fast.ops.linear import feed_forward, linear
 from mstein_fast.ops.residual_norm import residual_layer_norm
 
 MASKED_SCORE = -1e9  # attention score of a masked key (finite: no NaN for a fully masked row)
@@ -98,11 +98,11 @@ class FeedForward(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor, out_activation: str | None = None) -> torch.Tensor:
-        if self.activation == "elu":  # fused into the first product
-            hidden = dense(self.dense_1, x, activation="elu")
+        if self.activation == "elu":  # one op: the hidden layer stays in cache (and is recomputed in the backward)
+            z = feed_forward(x, self.dense_1.weight, self.dense_1.bias, self.dense_2.weight, self.dense_2.bias)
         else:
-            hidden = F.gelu(dense(self.dense_1, x))
-        return sublayer_end(self, dense(self.dense_2, hidden), x, out_activation)
+            z = dense(self.dense_2, F.gelu(dense(self.dense_1, x)))
+        return sublayer_end(self, z, x, out_activation)
 
 
 class WassersteinSelfAttention(nn.Module):
