@@ -14,6 +14,7 @@
 #include "linear.h"
 #include "residual_norm.h"
 #include "feed_forward.h"
+#include "ranks.h"
 
 namespace mstein {
 const KernelTable* table_generic() {
@@ -22,7 +23,7 @@ const KernelTable* table_generic() {
                                  generic::dropout, generic::elu_forward, generic::elu_backward,
                                  generic::linear_forward, generic::linear_backward,
                                  generic::residual_norm_forward, generic::residual_norm_backward,
-                                 generic::ff_forward, generic::ff_backward};
+                                 generic::ff_forward, generic::ff_backward, generic::rank_count};
   return &table;
 }
 }  // namespace mstein

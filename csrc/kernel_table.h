@@ -77,6 +77,10 @@ struct KernelTable {
   void (*ff_backward)(const float* g, const float* x, const float* w1, const float* b1, const float* w2, float* gx,
                       float* gw1, float* gb1, float* gw2, float* gb2, int64_t t, int64_t k, int64_t n, int64_t m,
                       int threads);
+  // Evaluation (csrc/ranks.h): ranks [b] of each row's target column cols [b] among scores [b, n] with
+  // the items excluded [b, n] (bytes, nonzero = excluded) scored -inf; finite [b]: every raw score finite.
+  void (*rank_count)(const float* scores, const uint8_t* excluded, const int64_t* cols, int64_t b, int64_t n,
+                     int64_t* ranks, uint8_t* finite, int threads);
 };
 
 }  // namespace mstein

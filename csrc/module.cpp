@@ -520,4 +520,28 @@ PYBIND11_MODULE(_C, m) {
       py::arg("threads"),
       "Backward of ff_fwd from g = dL/dz [t, m], the hidden layer recomputed: gx [t, k], gw1 [n, k], gb1 [n], "
       "gw2 [m, n], gb2 [m]; 0 to skip one (float32; the thread count fixes the order of the sums).");
+  m.def(
+      "rank_count",
+      [](uintptr_t scores, uintptr_t excluded, uintptr_t cols, int64_t b, int64_t n, uintptr_t ranks,
+         uintptr_t finite, int threads) {
+        check_threads(threads);
+        check_buffer("scores", scores, {b, n});
+        check_typed_buffer<uint8_t>("excluded", excluded, {b, n});
+        check_typed_buffer<int64_t>("cols", cols, {b});
+        check_typed_buffer<int64_t>("ranks", ranks, {b});
+        check_typed_buffer<uint8_t>("finite", finite, {b});
+        const int64_t* c = ptr<const int64_t>(cols);
+        for (int64_t i = 0; i < b; ++i)
+          if (c[i] < 0 || c[i] >= n)
+            throw std::invalid_argument("cols[" + std::to_string(i) + "] = " + std::to_string(c[i]) +
+                                        " is not a column of [0, " + std::to_string(n) + ")");
+        py::gil_scoped_release nogil;
+        table()->rank_count(ptr<const float>(scores), ptr<const uint8_t>(excluded), c, b, n, ptr<int64_t>(ranks),
+                            ptr<uint8_t>(finite), threads);
+      },
+      py::arg("scores"), py::arg("excluded"), py::arg("cols"), py::arg("b"), py::arg("n"), py::arg("ranks"),
+      py::arg("finite"), py::arg("threads"),
+      "ranks [b] (int64): per row, the items j ranked ahead of the target column cols[r] (s_j > t, or s_j == t and "
+      "j < cols[r]) where s = scores [b, n] float32 with the excluded [b, n] (bool bytes) items at -inf; finite [b] "
+      "(bool bytes): every raw score of the row finite.");
 }

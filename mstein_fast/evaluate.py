@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from mstein_fast.backends import _load
 from mstein_fast.data import LeaveOneOut, Ragged
 
 KS = (1, 5, 10, 20)
@@ -56,6 +57,42 @@ def seen_mask(seen: Ragged, users: torch.Tensor, n_items: int, device) -> torch.
     return mask
 
 
+def _count_ahead(scores: torch.Tensor, col: torch.Tensor,
+                 excluded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per row, the items ranked ahead of the target column ``col`` ``[B, 1]`` (score higher, or equal
+    with a smaller id; excluded items score -inf), and, from the C++ kernel (float32 CPU scores; one
+    pass, csrc/ranks.h), whether every raw score of the row is finite (None from the PyTorch path)."""
+    if scores.device.type == "cpu" and scores.dtype == torch.float32 and excluded.dtype == torch.bool:
+        ext = _load("cpp")
+        if not isinstance(ext, ImportError):
+            b, n = scores.shape
+            scores, excluded = scores.contiguous(), excluded.contiguous()
+            cols = col[:, 0].to(torch.int64).contiguous()
+            counts = torch.empty(b, dtype=torch.int64)
+            finite = torch.empty(b, dtype=torch.bool)
+            ext.rank_count(scores.data_ptr(), excluded.data_ptr(), cols.data_ptr(), b, n, counts.data_ptr(),
+                           finite.data_ptr(), torch.get_num_threads())
+            return counts, finite
+    s = scores.float().masked_fill(excluded, float("-inf"))
+    t = s.gather(1, col)
+    before = torch.arange(s.shape[1], device=s.device).unsqueeze(0) < col
+    return ((s > t) | ((s == t) & before)).sum(1), None
+
+
+def _target_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor,
+                  padding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`target_ranks` and the per-row "all scores finite" flags of :func:`_count_ahead`."""
+    col = (targets - 1).unsqueeze(1)
+    ranks, finite = _count_ahead(scores, col, excluded)  # an excluded target (-inf) lands after every allowed item
+    t = scores.float().gather(1, col)[:, 0].masked_fill(excluded.gather(1, col)[:, 0], float("-inf"))
+    if padding is not None:  # item 0: the smallest id, ahead on ties
+        ranks = ranks + (padding.float() >= t).long()
+    # NaN compares false with everything (it would rank first) and +inf beats every finite score:
+    # a target scored so by a diverged model is a miss, ranked after all items
+    broken = torch.isnan(t) | (t == float("inf"))
+    return torch.where(broken, torch.full_like(ranks, scores.shape[1]), ranks), finite
+
+
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor,
                  padding: torch.Tensor | None = None) -> torch.Tensor:
     """0-based rank of each target among all items (ties: smaller id first).
@@ -65,19 +102,11 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Te
         targets: ``[B]`` item ids. excluded: ``[B, n_items]`` bool, items to rank last.
         padding: ``[B]`` scores of the padding item 0 as one more candidate (the original code
             ranks it; compat = "original"), or ``None``.
+
+    float32 CPU scores are ranked by one C++ pass (csrc/ranks.h), others by PyTorch ops; the same
+    counts either way.
     """
-    scores = scores.float().masked_fill(excluded, float("-inf"))
-    col = (targets - 1).unsqueeze(1)
-    t = scores.gather(1, col)
-    before = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0) < col
-    higher = (scores > t) | ((scores == t) & before)
-    ranks = higher.sum(1)  # an excluded target (score -inf) lands after every allowed item
-    if padding is not None:  # item 0: the smallest id, ahead on ties
-        ranks = ranks + (padding.float() >= t[:, 0]).long()
-    # NaN compares false with everything (it would rank first) and +inf beats every finite score:
-    # a target scored so by a diverged model is a miss, ranked after all items
-    broken = torch.isnan(t[:, 0]) | (t[:, 0] == float("inf"))
-    return torch.where(broken, torch.full_like(ranks, scores.shape[1]), ranks)
+    return _target_ranks(scores, targets, excluded, padding)[0]
 
 
 class NonFiniteScores(ValueError):
@@ -108,10 +137,11 @@ def evaluate_ranks(model, split: LeaveOneOut, which: str, batch_size: int = 256,
             padding, scores = scores[:, 0], scores[:, 1:]
         else:
             scores = model.score_items(inputs[batch].to(device))
-        if require_finite:
-            finite &= torch.isfinite(scores).all()
         excluded = seen_mask(seen, batch, split.n_items, device)
-        ranks.append(target_ranks(scores, targets[batch].to(device), excluded, padding).cpu())
+        batch_ranks, rows_finite = _target_ranks(scores, targets[batch].to(device), excluded, padding)
+        if require_finite:
+            finite &= torch.isfinite(scores).all() if rows_finite is None else rows_finite.all()
+        ranks.append(batch_ranks.cpu())
     model.train(was_training)
     if require_finite and not bool(finite):
         raise NonFiniteScores(f"the model scores some {which} items NaN or inf")

@@ -62,6 +62,49 @@ def test_target_ranks_ties_and_exclusion():
     assert target_ranks(scores, targets, excluded).tolist() == [2, 1, 2, 3]
 
 
+def _brute_force_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor) -> list[int]:
+    """Ranks by the definition, element by element in Python (ties: smaller id first; excluded items
+    at -inf; a NaN or +inf target is a miss, ranked after every item)."""
+    out = []
+    for s, t, ex in zip(scores.tolist(), targets.tolist(), excluded.tolist()):
+        s = [float("-inf") if e else v for v, e in zip(s, ex)]
+        c = t - 1
+        if math.isnan(s[c]) or s[c] == float("inf"):
+            out.append(len(s))
+            continue
+        out.append(sum(1 for j, v in enumerate(s) if v > s[c] or (v == s[c] and j < c)))
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 100, 2420])
+def test_target_ranks_one_pass_kernel_equals_the_definition(n):
+    g = torch.Generator().manual_seed(n)
+    b = 37
+    scores = torch.randint(-3, 4, (b, n), generator=g).float()  # many ties
+    scores[torch.rand(b, n, generator=g) < 0.02] = float("nan")
+    scores[torch.rand(b, n, generator=g) < 0.02] = float("inf")
+    scores[torch.rand(b, n, generator=g) < 0.02] = float("-inf")
+    targets = torch.randint(1, n + 1, (b,), generator=g)
+    excluded = torch.rand(b, n, generator=g) < 0.1
+    excluded[0, targets[0] - 1] = True  # an excluded (already seen) target
+    want = _brute_force_ranks(scores, targets, excluded)
+    assert target_ranks(scores, targets, excluded).tolist() == want  # the C++ pass (float32 CPU)
+    assert target_ranks(scores.double(), targets, excluded).tolist() == want  # the PyTorch ops
+    # the finite flags of the same pass: every raw score of the row finite
+    from mstein_fast.evaluate import _target_ranks
+    _, finite = _target_ranks(scores, targets, excluded)
+    if finite is not None:
+        assert finite.tolist() == torch.isfinite(scores).all(1).tolist()
+    # a non-contiguous score matrix (the compat scoring drops column 0 of a wider one)
+    wide = torch.cat([torch.zeros(b, 1), scores], 1)
+    assert target_ranks(wide[:, 1:], targets, excluded).tolist() == want
+
+
+def test_target_ranks_rejects_a_target_outside_the_items():
+    with pytest.raises((ValueError, RuntimeError, IndexError)):
+        target_ranks(torch.zeros(2, 5), torch.tensor([1, 6]), torch.zeros(2, 5, dtype=torch.bool))
+
+
 class FixedScores(nn.Module):
     """A 'model' that scores item j for a history by a fixed table indexed by the last item."""
 
