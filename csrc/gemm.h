@@ -249,6 +249,19 @@ static void gram_tile(const float* apack, int64_t a_row0, const float* bpack, in
   }
 }
 
+// gram_tile with the A rows read in place from a row-major matrix (A(r, p) = a[r * lda + p], all BS
+// rows present): no packed copy of A; the same sums in the same order as gram_tile.
+static void gram_tile_rows(const float* a, int64_t lda, const float* bpack, int64_t b_row0, int64_t depth, float* c) {
+  for (int64_t k0 = 0; k0 < depth; k0 += KC) {
+    const int64_t kc = std::min<int64_t>(KC, depth - k0);
+    for (int64_t jp = 0; jp < BS / NR; ++jp) {
+      const float* b = bpack + ((b_row0 / NR + jp) * depth + k0) * NR;
+      for (int64_t ip = 0; ip < BS / MR; ++ip)
+        micro_kernel_rows(kc, a + ip * MR * lda + k0, lda, b, c + ip * MR * BS + jp * NR, BS, k0 > 0);
+    }
+  }
+}
+
 // C[BS x k_pad] (ldc) (+)= A-packed [BS rows, inner p0..p0+inner) times N-packed rows [p0, +inner)
 // (N-packed with rows_pad rows). `a_depth` is the inner size the A panel was packed with. With
 // `rows` < BS only the micro-tile rows covering C rows [0, rows) are computed.
@@ -269,9 +282,15 @@ static void product_n(const float* apack, int64_t a_depth, int64_t a_p0, const f
   }
 }
 
+// |x|^2 in double: eight independent lanes (vectorised; a single chain would wait on each add's
+// latency), added pairwise at the end, then the tail.
 static inline double row_sq_norm(const float* x, int64_t k) {
-  double s = 0.0;
-  for (int64_t i = 0; i < k; ++i) s += static_cast<double>(x[i]) * x[i];
+  double acc[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += static_cast<double>(x[i + l]) * x[i + l];
+  double s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+  for (; i < k; ++i) s += static_cast<double>(x[i]) * x[i];
   return s;
 }
 

@@ -42,7 +42,7 @@ struct Similarity {
 struct InfoNCEProblem {
   const float* x;
   int64_t n, rows, rows_pad, blocks, k, k_pad;
-  Buffer xa, xb;              // broadcast- and vector-panel copies of x (for Gram tiles)
+  Buffer xa, xb;              // the last block's broadcast-panel copy (when partial), vector-panel copy of x
   std::vector<float> norms;   // |x_r|^2, zero for padding rows
   std::vector<std::pair<int32_t, int32_t>> pairs;  // block pairs I <= J
 
@@ -53,12 +53,16 @@ struct InfoNCEProblem {
     for (int32_t i = 0; i < blocks; ++i)
       for (int32_t j = i; j < blocks; ++j) pairs.emplace_back(i, j);
     if (!pack_gram) return;
-    xa.reset(rows_pad * k);
+    // the A side of a Gram tile reads x in place (gram_tile_rows); only a last, partial block
+    // needs a zero-padded copy
+    if (rows % BS) {
+      xa.reset(BS * k);
+      pack_a_rows(x + (blocks - 1) * BS * k, rows - (blocks - 1) * BS, k, k, xa.get(), BS);
+    }
     xb.reset(rows_pad * k);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t ib = 0; ib < blocks; ++ib) {
       const int64_t r0 = ib * BS, nr = std::min<int64_t>(BS, rows - r0);
-      pack_a_rows(x + r0 * k, nr, k, k, xa.get() + r0 * k, BS);
       pack_b_rows(x + r0 * k, nr, k, k, xb.get() + r0 * k, BS);
       for (int64_t i = 0; i < nr; ++i) norms[r0 + i] = static_cast<float>(row_sq_norm(x + (r0 + i) * k, k));
     }
@@ -81,7 +85,10 @@ struct InfoNCEProblem {
       }
       return;
     }
-    gram_tile(xa.get(), i0, xb.get(), j0, k, tile);
+    if (ni == BS)
+      gram_tile_rows(x + i0 * k, k, xb.get(), j0, k, tile);
+    else
+      gram_tile(xa.get(), 0, xb.get(), j0, k, tile);
     for (int64_t i = 0; i < BS; ++i) {
       float* t = tile + i * BS;
       const vf ni_v = splat(norms[i0 + i]);
