@@ -9,7 +9,9 @@
 namespace mstein {
 namespace MSTEIN_ISA {
 
-static inline uint32_t mix32(uint32_t h) {
+// (a template: the same finaliser per lane of a uint32 vector, csrc/residual_norm.h)
+template <class U>
+static inline U mix32(U h) {
   h ^= h >> 16;
   h *= 0x7feb352du;
   h ^= h >> 15;

@@ -71,13 +71,8 @@ static void ff_backward(const float* g, const float* x, const float* w1, const f
   const int64_t widest = std::max(std::max(k, n), m);
 #pragma omp parallel num_threads(threads)
   {
-#ifdef _OPENMP
-    const int count = omp_get_num_threads();
-#else
-    const int count = 1;
-#endif
     const int id = thread_id();
-    const int64_t p0 = passes * id / count, p1 = passes * (id + 1) / count;  // this thread's tokens, whole passes
+    const auto [p0, p1] = thread_share(passes);  // this thread's tokens, whole passes
     Buffer h(static_cast<size_t>(LIN_KC) * std::max<int64_t>(n, 1));
     Buffer gh(want_gh ? static_cast<size_t>(LIN_KC) * std::max<int64_t>(n, 1) : 1);
     Buffer tail(static_cast<size_t>(MR) * std::max<int64_t>(widest, 1));

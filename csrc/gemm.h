@@ -18,6 +18,7 @@
 #include <limits>
 #include <memory>
 #include <new>
+#include <utility>
 #include <vector>
 
 #ifdef _OPENMP
@@ -300,6 +301,18 @@ static inline int thread_id() {
 #else
   return 0;
 #endif
+}
+
+// Inside a parallel region: this thread's contiguous share [first, second) of `total` items, the
+// shares in thread order (the order the per-thread partial sums are added in afterwards).
+static inline std::pair<int64_t, int64_t> thread_share(int64_t total) {
+#ifdef _OPENMP
+  const int count = omp_get_num_threads();
+#else
+  const int count = 1;
+#endif
+  const int id = thread_id();
+  return {total * id / count, total * (id + 1) / count};
 }
 
 }  // namespace MSTEIN_ISA

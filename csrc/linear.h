@@ -180,13 +180,8 @@ static void linear_backward(const float* g, const float* y, int act, const float
   std::vector<double> bias_sums(gb ? static_cast<size_t>(threads) * n : 0, 0.0);
 #pragma omp parallel num_threads(threads)
   {
-#ifdef _OPENMP
-    const int count = omp_get_num_threads();
-#else
-    const int count = 1;
-#endif
     const int id = thread_id();
-    const int64_t p0 = passes * id / count, p1 = passes * (id + 1) / count;  // this thread's tokens, whole passes
+    const auto [p0, p1] = thread_share(passes);  // this thread's tokens, whole passes
     Buffer gbuf(act ? static_cast<size_t>(LIN_KC) * n : 1);
     Buffer tail(static_cast<size_t>(MR) * std::max<int64_t>(n, 1)), tile(static_cast<size_t>(BS) * k_pad);
     Buffer apack(in_place ? 1 : static_cast<size_t>(n_pad) * LIN_KC);

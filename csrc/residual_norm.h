@@ -26,15 +26,6 @@ constexpr int64_t NORM_CHUNK = 256;  // rows per partial sum of the gamma / beta
 
 typedef uint32_t vu __attribute__((vector_size(VW * 4)));
 
-static inline vu vmix32(vu h) {  // mix32 of csrc/dropout.h, per lane
-  h ^= h >> 16;
-  h *= 0x7feb352du;
-  h ^= h >> 15;
-  h *= 0x846ca68bu;
-  h ^= h >> 16;
-  return h;
-}
-
 // The dropout mask of csrc/dropout.h applied to VW (vector) or single elements of one row whose
 // flat indices i = base + j share i >> 32 (rows that straddle a multiple of 2^32 use `single`).
 struct RowMask {
@@ -46,7 +37,7 @@ struct RowMask {
   }
   vf vector(vf v, int64_t i) const {  // elements i .. i + VW - 1
     const vu idx = iota + static_cast<uint32_t>(i);
-    const vu u = vmix32(vmix32(idx ^ mask.key_lo) + key_hi);
+    const vu u = mix32(mix32(idx ^ mask.key_lo) + key_hi);
     return u >= mask.threshold ? v * mask.scale : vf{};
   }
   float single(float v, int64_t i) const { return mask.apply(v, i, mask.key_hi(i)); }
