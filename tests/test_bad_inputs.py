@@ -327,3 +327,20 @@ def test_pairwise_w2_check_values_false_skips_only_the_value_read():
     assert out.shape == (2, 5, 5)
     with pytest.raises(ValueError, match="same shape"):
         mstein_fast.pairwise_w2(mean, cov[..., :3], mean, cov, check_values=False)
+
+
+def test_wasserstein_infonce_check_values_false_skips_only_the_value_read():
+    # the models skip the host read of the values (their NaN shows in the loss); shapes, dtypes and
+    # devices are still checked, and the loss of good inputs is the same
+    torch.manual_seed(0)
+    ma, ca, mb, cb = torch.randn(6, 4), torch.rand(6, 4) + 0.5, torch.randn(6, 4), torch.rand(6, 4) + 0.5
+    kw = {"temperature": 0.5}
+    assert torch.equal(mstein_fast.wasserstein_infonce(ma, ca, mb, cb, check_values=False, **kw),
+                       mstein_fast.wasserstein_infonce(ma, ca, mb, cb, **kw))
+    bad = ca.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="finite variances > 0"):
+        mstein_fast.wasserstein_infonce(ma, bad, mb, cb, **kw)
+    assert torch.isnan(mstein_fast.wasserstein_infonce(ma, bad, mb, cb, check_values=False, **kw))  # not read
+    with pytest.raises(ValueError, match="same shape"):
+        mstein_fast.wasserstein_infonce(ma, ca[:, :3], mb, cb, check_values=False, **kw)

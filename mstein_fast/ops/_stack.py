@@ -23,12 +23,18 @@ def threads() -> int:
     return torch.get_num_threads()
 
 
-def cpp_stack(ext, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
-    """``[mean, sqrt(max(cov, 1e-24))]`` of contiguous float32 ``[rows, D]`` inputs, in one C++ pass."""
+def cpp_stack(ext, mean: torch.Tensor, cov: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``[mean, sqrt(max(cov, 1e-24))]`` of contiguous float32 ``[rows, D]`` inputs, in one C++ pass,
+    into ``out`` (contiguous ``[..., 2D]``, e.g. a row range of a larger matrix) or a new tensor."""
     d = mean.shape[-1]
-    x = torch.empty(mean.shape[:-1] + (2 * d,), dtype=torch.float32)
-    ext.stack_gaussian(mean.data_ptr(), cov.data_ptr(), mean.numel() // d, d, x.data_ptr(), threads())
-    return x
+    shape = mean.shape[:-1] + (2 * d,)
+    if out is None:
+        out = torch.empty(shape, dtype=torch.float32)
+    elif out.shape != shape or not out.is_contiguous() or out.dtype != torch.float32:
+        raise ValueError(f"out must be a contiguous float32 tensor of shape {tuple(shape)}, got {out.dtype} "
+                         f"{tuple(out.shape)}")
+    ext.stack_gaussian(mean.data_ptr(), cov.data_ptr(), mean.numel() // d, d, out.data_ptr(), threads())
+    return out
 
 
 def cpp_unstack(ext, gx: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,8 +43,8 @@ def _fwd(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor, cov_b:
     for name, t in (("mean_a", mean_a), ("cov_a", cov_a), ("mean_b", mean_b), ("cov_b", cov_b)):
         check_buffer(name, t, (n, d))
     x = torch.empty((2 * n, 2 * d), dtype=torch.float32)
-    x[:n] = cpp_stack(ext, mean_a, cov_a)
-    x[n:] = cpp_stack(ext, mean_b, cov_b)
+    cpp_stack(ext, mean_a, cov_a, out=x[:n])  # straight into the two row ranges (no copies)
+    cpp_stack(ext, mean_b, cov_b, out=x[n:])
     centre_rows_(x.unsqueeze(0))
     losses = torch.empty(2 * n, dtype=torch.float32)
     lse = torch.empty((3, 2 * n), dtype=torch.float32)  # per row: max logit, log of the sum, 1 - softmax(positive)
@@ -130,6 +130,7 @@ def wasserstein_infonce(
     similarity: str = "inv",
     reduction: str = "mean",
     backend: str = "auto",
+    check_values: bool = True,
 ) -> torch.Tensor:
     """Wasserstein InfoNCE between two views of N diagonal Gaussians (docs/maths.md).
 
@@ -143,6 +144,9 @@ def wasserstein_infonce(
         similarity: ``"inv"`` or ``"neg"``.
         reduction: ``"mean"`` or ``"sum"`` over the 2N rows, or ``"none"`` for the ``[2N]`` losses.
         backend: ``"auto"``, ``"cpp"``, ``"triton"`` or ``"torch"`` (the reference).
+        check_values: read the inputs once to refuse NaN/inf and ``cov <= 0`` (a host sync and a pass
+            over each input). ``False`` skips that read (shapes, dtypes and devices are still
+            checked): for trusted internal callers, e.g. the models, whose NaN shows in their loss.
 
     Returns:
         The loss in the input dtype, differentiable w.r.t. all four inputs.
@@ -151,7 +155,8 @@ def wasserstein_infonce(
     of the global batch (each rank passing its own rows) is
     :func:`mstein_fast.distributed.wasserstein_infonce`.
     """
-    check_gaussians([("mean_a", mean_a, "cov_a", cov_a), ("mean_b", mean_b, "cov_b", cov_b)], same_rows=True)
+    check_gaussians([("mean_a", mean_a, "cov_a", cov_a), ("mean_b", mean_b, "cov_b", cov_b)], same_rows=True,
+                    values=check_values)
     if mean_a.dim() != 2:
         raise ValueError(f"mean_a must be [N, D], got shape {tuple(mean_a.shape)}")
     temperature = check_temperature(temperature, mean_a.dtype)
