@@ -74,14 +74,15 @@ class _Recommender(nn.Module):
             return wasserstein_infonce_sequences(mean, cov, temperature=self.temperature, similarity=self.similarity,
                                                  backend=self.backend, anchor=anchor)
         n2 = mean.shape[0]
-        mean, cov = mean.reshape(n2, -1), cov.reshape(n2, -1)
-        b = n2 // 2
+        # the views by chunk, not by slicing: the backward then concatenates the two gradients (one
+        # pass) instead of scattering each into a zero tensor of the full size and adding them
+        (mean_a, mean_b), (cov_a, cov_b) = mean.reshape(n2, -1).chunk(2), cov.reshape(n2, -1).chunk(2)
         if self.cl_group is not None:
             return distributed.wasserstein_infonce(
-                mean[:b], cov[:b], mean[b:], cov[b:], temperature=self.temperature, similarity=self.similarity,
+                mean_a, cov_a, mean_b, cov_b, temperature=self.temperature, similarity=self.similarity,
                 reduction="mean", backend=self.backend, group=self.cl_group)
         return mstein_fast.wasserstein_infonce(  # no value check (a host sync and four passes): a NaN shows in the loss
-            mean[:b], cov[:b], mean[b:], cov[b:],
+            mean_a, cov_a, mean_b, cov_b,
             temperature=self.temperature, similarity=self.similarity, reduction="mean", backend=self.backend,
             check_values=False,
         )
