@@ -14,6 +14,7 @@ import torch
 
 from mstein_fast.backends import _load
 from mstein_fast.data import LeaveOneOut, Ragged
+from mstein_fast.ops._stack import threads
 
 KS = (1, 5, 10, 20)
 OFFICIAL_MRR_CUTOFF = 40  # the original code computes MRR over its top-40 list only
@@ -71,7 +72,7 @@ def _count_ahead(scores: torch.Tensor, col: torch.Tensor,
             counts = torch.empty(b, dtype=torch.int64)
             finite = torch.empty(b, dtype=torch.bool)
             ext.rank_count(scores.data_ptr(), excluded.data_ptr(), cols.data_ptr(), b, n, counts.data_ptr(),
-                           finite.data_ptr(), torch.get_num_threads())
+                           finite.data_ptr(), threads())
             return counts, finite
     s = scores.float().masked_fill(excluded, float("-inf"))
     t = s.gather(1, col)
