@@ -43,7 +43,10 @@ profiler's events (the InfoNCE's backward node, ``wasserstein_infonce_fwdBackwar
 profiler inflates an epoch severalfold (a 2-core VM: 7.5-8.4 s against 4.2 s, single calls 30x):
 ``--kernel-times`` instead wraps every entry point of the C++ extension with a wall clock and runs
 epochs 1..K (default 4) unprofiled, reporting calls and milliseconds per epoch over epochs 3..K (1-2
-are warm-up: the heap grows, pages fault) against the epochs' wall time; the rest is PyTorch.
+are warm-up: the heap grows, pages fault) against the epochs' wall time; the rest is PyTorch. It
+also splits those epochs into phases by wall clocks around the model's methods (sequence forward,
+views' encoder forward, InfoNCE forward, every ``backward``, the optimizer step, augmentation), each
+with the time its C++ kernels took: what is left in a phase is PyTorch and Python work.
 
 Writes one CSV row per measurement (benchmark, backend, phase, metric, value, config, device,
 torch, date) and prints a table with the ratio of each backend to the first one.
@@ -410,6 +413,9 @@ def kernel_times(args, backend: str) -> None:
         raise SystemExit("error: --kernel-times times the C++ (CPU) kernels: run it with --device cpu")
     first = 3 if args.epochs >= 3 else 1
     totals: dict[str, list[float]] = {}
+    # phase -> [wall seconds, seconds in C++ kernels]; the innermost phase running owns a kernel call
+    phases: dict[str, list[float]] = {}
+    stack: list[str] = []
     timing = [False]
     originals = {}
     for name in sorted(n for n in dir(ext) if not n.startswith("_") and callable(getattr(ext, n))):
@@ -422,23 +428,64 @@ def kernel_times(args, backend: str) -> None:
             try:
                 return _fn(*a)
             finally:
+                dt = time.perf_counter() - t
                 entry = totals.setdefault(_name, [0, 0.0])
                 entry[0] += 1
-                entry[1] += time.perf_counter() - t
+                entry[1] += dt
+                if stack:
+                    phases.setdefault(stack[-1], [0.0, 0.0])[1] += dt
 
         setattr(ext, name, timed)
+
+    @contextlib.contextmanager
+    def phase_timed(obj, attribute: str, label: str, on_class: bool = False):
+        """Wrap ``obj.attribute`` in a wall clock charged to ``label`` (minus the phases nested in it)."""
+        original = getattr(obj, attribute)
+
+        def wrapper(*a, **k):
+            if not timing[0]:
+                return original(*a, **k)
+            stack.append(label)
+            t = time.perf_counter()
+            try:
+                return original(*a, **k)
+            finally:
+                dt = time.perf_counter() - t
+                stack.pop()
+                phases.setdefault(label, [0.0, 0.0])[0] += dt
+                if stack:  # the outer phase's own time excludes this one
+                    phases.setdefault(stack[-1], [0.0, 0.0])[0] -= dt
+
+        setattr(obj, attribute, wrapper)
+        try:
+            yield
+        finally:
+            if on_class:
+                setattr(obj, attribute, original)
+            else:
+                delattr(obj, attribute)
+
     try:
         cfg = make_config(args, backend)
         walls = []
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as wrappers:
             trainer = Trainer(cfg, tmp)
+            model = trainer.model
+            wrappers.enter_context(phase_timed(model, "rec_loss", "encoder + BPR forward (sequence)"))
+            if model.contrastive is not None:
+                wrappers.enter_context(phase_timed(model, "contrastive_loss", "encoder forward (two views)"))
+                wrappers.enter_context(phase_timed(model, "_wasserstein_infonce", "InfoNCE forward"))
+            if trainer.augmenter is not None:
+                wrappers.enter_context(phase_timed(trainer.augmenter, "views", "augmentation"))
+            wrappers.enter_context(phase_timed(torch.Tensor, "backward", "backward (all)", on_class=True))
+            wrappers.enter_context(phase_timed(trainer.optimizer, "step", "optimizer step"))
             for epoch in range(1, args.epochs + 1):
                 timing[0] = epoch >= first
                 t = time.perf_counter()
                 trainer.train_epoch(epoch)
                 if epoch >= first:
                     walls.append(time.perf_counter() - t)
-            del trainer
+            del trainer, model
     finally:
         for name, fn in originals.items():
             setattr(ext, name, fn)
@@ -454,9 +501,19 @@ def kernel_times(args, backend: str) -> None:
         print(f"{name:28} {calls / n:11.0f} {1e3 * seconds / n:9.1f} {100 * seconds / n / wall:5.1f}%")
     print(f"{'all C++ kernels':28} {'':11} {1e3 * kernels:9.1f} {100 * kernels / wall:5.1f}%")
     print(f"{'training epoch (wall)':28} {'':11} {1e3 * wall:9.1f}")
+    print(f"\n{'phase (unprofiled wall)':36} {'ms/epoch':>9} {'kernels':>9} {'rest':>9}")
+    accounted = 0.0
+    for label, (seconds, in_kernels) in phases.items():
+        accounted += seconds
+        print(f"{label:36} {1e3 * seconds / n:9.1f} {1e3 * in_kernels / n:9.1f} {1e3 * (seconds - in_kernels) / n:9.1f}")
+    print(f"{'other (data, loop, bookkeeping)':36} {1e3 * (wall - accounted / n):9.1f}")
     if args.csv:
         rows = [(backend, name, "ms_per_epoch", 1e3 * seconds / n) for name, (_, seconds) in totals.items()]
         rows += [(backend, "all_kernels", "ms_per_epoch", 1e3 * kernels), (backend, "train_epoch_wall", "ms", 1e3 * wall)]
+        for label, (seconds, in_kernels) in phases.items():
+            key = "phase:" + label.split(" (")[0].replace(" + ", "_").replace(" ", "_")
+            rows += [(backend, key, "ms_per_epoch", 1e3 * seconds / n),
+                     (backend, key, "kernel_ms_per_epoch", 1e3 * in_kernels / n)]
         write_csv(args.csv, "kernel_times", rows, config, dev)
 
 

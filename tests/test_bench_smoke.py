@@ -182,3 +182,12 @@ def test_kernel_times_report_the_cpp_kernels_of_unprofiled_epochs(tmp_path):
     # the encoder's dense layers and the fused InfoNCE ran, and took part of the epoch's wall time
     assert by_phase["linear_fwd"] > 0 and by_phase["linear_bwd"] > 0 and by_phase["wasserstein_infonce_fwd"] > 0
     assert 0 < by_phase["all_kernels"] < by_phase["train_epoch_wall"]
+    # the unprofiled phase split: each phase's kernels are part of its wall time, the phases part of the epoch
+    phases = {(r["phase"], r["metric"]): float(r["value"]) for r in rows if r["phase"].startswith("phase:")}
+    walls = {k[0]: v for k, v in phases.items() if k[1] == "ms_per_epoch"}
+    assert {"phase:encoder_BPR_forward", "phase:encoder_forward", "phase:InfoNCE_forward",
+            "phase:backward"} <= set(walls), sorted(walls)
+    for name, wall in walls.items():
+        assert 0 <= phases[(name, "kernel_ms_per_epoch")] <= wall, name
+    assert phases[("phase:backward", "kernel_ms_per_epoch")] > 0
+    assert sum(walls.values()) < by_phase["train_epoch_wall"]

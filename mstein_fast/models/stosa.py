@@ -198,25 +198,29 @@ class STOSA(_Recommender):
         attention never reaches back into them, so the loss is the same."""
         if not self.skip_padding:
             return self._rec_loss_full(seqs, targets, negatives)
-        L = seqs.shape[1]
-        bpr_sum = pvn_sum = weight_sum = 0.0
+        L, h = seqs.shape[1], self.hidden
+        means, covs, ts, ns = [], [], [], []
         for rows, w in self._windows(seqs, targets > 0):
             if w == 0:
                 continue
             mean, cov = self._encode_window(seqs[rows, L - w:], L - w)
-            t, n = targets[rows, L - w:], negatives[rows, L - w:]
-            bpr, pvn, weight = self._rec_terms(mean, cov, t, n)
-            bpr_sum, pvn_sum, weight_sum = bpr_sum + bpr, pvn_sum + pvn, weight_sum + weight
-        if not torch.is_tensor(bpr_sum):  # nothing to predict (all padding): the zero loss of the full path
+            means.append(mean.reshape(-1, h))
+            covs.append(cov.reshape(-1, h))
+            ts.append(targets[rows, L - w:].reshape(-1))
+            ns.append(negatives[rows, L - w:].reshape(-1))
+        if not means:  # nothing to predict (all padding): the zero loss of the full path
             return self._rec_loss_full(seqs, targets, negatives)
+        # the buckets' positions in one row list: one set of loss ops and item lookups per batch
+        bpr_sum, pvn_sum, weight_sum = self._rec_terms(*(torch.cat(p) if len(p) > 1 else p[0]
+                                                         for p in (means, covs, ts, ns)))
         weight_sum = weight_sum.clamp_min(1.0)
         bpr, pvn = bpr_sum / weight_sum, pvn_sum / weight_sum
         return bpr + self.pvn_weight * pvn, {"bpr": bpr.detach(), "pvn": pvn.detach()}
 
     def _rec_terms(self, mean, cov, targets, negatives):
         """Sums of the BPR and pvn terms over the non-padding targets, and their number."""
-        pos_mean, pos_cov = self.item_gaussians(targets)
-        neg_mean, neg_cov = self.item_gaussians(negatives)
+        item_mean, item_cov = self.item_gaussians(torch.cat([targets, negatives]))  # one lookup per table
+        (pos_mean, neg_mean), (pos_cov, neg_cov) = item_mean.chunk(2), item_cov.chunk(2)
         d_pos = paired_w2(mean, cov, pos_mean, pos_cov)
         d_neg = paired_w2(mean, cov, neg_mean, neg_cov)
         d_pos_neg = paired_w2(pos_mean, pos_cov, neg_mean, neg_cov)
