@@ -297,15 +297,10 @@ def side_by_side(args, backends: list[str]) -> None:
 
 # -- one profiled epoch ---------------------------------------------------------------------------
 @contextlib.contextmanager
-def labelled(obj, attribute: str, label: str, on_class: bool = False):
-    """Wrap ``obj.attribute`` (a method) in ``torch.profiler.record_function(label)`` for the duration."""
+def wrapped(obj, attribute: str, make_wrapper, on_class: bool = False):
+    """Replace ``obj.attribute`` (a method) by ``make_wrapper(original)`` for the duration."""
     original = getattr(obj, attribute)
-
-    def wrapper(*a, **k):
-        with torch.profiler.record_function(label):
-            return original(*a, **k)
-
-    setattr(obj, attribute, wrapper)
+    setattr(obj, attribute, make_wrapper(original))
     try:
         yield
     finally:
@@ -315,13 +310,42 @@ def labelled(obj, attribute: str, label: str, on_class: bool = False):
             delattr(obj, attribute)  # back to the class's method
 
 
+PHASE_LABELS = {"rec_forward": "encoder + BPR forward (sequence)", "contrastive_forward": "encoder forward (two views)",
+                "infonce_forward": "InfoNCE forward", "augment": "augmentation", "backward": "backward (all)"}
+
+
+def training_phases(trainer) -> list[tuple[object, str, str, bool]]:
+    """``(object, method, phase key, on_class)`` of the trainer's timed phases (those it has); the
+    InfoNCE forward is nested in the contrastive forward, and ``Tensor.backward`` runs every backward."""
+    model = trainer.model
+    phases = [(model, "rec_loss", "rec_forward", False)]
+    if model.contrastive is not None:
+        phases += [(model, "contrastive_loss", "contrastive_forward", False),
+                   (model, "_wasserstein_infonce", "infonce_forward", False)]
+    if trainer.augmenter is not None:
+        phases.append((trainer.augmenter, "views", "augment", False))
+    return phases + [(torch.Tensor, "backward", "backward", True)]
+
+
+def labelled(obj, attribute: str, label: str, on_class: bool = False):
+    """Wrap ``obj.attribute`` (a method) in ``torch.profiler.record_function(label)`` for the duration."""
+
+    def make_wrapper(original):
+        def wrapper(*a, **k):
+            with torch.profiler.record_function(label):
+                return original(*a, **k)
+        return wrapper
+
+    return wrapped(obj, attribute, make_wrapper, on_class)
+
+
 def profile_epoch(args, backend: str) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     cfg = make_config(args, backend)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, tmp)
-        model, device = trainer.model, trainer.device
+        device = trainer.device
         t = time.perf_counter()
         warm = trainer.train_epoch(1)
         t1 = time.perf_counter()
@@ -331,13 +355,8 @@ def profile_epoch(args, backend: str) -> None:
               f"{warm.time_augment_s:.2f}, step {warm.time_train_s:.2f}), validation {t2 - t1:.2f} s", file=sys.stderr)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with contextlib.ExitStack() as stack:
-            stack.enter_context(labelled(model, "rec_loss", "bench::rec_forward"))
-            if model.contrastive is not None:
-                stack.enter_context(labelled(model, "contrastive_loss", "bench::contrastive_forward"))
-                stack.enter_context(labelled(model, "_wasserstein_infonce", "bench::infonce_forward"))
-            if trainer.augmenter is not None:
-                stack.enter_context(labelled(trainer.augmenter, "views", "bench::augment"))
-            stack.enter_context(labelled(torch.Tensor, "backward", "bench::backward", on_class=True))
+            for obj, attribute, key, on_class in training_phases(trainer):
+                stack.enter_context(labelled(obj, attribute, f"bench::{key}", on_class))
             prof = stack.enter_context(profile(activities=activities))
             t = time.perf_counter()
             with torch.profiler.record_function("bench::train_epoch"):
@@ -437,47 +456,34 @@ def kernel_times(args, backend: str) -> None:
 
         setattr(ext, name, timed)
 
-    @contextlib.contextmanager
     def phase_timed(obj, attribute: str, label: str, on_class: bool = False):
         """Wrap ``obj.attribute`` in a wall clock charged to ``label`` (minus the phases nested in it)."""
-        original = getattr(obj, attribute)
 
-        def wrapper(*a, **k):
-            if not timing[0]:
-                return original(*a, **k)
-            stack.append(label)
-            t = time.perf_counter()
-            try:
-                return original(*a, **k)
-            finally:
-                dt = time.perf_counter() - t
-                stack.pop()
-                phases.setdefault(label, [0.0, 0.0])[0] += dt
-                if stack:  # the outer phase's own time excludes this one
-                    phases.setdefault(stack[-1], [0.0, 0.0])[0] -= dt
+        def make_wrapper(original):
+            def wrapper(*a, **k):
+                if not timing[0]:
+                    return original(*a, **k)
+                stack.append(label)
+                t = time.perf_counter()
+                try:
+                    return original(*a, **k)
+                finally:
+                    dt = time.perf_counter() - t
+                    stack.pop()
+                    phases.setdefault(label, [0.0, 0.0])[0] += dt
+                    if stack:  # the outer phase's own time excludes this one
+                        phases.setdefault(stack[-1], [0.0, 0.0])[0] -= dt
+            return wrapper
 
-        setattr(obj, attribute, wrapper)
-        try:
-            yield
-        finally:
-            if on_class:
-                setattr(obj, attribute, original)
-            else:
-                delattr(obj, attribute)
+        return wrapped(obj, attribute, make_wrapper, on_class)
 
     try:
         cfg = make_config(args, backend)
         walls = []
         with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as wrappers:
             trainer = Trainer(cfg, tmp)
-            model = trainer.model
-            wrappers.enter_context(phase_timed(model, "rec_loss", "encoder + BPR forward (sequence)"))
-            if model.contrastive is not None:
-                wrappers.enter_context(phase_timed(model, "contrastive_loss", "encoder forward (two views)"))
-                wrappers.enter_context(phase_timed(model, "_wasserstein_infonce", "InfoNCE forward"))
-            if trainer.augmenter is not None:
-                wrappers.enter_context(phase_timed(trainer.augmenter, "views", "augmentation"))
-            wrappers.enter_context(phase_timed(torch.Tensor, "backward", "backward (all)", on_class=True))
+            for obj, attribute, key, on_class in training_phases(trainer):
+                wrappers.enter_context(phase_timed(obj, attribute, PHASE_LABELS[key], on_class))
             wrappers.enter_context(phase_timed(trainer.optimizer, "step", "optimizer step"))
             for epoch in range(1, args.epochs + 1):
                 timing[0] = epoch >= first
@@ -485,7 +491,7 @@ def kernel_times(args, backend: str) -> None:
                 trainer.train_epoch(epoch)
                 if epoch >= first:
                     walls.append(time.perf_counter() - t)
-            del trainer, model
+            del trainer
     finally:
         for name, fn in originals.items():
             setattr(ext, name, fn)
