@@ -14,6 +14,7 @@
 #include "linear.h"
 #include "residual_norm.h"
 #include "feed_forward.h"
+#include "position_dropout.h"
 #include "ranks.h"
 
 namespace mstein {
@@ -23,6 +24,7 @@ const KernelTable* table_avx2() {
                                  avx2::dropout, avx2::elu_forward, avx2::elu_backward,
                                  avx2::linear_forward, avx2::linear_backward,
                                  avx2::residual_norm_forward, avx2::residual_norm_backward,
+                                 avx2::position_dropout_forward, avx2::position_dropout_backward,
                                  avx2::ff_forward, avx2::ff_backward, avx2::rank_count};
   return &table;
 }

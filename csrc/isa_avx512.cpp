@@ -14,6 +14,7 @@
 #include "linear.h"
 #include "residual_norm.h"
 #include "feed_forward.h"
+#include "position_dropout.h"
 #include "ranks.h"
 
 namespace mstein {
@@ -23,6 +24,7 @@ const KernelTable* table_avx512() {
                                  avx512::dropout, avx512::elu_forward, avx512::elu_backward,
                                  avx512::linear_forward, avx512::linear_backward,
                                  avx512::residual_norm_forward, avx512::residual_norm_backward,
+                                 avx512::position_dropout_forward, avx512::position_dropout_backward,
                                  avx512::ff_forward, avx512::ff_backward, avx512::rank_count};
   return &table;
 }

@@ -14,6 +14,7 @@
 #include "linear.h"
 #include "residual_norm.h"
 #include "feed_forward.h"
+#include "position_dropout.h"
 #include "ranks.h"
 
 namespace mstein {
@@ -23,6 +24,7 @@ const KernelTable* table_generic() {
                                  generic::dropout, generic::elu_forward, generic::elu_backward,
                                  generic::linear_forward, generic::linear_backward,
                                  generic::residual_norm_forward, generic::residual_norm_backward,
+                                 generic::position_dropout_forward, generic::position_dropout_backward,
                                  generic::ff_forward, generic::ff_backward, generic::rank_count};
   return &table;
 }

@@ -69,6 +69,14 @@ struct KernelTable {
   void (*residual_norm_backward)(const float* gy, const float* y, int act, const float* xhat, const float* rstd,
                                  const float* gamma, int64_t rows, int64_t h, uint32_t threshold, float scale,
                                  uint64_t seed, float* gz, float* gx, float* ggamma, float* gbeta, int threads);
+  // Gathered rows (csrc/position_dropout.h): y [tokens, h] = act(dropout(table[pos[t]])) for table [p, h],
+  // pos [tokens] (int64; act 0 none, 1 ELU, 2 ELU + 1; threshold 0: no dropout), and its backward
+  // gtable [p, h] from g and y.
+  void (*position_dropout_forward)(const float* table, const int64_t* pos, int64_t tokens, int64_t h,
+                                   uint32_t threshold, float scale, uint64_t seed, int act, float* y, int threads);
+  void (*position_dropout_backward)(const float* g, const float* y, const int64_t* pos, int64_t tokens, int64_t h,
+                                    int64_t p, uint32_t threshold, float scale, uint64_t seed, int act, float* gtable,
+                                    int threads);
   // Feed-forward product (csrc/feed_forward.h): z [t, m] = ELU(x [t, k] W1^T + b1) W2^T + b2 for W1 [n, k],
   // W2 [m, n] (biases may be null), the hidden layer kept in cache.
   void (*ff_forward)(const float* x, const float* w1, const float* b1, const float* w2, const float* b2, float* z,

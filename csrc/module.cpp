@@ -176,6 +176,21 @@ void check_typed_buffer(const char* name, uintptr_t p, std::initializer_list<int
   if (p % alignof(T) != 0) throw std::invalid_argument(std::string(name) + ": pointer not aligned to its type");
 }
 
+// The arguments both position_dropout calls share: the table (or its gradient) [p, h], the activation,
+// and the positions, read here: each must lie in [0, p) (the kernels read and write through them).
+void check_position_dropout(uintptr_t table, uintptr_t pos, int64_t tokens, int64_t h, int64_t p, int act,
+                            int threads) {
+  check_threads(threads);
+  check_activation(act);
+  check_buffer("table", table, {p, h});
+  check_typed_buffer<int64_t>("pos", pos, {tokens});
+  const int64_t* q = ptr<const int64_t>(pos);
+  for (int64_t t = 0; t < tokens; ++t)
+    if (q[t] < 0 || q[t] >= p)
+      throw std::invalid_argument("pos[" + std::to_string(t) + "] = " + std::to_string(q[t]) + " is outside [0, " +
+                                  std::to_string(p) + ")");
+}
+
 // The arguments both rectangular InfoNCE calls share: sizes, the similarity, the temperature, and
 // the per-row column indices, read here: each must be -1 or lie in [0, c), and a row's own column
 // cannot be its positive's (the kernels write through these indices).
@@ -424,6 +439,35 @@ PYBIND11_MODULE(_C, m) {
       "From g = dL/dy [t, n] and, with act, the forward's output y: gx [t, k] = g' w, gw [n, k] = g'^T x, gb [n] = "
       "column sums of g', where g' = g * act'(y); gx, gw, gb: 0 to skip (float32; the thread count fixes the order of "
       "the sums).");
+  m.def(
+      "position_dropout_fwd",
+      [](uintptr_t tab, uintptr_t pos, int64_t tokens, int64_t h, int64_t p, uint32_t threshold, float scale,
+         uint64_t seed, int act, uintptr_t y, int threads) {
+        check_position_dropout(tab, pos, tokens, h, p, act, threads);
+        check_buffer("y", y, {tokens, h});
+        py::gil_scoped_release nogil;
+        table()->position_dropout_forward(ptr<const float>(tab), ptr<const int64_t>(pos), tokens, h, threshold, scale,
+                                          seed, act, ptr<float>(y), threads);
+      },
+      py::arg("table"), py::arg("pos"), py::arg("tokens"), py::arg("h"), py::arg("p"), py::arg("threshold"),
+      py::arg("scale"), py::arg("seed"), py::arg("act"), py::arg("y"), py::arg("threads"),
+      "y [tokens, h] = act(dropout(table[pos[t]])) for table [p, h] and int64 pos [tokens] in [0, p) (act 0 none, "
+      "1 ELU, 2 ELU + 1; the dropout mask of element t * h + c, threshold 0: none; float32).");
+  m.def(
+      "position_dropout_bwd",
+      [](uintptr_t g, uintptr_t y, uintptr_t pos, int64_t tokens, int64_t h, int64_t p, uint32_t threshold,
+         float scale, uint64_t seed, int act, uintptr_t gtable, int threads) {
+        check_position_dropout(gtable, pos, tokens, h, p, act, threads);
+        check_buffer("g", g, {tokens, h});
+        check_buffer("y", y, {tokens, h});
+        py::gil_scoped_release nogil;
+        table()->position_dropout_backward(ptr<const float>(g), ptr<const float>(y), ptr<const int64_t>(pos), tokens,
+                                           h, p, threshold, scale, seed, act, ptr<float>(gtable), threads);
+      },
+      py::arg("g"), py::arg("y"), py::arg("pos"), py::arg("tokens"), py::arg("h"), py::arg("p"), py::arg("threshold"),
+      py::arg("scale"), py::arg("seed"), py::arg("act"), py::arg("gtable"), py::arg("threads"),
+      "Backward of position_dropout_fwd from g [tokens, h] and its output y: gtable [p, h] (float32; the sums "
+      "per thread in token order, then over threads in order).");
   m.def(
       "residual_norm_fwd",
       [](uintptr_t z, uintptr_t x, uintptr_t gamma, uintptr_t beta, int64_t rows, int64_t h, uint32_t threshold,

@@ -3,13 +3,15 @@ reproducibility and the fallbacks."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
 import torch
 
 from mstein_fast.backends import available_backends
-from mstein_fast.ops.dropout import Dropout, dropout
+from mstein_fast.ops import activations
+from mstein_fast.ops.dropout import Dropout, dropout, position_dropout
 
 needs_cpp = pytest.mark.skipif("cpp" not in available_backends(), reason="C++ extension not built")
 
@@ -96,3 +98,95 @@ def test_module_is_a_drop_in_for_nn_dropout():
     assert m(x) is x
     m.train()
     assert 0.35 < (m(x) == 0).float().mean().item() < 0.45
+
+
+# -- position_dropout: gathered rows, dropped out and activated in one pass ------------------------
+
+@contextlib.contextmanager
+def set_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _positions(tokens: int, rows: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, rows, (tokens,), generator=torch.Generator().manual_seed(seed))
+
+
+def _separate(table, pos, p, training, activation):
+    """The composition the fused op replaces: gather, the C++ dropout, the activation."""
+    out = dropout(table.index_select(0, pos), p, training)
+    if activation == "elu":
+        return activations.elu(out)
+    return activations.elu_plus_one(out) if activation == "elu_plus_one" else out
+
+
+@needs_cpp
+@pytest.mark.parametrize("activation", [None, "elu", "elu_plus_one"])
+@pytest.mark.parametrize("p,training", [(0.3, True), (0.0, True), (0.3, False)])
+@pytest.mark.parametrize("tokens,rows,h", [(1, 1, 1), (257, 7, 5), (1000, 50, 64), (333, 3, 37)])
+def test_position_dropout_equals_the_separate_ops(activation, p, training, tokens, rows, h):
+    g = torch.Generator().manual_seed(tokens + h)
+    table = (torch.randn(rows, h, generator=g) * 2).requires_grad_()
+    pos = _positions(tokens, rows, seed=h)
+    torch.manual_seed(11)
+    fused = position_dropout(table, pos, p, training, activation)
+    state = torch.get_rng_state()
+    torch.manual_seed(11)
+    expected = _separate(table.detach(), pos, p, training, activation)
+    assert torch.equal(torch.get_rng_state(), state), "the fused op drew a different number of seeds"
+    assert torch.equal(fused, expected)  # same masks, same activation: bit for bit
+    # backward against an independent float64 computation with the same mask (dropout of ones)
+    upstream = torch.randn(tokens, h, generator=g)
+    fused.backward(upstream)
+    torch.manual_seed(11)
+    mask = dropout(torch.ones(tokens, h), p, training).double()  # 0 or 1 / (1 - p)
+    t64 = table.detach().double().requires_grad_()
+    z = t64.index_select(0, pos) * mask
+    y = torch.nn.functional.elu(z) if activation else z
+    if activation == "elu_plus_one":
+        y = (y + 1).clamp_min(1e-24)
+    (y * upstream.double()).sum().backward()
+    torch.testing.assert_close(table.grad.double(), t64.grad, rtol=1e-5, atol=1e-5)
+
+
+@needs_cpp
+def test_position_dropout_backward_is_reproducible_and_sums_over_threads():
+    table = torch.randn(50, 64, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    pos = _positions(20_000, 50, seed=2)
+    upstream = torch.randn(20_000, 64, generator=torch.Generator().manual_seed(3))
+    grads = {}
+    for threads in (1, 2, 3, 2):
+        table.grad = None
+        with set_threads(threads):
+            torch.manual_seed(4)
+            position_dropout(table, pos, 0.5, True, "elu").backward(upstream)
+        grads.setdefault(threads, []).append(table.grad.clone())
+    assert torch.equal(grads[2][0], grads[2][1])  # same thread count: the same sums
+    torch.testing.assert_close(grads[1][0], grads[3][0], rtol=1e-5, atol=1e-5)
+
+
+@needs_cpp
+def test_position_dropout_rejects_bad_input():
+    table = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="outside"):
+        position_dropout(table, torch.tensor([0, 4]), 0.2)
+    with pytest.raises(ValueError, match="outside"):
+        position_dropout(table, torch.tensor([-1]), 0.2)
+    with pytest.raises(ValueError, match="int64 positions"):
+        position_dropout(table, torch.tensor([0, 1], dtype=torch.int32), 0.2)
+    with pytest.raises(ValueError, match="activation"):
+        position_dropout(table, torch.tensor([0]), 0.2, activation="gelu")
+    with pytest.raises(ValueError, match="probability"):
+        position_dropout(table, torch.tensor([0]), 1.5)
+
+
+def test_position_dropout_fallback_float64():
+    # other dtypes: the separate ops (here float64, where the C++ pass does not run)
+    table = torch.randn(6, 5, dtype=torch.float64)
+    pos = _positions(40, 6, seed=5)
+    out = position_dropout(table, pos, 0.0, True, "elu_plus_one")
+    torch.testing.assert_close(out, (torch.nn.functional.elu(table[pos]) + 1).clamp_min(1e-24), rtol=0, atol=0)

@@ -66,8 +66,20 @@ CHECK = textwrap.dedent(
         g = torch.rand_like(expect)
         out.backward(g.float()); expect.backward(g)
         worst = max(worst, rel(out, expect), *(rel(a.grad, r.grad) for a, r in zip(ins32, ref)))
+    # the padding embedding's gather + dropout + ELU + 1 in one pass (a row width with vector tails)
+    from mstein_fast.ops.dropout import dropout, position_dropout
+    table64, pos = torch.randn(9, 37, dtype=torch.float64), torch.randint(0, 9, (500,))
+    t32 = table64.float().requires_grad_()
+    torch.manual_seed(6)
+    out = position_dropout(t32, pos, 0.3, True, "elu_plus_one")
+    torch.manual_seed(6)
+    keep = dropout(torch.ones(500, 37), 0.3).double()
+    ref = table64.clone().requires_grad_()
+    expect = (torch.nn.functional.elu(ref[pos] * keep) + 1).clamp_min(1e-24)
+    g = torch.randn(500, 37, dtype=torch.float64)
+    out.backward(g.float()); expect.backward(g)
+    worst = max(worst, rel(out, expect), rel(t32.grad, ref.grad))
     # dropout: the mask is a function of (seed, index) only, the same in every build
-    from mstein_fast.ops.dropout import dropout
     torch.manual_seed(5)
     mask = dropout(torch.ones(100_003), 0.3) == 0
     print(_C.isa(), worst, hex(int((mask.nonzero().squeeze(1) * 2654435761 % 2**31).sum())), int(mask.sum()))

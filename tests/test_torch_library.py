@@ -89,6 +89,21 @@ def _opcheck_cases():
         return x, torch.tensor(12345, dtype=torch.int64), 0.3
 
     cases.append(("dropout", dropout_args))
+
+    def position_dropout_args(act):
+        table = torch.randn(5, 7, generator=torch.Generator().manual_seed(8)).requires_grad_()
+        pos = torch.tensor([0, 4, 4, 2, 1, 0, 3], dtype=torch.int64)
+        return table, pos, torch.tensor(987, dtype=torch.int64), 0.25, act
+
+    for act in (0, 1, 2):
+        cases.append(("position_dropout", lambda a=act: position_dropout_args(a)))
+
+    def position_dropout_bwd_args():
+        table, pos, seed, p, act = position_dropout_args(2)
+        y = ops.position_dropout(table.detach(), pos, seed, p, act)
+        return torch.randn(y.shape, generator=torch.Generator().manual_seed(9)), y, pos, seed, p, act, 5
+
+    cases.append(("position_dropout_bwd", position_dropout_bwd_args))
     return cases
 
 

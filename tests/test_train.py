@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import mstein_fast
 import mstein_fast.train as train_module
 from mstein_fast import reference
 from mstein_fast.config import TrainConfig, build_config
@@ -225,6 +226,39 @@ def test_scores_equal_those_of_the_full_encoder(model_name, compat, layers):
             expected = model.encode(seqs)[:, -1] @ model.item_emb.weight.T
     assert scores.shape == (b, 26)
     torch.testing.assert_close(scores, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.skipif("cpp" not in mstein_fast.available_backends(), reason="C++ extension not built")
+def test_fused_padding_embedding_equals_the_separate_ops(monkeypatch):
+    # the views' leading padding is embedded by one position_dropout pass (float32 CPU) instead of
+    # repeat + dropout + activation: the same dropout masks (outputs bit for bit) and the same
+    # gradients up to the order of the sums over rows
+    import mstein_fast.models.stosa as stosa_module
+
+    cfg = TrainConfig(model="mstein", hidden_size=16, max_seq_length=12, backend="cpp", temperature=0.5,
+                      hidden_dropout_prob=0.3)
+    torch.manual_seed(4)
+    model = build_model("mstein", 40, cfg).train()
+    lengths = torch.randint(1, 8, (48, 1))
+    seqs = torch.randint(1, 41, (48, 12)).masked_fill(torch.arange(12) < 12 - lengths, 0)
+    results, calls = [], []
+    fused_op = stosa_module.position_dropout
+    monkeypatch.setattr(stosa_module, "position_dropout", lambda *a, **k: calls.append(1) or fused_op(*a, **k))
+    for fused in (True, False):
+        if not fused:
+            assert len(calls) == 2  # the fused pass ran, once per stream
+            monkeypatch.setattr(stosa_module, "position_dropout_usable", lambda t: False)
+        model.zero_grad()
+        torch.manual_seed(5)
+        mean, cov = model.encode_fast(seqs)
+        model._wasserstein_infonce(mean, cov).backward()
+        results.append((mean.detach(), cov.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                      if p.grad is not None}))
+    (m1, c1, g1), (m2, c2, g2) = results
+    assert torch.equal(m1, m2) and torch.equal(c1, c2)
+    assert g1.keys() == g2.keys() and "position_mean.weight" in g1
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_shared_padding_without_dropout_equals_the_full_computation():

@@ -19,7 +19,7 @@ from mstein_fast.models.layers import (
 )
 from mstein_fast.models.losses import bpr_pvn_sums
 from mstein_fast.ops import activations
-from mstein_fast.ops.dropout import Dropout
+from mstein_fast.ops.dropout import Dropout, position_dropout, position_dropout_usable
 
 
 class STOSA(_Recommender):
@@ -106,12 +106,18 @@ class STOSA(_Recommender):
         pos = torch.arange(width, device=device)
         mean = self.embed_norm(self.item_mean.weight[0].detach() + self.position_mean(pos))  # padding_idx: no grad
         cov = self.embed_norm(self.item_cov.weight[0].detach() + self.position_cov(pos))
-        # repeated blocks, not a gather: the backward of a gather (an accumulating index_put) is not
-        # deterministic on a multi-threaded CPU, that of repeat (a sum) is
-        mean = torch.cat([mean[:w].repeat(n, 1) for n, w in blocks])
-        cov = torch.cat([cov[:w].repeat(n, 1) for n, w in blocks])
-        mean = activations.elu(self.dropout(mean.unsqueeze(0)))
-        cov = elu_plus_one(self.dropout(cov.unsqueeze(0)))
+        if position_dropout_usable(mean):  # gathered, dropped out and activated in one pass each way
+            pos = torch.cat([torch.arange(w, device=device).repeat(n) for n, w in blocks])
+            p, training = self.dropout.p, self.dropout.training
+            mean = position_dropout(mean, pos, p, training, "elu").unsqueeze(0)
+            cov = position_dropout(cov, pos, p, training, "elu_plus_one").unsqueeze(0)
+        else:
+            # repeated blocks, not a gather: the backward of a gather (an accumulating index_put) is
+            # not deterministic on a multi-threaded CPU, that of repeat (a sum) is
+            mean = torch.cat([mean[:w].repeat(n, 1) for n, w in blocks])
+            cov = torch.cat([cov[:w].repeat(n, 1) for n, w in blocks])
+            mean = activations.elu(self.dropout(mean.unsqueeze(0)))
+            cov = elu_plus_one(self.dropout(cov.unsqueeze(0)))
         return self._layers(mean, cov, lambda attention, m, c, last: attention.forward_self_only(m, c))
 
     def _windows(self, seqs: torch.Tensor, needed: torch.Tensor):

@@ -17,8 +17,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from mstein_fast.backends import _load
+from mstein_fast.ops import activations
 from mstein_fast.ops._library import check_buffer, define_op
-from mstein_fast.ops._stack import threads
+from mstein_fast.ops._stack import empty_buffer, threads
 
 
 def _threshold(p: float) -> int:
@@ -80,3 +81,101 @@ class Dropout(nn.Dropout):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dropout(x, self.p, self.training)
+
+
+# -- gathered rows, dropped out and activated in one pass (csrc/position_dropout.h) --------------
+
+_ACTIVATIONS = {None: 0, "elu": 1, "elu_plus_one": 2}
+
+
+def _position_dropout(table: torch.Tensor, pos: torch.Tensor, seed: torch.Tensor, p: float, act: int) -> torch.Tensor:
+    """``mstein_fast::position_dropout``: ``act(dropout(table[pos]))`` for a contiguous float32
+    ``table [P, H]`` and int64 ``pos [T]`` in ``[0, P)`` (``p == 0``: no dropout, ``seed`` unused)."""
+    rows, h = table.shape
+    check_buffer("table", table, (rows, h))
+    check_buffer("pos", pos, (pos.shape[0],), dtype=torch.int64)
+    check_buffer("seed", seed, (), dtype=torch.int64)
+    y = empty_buffer(table, (pos.shape[0], h))
+    _load("cpp").position_dropout_fwd(table.data_ptr(), pos.data_ptr(), pos.shape[0], h, rows,
+                                      _threshold(p) if p > 0 else 0, 1.0 / (1.0 - p), int(seed.item()), act,
+                                      y.data_ptr(), threads())
+    return y
+
+
+def _position_dropout_fake(table, pos, seed, p, act):
+    return table.new_empty((pos.shape[0], table.shape[1]))
+
+
+def _position_dropout_bwd(g: torch.Tensor, y: torch.Tensor, pos: torch.Tensor, seed: torch.Tensor, p: float,
+                          act: int, rows: int) -> torch.Tensor:
+    """``mstein_fast::position_dropout_bwd``: the gradient ``[rows, H]`` w.r.t. the table of
+    :func:`_position_dropout` from ``g = dL/dy`` and its output ``y``."""
+    tokens, h = y.shape
+    check_buffer("g", g, (tokens, h))
+    check_buffer("y", y, (tokens, h))
+    check_buffer("pos", pos, (tokens,), dtype=torch.int64)
+    check_buffer("seed", seed, (), dtype=torch.int64)
+    gtable = empty_buffer(y, (rows, h))
+    _load("cpp").position_dropout_bwd(g.data_ptr(), y.data_ptr(), pos.data_ptr(), tokens, h, rows,
+                                      _threshold(p) if p > 0 else 0, 1.0 / (1.0 - p), int(seed.item()), act,
+                                      gtable.data_ptr(), threads())
+    return gtable
+
+
+def _position_dropout_bwd_fake(g, y, pos, seed, p, act, rows):
+    return y.new_empty((rows, y.shape[1]))
+
+
+def _position_setup_context(ctx, inputs, output):
+    table, pos, seed, p, act = inputs
+    ctx.save_for_backward(output, pos, seed)
+    ctx.p, ctx.act, ctx.rows = p, act, table.shape[0]
+
+
+def _position_backward(ctx, grad):
+    y, pos, seed = ctx.saved_tensors
+    return position_dropout_bwd_op(grad.contiguous(), y, pos, seed, ctx.p, ctx.act, ctx.rows), None, None, None, None
+
+
+position_dropout_bwd_op = define_op(
+    "position_dropout_bwd", "(Tensor g, Tensor y, Tensor pos, Tensor seed, float p, int act, int rows) -> Tensor",
+    _position_dropout_bwd, _position_dropout_bwd_fake)
+position_dropout_op = define_op(
+    "position_dropout", "(Tensor table, Tensor pos, Tensor seed, float p, int act) -> Tensor",
+    _position_dropout, _position_dropout_fake, backward=_position_backward, setup_context=_position_setup_context)
+
+
+def position_dropout_usable(table: torch.Tensor) -> bool:
+    """Whether :func:`position_dropout` runs its C++ pass for ``table`` (float32 on the CPU, with the
+    extension built); elsewhere it is the separate gather, dropout and activation."""
+    return _cpp_usable(table)
+
+
+def position_dropout(table: torch.Tensor, pos: torch.Tensor, p: float = 0.5, training: bool = True,
+                     activation: str | None = None) -> torch.Tensor:
+    """``activation(dropout(table[pos], p, training))`` for a table ``[P, H]`` and int64 positions
+    ``[T]`` -> ``[T, H]`` (activation None, ``"elu"`` or ``"elu_plus_one"``, as
+    :mod:`mstein_fast.ops.activations`).
+
+    On float32 CPU tensors one C++ pass each way: the rows are never gathered into a tensor of
+    their own, and the backward sums the gradient per table row directly. The dropout masks (and
+    the seed drawn for them) are those of :func:`dropout` on the gathered ``[T, H]`` tensor, so the
+    result equals the separate gather, dropout and activation bit for bit. Elsewhere (other
+    devices, dtypes, ``p == 1``) it is that composition."""
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'elu' or 'elu_plus_one', got {activation!r}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+    if table.dim() != 2 or pos.dim() != 1 or pos.dtype != torch.int64:
+        raise ValueError(f"position_dropout needs a [P, H] table and int64 positions [T], got {tuple(table.shape)} "
+                         f"and {pos.dtype} {tuple(pos.shape)}")
+    p_eff = p if training else 0.0
+    if p_eff == 1.0 or not _cpp_usable(table) or pos.device != table.device:
+        out = dropout(table.index_select(0, pos), p, training)
+        if activation == "elu":
+            return activations.elu(out)
+        return activations.elu_plus_one(out) if activation == "elu_plus_one" else out
+    # the seed is drawn exactly when dropout() would draw it
+    seed = (torch.randint(0, 2**63 - 1, (), dtype=torch.int64) if p_eff > 0
+            else torch.zeros((), dtype=torch.int64))
+    return position_dropout_op(table.contiguous(), pos.contiguous(), seed, float(p_eff), _ACTIVATIONS[activation])
