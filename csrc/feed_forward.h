@@ -1,5 +1,7 @@
 // The distributional encoder's position-wise feed-forward product, z = ELU(x W1^T + b1) W2^T + b2,
-// forward and backward without its wide hidden layer ever leaving the caches.
+// forward and backward without its wide hidden layer ever leaving the caches. (Any two dense layers
+// in a row: the hidden activation may also be none or ELU + 1, as for the value projection and
+// output dense layer of the attention over the views' leading padding.)
 //
 // As two dense layers (csrc/linear.h) the hidden activations h [t, n] (n = 4 x the width, 256 for
 // MStein) are written by the first, read by the second, kept for the backward, read again there for
@@ -19,9 +21,10 @@
 namespace mstein {
 namespace MSTEIN_ISA {
 
-// z [t, m] = ELU(x [t, k] W1^T + b1) W2^T + b2 for W1 [n, k], b1 [n], W2 [m, n], b2 [m] (biases may be null).
+// z [t, m] = act(x [t, k] W1^T + b1) W2^T + b2 for W1 [n, k], b1 [n], W2 [m, n], b2 [m] (biases may be
+// null); act as linear.h's: 0 none, 1 ELU (the feed-forward block), 2 ELU + 1.
 static void ff_forward(const float* x, const float* w1, const float* b1, const float* w2, const float* b2, float* z,
-                       int64_t t, int64_t k, int64_t n, int64_t m, int threads) {
+                       int64_t t, int64_t k, int64_t n, int64_t m, int act, int threads) {
   const int64_t n_pad = round_up(n, NR), m_pad = round_up(m, NR);
   Buffer w1pack(static_cast<size_t>(n_pad) * std::max<int64_t>(k, 1));
   Buffer w2pack(static_cast<size_t>(m_pad) * std::max<int64_t>(n, 1));
@@ -36,17 +39,17 @@ static void ff_forward(const float* x, const float* w1, const float* b1, const f
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t r0 = blk * BS, rows = std::min<int64_t>(BS, t - r0);
-      rows_block(x + r0 * k, k, rows, w1pack.get(), n, k, b1, 1, h.get(), n, tail.get(), tile.get());
+      rows_block(x + r0 * k, k, rows, w1pack.get(), n, k, b1, act, h.get(), n, tail.get(), tile.get());
       rows_block(h.get(), n, rows, w2pack.get(), m, n, b2, 0, z + r0 * m, m, tail.get(), tile.get());
     }
   }
 }
 
 // From g [t, m] = dL/dz: gx [t, k], gW1 [n, k], gb1 [n], gW2 [m, n], gb2 [m] (each may be null: not
-// computed) of z = ff_forward(x, W1, b1, W2, b2).
+// computed) of z = ff_forward(x, W1, b1, W2, b2, act).
 static void ff_backward(const float* g, const float* x, const float* w1, const float* b1, const float* w2, float* gx,
                         float* gw1, float* gb1, float* gw2, float* gb2, int64_t t, int64_t k, int64_t n, int64_t m,
-                        int threads) {
+                        int act, int threads) {
   if (gw1) std::fill(gw1, gw1 + n * k, 0.f);
   if (gb1) std::fill(gb1, gb1 + n, 0.f);
   if (gw2) std::fill(gw2, gw2 + m * n, 0.f);
@@ -87,7 +90,7 @@ static void ff_backward(const float* g, const float* x, const float* w1, const f
       const float* xp = x + t0 * k;
       // h for this pass's tokens, blocked as the forward
       for (int64_t r0 = 0; r0 < kc; r0 += BS)
-        rows_block(xp + r0 * k, k, std::min<int64_t>(BS, kc - r0), w1b.get(), n, k, b1, 1, h.get() + r0 * n, n,
+        rows_block(xp + r0 * k, k, std::min<int64_t>(BS, kc - r0), w1b.get(), n, k, b1, act, h.get() + r0 * n, n,
                    tail.get(), tile.get());
       // the second layer: gb2, gW2 = g^T h, gh = g W2
       if (gb2) colsum_pass(gp, kc, m, colsum.data(), sums2.data() + static_cast<size_t>(id) * m);
@@ -96,7 +99,7 @@ static void ff_backward(const float* g, const float* x, const float* w1, const f
         for (int64_t r0 = 0; r0 < kc; r0 += BS)
           rows_block(gp + r0 * m, m, std::min<int64_t>(BS, kc - r0), w2n.get(), n, m, nullptr, 0, gh.get() + r0 * n,
                      n, tail.get(), tile.get());
-        act_grad(gh.get(), h.get(), kc * n, 1, gh.get());  // through the ELU, from its output
+        if (act) act_grad(gh.get(), h.get(), kc * n, act, gh.get());  // through the activation, from its output
         // the first layer: gb1, gx = gh W1, gW1 = gh^T x
         if (gb1) colsum_pass(gh.get(), kc, n, colsum.data(), sums1.data() + static_cast<size_t>(id) * n);
         if (gx)

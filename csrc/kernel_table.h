@@ -77,14 +77,14 @@ struct KernelTable {
   void (*position_dropout_backward)(const float* g, const float* y, const int64_t* pos, int64_t tokens, int64_t h,
                                     int64_t p, uint32_t threshold, float scale, uint64_t seed, int act, float* gtable,
                                     int threads);
-  // Feed-forward product (csrc/feed_forward.h): z [t, m] = ELU(x [t, k] W1^T + b1) W2^T + b2 for W1 [n, k],
+  // Feed-forward product (csrc/feed_forward.h): z [t, m] = act(x [t, k] W1^T + b1) W2^T + b2 for W1 [n, k],
   // W2 [m, n] (biases may be null), the hidden layer kept in cache.
   void (*ff_forward)(const float* x, const float* w1, const float* b1, const float* w2, const float* b2, float* z,
-                     int64_t t, int64_t k, int64_t n, int64_t m, int threads);
+                     int64_t t, int64_t k, int64_t n, int64_t m, int act, int threads);
   // Its backward from g [t, m] (the hidden layer recomputed): gx, gW1, gb1, gW2, gb2; each may be null.
   void (*ff_backward)(const float* g, const float* x, const float* w1, const float* b1, const float* w2, float* gx,
                       float* gw1, float* gb1, float* gw2, float* gb2, int64_t t, int64_t k, int64_t n, int64_t m,
-                      int threads);
+                      int act, int threads);
   // Evaluation (csrc/ranks.h): ranks [b] of each row's target column cols [b] among scores [b, n] with
   // the items excluded [b, n] (bytes, nonzero = excluded) scored -inf; finite [b]: every raw score finite.
   void (*rank_count)(const float* scores, const uint8_t* excluded, const int64_t* cols, int64_t b, int64_t n,

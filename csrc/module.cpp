@@ -521,8 +521,9 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "ff_fwd",
       [](uintptr_t x, uintptr_t w1, uintptr_t b1, uintptr_t w2, uintptr_t b2, uintptr_t z, int64_t t, int64_t k,
-         int64_t n, int64_t m, int threads) {
+         int64_t n, int64_t m, int act, int threads) {
         check_threads(threads);
+        check_activation(act);
         check_buffer("x", x, {t, k});
         check_buffer("w1", w1, {n, k});
         if (b1 != 0) check_buffer("b1", b1, {n});
@@ -532,17 +533,19 @@ PYBIND11_MODULE(_C, m) {
         py::gil_scoped_release nogil;
         table()->ff_forward(ptr<const float>(x), ptr<const float>(w1), b1 ? ptr<const float>(b1) : nullptr,
                             ptr<const float>(w2), b2 ? ptr<const float>(b2) : nullptr, ptr<float>(z), t, k, n, m,
-                            threads);
+                            act, threads);
       },
       py::arg("x"), py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("b2"), py::arg("z"), py::arg("t"),
-      py::arg("k"), py::arg("n"), py::arg("m"), py::arg("threads"),
-      "z [t, m] = ELU(x [t, k] w1^T + b1) w2^T + b2 (w1 [n, k], w2 [m, n]; b1 [n], b2 [m], or 0 for none; float32), "
-      "the hidden layer kept in cache.");
+      py::arg("k"), py::arg("n"), py::arg("m"), py::arg("act"), py::arg("threads"),
+      "z [t, m] = act(x [t, k] w1^T + b1) w2^T + b2 (w1 [n, k], w2 [m, n]; b1 [n], b2 [m], or 0 for none; act 0 "
+      "none, 1 ELU, 2 ELU + 1; float32), the hidden layer kept in cache.");
   m.def(
       "ff_bwd",
       [](uintptr_t g, uintptr_t x, uintptr_t w1, uintptr_t b1, uintptr_t w2, uintptr_t gx, uintptr_t gw1,
-         uintptr_t gb1, uintptr_t gw2, uintptr_t gb2, int64_t t, int64_t k, int64_t n, int64_t m, int threads) {
+         uintptr_t gb1, uintptr_t gw2, uintptr_t gb2, int64_t t, int64_t k, int64_t n, int64_t m, int act,
+         int threads) {
         check_threads(threads);
+        check_activation(act);
         check_buffer("g", g, {t, m});
         check_buffer("x", x, {t, k});
         check_buffer("w1", w1, {n, k});
@@ -557,11 +560,12 @@ PYBIND11_MODULE(_C, m) {
         table()->ff_backward(ptr<const float>(g), ptr<const float>(x), ptr<const float>(w1),
                              b1 ? ptr<const float>(b1) : nullptr, ptr<const float>(w2), gx ? ptr<float>(gx) : nullptr,
                              gw1 ? ptr<float>(gw1) : nullptr, gb1 ? ptr<float>(gb1) : nullptr,
-                             gw2 ? ptr<float>(gw2) : nullptr, gb2 ? ptr<float>(gb2) : nullptr, t, k, n, m, threads);
+                             gw2 ? ptr<float>(gw2) : nullptr, gb2 ? ptr<float>(gb2) : nullptr, t, k, n, m, act,
+                             threads);
       },
       py::arg("g"), py::arg("x"), py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("gx"), py::arg("gw1"),
       py::arg("gb1"), py::arg("gw2"), py::arg("gb2"), py::arg("t"), py::arg("k"), py::arg("n"), py::arg("m"),
-      py::arg("threads"),
+      py::arg("act"), py::arg("threads"),
       "Backward of ff_fwd from g = dL/dz [t, m], the hidden layer recomputed: gx [t, k], gw1 [n, k], gb1 [n], "
       "gw2 [m, n], gb2 [m]; 0 to skip one (float32; the thread count fixes the order of the sums).");
   m.def(

@@ -264,24 +264,32 @@ def _values_and_grads(fn, x, w1, b1, w2, b2, g):
     return [z.detach()] + [p.grad for p in leaves]
 
 
+def _act64(h: torch.Tensor, activation: str | None) -> torch.Tensor:
+    if activation is None:
+        return h
+    return F.elu(h) if activation == "elu" else (F.elu(h) + 1).clamp_min(1e-24)
+
+
 @needs_cpp
+@pytest.mark.parametrize("activation", ["elu", None, "elu_plus_one"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("t,k,n,m", FF_SHAPES)
-def test_feed_forward_equals_two_dense_layers_bit_for_bit(t, k, n, m, threads, monkeypatch):
+def test_feed_forward_equals_two_dense_layers_bit_for_bit(t, k, n, m, threads, activation, monkeypatch):
     monkeypatch.setenv("MSTEIN_FAST_POISON", "1")  # outputs start as NaN: an unwritten element shows
     *params, g = _ff_inputs(t, k, n, m, seed=t + k + n + m)
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        fused = _values_and_grads(linear_module.feed_forward, *params, g)
-        separate = _values_and_grads(lambda x, w1, b1, w2, b2: linear(linear(x, w1, b1, "elu"), w2, b2), *params, g)
+        fused = _values_and_grads(lambda *a: linear_module.feed_forward(*a, activation=activation), *params, g)
+        separate = _values_and_grads(lambda x, w1, b1, w2, b2: linear(linear(x, w1, b1, activation), w2, b2),
+                                     *params, g)
     finally:
         torch.set_num_threads(saved)
     for name, a, b in zip(["z", "dx", "dw1", "db1", "dw2", "db2"], fused, separate):
         assert torch.isfinite(a).all(), name
         assert torch.equal(a, b), f"{name}: largest difference {(a - b).abs().max().item():.3g}"
     # and against float64 (the separate layers are checked element-wise in the tests above)
-    exact = _values_and_grads(lambda x, w1, b1, w2, b2: F.linear(F.elu(F.linear(x, w1, b1)), w2, b2),
+    exact = _values_and_grads(lambda x, w1, b1, w2, b2: F.linear(_act64(F.linear(x, w1, b1), activation), w2, b2),
                               *[p.double() for p in params], g.double())
     for name, a, b in zip(["z", "dx", "dw1", "db1", "dw2", "db2"], fused, exact):
         err = (a.double() - b).norm() / b.norm().clamp_min(1e-30)
@@ -321,15 +329,20 @@ def test_feed_forward_leading_dims_no_bias_and_fallback():
 def test_feed_forward_opcheck_and_boundary_checks():
     *params, g = _ff_inputs(9, 6, 10, 4, seed=6)
     x, w1, b1, w2, b2 = params
-    torch.library.opcheck(linear_module.ff_op.op, tuple(p.clone().requires_grad_() for p in params))
-    torch.library.opcheck(linear_module.ff_op.op, (x, w1, None, w2, None))
-    torch.library.opcheck(linear_module.ff_bwd_op.op, (g, x, w1, b1, w2, [True, True, True, True, True]))
-    torch.library.opcheck(linear_module.ff_bwd_op.op, (g, x, w1, None, w2, [False, True, False, False, True]))
+    for act in (0, 1, 2):
+        torch.library.opcheck(linear_module.ff_op.op, (*(p.clone().requires_grad_() for p in params), act))
+        torch.library.opcheck(linear_module.ff_bwd_op.op, (g, x, w1, b1, w2, act, [True, True, True, True, True]))
+    torch.library.opcheck(linear_module.ff_op.op, (x, w1, None, w2, None, 1))
+    torch.library.opcheck(linear_module.ff_bwd_op.op, (g, x, w1, None, w2, 1, [False, True, False, False, True]))
     with pytest.raises(ValueError, match="w2"):
-        linear_module.ff_op(x, w1, b1, w2[:, :3].contiguous(), b2)
+        linear_module.ff_op(x, w1, b1, w2[:, :3].contiguous(), b2, 1)
+    with pytest.raises(ValueError, match="activation"):
+        linear_module.feed_forward(x, w1, b1, w2, b2, activation="gelu")
     ext = _load("cpp")
     z = torch.empty(9, 4)
     with pytest.raises(ValueError, match="null pointer"):
-        ext.ff_fwd(x.data_ptr(), 0, 0, w2.data_ptr(), 0, z.data_ptr(), 9, 6, 10, 4, 1)
+        ext.ff_fwd(x.data_ptr(), 0, 0, w2.data_ptr(), 0, z.data_ptr(), 9, 6, 10, 4, 1, 1)
+    with pytest.raises(ValueError, match="act must be"):
+        ext.ff_fwd(x.data_ptr(), w1.data_ptr(), 0, w2.data_ptr(), 0, z.data_ptr(), 9, 6, 10, 4, 3, 1)
     with pytest.raises(ValueError, match="negative size"):
-        ext.ff_bwd(g.data_ptr(), x.data_ptr(), w1.data_ptr(), 0, w2.data_ptr(), 0, 0, 0, 0, 0, -1, 6, 10, 4, 1)
+        ext.ff_bwd(g.data_ptr(), x.data_ptr(), w1.data_ptr(), 0, w2.data_ptr(), 0, 0, 0, 0, 0, -1, 6, 10, 4, 1, 1)

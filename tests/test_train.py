@@ -261,6 +261,38 @@ def test_fused_padding_embedding_equals_the_separate_ops(monkeypatch):
         torch.testing.assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.skipif("cpp" not in mstein_fast.available_backends(), reason="C++ extension not built")
+def test_self_only_attention_fuses_value_and_output_layers(monkeypatch):
+    # padding positions attend to themselves: the value projection and the output layer run as one
+    # feed_forward op (hidden activation none / ELU + 1), bit for bit the two dense layers
+    import mstein_fast.models.layers as layers_module
+
+    cfg = TrainConfig(model="mstein", hidden_size=16, max_seq_length=12, backend="cpp", hidden_dropout_prob=0.3)
+    torch.manual_seed(6)
+    attention = build_model("mstein", 40, cfg).attention[0].train()
+    mean = torch.randn(3, 7, 16, requires_grad=True)
+    cov = (torch.rand(3, 7, 16) + 0.1).requires_grad_()
+    upstream = [torch.randn(3, 7, 16), torch.randn(3, 7, 16)]
+    results, calls = [], []
+    fused = layers_module.feed_forward
+    monkeypatch.setattr(layers_module, "feed_forward", lambda *a, **k: calls.append(k) or fused(*a, **k))
+    for run in range(2):
+        if run == 1:
+            assert [c.get("activation") for c in calls] == [None, "elu_plus_one"]
+            monkeypatch.setattr(layers_module, "feed_forward", lambda x, w1, b1, w2, b2, activation:
+                                layers_module.linear(layers_module.linear(x, w1, b1, activation), w2, b2))
+        attention.zero_grad()
+        mean.grad = cov.grad = None
+        torch.manual_seed(8)
+        outs = attention.forward_self_only(mean, cov)
+        torch.autograd.backward(outs, upstream)
+        results.append([t.detach().clone() for t in outs] + [mean.grad, cov.grad]
+                       + [p.grad.clone() for p in attention.parameters() if p.grad is not None])
+    assert len(results[0]) == len(results[1]) > 4
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 def test_shared_padding_without_dropout_equals_the_full_computation():
     # the opt-in shared_padding only drops the dropout on the leading padding: with no dropout at
     # all it computes exactly what the full encoder computes (outputs and contrastive gradients)

@@ -156,6 +156,15 @@ class WassersteinSelfAttention(nn.Module):
         (no queries, keys or distances needed; the softmax passes no gradient to the scores)."""
         b, L, h = mean.shape
         hd = self.head_dim
+        if not (self.training and self.attn_dropout.p > 0):
+            # the contexts are the values: value projection and output layer as one op (its hidden
+            # layer, the values, stays in cache; the same bits as the two dense layers)
+            values = slice(2 * h, 3 * h)
+            mean_z = feed_forward(mean, self.mean_qkv.weight[values], self.mean_qkv.bias[values],
+                                  self.mean_dense.weight, self.mean_dense.bias, activation=None)
+            cov_z = feed_forward(cov, self.cov_qkv.weight[values], self.cov_qkv.bias[values],
+                                 self.cov_dense.weight, self.cov_dense.bias, activation="elu_plus_one")
+            return sublayer_end(self, mean_z, mean), sublayer_end(self, cov_z, cov)
         v_mean = dense(self.mean_qkv, mean, slice(2 * h, 3 * h))
         v_cov = dense(self.cov_qkv, cov, slice(2 * h, 3 * h), activation="elu_plus_one")
         if self.training and self.attn_dropout.p > 0:  # the one-hot probability is dropped (or scaled) per head

@@ -15,7 +15,7 @@ order, so results are deterministic for a fixed thread count. Other devices and 
 without the extension) use ``F.linear`` and the activation ops.
 
 :func:`feed_forward` is the distributional encoder's feed-forward product ``ELU(x W1^T + b1) W2^T +
-b2`` as one op (csrc/feed_forward.h): the hidden layer (four times the width) stays in cache, is
+b2`` (or any two dense layers in a row, the hidden activation none, ELU or ELU + 1) as one op (csrc/feed_forward.h): the hidden layer (four times the width) stays in cache, is
 not stored for the backward, and is recomputed there per block of tokens; the values and
 gradients equal those of the two dense layers above bit for bit (same blocking, same order of sums).
 """
@@ -132,9 +132,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 # -- the feed-forward product ELU(x W1^T + b1) W2^T + b2 ------------------------------------------
 
 def _ff(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
-        b2: torch.Tensor | None) -> torch.Tensor:
-    """``mstein_fast::feed_forward``: ``ELU(x [t, k] w1^T + b1) w2^T + b2`` (contiguous float32 CPU;
-    ``w1 [n, k]``, ``w2 [m, n]``, biases ``[n]``, ``[m]`` or None)."""
+        b2: torch.Tensor | None, act: int) -> torch.Tensor:
+    """``mstein_fast::feed_forward``: ``act(x [t, k] w1^T + b1) w2^T + b2`` (contiguous float32 CPU;
+    ``w1 [n, k]``, ``w2 [m, n]``, biases ``[n]``, ``[m]`` or None; ``act`` a code of :data:`ACTIVATIONS`)."""
     t, k = x.shape
     n, m = w1.shape[0], w2.shape[0]
     check_buffer("x", x, (t, k))
@@ -145,16 +145,16 @@ def _ff(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Te
             check_buffer(name, b, (size,))
     z = empty_buffer(x, (t, m))
     _load("cpp").ff_fwd(x.data_ptr(), w1.data_ptr(), 0 if b1 is None else b1.data_ptr(), w2.data_ptr(),
-                        0 if b2 is None else b2.data_ptr(), z.data_ptr(), t, k, n, m, threads())
+                        0 if b2 is None else b2.data_ptr(), z.data_ptr(), t, k, n, m, act, threads())
     return z
 
 
-def _ff_fake(x, w1, b1, w2, b2):
+def _ff_fake(x, w1, b1, w2, b2, act):
     return x.new_empty((x.shape[0], w2.shape[0]))
 
 
 def _ff_bwd(g: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
-            want: list[bool]) -> tuple[torch.Tensor, ...]:
+            act: int, want: list[bool]) -> tuple[torch.Tensor, ...]:
     """``mstein_fast::feed_forward_bwd``: the gradients w.r.t. ``x, w1, b1, w2, b2`` of :func:`_ff`
     from ``g = dL/dz`` (the hidden layer recomputed from ``x``); the ones not wanted (``want``, five
     flags) come back empty (``[0]``)."""
@@ -170,47 +170,51 @@ def _ff_bwd(g: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor
     shapes = [(t, k), (n, k), (n,), (m, n), (m,)]
     out = [empty_buffer(x, shape if w else (0,)) for shape, w in zip(shapes, want)]
     _load("cpp").ff_bwd(g.data_ptr(), x.data_ptr(), w1.data_ptr(), 0 if b1 is None else b1.data_ptr(), w2.data_ptr(),
-                        *(o.data_ptr() if w else 0 for o, w in zip(out, want)), t, k, n, m, threads())
+                        *(o.data_ptr() if w else 0 for o, w in zip(out, want)), t, k, n, m, act, threads())
     return tuple(out)
 
 
-def _ff_bwd_fake(g, x, w1, b1, w2, want):
+def _ff_bwd_fake(g, x, w1, b1, w2, act, want):
     t, m = g.shape
     k, n = x.shape[1], w1.shape[0]
     return tuple(g.new_empty(shape if w else (0,)) for shape, w in zip([(t, k), (n, k), (n,), (m, n), (m,)], want))
 
 
 ff_bwd_op = define_op("feed_forward_bwd",
-                      "(Tensor g, Tensor x, Tensor w1, Tensor? b1, Tensor w2, bool[] want) -> "
+                      "(Tensor g, Tensor x, Tensor w1, Tensor? b1, Tensor w2, int act, bool[] want) -> "
                       "(Tensor, Tensor, Tensor, Tensor, Tensor)", _ff_bwd, _ff_bwd_fake)
 
 
 def _ff_setup_context(ctx, inputs, output):
-    x, w1, b1, w2, b2 = inputs
+    x, w1, b1, w2, b2, act = inputs
     ctx.save_for_backward(x, w1, b1, w2)  # no hidden layer: the backward recomputes it
     ctx.has_bias = (b1 is not None, b2 is not None)
+    ctx.act = act
 
 
 def _ff_backward(ctx, grad):
     x, w1, b1, w2 = ctx.saved_tensors
     need = ctx.needs_input_grad
     want = [need[0], need[1], ctx.has_bias[0] and need[2], need[3], ctx.has_bias[1] and need[4]]
-    grads = ff_bwd_op(grad.contiguous(), x, w1, b1, w2, want)
-    return tuple(gr if w else None for gr, w in zip(grads, want))
+    grads = ff_bwd_op(grad.contiguous(), x, w1, b1, w2, ctx.act, want)
+    return *(gr if w else None for gr, w in zip(grads, want)), None
 
 
-ff_op = define_op("feed_forward", "(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2) -> Tensor", _ff, _ff_fake,
-                  backward=_ff_backward, setup_context=_ff_setup_context)
+ff_op = define_op("feed_forward", "(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, int act) -> Tensor", _ff,
+                  _ff_fake, backward=_ff_backward, setup_context=_ff_setup_context)
 
 
 def feed_forward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
-                 b2: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(F.elu(F.linear(x, w1, b1)), w2, b2)`` for ``x [..., k]``, ``w1 [n, k]``, ``w2 [m, n]``:
-    one op on float32 CPU tensors whose hidden layer never reaches memory (see the module doc; the
-    same bits as :func:`linear` twice), the two :func:`linear` calls elsewhere."""
+                 b2: torch.Tensor | None, activation: str | None = "elu") -> torch.Tensor:
+    """``linear(linear(x, w1, b1, activation), w2, b2)`` for ``x [..., k]``, ``w1 [n, k]``, ``w2 [m, n]``
+    (default: the feed-forward block's ELU; also None or ``"elu_plus_one"``): one op on float32 CPU
+    tensors whose hidden layer never reaches memory (see the module doc; the same bits as
+    :func:`linear` twice), the two :func:`linear` calls elsewhere."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(a for a in ACTIVATIONS if a)} or None, got {activation!r}")
     if not _cpp_usable(x, w1, b1, w2, b2) or x.dim() == 0 or w1.dim() != 2 or w2.dim() != 2:
-        return linear(linear(x, w1, b1, "elu"), w2, b2)
+        return linear(linear(x, w1, b1, activation), w2, b2)
     lead = x.shape[:-1]
     z = ff_op(x.reshape(-1, x.shape[-1]).contiguous(), w1.contiguous(), None if b1 is None else b1.contiguous(),
-              w2.contiguous(), None if b2 is None else b2.contiguous())
+              w2.contiguous(), None if b2 is None else b2.contiguous(), ACTIVATIONS[activation])
     return z.reshape(*lead, w2.shape[0])
