@@ -107,10 +107,11 @@ class STOSA(_Recommender):
         mean = self.embed_norm(self.item_mean.weight[0].detach() + self.position_mean(pos))  # padding_idx: no grad
         cov = self.embed_norm(self.item_cov.weight[0].detach() + self.position_cov(pos))
         if position_dropout_usable(mean):  # gathered, dropped out and activated in one pass each way
-            pos = torch.cat([torch.arange(w, device=device).repeat(n) for n, w in blocks])
+            # each packed row's position (block after block, row-major): the table row it takes
+            positions = torch.cat([torch.arange(w, device=device).repeat(n) for n, w in blocks])
             p, training = self.dropout.p, self.dropout.training
-            mean = position_dropout(mean, pos, p, training, "elu").unsqueeze(0)
-            cov = position_dropout(cov, pos, p, training, "elu_plus_one").unsqueeze(0)
+            mean = position_dropout(mean, positions, p, training, "elu").unsqueeze(0)
+            cov = position_dropout(cov, positions, p, training, "elu_plus_one").unsqueeze(0)
         else:
             # repeated blocks, not a gather: the backward of a gather (an accumulating index_put) is
             # not deterministic on a multi-threaded CPU, that of repeat (a sum) is
