@@ -587,17 +587,18 @@ def original_curve(lines: list[str]) -> list[dict]:
     return curve
 
 
+# a time stamp a logging pipe may have put before each line: "<seconds> " or "YYYY-MM-DD HH:MM:SS "
+_STAMP = re.compile(r"^(?:\d+(?:\.\d+)?|\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d+)?) ")
+
+
 def read_original_log(path: str) -> list[str]:
     """The lines of a saved stdout of the original's ``main.py`` (the official command, the same
-    seed), each optionally prefixed by a time stamp ``<seconds> `` (as written by a logging pipe)."""
+    seed), each optionally prefixed by a time stamp ``<seconds> `` or ``YYYY-MM-DD HH:MM:SS `` (as
+    written by a logging pipe)."""
     if not os.path.isfile(path):
         raise ParityError(f"{path}: no such file")
-    lines = []
     with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            head, _, rest = line.partition(" ")
-            lines.append(rest.rstrip("\n") if head.isdigit() and rest else line.rstrip("\n"))
-    return lines
+        return [_STAMP.sub("", line.rstrip("\n"), count=1) for line in fh]
 
 
 def our_curve(run_dir: str) -> list[dict]:

@@ -96,3 +96,17 @@ def test_layer_count_and_relative_error(parity):
     assert parity.rel_error(torch.tensor([1.0, -3.0]), b) == 0.25
     assert parity.rel_error(torch.zeros(2), torch.zeros(2)) == 0.0
     assert math.isnan(parity.rel_error(torch.tensor([float("nan"), 0.0]), b))  # NaN: never within rtol
+
+
+def test_original_log_lines_lose_their_time_stamps(parity, tmp_path):
+    # a saved stdout of the original, piped through a logger: seconds or a date and time before each line
+    log = tmp_path / "log.txt"
+    log.write_text("1733230000 Train CoDistSAModel\n"
+                   "2026-12-03 11:38:30 {'Epoch': 0, 'HIT@10': '0.01', 'MRR': '0.002'}\n"
+                   "{'Epoch': 1, 'HIT@10': '0.02', 'MRR': '0.004'}\n"
+                   "12.5 {'epoch': 2, 'total_avg_loss': '1.9'}\n"
+                   "EarlyStopping counter: 1 out of 100\n")
+    assert parity.read_original_log(str(log)) == [
+        "Train CoDistSAModel", "{'Epoch': 0, 'HIT@10': '0.01', 'MRR': '0.002'}",
+        "{'Epoch': 1, 'HIT@10': '0.02', 'MRR': '0.004'}", "{'epoch': 2, 'total_avg_loss': '1.9'}",
+        "EarlyStopping counter: 1 out of 100"]
