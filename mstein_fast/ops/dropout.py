@@ -20,6 +20,7 @@ from mstein_fast.backends import _load
 from mstein_fast.ops import activations
 from mstein_fast.ops._library import check_buffer, define_op
 from mstein_fast.ops._stack import empty_buffer, threads
+from mstein_fast.ops.linear import ACTIVATIONS
 
 
 def _threshold(p: float) -> int:
@@ -84,8 +85,6 @@ class Dropout(nn.Dropout):
 
 
 # -- gathered rows, dropped out and activated in one pass (csrc/position_dropout.h) --------------
-
-_ACTIVATIONS = {None: 0, "elu": 1, "elu_plus_one": 2}
 
 
 def _position_dropout(table: torch.Tensor, pos: torch.Tensor, seed: torch.Tensor, p: float, act: int) -> torch.Tensor:
@@ -162,7 +161,7 @@ def position_dropout(table: torch.Tensor, pos: torch.Tensor, p: float = 0.5, tra
     the seed drawn for them) are those of :func:`dropout` on the gathered ``[T, H]`` tensor, so the
     result equals the separate gather, dropout and activation bit for bit. Elsewhere (other
     devices, dtypes, ``p == 1``) it is that composition."""
-    if activation not in _ACTIVATIONS:
+    if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be None, 'elu' or 'elu_plus_one', got {activation!r}")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
@@ -178,4 +177,4 @@ def position_dropout(table: torch.Tensor, pos: torch.Tensor, p: float = 0.5, tra
     # the seed is drawn exactly when dropout() would draw it
     seed = (torch.randint(0, 2**63 - 1, (), dtype=torch.int64) if p_eff > 0
             else torch.zeros((), dtype=torch.int64))
-    return position_dropout_op(table.contiguous(), pos.contiguous(), seed, float(p_eff), _ACTIVATIONS[activation])
+    return position_dropout_op(table.contiguous(), pos.contiguous(), seed, float(p_eff), ACTIVATIONS[activation])
