@@ -14,7 +14,7 @@
 
 #include "activations.h"
 #include "dropout.h"
-#include "gemm.h"
+#include "linear.h"
 
 namespace mstein {
 namespace MSTEIN_ISA {
@@ -74,19 +74,10 @@ static void position_dropout_backward(const float* g, const float* y, const int6
     float* tmp = local.data();
     for (int64_t t = t0; t < t1; ++t) {
       const float* gr = g + t * h;
-      if (act == 0) {
+      if (act == 0)
         std::memcpy(tmp, gr, h * sizeof(float));
-      } else {
-        const float* yr = y + t * h;
-        int64_t j = 0;
-        for (; j + VW <= h; j += VW) storeu(tmp + j, elu_grad_lane(loadu(gr + j), loadu(yr + j), act - 1));
-        if (j < h) {
-          float gb[VW] = {}, yb[VW] = {};
-          std::memcpy(gb, gr + j, (h - j) * sizeof(float));
-          std::memcpy(yb, yr + j, (h - j) * sizeof(float));
-          storeu(tmp + j, elu_grad_lane(loadu(gb), loadu(yb), act - 1));
-        }
-      }
+      else
+        act_grad(gr, y + t * h, h, act, tmp);  // through the activation, from its output (linear.h)
       drop_row(tmp, tmp, h, t * h, mask, threshold);  // the dropout is linear: the same mask and scale
       double* dst = acc + pos[t] * h;
       for (int64_t j = 0; j < h; ++j) dst[j] += tmp[j];
