@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, or a run directory (uses best.pt)")
     p.add_argument("--data", metavar="FILE", help="sequence file (default: the data the checkpoint was trained on)")
     p.add_argument("--device", help="torch device (default: the checkpoint's, auto = cuda if available)")
-    p.add_argument("--batch-size", type=int, default=256, help="users per evaluation batch (default: 256)")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="users per evaluation batch (default 0: automatic, up to 2048 as memory allows)")
 
     p = sub.add_parser("recommend", help="top-k items for one user",
                        description="Recommend the k best items the user has not interacted with, given the "
@@ -343,8 +344,8 @@ def _checkpoint_and_data(args):
 def _cmd_evaluate(args) -> int:
     from mstein_fast.evaluate import evaluate
 
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.batch_size < 0:
+        raise UserError(f"--batch-size must be >= 0 (0: automatic), got {args.batch_size}")
     ckpt, model, data, split = _checkpoint_and_data(args)
     result = {"checkpoint": ckpt["path"], "model": ckpt["config"].model, "data": data.source,
               "epoch": ckpt["epoch"],

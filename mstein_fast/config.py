@@ -171,7 +171,8 @@ class TrainConfig:
                         valid=COUNT)
     early_stop_metric: str = _key("mrr", "validation metric for early stopping and the best checkpoint",
                                   ["mrr", "mrr@40", "ndcg@10", "ndcg@20", "recall@10", "recall@20"])
-    eval_batch_size: int = _key(256, "users per evaluation batch", valid=ROWS)
+    eval_batch_size: int = _key(0, "users per evaluation batch (0: automatic, up to 2048 as memory allows)",
+                                valid=Range(0, 10**7))
     progress: bool = _key(True, "show a progress bar with the running loss")
     # built-in synthetic data (used when data is not given)
     synthetic_users: int = _key(2000, "synthetic data: number of users", valid=ROWS)

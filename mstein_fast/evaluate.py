@@ -18,6 +18,20 @@ from mstein_fast.ops._stack import threads
 
 KS = (1, 5, 10, 20)
 OFFICIAL_MRR_CUTOFF = 40  # the original code computes MRR over its top-40 list only
+AUTO_EVAL_ROWS = 2048  # the most users per automatic evaluation batch
+AUTO_EVAL_SCORES = 2**26  # and at most this many scores per batch (256 MB of float32)
+
+
+def auto_eval_batch(n_items: int) -> int:
+    """Users per evaluation batch when none is given: as many as keep one batch's ``[users, n_items]``
+    scores within :data:`AUTO_EVAL_SCORES`, at most :data:`AUTO_EVAL_ROWS` (each batch also pays a
+    fixed cost: the encoder's per-bucket calls and the score kernel's setup; 2048 users per batch
+    validate Beauty in ~0.8 s against ~1.2 s at 256 on a 2-core CPU). Ranks do not depend on the batch size
+    beyond float rounding (a row's encoder window, its bucket, depends on its batch: a target
+    tied with an item to ~1e-7 can move by a place)."""
+    if n_items < 0:
+        raise ValueError(f"n_items must be >= 0, got {n_items}")
+    return max(1, min(AUTO_EVAL_ROWS, AUTO_EVAL_SCORES // max(n_items + 1, 1)))
 
 
 def recall_at_k(ranks: torch.Tensor, k: int) -> float:
@@ -115,14 +129,19 @@ class NonFiniteScores(ValueError):
 
 
 @torch.no_grad()
-def evaluate_ranks(model, split: LeaveOneOut, which: str, batch_size: int = 256,
+def evaluate_ranks(model, split: LeaveOneOut, which: str, batch_size: int | None = None,
                    users: torch.Tensor | None = None, require_finite: bool = False) -> torch.Tensor:
     """Target ranks of ``"valid"`` or ``"test"`` for every user, or for the user indices ``users``
-    (e.g. one process's share), in that order (CPU tensor).
+    (e.g. one process's share), in that order (CPU tensor); ``batch_size`` users at a time (None or
+    0: :func:`auto_eval_batch`).
 
     A non-finite target score is a miss (see :func:`target_ranks`); with ``require_finite`` any
     non-finite score raises :class:`NonFiniteScores` instead (one host sync at the end)."""
     inputs, targets, seen = split.eval_arrays(which)
+    if not batch_size:
+        batch_size = auto_eval_batch(split.n_items)
+    elif batch_size < 0:
+        raise ValueError(f"batch_size must be >= 0 (0 or None: automatic), got {batch_size}")
     if users is None:
         users = torch.arange(len(targets))
     device = next(model.parameters()).device
@@ -149,7 +168,7 @@ def evaluate_ranks(model, split: LeaveOneOut, which: str, batch_size: int = 256,
     return torch.cat(ranks)
 
 
-def evaluate(model, split: LeaveOneOut, which: str, batch_size: int = 256) -> dict[str, float]:
+def evaluate(model, split: LeaveOneOut, which: str, batch_size: int | None = None) -> dict[str, float]:
     """The metrics of :func:`ranking_metrics` for ``"valid"`` or ``"test"``."""
     return ranking_metrics(evaluate_ranks(model, split, which, batch_size))
 

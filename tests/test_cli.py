@@ -117,6 +117,8 @@ def test_data_prepare(tmp_path, capsys):
         (["train", "--resume", "{tmp}"], "no such checkpoint"),
         (["evaluate", "{tmp}/bad.txt"], "not a mstein-fast checkpoint"),
         (["evaluate", "{tmp}/nothing.pt"], "no such checkpoint"),
+        (["evaluate", "{tmp}/nothing.pt", "--batch-size", "-1"], "--batch-size must be >= 0 (0: automatic)"),
+        (["train", "--eval-batch-size", "-5"], "eval_batch_size"),
         (["data", "prepare", "{tmp}/missing.csv", "-o", "{tmp}/o.txt"], "missing.csv: no such file"),
     ],
 )

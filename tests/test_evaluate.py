@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from mstein_fast import evaluate as evaluate_module
 from mstein_fast.data import Sequences, leave_one_out
 from mstein_fast.evaluate import (
+    auto_eval_batch,
     evaluate,
     evaluate_ranks,
     mrr,
@@ -137,9 +139,39 @@ def test_evaluate_matches_brute_force_in_any_batch_size():
             target = s[cut]
             order = sorted(range(20), key=lambda j: (-scores[j].item(), j))
             expected.append(order.index(target - 1))
-        for bs in (1, 5, 64):
+        for bs in (1, 5, 64, 0, None):  # 0 / None: automatic
             assert evaluate_ranks(model, split, which, batch_size=bs).tolist() == expected
     assert evaluate(model, split, "test")["recall@20"] == 1.0  # 20 items: everything is in the top 20
+    with pytest.raises(ValueError, match="batch_size must be >= 0"):
+        evaluate_ranks(model, split, "test", batch_size=-3)
+
+
+def test_auto_eval_batch_caps_rows_and_scores():
+    rows, budget = evaluate_module.AUTO_EVAL_ROWS, evaluate_module.AUTO_EVAL_SCORES
+    assert auto_eval_batch(0) == rows and auto_eval_batch(20) == rows  # small catalogues: the row cap
+    for n_items in (12101, budget // rows, budget // rows + 7, 10**6, budget, 10 * budget):
+        b = auto_eval_batch(n_items)
+        assert 1 <= b <= rows
+        assert b == 1 or b * (n_items + 1) <= budget  # within the score budget (the padding column counted)
+        assert b == rows or (b + 1) * (n_items + 1) > budget  # and as large as it allows
+    with pytest.raises(ValueError, match="n_items"):
+        auto_eval_batch(-1)
+
+
+def test_auto_eval_batch_is_what_evaluation_uses(monkeypatch):
+    _, split = tiny_split()
+    model = FixedScores(torch.randn(21, 20, generator=torch.Generator().manual_seed(2)))
+    sizes = []
+
+    def spy(seen, users, n_items, device):
+        sizes.append(len(users))
+        return real(seen, users, n_items, device)
+
+    real = evaluate_module.seen_mask
+    monkeypatch.setattr(evaluate_module, "seen_mask", spy)
+    monkeypatch.setattr(evaluate_module, "AUTO_EVAL_SCORES", 21 * 8)  # 8 users of 20 items (+ padding) per batch
+    evaluate_ranks(model, split, "valid")
+    assert sizes == [8, 8, 8, 8, 5]  # 37 users
 
 
 def test_popularity_baseline():
