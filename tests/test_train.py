@@ -159,14 +159,18 @@ def test_length_buckets_cover_every_row_once():
     assert len(length_buckets(lengths, 0.0)) == len(lengths.unique())
 
 
+@pytest.mark.parametrize("bucket_cost", [None, 0.0])
 @pytest.mark.parametrize("compat,layers", [("none", 1), ("none", 2), ("original", 2)])
-def test_skip_padding_equals_the_full_computation(compat, layers):
+def test_skip_padding_equals_the_full_computation(compat, layers, bucket_cost):
     # windowed / bucketed encoder (skip_padding, the default) vs the straightforward [B, L] one, in
-    # float64 so that only exact equivalence passes: outputs, losses and every parameter's gradient
+    # float64 so that only exact equivalence passes: outputs, losses and every parameter's gradient;
+    # bucket_cost 0: a bucket per distinct length (many windows, their item rows looked up at once)
     torch.manual_seed(1)
     cfg = TrainConfig(model="mstein", hidden_size=8, max_seq_length=12, num_hidden_layers=layers, backend="torch",
                       compat=compat, temperature=0.5)
     model = build_model("mstein", 30, cfg).double().eval()
+    if bucket_cost is not None:
+        model.bucket_cost = bucket_cost
     b, L = 24, 12
     lengths = torch.randint(0, L + 1, (b,))
     lengths[:3] = torch.tensor([0, L, 1])  # an empty row, a full row, a single item

@@ -58,10 +58,24 @@ class STOSA(_Recommender):
         positions; :meth:`encode_fast` gives the same result with less work on padding."""
         return self._encode_window(seqs, 0)
 
-    def _embed(self, ids, pos):
-        mean = activations.elu(self.dropout(self.embed_norm(self.item_mean(ids) + self.position_mean(pos))))
-        cov = elu_plus_one(self.dropout(self.embed_norm(self.item_cov(ids) + self.position_cov(pos))))
+    def _embed(self, ids, pos, items=None):
+        """The embedded input Gaussians of ``ids`` ``[b, w]`` at positions ``pos`` ``[w]``; ``items``: the
+        ids' rows of the two item tables (:meth:`_item_rows`), when already looked up."""
+        item_mean, item_cov = items if items is not None else (self.item_mean(ids), self.item_cov(ids))
+        mean = activations.elu(self.dropout(self.embed_norm(item_mean + self.position_mean(pos))))
+        cov = elu_plus_one(self.dropout(self.embed_norm(item_cov + self.position_cov(pos))))
         return mean, cov
+
+    def _item_rows(self, windows: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The rows of both item tables for every id of each ``[b, w]`` window, looked up for all the
+        windows at once: one lookup per table, so the backward forms one dense table gradient per
+        table instead of one per window (each the size of the table: 12k x 64 on Beauty)."""
+        if len(windows) == 1:
+            return [(self.item_mean(windows[0]), self.item_cov(windows[0]))]
+        ids = torch.cat([w.reshape(-1) for w in windows])
+        sizes = [w.numel() for w in windows]
+        means, covs = self.item_mean(ids).split(sizes), self.item_cov(ids).split(sizes)
+        return [(m.view(*w.shape, -1), c.view(*w.shape, -1)) for m, c, w in zip(means, covs, windows)]
 
     def _layers(self, mean, cov, attend, last_only: bool = False):
         """The encoder layers; ``attend(attention, mean, cov, last)`` runs one attention layer (``last``:
@@ -79,15 +93,16 @@ class STOSA(_Recommender):
                 mean = mean[:, -1:]
         return mean, cov
 
-    def _encode_window(self, seqs: torch.Tensor, offset: int, last_only: bool = False):
+    def _encode_window(self, seqs: torch.Tensor, offset: int, last_only: bool = False, items=None):
         """:meth:`encode` of the window ``seqs`` ``[B, w]`` = positions ``offset .. offset + w - 1``
         of a longer left-padded batch whose earlier positions are all padding: causal attention
         never reaches back into them (padding keys are masked), so the window's outputs are
         those of the whole batch at these positions. With ``last_only``: the outputs at the last
         position only, ``[B, 1, H]`` (the last layer skips the other positions' queries,
-        projections and feed-forward blocks)."""
+        projections and feed-forward blocks). ``items``: the window's item-table rows, when
+        already looked up (:meth:`_item_rows`)."""
         pos = torch.arange(offset, offset + seqs.shape[1], device=seqs.device)
-        mean, cov = self._embed(seqs, pos)
+        mean, cov = self._embed(seqs, pos, items)
         allowed = original_attention_mask(seqs, -(2.0**32) + 1) if self.original_padding else attention_mask(seqs)
         return self._layers(mean, cov, lambda attention, m, c, last: attention(m, c, allowed, last), last_only)
 
@@ -177,6 +192,8 @@ class STOSA(_Recommender):
                 if w < L:
                     (n, width), m, c = next(blocks_iter)
                     lead[i] = (m.reshape(n, width, -1), c.reshape(n, width, -1))
+        windows = {i: seqs[rows, L - w:] for i, (rows, w) in enumerate(buckets) if w > 0}
+        items = dict(zip(windows, self._item_rows(list(windows.values())))) if windows else {}
         for i, (rows, w) in enumerate(buckets):
             parts = []
             if w < L and shared is not None:
@@ -184,7 +201,7 @@ class STOSA(_Recommender):
             elif w < L:
                 parts.append(lead[i])
             if w > 0:
-                parts.append(self._encode_window(seqs[rows, L - w:], L - w))
+                parts.append(self._encode_window(windows[i], L - w, items=items[i]))
             means.append(torch.cat([p[0] for p in parts], 1) if len(parts) > 1 else parts[0][0])
             covs.append(torch.cat([p[1] for p in parts], 1) if len(parts) > 1 else parts[0][1])
             order.append(rows)
@@ -207,10 +224,10 @@ class STOSA(_Recommender):
             return self._rec_loss_full(seqs, targets, negatives)
         L, h = seqs.shape[1], self.hidden
         means, covs, ts, ns = [], [], [], []
-        for rows, w in self._windows(seqs, targets > 0):
-            if w == 0:
-                continue
-            mean, cov = self._encode_window(seqs[rows, L - w:], L - w)
+        buckets = [(rows, w) for rows, w in self._windows(seqs, targets > 0) if w > 0]
+        windows = [seqs[rows, L - w:] for rows, w in buckets]
+        for (rows, w), window, items in zip(buckets, windows, self._item_rows(windows) if windows else []):
+            mean, cov = self._encode_window(window, L - w, items=items)
             means.append(mean.reshape(-1, h))
             covs.append(cov.reshape(-1, h))
             ts.append(targets[rows, L - w:].reshape(-1))
@@ -260,7 +277,10 @@ class STOSA(_Recommender):
             return mean[:, -1], cov[:, -1]
         means, covs, order = [], [], []
         for rows, w in self._windows(seqs, torch.zeros_like(seqs, dtype=torch.bool)):
-            mean, cov = self._encode_window(seqs[rows, L - max(w, 1):], L - max(w, 1), last_only=True)
+            # an all-padding row: its last position is padding, which under the original's masking
+            # attends to its whole row (so the whole row is encoded); else that position alone
+            w = L if w == 0 and self.original_padding else max(w, 1)
+            mean, cov = self._encode_window(seqs[rows, L - w:], L - w, last_only=True)
             means.append(mean[:, -1])
             covs.append(cov[:, -1])
             order.append(rows)
