@@ -84,6 +84,21 @@ def _opcheck_cases():
 
             cases.append(("wasserstein_infonce_bwd", infonce_bwd))
 
+            def infonce_stacked(s=similarity, k=keep, requires_grad=True):
+                ma, ca, mb, cb, t, _, _ = _infonce_args(False, s, k)
+                mean, cov = torch.cat([ma, mb]), torch.cat([ca, cb])
+                return mean.requires_grad_(requires_grad), cov.requires_grad_(requires_grad), t, s, k
+
+            cases.append(("wasserstein_infonce_stacked_fwd", infonce_stacked))
+
+            def infonce_stacked_bwd(s=similarity, k=keep):
+                mean, cov, t, _, _ = infonce_stacked(s, k, requires_grad=False)
+                losses, x, lse, w = ops.wasserstein_infonce_stacked_fwd(mean, cov, t, s, k)
+                g = torch.randn(losses.shape, generator=torch.Generator().manual_seed(6))
+                return g, x, lse, w, cov, t, s
+
+            cases.append(("wasserstein_infonce_stacked_bwd", infonce_stacked_bwd))
+
     def dropout_args():
         x = torch.randn(4, 7, generator=torch.Generator().manual_seed(7)).requires_grad_()
         return x, torch.tensor(12345, dtype=torch.int64), 0.3
@@ -140,6 +155,51 @@ def test_wasserstein_infonce_op_gradients_under_random_upstream(similarity, keep
     assert_close_rel(losses, rows, 1e-5, "losses")
     for name, g, e in zip(("mean_a", "cov_a", "mean_b", "cov_b"), grads, expected):
         assert_close_rel(g, e, 1e-4, f"d {name}")
+
+
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("similarity", ["inv", "neg"])
+def test_wasserstein_infonce_stacked_op_gradients_under_random_upstream(similarity, keep):
+    # the views stacked [2N, D]: losses and the stacked gradients against the float64 formula, and
+    # bit for bit those of the four-view op (the same kernels on the same rows)
+    ma, ca, mb, cb, t, s, k = _infonce_args(False, similarity, keep)
+    mean, cov = torch.cat([ma, mb]).requires_grad_(), torch.cat([ca, cb]).requires_grad_()
+    losses = ops.wasserstein_infonce_stacked_fwd(mean, cov, t, s, k)[0]
+    upstream = torch.randn(losses.shape, generator=torch.Generator().manual_seed(9))
+    grad_mean, grad_cov = torch.autograd.grad(losses, (mean, cov), upstream)
+    leaves = [x.detach().double().requires_grad_() for x in (ma, ca, mb, cb)]
+    expected = torch.autograd.grad(infonce_rows_float64(*leaves, t, s), leaves, upstream.double())
+    assert_close_rel(grad_mean, torch.cat([expected[0], expected[2]]), 1e-4, "d mean")
+    assert_close_rel(grad_cov, torch.cat([expected[1], expected[3]]), 1e-4, "d cov")
+    views = [x.requires_grad_() for x in (ma, ca, mb, cb)]
+    four = ops.wasserstein_infonce_fwd(*views, t, s, k)[0]
+    assert torch.equal(four, losses)
+    g4 = torch.autograd.grad(four, views, upstream)
+    assert torch.equal(grad_mean, torch.cat([g4[0], g4[2]])) and torch.equal(grad_cov, torch.cat([g4[1], g4[3]]))
+
+
+def test_wasserstein_infonce_stacked_equals_the_four_view_loss():
+    from mstein_fast.ops._wasserstein_infonce import wasserstein_infonce_stacked
+
+    ma, ca, mb, cb, _, _, _ = _infonce_args(False, "inv", True)
+    for dtype, backend in ((torch.float32, "cpp"), (torch.float64, "cpp"), (torch.float32, "torch")):
+        views = [x.to(dtype).requires_grad_() for x in (ma, ca, mb, cb)]
+        mean = torch.cat([ma, mb]).to(dtype).requires_grad_()
+        cov = torch.cat([ca, cb]).to(dtype).requires_grad_()
+        for reduction in ("mean", "sum", "none"):
+            kw = {"temperature": 0.5, "similarity": "inv", "reduction": reduction, "backend": backend}
+            stacked = wasserstein_infonce_stacked(mean, cov, **kw)
+            four = mstein_fast.wasserstein_infonce(*views, **kw)
+            assert stacked.dtype == dtype and stacked.shape == four.shape
+            torch.testing.assert_close(stacked, four, rtol=1e-6, atol=0)
+            gs = torch.autograd.grad(stacked.sum(), (mean, cov))
+            g4 = torch.autograd.grad(four.sum(), views)
+            torch.testing.assert_close(gs[0], torch.cat([g4[0], g4[2]]), rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(gs[1], torch.cat([g4[1], g4[3]]), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match=r"two views of N rows each"):
+        wasserstein_infonce_stacked(mean[:5], cov[:5])
+    with pytest.raises(ValueError, match="cov"):
+        wasserstein_infonce_stacked(mean.detach(), -cov.detach())  # value check on by default
 
 
 def test_dropout_op_backward_uses_the_forward_mask():

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import mstein_fast
 from mstein_fast import distributed
 from mstein_fast.compat import original_compat
 from mstein_fast.models.buckets import BUCKET_COST
 from mstein_fast.models.layers import elu_plus_one
+from mstein_fast.ops._wasserstein_infonce import wasserstein_infonce_stacked
 from mstein_fast.ops.wasserstein_infonce_sequences import wasserstein_infonce_sequences
 
 
@@ -74,15 +74,16 @@ class _Recommender(nn.Module):
             return wasserstein_infonce_sequences(mean, cov, temperature=self.temperature, similarity=self.similarity,
                                                  backend=self.backend, anchor=anchor)
         n2 = mean.shape[0]
-        # the views by chunk, not by slicing: the backward then concatenates the two gradients (one
-        # pass) instead of scattering each into a zero tensor of the full size and adding them
-        (mean_a, mean_b), (cov_a, cov_b) = mean.reshape(n2, -1).chunk(2), cov.reshape(n2, -1).chunk(2)
         if self.cl_group is not None:
+            # the views by chunk, not by slicing: the backward then concatenates the two gradients (one
+            # pass) instead of scattering each into a zero tensor of the full size and adding them
+            (mean_a, mean_b), (cov_a, cov_b) = mean.reshape(n2, -1).chunk(2), cov.reshape(n2, -1).chunk(2)
             return distributed.wasserstein_infonce(
                 mean_a, cov_a, mean_b, cov_b, temperature=self.temperature, similarity=self.similarity,
                 reduction="mean", backend=self.backend, group=self.cl_group)
-        return mstein_fast.wasserstein_infonce(  # no value check (a host sync and four passes): a NaN shows in the loss
-            mean_a, cov_a, mean_b, cov_b,
+        # the views stacked, as they are: the gradients come back stacked (no concatenation)
+        return wasserstein_infonce_stacked(  # no value check (a host sync and four passes): a NaN shows in the loss
+            mean.reshape(n2, -1), cov.reshape(n2, -1),
             temperature=self.temperature, similarity=self.similarity, reduction="mean", backend=self.backend,
             check_values=False,
         )

@@ -60,10 +60,9 @@ def _fwd_fake(mean_a, cov_a, mean_b, cov_b, temperature, similarity, keep):
     return new((2 * n,)), new((2 * n, 2 * d)), new((3, 2 * n)), new((2 * n, 2 * n) if keep else (0,))
 
 
-def _bwd(grad_rows: torch.Tensor, x: torch.Tensor, lse: torch.Tensor, w: torch.Tensor, cov_a: torch.Tensor,
-         cov_b: torch.Tensor, temperature: float, similarity: str):
-    """``mstein_fast::wasserstein_infonce_bwd``: gradients w.r.t. ``mean_a, cov_a, mean_b, cov_b``
-    of ``sum(grad_rows * losses)``, from the forward's ``x``, ``lse`` and ``w`` (empty: recompute)."""
+def _bwd_into(grad_rows: torch.Tensor, x: torch.Tensor, lse: torch.Tensor, w: torch.Tensor, cov_a: torch.Tensor,
+              cov_b: torch.Tensor, temperature: float, similarity: str, grads: list[torch.Tensor]) -> None:
+    """The C++ backward into ``grads`` (d mean_a, d cov_a, d mean_b, d cov_b: contiguous ``[N, D]``)."""
     ext = cpp_extension()
     check_dims("x", x, 2)
     rows2, k = x.shape
@@ -75,10 +74,17 @@ def _bwd(grad_rows: torch.Tensor, x: torch.Tensor, lse: torch.Tensor, w: torch.T
                            ("w", w, (rows2, rows2) if keep else (0,)), ("cov_a", cov_a, (n, d)),
                            ("cov_b", cov_b, (n, d))):
         check_buffer(name, t, shape)
-    grads = [torch.empty_like(cov_a) for _ in range(4)]  # d mean_a, d cov_a, d mean_b, d cov_b
     ext.wasserstein_infonce_bwd(x.data_ptr(), n, k, temperature, SIMILARITIES[similarity], grad_rows.data_ptr(),
                                 lse.data_ptr(), w.data_ptr() if keep else 0, cov_a.data_ptr(), cov_b.data_ptr(),
                                 *(g.data_ptr() for g in grads), threads())
+
+
+def _bwd(grad_rows: torch.Tensor, x: torch.Tensor, lse: torch.Tensor, w: torch.Tensor, cov_a: torch.Tensor,
+         cov_b: torch.Tensor, temperature: float, similarity: str):
+    """``mstein_fast::wasserstein_infonce_bwd``: gradients w.r.t. ``mean_a, cov_a, mean_b, cov_b``
+    of ``sum(grad_rows * losses)``, from the forward's ``x``, ``lse`` and ``w`` (empty: recompute)."""
+    grads = [torch.empty_like(cov_a) for _ in range(4)]  # d mean_a, d cov_a, d mean_b, d cov_b
+    _bwd_into(grad_rows, x, lse, w, cov_a, cov_b, temperature, similarity, grads)
     return tuple(grads)
 
 
@@ -110,6 +116,70 @@ wasserstein_infonce_fwd = define_op(
     "(Tensor mean_a, Tensor cov_a, Tensor mean_b, Tensor cov_b, float temperature, str similarity, bool keep) "
     "-> (Tensor, Tensor, Tensor, Tensor)",
     _fwd, _fwd_fake, backward=_backward, setup_context=_setup_context)
+
+
+# The same loss on the two views stacked, ``[2N, D]`` (view A's rows, then view B's), as the models
+# hold them: the gradients come back stacked too (written in place by the kernel), instead of as
+# four [N, D] tensors that autograd then concatenates (a copy of both [2N, D] gradients per step).
+
+def _halves(t: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    check_dims(name, t, 2)
+    if t.shape[0] % 2:
+        raise ValueError(f"{name} must stack two views of N rows each ([2N, D]), got {t.shape[0]} rows")
+    return t.chunk(2)  # by chunk: autograd's backward of a non-C++ path concatenates (no zero-filled scatters)
+
+
+def _fwd_stacked(mean: torch.Tensor, cov: torch.Tensor, temperature: float, similarity: str, keep: bool):
+    """``mstein_fast::wasserstein_infonce_stacked_fwd``: :func:`_fwd` of the views stacked, ``mean``
+    and ``cov`` contiguous float32 ``[2N, D]``."""
+    (mean_a, mean_b), (cov_a, cov_b) = _halves(mean, "mean"), _halves(cov, "cov")
+    return _fwd(mean_a, cov_a, mean_b, cov_b, temperature, similarity, keep)
+
+
+def _fwd_stacked_fake(mean, cov, temperature, similarity, keep):
+    n2, d = mean.shape
+    new = mean.new_empty
+    return new((n2,)), new((n2, 2 * d)), new((3, n2)), new((n2, n2) if keep else (0,))
+
+
+def _bwd_stacked(grad_rows: torch.Tensor, x: torch.Tensor, lse: torch.Tensor, w: torch.Tensor, cov: torch.Tensor,
+                 temperature: float, similarity: str):
+    """``mstein_fast::wasserstein_infonce_stacked_bwd``: the gradients w.r.t. the stacked ``mean`` and
+    ``cov`` ``[2N, D]``, each view's half written by the kernel in place."""
+    cov_a, cov_b = _halves(cov, "cov")
+    grad_mean, grad_cov = torch.empty_like(cov), torch.empty_like(cov)
+    (gm_a, gm_b), (gc_a, gc_b) = _halves(grad_mean, "mean"), _halves(grad_cov, "cov")
+    _bwd_into(grad_rows, x, lse, w, cov_a, cov_b, temperature, similarity, [gm_a, gc_a, gm_b, gc_b])
+    return grad_mean, grad_cov
+
+
+def _bwd_stacked_fake(grad_rows, x, lse, w, cov, temperature, similarity):
+    return torch.empty_like(cov), torch.empty_like(cov)
+
+
+def _setup_context_stacked(ctx, inputs, output):
+    _, cov, temperature, similarity, _ = inputs
+    _, x, lse, w = output
+    ctx.mark_non_differentiable(x, lse, w)
+    ctx.save_for_backward(x, lse, w, cov)
+    ctx.temperature, ctx.similarity = temperature, similarity
+
+
+def _backward_stacked(ctx, grad_rows, _grad_x, _grad_lse, _grad_w):
+    x, lse, w, cov = ctx.saved_tensors
+    grads = wasserstein_infonce_stacked_bwd(grad_rows.contiguous(), x, lse, w, cov, ctx.temperature, ctx.similarity)
+    return (*grads, None, None, None)
+
+
+wasserstein_infonce_stacked_bwd = define_op(
+    "wasserstein_infonce_stacked_bwd",
+    "(Tensor grad_rows, Tensor x, Tensor lse, Tensor w, Tensor cov, float temperature, str similarity) "
+    "-> (Tensor, Tensor)",
+    _bwd_stacked, _bwd_stacked_fake)
+wasserstein_infonce_stacked_fwd = define_op(
+    "wasserstein_infonce_stacked_fwd",
+    "(Tensor mean, Tensor cov, float temperature, str similarity, bool keep) -> (Tensor, Tensor, Tensor, Tensor)",
+    _fwd_stacked, _fwd_stacked_fake, backward=_backward_stacked, setup_context=_setup_context_stacked)
 
 
 def _reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -171,11 +241,43 @@ def wasserstein_infonce(
         rows = triton_kernels().wasserstein_infonce_rows(mean_a, cov_a, mean_b, cov_b, temperature, similarity)
     else:
         views = [t.float().contiguous() for t in (mean_a, cov_a, mean_b, cov_b)]
-        # keep W for the backward only if there will be one and the matrix is small
-        n = mean_a.shape[0]
-        keep = torch.is_grad_enabled() and any(t.requires_grad for t in views) and (2 * n) ** 2 * 4 <= _keep_limit_bytes()
-        rows = wasserstein_infonce_fwd(*views, temperature, similarity, keep)[0]
+        rows = wasserstein_infonce_fwd(*views, temperature, similarity, _keep_matrix(views, mean_a.shape[0]))[0]
     return _reduce(rows, reduction).to(mean_a.dtype)
+
+
+def _keep_matrix(inputs: list[torch.Tensor], n: int) -> bool:
+    """Keep W for the backward: only if there will be one and the 2N x 2N matrix is small."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in inputs) and (2 * n) ** 2 * 4 <= _keep_limit_bytes()
+
+
+def wasserstein_infonce_stacked(
+    mean: torch.Tensor,
+    cov: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    similarity: str = "inv",
+    reduction: str = "mean",
+    backend: str = "auto",
+    check_values: bool = True,
+) -> torch.Tensor:
+    """:func:`wasserstein_infonce` of the two views stacked: ``mean``, ``cov`` ``[2N, D]``, view A's
+    N rows then view B's (row r's positive is row (r + N) mod 2N), as a model holds them. The same
+    loss; on the C++ backend the gradients come back stacked (no concatenation of the four views'
+    gradients in the backward). Other arguments as :func:`wasserstein_infonce`."""
+    (mean_a, mean_b), (cov_a, cov_b) = _halves(mean, "mean"), _halves(cov, "cov")
+    if (resolve_backend(backend, mean.device) != "cpp" or mean.dtype != torch.float32 or cov.dtype != torch.float32
+            or mean.shape != cov.shape):
+        return wasserstein_infonce(mean_a, cov_a, mean_b, cov_b, temperature=temperature, similarity=similarity,
+                                   reduction=reduction, backend=backend, check_values=check_values)
+    check_gaussians([("mean_a", mean_a, "cov_a", cov_a), ("mean_b", mean_b, "cov_b", cov_b)], same_rows=True,
+                    values=check_values)
+    temperature = check_temperature(temperature, mean.dtype)
+    check_choice("similarity", similarity, SIMILARITIES)
+    check_choice("reduction", reduction, REDUCTIONS)
+    mean, cov = mean.contiguous(), cov.contiguous()
+    rows = wasserstein_infonce_stacked_fwd(mean, cov, temperature, similarity,
+                                           _keep_matrix([mean, cov], mean.shape[0] // 2))[0]
+    return _reduce(rows, reduction)
 
 
 def wasserstein_alignment_uniformity(
