@@ -225,13 +225,7 @@ def wasserstein_infonce(
     of the global batch (each rank passing its own rows) is
     :func:`mstein_fast.distributed.wasserstein_infonce`.
     """
-    check_gaussians([("mean_a", mean_a, "cov_a", cov_a), ("mean_b", mean_b, "cov_b", cov_b)], same_rows=True,
-                    values=check_values)
-    if mean_a.dim() != 2:
-        raise ValueError(f"mean_a must be [N, D], got shape {tuple(mean_a.shape)}")
-    temperature = check_temperature(temperature, mean_a.dtype)
-    check_choice("similarity", similarity, SIMILARITIES)
-    check_choice("reduction", reduction, REDUCTIONS)
+    temperature = _check_args(mean_a, cov_a, mean_b, cov_b, temperature, similarity, reduction, check_values)
     name = resolve_backend(backend, mean_a.device)
     if name == "torch" or (name == "cpp" and mean_a.dtype == torch.float64):
         return reference.wasserstein_infonce(
@@ -243,6 +237,17 @@ def wasserstein_infonce(
         views = [t.float().contiguous() for t in (mean_a, cov_a, mean_b, cov_b)]
         rows = wasserstein_infonce_fwd(*views, temperature, similarity, _keep_matrix(views, mean_a.shape[0]))[0]
     return _reduce(rows, reduction).to(mean_a.dtype)
+
+
+def _check_args(mean_a, cov_a, mean_b, cov_b, temperature, similarity, reduction, check_values) -> float:
+    """The argument checks of :func:`wasserstein_infonce`; returns the checked temperature."""
+    check_gaussians([("mean_a", mean_a, "cov_a", cov_a), ("mean_b", mean_b, "cov_b", cov_b)], same_rows=True,
+                    values=check_values)
+    if mean_a.dim() != 2:
+        raise ValueError(f"mean_a must be [N, D], got shape {tuple(mean_a.shape)}")
+    check_choice("similarity", similarity, SIMILARITIES)
+    check_choice("reduction", reduction, REDUCTIONS)
+    return check_temperature(temperature, mean_a.dtype)
 
 
 def _keep_matrix(inputs: list[torch.Tensor], n: int) -> bool:
@@ -269,11 +274,7 @@ def wasserstein_infonce_stacked(
             or mean.shape != cov.shape):
         return wasserstein_infonce(mean_a, cov_a, mean_b, cov_b, temperature=temperature, similarity=similarity,
                                    reduction=reduction, backend=backend, check_values=check_values)
-    check_gaussians([("mean_a", mean_a, "cov_a", cov_a), ("mean_b", mean_b, "cov_b", cov_b)], same_rows=True,
-                    values=check_values)
-    temperature = check_temperature(temperature, mean.dtype)
-    check_choice("similarity", similarity, SIMILARITIES)
-    check_choice("reduction", reduction, REDUCTIONS)
+    temperature = _check_args(mean_a, cov_a, mean_b, cov_b, temperature, similarity, reduction, check_values)
     mean, cov = mean.contiguous(), cov.contiguous()
     rows = wasserstein_infonce_stacked_fwd(mean, cov, temperature, similarity,
                                            _keep_matrix([mean, cov], mean.shape[0] // 2))[0]
