@@ -39,6 +39,7 @@ PLAN = [
     ("mstein-pool128", "mstein", ["--padding-pool", "128"]),
     ("mstein-double-cov", "mstein", ["--cl-double-cov-activation"]),
     ("mstein-original-padding", "mstein", ["--original-padding"]),
+    ("mstein-mean-typo", "mstein", ["--mean-stream-typo"]),
     # the best trial of a tune of the model (--tuned NAME=FILE: the tune's best.json), trained to
     # early stopping like every run here: the baselines' side of the tune issue's comparison
     ("stosa-tuned", "stosa", ["--config", "{tuned}"]),

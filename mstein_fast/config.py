@@ -131,6 +131,9 @@ class TrainConfig:
                                   "padding positions attending uniformly to their whole row (their outputs, which "
                                   "enter the contrastive loss, then depend on the row's items; full encoder for the "
                                   "views: slower); implied by compat = original")
+    mean_stream_typo: bool = _key(False, "STOSA/MStein: the original code's typo, the encoder's mean stream not "
+                                  "propagated (every layer sees, and the encoder returns, the embedded input means; "
+                                  "a defect, kept to measure it alone); implied by compat = original")
     compat: str = _key("none", "original: reproduce every behaviour of the original research code that changes "
                        "training or evaluation, its defects included (README: Differences from the original code)",
                        ["none", "original"])
@@ -207,6 +210,9 @@ class TrainConfig:
             raise ConfigError("shared_padding / padding_pool change how the views' padding is encoded, which "
                               "original_padding (and compat = original) replaces by the original's whole-row "
                               "attention: choose one")
+        if self.mean_stream_typo and self.model not in ("stosa", "mstein"):
+            raise ConfigError(f"mean_stream_typo is the STOSA/MStein encoder's (a mean and a cov stream); "
+                              f"model {self.model!r} has one stream")
         if self.model == "coserec-wdm" and self.hidden_size % 2:
             raise ConfigError(f"coserec-wdm splits the output in halves: hidden_size must be even, got {self.hidden_size}")
         if self.data is None and self.synthetic_items < 2 * self.synthetic_clusters:

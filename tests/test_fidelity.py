@@ -212,6 +212,39 @@ def test_original_padding_alone_changes_only_the_padding():
     assert alone.contrastive_loss(views).item() != default.contrastive_loss(views).item()  # the padding enters it
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_mean_stream_typo_alone_changes_only_the_mean_stream(layers):
+    # the switch alone: the encoder returns the embedded input means (compat's, the original's typo),
+    # while everything else (padding, losses, the cov stream of a one-layer model) stays the default's
+    def make(**over):
+        torch.manual_seed(0)
+        cfg = TrainConfig(model="mstein", hidden_size=8, max_seq_length=L, num_hidden_layers=layers,
+                          backend="torch", hidden_dropout_prob=0.0, temperature=0.5, **over)
+        return build_model("mstein", 20, cfg).double().eval()
+
+    alone, default = make(mean_stream_typo=True), make()
+    default.load_state_dict(alone.state_dict())
+    mean_a, cov_a = alone.encode(SEQS)
+    mean_d, cov_d = default.encode(SEQS)
+    pos = torch.arange(L)
+    embedded = alone.embed_norm(alone.item_mean(SEQS) + alone.position_mean(pos))
+    embedded = torch.where(embedded > 0, embedded, torch.expm1(embedded))  # ELU, dropout off
+    torch.testing.assert_close(mean_a, embedded, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(mean_a, mean_d)
+    if layers == 1:  # the cov stream sees the input means only through the first layer: unchanged
+        torch.testing.assert_close(cov_a, cov_d, rtol=1e-12, atol=1e-12)
+    else:  # the second layer sees the un-propagated means
+        assert not torch.allclose(cov_a, cov_d)
+    # the fast paths (bucketed windows, self-only padding, last position only) keep the typo
+    for fast, full in zip(alone.encode_fast(SEQS), alone.encode(SEQS)):
+        torch.testing.assert_close(fast, full, rtol=1e-12, atol=1e-12)
+    for last, full in zip(alone.last_gaussians(SEQS), alone.encode(SEQS)):
+        torch.testing.assert_close(last, full[:, -1], rtol=1e-12, atol=1e-12)
+    assert model(compat="original").mean_stream_typo and not model().mean_stream_typo
+    with pytest.raises(ConfigError, match="mean_stream_typo"):
+        TrainConfig(model="sasrec", mean_stream_typo=True).validate()
+
+
 def test_compat_contrastive_loss_activates_the_cov_twice():
     compat = model(compat="original")
     views = torch.cat([SEQS, SEQS.flip(0)])

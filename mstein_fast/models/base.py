@@ -34,6 +34,8 @@ class _Recommender(nn.Module):
         self.double_cov_activation = cfg.cl_double_cov_activation or self.compat
         # the original's padding: random frozen padding rows, padding queries attending to their whole row
         self.original_padding = getattr(cfg, "original_padding", False) or self.compat
+        # the original's typo: the encoder's mean stream not propagated (STOSA/MStein)
+        self.mean_stream_typo = getattr(cfg, "mean_stream_typo", False) or self.compat
         self.pvn_weight = cfg.pvn_weight
         self.skip_padding = getattr(cfg, "skip_padding", True)
         self.shared_padding = getattr(cfg, "shared_padding", False)

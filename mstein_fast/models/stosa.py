@@ -53,8 +53,8 @@ class STOSA(_Recommender):
 
         Both streams go through every layer; with compat = "original" the mean stream is not
         propagated (every layer sees, and the encoder returns, the embedded input means), as in
-        the original STOSA/MStein code, and padding queries attend uniformly to their whole row
-        (:func:`original_attention_mask`). This is the straightforward computation over all ``L``
+        the original STOSA/MStein code (``mean_stream_typo`` alone does only this), and padding
+        queries attend uniformly to their whole row (:func:`original_attention_mask`). This is the straightforward computation over all ``L``
         positions; :meth:`encode_fast` gives the same result with less work on padding."""
         return self._encode_window(seqs, 0)
 
@@ -87,7 +87,7 @@ class STOSA(_Recommender):
             new_mean, cov = attend(attention, mean, cov, last)
             new_mean = mean_ffn(new_mean)
             cov = cov_ffn(cov, "elu_plus_one")
-            if not self.compat:  # the original's typo drops the new means
+            if not self.mean_stream_typo:  # the original's typo drops the new means
                 mean = new_mean
             elif last:
                 mean = mean[:, -1:]
