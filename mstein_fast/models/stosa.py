@@ -54,8 +54,9 @@ class STOSA(_Recommender):
         Both streams go through every layer; with compat = "original" the mean stream is not
         propagated (every layer sees, and the encoder returns, the embedded input means), as in
         the original STOSA/MStein code (``mean_stream_typo`` alone does only this), and padding
-        queries attend uniformly to their whole row (:func:`original_attention_mask`). This is the straightforward computation over all ``L``
-        positions; :meth:`encode_fast` gives the same result with less work on padding."""
+        queries attend uniformly to their whole row (:func:`original_attention_mask`). This is the
+        straightforward computation over all ``L`` positions; :meth:`encode_fast` gives the same
+        result with less work on padding."""
         return self._encode_window(seqs, 0)
 
     def _embed(self, ids, pos, items=None):
