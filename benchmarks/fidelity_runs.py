@@ -40,6 +40,9 @@ PLAN = [
     ("mstein-double-cov", "mstein", ["--cl-double-cov-activation"]),
     ("mstein-original-padding", "mstein", ["--original-padding"]),
     ("mstein-mean-typo", "mstein", ["--mean-stream-typo"]),
+    # the original's mean stream on top of the Office preset, and in STOSA (its own command)
+    ("mstein-office-preset-typo", "mstein", ["--preset", "office", "--mean-stream-typo"]),
+    ("stosa-mean-typo", "stosa", ["--mean-stream-typo"]),
     # the best trial of a tune of the model (--tuned NAME=FILE: the tune's best.json), trained to
     # early stopping like every run here: the baselines' side of the tune issue's comparison
     ("stosa-tuned", "stosa", ["--config", "{tuned}"]),

@@ -12,7 +12,7 @@ from torch import nn
 from mstein_fast import reference
 from mstein_fast.augment import CROP, INSERT, REORDER, SUBSTITUTE, Augmenter
 from mstein_fast.config import COMPAT_DEFAULTS, ConfigError, TrainConfig, build_config, coerce
-from mstein_fast.models import FeedForward, build_model, elu_plus_one, original_attention_mask
+from mstein_fast.models import FeedForward, attention_mask, build_model, elu_plus_one, original_attention_mask
 
 L = 8
 
@@ -243,6 +243,67 @@ def test_mean_stream_typo_alone_changes_only_the_mean_stream(layers):
     assert model(compat="original").mean_stream_typo and not model().mean_stream_typo
     with pytest.raises(ConfigError, match="mean_stream_typo"):
         TrainConfig(model="sasrec", mean_stream_typo=True).validate()
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_mean_stream_typo_skips_only_work_whose_output_is_dropped(layers):
+    # under the typo the encoder does not compute the mean values, mean output layers and mean
+    # feed-forward blocks; reference: every layer computed in full (its mean output dropped), as the
+    # original code does. Same outputs and parameter gradients on every encoder path.
+    def make():
+        torch.manual_seed(0)
+        cfg = TrainConfig(model="mstein", hidden_size=8, num_attention_heads=2, max_seq_length=L,
+                          num_hidden_layers=layers, backend="torch", hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.5, temperature=0.5, mean_stream_typo=True)
+        return build_model("mstein", 20, cfg).double()
+
+    def full(m, seqs, self_only=False):  # the reference: the layers in full, mean outputs dropped
+        pos = torch.arange(seqs.shape[1])
+        mean, cov = m._embed(seqs, pos)
+        allowed = attention_mask(seqs)
+        for attention, cov_ffn in zip(m.attention, m.cov_ffn):
+            new_mean, cov = attention.forward_self_only(mean, cov) if self_only else attention(mean, cov, allowed)
+            assert new_mean is not None
+            cov = cov_ffn(cov, "elu_plus_one")
+        return mean, cov
+
+    def grads(m, outputs):
+        for p in m.parameters():
+            p.grad = None
+        torch.manual_seed(7)
+        sum((t * torch.randn_like(t)).sum() for t in outputs).backward()
+        return {n: None if p.grad is None else p.grad.clone() for n, p in m.named_parameters()}
+
+    def same(got, want):
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+    m = make()
+    lead = torch.zeros(3, L, dtype=torch.long)
+    for training, seqs in ((False, SEQS), (True, SEQS), (True, lead)):
+        m.train(training)  # training: attention dropout on (same masks: one draw per layer either way)
+        self_only = bool(training and not seqs.any())
+        torch.manual_seed(1)
+        want = full(m, seqs, self_only)
+        want_grads = grads(m, want)
+        torch.manual_seed(1)
+        got = m._encode_lead(3, L) if self_only else m.encode(seqs)
+        got_grads = grads(m, got)
+        same(got, want)
+        assert got_grads.keys() == want_grads.keys()
+        for name in got_grads:
+            if want_grads[name] is None:  # only the dropped mean layers get no gradient
+                assert got_grads[name] is None, name
+                # (the padding path's queries and keys are not needed either: no mean projection)
+                assert "mean_dense" in name or name.startswith("mean_ffn") or (self_only and "mean_qkv" in name), name
+            elif got_grads[name] is None:  # the padding path reads item 0's rows detached (padding_idx)
+                assert name.startswith("item_") and not want_grads[name].any(), name
+            else:
+                torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-10, atol=1e-12)
+    m.eval()  # the bucketed and last-position paths too
+    want = full(m, SEQS)
+    same(m.encode_fast(SEQS), want)
+    same(m.last_gaussians(SEQS), (t[:, -1] for t in want))
 
 
 def test_compat_contrastive_loss_activates_the_cov_twice():

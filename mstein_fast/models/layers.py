@@ -124,14 +124,20 @@ class WassersteinSelfAttention(nn.Module):
         self.dropout = Dropout(dropout)
 
     def _split(self, x: torch.Tensor) -> list[torch.Tensor]:
-        b, L, _ = x.shape
-        return [t.reshape(b, L, self.heads, self.head_dim).transpose(1, 2) for t in x.chunk(3, dim=-1)]
+        b, L, width = x.shape
+        return [t.reshape(b, L, self.heads, self.head_dim).transpose(1, 2)
+                for t in x.chunk(width // (self.heads * self.head_dim), dim=-1)]
 
-    def forward(self, mean, cov, allowed, last_only: bool = False):
+    def forward(self, mean, cov, allowed, last_only: bool = False, mean_out: bool = True):
         """``[B, L, H]`` Gaussians -> ``[B, L, H]`` Gaussians; with ``last_only`` only the outputs at the
-        last position, ``[B, 1, H]`` (its query attends to all keys; what a scoring pass needs)."""
+        last position, ``[B, 1, H]`` (its query attends to all keys; what a scoring pass needs).
+        Without ``mean_out`` the mean output is not computed (``None``: no mean values, no mean
+        output layer; the original's encoder drops it, ``mean_stream_typo``)."""
         b, _, h = mean.shape
-        q_mean, k_mean, v_mean = self._split(dense(self.mean_qkv, mean))
+        if mean_out:
+            q_mean, k_mean, v_mean = self._split(dense(self.mean_qkv, mean))
+        else:  # the queries' and keys' rows of the projection only
+            q_mean, k_mean = self._split(dense(self.mean_qkv, mean, slice(0, 2 * h)))
         q_cov, k_cov, v_cov = self._split(dense(self.cov_qkv, cov, activation="elu_plus_one"))
         if last_only:
             q_mean, q_cov, allowed = q_mean[:, :, -1:], q_cov[:, :, -1:], allowed[..., -1:, :]
@@ -141,36 +147,42 @@ class WassersteinSelfAttention(nn.Module):
         w = mstein_fast.pairwise_w2(q_mean, q_cov, k_mean, k_cov, backend=self.backend, check_values=False)
         scores = _apply_mask(-w / math.sqrt(self.head_dim), allowed)
         probs = self.attn_dropout(torch.softmax(scores, dim=-1))
-        mean_ctx = (probs @ v_mean).transpose(1, 2).reshape(b, queries, h)
+        mean_ctx = (probs @ v_mean).transpose(1, 2).reshape(b, queries, h) if mean_out else None
         cov_ctx = ((probs * probs) @ v_cov).transpose(1, 2).reshape(b, queries, h)
         return self._output(mean_ctx, cov_ctx, mean, cov)
 
     def _output(self, mean_ctx, cov_ctx, mean, cov):
-        mean_out = sublayer_end(self, dense(self.mean_dense, mean_ctx), mean)
+        """The output layers (dense + dropout + LayerNorm(residual)) of both streams; a ``None``
+        context gives a ``None`` output."""
+        mean_out = None if mean_ctx is None else sublayer_end(self, dense(self.mean_dense, mean_ctx), mean)
         cov_out = sublayer_end(self, dense(self.cov_dense, cov_ctx), cov)
         return mean_out, cov_out
 
-    def forward_self_only(self, mean, cov):
+    def forward_self_only(self, mean, cov, mean_out: bool = True):
         """:meth:`forward` for positions that attend to themselves only (the leading padding of a
         left-padded row): the softmax row is one-hot, so the contexts are the values themselves
-        (no queries, keys or distances needed; the softmax passes no gradient to the scores)."""
+        (no queries, keys or distances needed; the softmax passes no gradient to the scores).
+        Without ``mean_out`` the mean output is ``None`` (not computed)."""
         b, L, h = mean.shape
         hd = self.head_dim
+        values = slice(2 * h, 3 * h)
         if not (self.training and self.attn_dropout.p > 0):
             # the contexts are the values: value projection and output layer as one op (its hidden
             # layer, the values, stays in cache; the same bits as the two dense layers)
-            values = slice(2 * h, 3 * h)
-            mean_z = feed_forward(mean, self.mean_qkv.weight[values], self.mean_qkv.bias[values],
-                                  self.mean_dense.weight, self.mean_dense.bias, activation=None)
             cov_z = feed_forward(cov, self.cov_qkv.weight[values], self.cov_qkv.bias[values],
                                  self.cov_dense.weight, self.cov_dense.bias, activation="elu_plus_one")
+            if not mean_out:
+                return None, sublayer_end(self, cov_z, cov)
+            mean_z = feed_forward(mean, self.mean_qkv.weight[values], self.mean_qkv.bias[values],
+                                  self.mean_dense.weight, self.mean_dense.bias, activation=None)
             return sublayer_end(self, mean_z, mean), sublayer_end(self, cov_z, cov)
-        v_mean = dense(self.mean_qkv, mean, slice(2 * h, 3 * h))
-        v_cov = dense(self.cov_qkv, cov, slice(2 * h, 3 * h), activation="elu_plus_one")
-        if self.training and self.attn_dropout.p > 0:  # the one-hot probability is dropped (or scaled) per head
-            keep = self.attn_dropout(torch.ones(b, L, self.heads, 1, dtype=mean.dtype, device=mean.device))
+        v_mean = dense(self.mean_qkv, mean, values) if mean_out else None
+        v_cov = dense(self.cov_qkv, cov, values, activation="elu_plus_one")
+        # the one-hot probability is dropped (or scaled) per head
+        keep = self.attn_dropout(torch.ones(b, L, self.heads, 1, dtype=mean.dtype, device=mean.device))
+        if mean_out:
             v_mean = (v_mean.reshape(b, L, self.heads, hd) * keep).reshape(b, L, h)
-            v_cov = (v_cov.reshape(b, L, self.heads, hd) * (keep * keep)).reshape(b, L, h)
+        v_cov = (v_cov.reshape(b, L, self.heads, hd) * (keep * keep)).reshape(b, L, h)
         return self._output(v_mean, v_cov, mean, cov)
 
 

@@ -79,19 +79,27 @@ class STOSA(_Recommender):
         return [(m.view(*w.shape, -1), c.view(*w.shape, -1)) for m, c, w in zip(means, covs, windows)]
 
     def _layers(self, mean, cov, attend, last_only: bool = False):
-        """The encoder layers; ``attend(attention, mean, cov, last)`` runs one attention layer (``last``:
-        only its output at the last position is needed). With ``last_only`` the last layer computes
-        the last position only (the outputs are ``[B, 1, H]``)."""
+        """The encoder layers; ``attend(attention, mean, cov, last, mean_out)`` runs one attention
+        layer (``last``: only its output at the last position is needed; without ``mean_out`` its
+        mean output is not needed). With ``last_only`` the last layer computes the last position
+        only (the outputs are ``[B, 1, H]``).
+
+        With ``mean_stream_typo`` (the original code) every layer's new means are dropped: each layer
+        sees, and the encoder returns, the embedded input means. What only feeds the dropped means
+        (the mean values, the mean output layer and the mean feed-forward block) is then not
+        computed: the same outputs and gradients, less work (dropout masks are drawn for fewer
+        tensors, so the random streams differ from the full computation's)."""
         layers = len(self.attention)
         for i, (attention, mean_ffn, cov_ffn) in enumerate(zip(self.attention, self.mean_ffn, self.cov_ffn)):
             last = last_only and i == layers - 1
-            new_mean, cov = attend(attention, mean, cov, last)
-            new_mean = mean_ffn(new_mean)
+            if self.mean_stream_typo:
+                _, cov = attend(attention, mean, cov, last, False)
+                if last:
+                    mean = mean[:, -1:]
+            else:
+                mean, cov = attend(attention, mean, cov, last, True)
+                mean = mean_ffn(mean)
             cov = cov_ffn(cov, "elu_plus_one")
-            if not self.mean_stream_typo:  # the original's typo drops the new means
-                mean = new_mean
-            elif last:
-                mean = mean[:, -1:]
         return mean, cov
 
     def _encode_window(self, seqs: torch.Tensor, offset: int, last_only: bool = False, items=None):
@@ -105,7 +113,8 @@ class STOSA(_Recommender):
         pos = torch.arange(offset, offset + seqs.shape[1], device=seqs.device)
         mean, cov = self._embed(seqs, pos, items)
         allowed = original_attention_mask(seqs, -(2.0**32) + 1) if self.original_padding else attention_mask(seqs)
-        return self._layers(mean, cov, lambda attention, m, c, last: attention(m, c, allowed, last), last_only)
+        return self._layers(mean, cov, lambda attention, m, c, last, with_mean: attention(m, c, allowed, last, with_mean),
+                            last_only)
 
     def _encode_lead(self, n: int, width: int):
         """:meth:`encode` at positions ``0 .. width - 1`` of ``n`` rows that are padding there (and
@@ -135,7 +144,7 @@ class STOSA(_Recommender):
             cov = torch.cat([cov[:w].repeat(n, 1) for n, w in blocks])
             mean = activations.elu(self.dropout(mean.unsqueeze(0)))
             cov = elu_plus_one(self.dropout(cov.unsqueeze(0)))
-        return self._layers(mean, cov, lambda attention, m, c, last: attention.forward_self_only(m, c))
+        return self._layers(mean, cov, lambda attention, m, c, last, with_mean: attention.forward_self_only(m, c, with_mean))
 
     def _windows(self, seqs: torch.Tensor, needed: torch.Tensor):
         """Group the rows into buckets of similar active length: ``[(rows, w), ...]`` where the last
