@@ -169,13 +169,12 @@ class WassersteinSelfAttention(nn.Module):
         if not (self.training and self.attn_dropout.p > 0):
             # the contexts are the values: value projection and output layer as one op (its hidden
             # layer, the values, stays in cache; the same bits as the two dense layers)
+            mean_z = feed_forward(mean, self.mean_qkv.weight[values], self.mean_qkv.bias[values],
+                                  self.mean_dense.weight, self.mean_dense.bias, activation=None) if mean_out else None
             cov_z = feed_forward(cov, self.cov_qkv.weight[values], self.cov_qkv.bias[values],
                                  self.cov_dense.weight, self.cov_dense.bias, activation="elu_plus_one")
-            if not mean_out:
-                return None, sublayer_end(self, cov_z, cov)
-            mean_z = feed_forward(mean, self.mean_qkv.weight[values], self.mean_qkv.bias[values],
-                                  self.mean_dense.weight, self.mean_dense.bias, activation=None)
-            return sublayer_end(self, mean_z, mean), sublayer_end(self, cov_z, cov)
+            mean_z = None if mean_z is None else sublayer_end(self, mean_z, mean)
+            return mean_z, sublayer_end(self, cov_z, cov)
         v_mean = dense(self.mean_qkv, mean, values) if mean_out else None
         v_cov = dense(self.cov_qkv, cov, values, activation="elu_plus_one")
         # the one-hot probability is dropped (or scaled) per head
