@@ -39,8 +39,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "configuration keys",
         "Each option sets the config key of the same name with '_' for '-' (the JSON config file uses those "
-        "keys). Layers, later wins: defaults (the official MStein command) < the model's own published "
-        f"command (stosa: {json.dumps(MODEL_PRESETS['stosa'])}) < --preset (settings for a data set: "
+        "keys). Layers, later wins: defaults (the official MStein command) < the model's own settings (its "
+        f"published command; the original's mean stream: "
+        f"{'; '.join(f'{m}: {json.dumps(v)}' for m, v in MODEL_PRESETS.items())}) < --preset (settings for a data set: "
         f"{', '.join(sorted(DATASET_PRESETS))}; README: Presets) < quick preset (built-in "
         f"synthetic data only: {json.dumps(QUICK_PRESET)}) < --config FILE < these options.",
     )

@@ -2,6 +2,7 @@
 default now follows, and those only ``compat = "original"`` reproduces (README: "Differences from
 the original code"). Tiny inputs, no original code needed."""
 
+import dataclasses
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from torch import nn
 
 from mstein_fast import reference
 from mstein_fast.augment import CROP, INSERT, REORDER, SUBSTITUTE, Augmenter
-from mstein_fast.config import COMPAT_DEFAULTS, ConfigError, TrainConfig, build_config, coerce
+from mstein_fast.config import COMPAT_DEFAULTS, ConfigError, TrainConfig, build_config, coerce, config_from_dict
 from mstein_fast.models import FeedForward, attention_mask, build_model, elu_plus_one, original_attention_mask
 
 L = 8
@@ -109,6 +110,28 @@ def test_insert_count_follows_the_original_rule():
 
 def test_reorder_ratio_defaults_to_the_originals_0_7():
     assert TrainConfig().beta == 0.7 == TrainConfig().gamma
+
+
+@pytest.mark.parametrize("name", ["mstein", "stosa"])
+def test_default_mean_stream_is_the_originals(name):
+    # the distributional models' settings drop each layer's new means, as the original's encoder does
+    cfg, _ = build_config(None, {"model": name, "data": "x.txt"})
+    assert cfg.mean_stream_typo
+    off, _ = build_config(None, {"model": name, "data": "x.txt", "mean_stream_typo": False})
+    assert not off.mean_stream_typo  # an option still wins
+    for single in ("sasrec", "coserec", "coserec-wdm"):  # one stream: nothing to drop
+        assert not build_config(None, {"model": single, "data": "x.txt"})[0].mean_stream_typo
+    # a run saved before the key existed trained with the means propagated: it still loads that way
+    saved = {k: v for k, v in cfg.to_dict().items() if k != "mean_stream_typo"}
+    assert not config_from_dict(saved, "old run").mean_stream_typo
+    assert config_from_dict(cfg.to_dict(), "new run").mean_stream_typo
+    torch.manual_seed(0)
+    small = dataclasses.replace(cfg, hidden_size=8, max_seq_length=L, num_attention_heads=2, backend="torch",
+                                batch_size=4)
+    m = build_model(name, 20, small).double().eval()
+    mean, _ = m.encode(SEQS)
+    embedded = F.elu(m.embed_norm(m.item_mean(SEQS) + m.position_mean(torch.arange(L))))
+    torch.testing.assert_close(mean, embedded, rtol=1e-12, atol=1e-12)
 
 
 # -- what only compat = "original" reproduces -----------------------------------------------------
@@ -445,7 +468,6 @@ def test_compat_switches_to_the_degenerate_similarity_one_epoch_later(tmp_path, 
 
 # README "Differences from the original code": every row and the test that pins it down
 README_ROWS = {
-    "mean stream of the layers": "test_compat_original_does_not_propagate_the_mean (test_train.py)",
     "online item similarity after the warm-up": test_degenerate_similarity_masks_and_inserts_items_0_and_1,
     "warm-up switch": test_compat_switches_to_the_degenerate_similarity_one_epoch_later,
     "BPR term": test_compat_bpr_is_the_originals_unstable_form,
