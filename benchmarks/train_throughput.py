@@ -115,13 +115,18 @@ def infonce_time(trainer: Trainer, repeats: int) -> float:
 
 
 def variant_settings(backend: str) -> tuple[str, dict]:
-    """``NAME``, ``NAME-full``, ``NAME-shared`` or ``NAME-poolK`` -> (backend name, config overrides)."""
+    """``NAME``, ``NAME-full``, ``NAME-shared``, ``NAME-poolK`` or ``NAME-propagated`` (the mean stream
+    propagated through the layers, the default before 2026-12-03 evening) -> (backend name, config
+    overrides)."""
     name, _, variant = backend.partition("-")
     if variant in ("", "full", "shared"):
         return name, {"skip_padding": variant != "full", "shared_padding": variant == "shared"}
     if variant.startswith("pool") and variant[4:].isdigit() and int(variant[4:]) > 0:
         return name, {"padding_pool": int(variant[4:])}
-    raise ValueError(f"unknown variant {backend!r}: use BACKEND, BACKEND-full, BACKEND-shared or BACKEND-poolK")
+    if variant == "propagated":
+        return name, {"mean_stream_typo": False}
+    raise ValueError(f"unknown variant {backend!r}: use BACKEND, BACKEND-full, BACKEND-shared, BACKEND-poolK "
+                     f"or BACKEND-propagated")
 
 
 def make_config(args, backend: str):
