@@ -273,11 +273,11 @@ def test_mean_stream_typo_skips_only_work_whose_output_is_dropped(layers):
     # under the typo the encoder does not compute the mean values, mean output layers and mean
     # feed-forward blocks; reference: every layer computed in full (its mean output dropped), as the
     # original code does. Same outputs and parameter gradients on every encoder path.
-    def make():
+    def make(typo=True):
         torch.manual_seed(0)
         cfg = TrainConfig(model="mstein", hidden_size=8, num_attention_heads=2, max_seq_length=L,
                           num_hidden_layers=layers, backend="torch", hidden_dropout_prob=0.0,
-                          attention_probs_dropout_prob=0.5, temperature=0.5, mean_stream_typo=True)
+                          attention_probs_dropout_prob=0.5, temperature=0.5, mean_stream_typo=typo)
         return build_model("mstein", 20, cfg).double()
 
     def full(m, seqs, self_only=False):  # the reference: the layers in full, mean outputs dropped
@@ -302,6 +302,10 @@ def test_mean_stream_typo_skips_only_work_whose_output_is_dropped(layers):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
     m = make()
+    # the dropped layers are frozen (DistributedDataParallel would wait for their gradients), the rest not
+    frozen = {n for n, p in m.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in m.named_parameters() if "mean_dense" in n or n.startswith("mean_ffn")}
+    assert frozen and all(p.requires_grad for p in make(typo=False).parameters())
     lead = torch.zeros(3, L, dtype=torch.long)
     for training, seqs in ((False, SEQS), (True, SEQS), (True, lead)):
         m.train(training)  # training: attention dropout on (same masks: one draw per layer either way)

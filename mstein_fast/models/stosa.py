@@ -47,6 +47,12 @@ class STOSA(_Recommender):
         self.cov_ffn = nn.ModuleList(FeedForward(h, cfg.hidden_dropout_prob, "elu")
                                      for _ in range(cfg.num_hidden_layers))
         self._init_weights()
+        if self.mean_stream_typo:
+            # the layers whose output the original's mean stream drops (not computed: _layers) are
+            # frozen, so that nothing waits for their gradients (DistributedDataParallel's reducer);
+            # they stay in the state dict, which keeps the original's parameter set
+            for module in [*self.mean_ffn, *(attention.mean_dense for attention in self.attention)]:
+                module.requires_grad_(False)
 
     def encode(self, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, L]`` ids -> per-position Gaussians: mean ``[B, L, H]`` and variances ``[B, L, H]``.
