@@ -57,10 +57,11 @@ class STOSA(_Recommender):
     def encode(self, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, L]`` ids -> per-position Gaussians: mean ``[B, L, H]`` and variances ``[B, L, H]``.
 
-        Both streams go through every layer; with compat = "original" the mean stream is not
-        propagated (every layer sees, and the encoder returns, the embedded input means), as in
-        the original STOSA/MStein code (``mean_stream_typo`` alone does only this), and padding
-        queries attend uniformly to their whole row (:func:`original_attention_mask`). This is the
+        With ``mean_stream_typo`` (the default of stosa and mstein, implied by compat = "original")
+        the mean stream is not propagated: every layer sees, and the encoder returns, the embedded
+        input means, as in the original STOSA/MStein code; without it both streams go through every
+        layer. With ``original_padding`` (and compat) padding queries attend uniformly to their whole
+        row (:func:`original_attention_mask`). This is the
         straightforward computation over all ``L`` positions; :meth:`encode_fast` gives the same
         result with less work on padding."""
         return self._encode_window(seqs, 0)
