@@ -271,17 +271,20 @@ def test_compile_fullgraph_public_ops_equal_eager():
 
 
 @pytest.mark.slow
-def test_compile_fullgraph_mstein_training_loss_equals_eager():
+@pytest.mark.parametrize("typo", [True, False], ids=["original-mean-stream", "propagated"])
+def test_compile_fullgraph_mstein_training_loss_equals_eager(typo):
     """The MStein training loss (recommendation + contrastive, dropout on) on the ``skip_padding=False``
     path: the default path buckets rows by length with ``.tolist()``, data-dependent Python
-    control flow that cannot be one graph."""
+    control flow that cannot be one graph. Both encoders: the original's mean stream (the default,
+    mean layers skipped) and the means propagated."""
     from mstein_fast.config import build_config
     from mstein_fast.models import build_model
     from mstein_fast.train import _TrainStep
 
     cfg, _ = build_config(None, {"synthetic_users": 200, "synthetic_items": 30, "synthetic_clusters": 4,
                                  "max_seq_length": 8, "hidden_size": 8, "num_hidden_layers": 1,
-                                 "skip_padding": False, "device": "cpu", "progress": False})
+                                 "skip_padding": False, "device": "cpu", "progress": False,
+                                 "mean_stream_typo": typo})
     torch.manual_seed(0)
     model = build_model("mstein", 30, cfg)
     model.train()
@@ -296,7 +299,7 @@ def test_compile_fullgraph_mstein_training_loss_equals_eager():
     def loss_and_grads(fn):
         torch.manual_seed(123)  # the dropout seeds: eager's generator in both runs (fallback_random)
         loss, rec, cl = fn(seqs, targets, negatives, views)
-        # (the mean layers that the default's mean stream drops are frozen: no gradient to ask for)
+        # (the mean layers that the original's mean stream drops are frozen: no gradient to ask for)
         grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
         return loss, rec, cl, grads
 
