@@ -50,7 +50,10 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         if name in _OWN_FLAGS:
             continue
         valid = f.metadata.get("range")
-        help_text = f"{f.metadata['help']} (default: {getattr(defaults, name)}" + (f"; range {valid})" if valid else ")")
+        own = [f"{m}: {values[name]}" for m, values in MODEL_PRESETS.items() if name in values]
+        help_text = (f"{f.metadata['help']} (default: {getattr(defaults, name)}"
+                     + (f"; model presets: {', '.join(own)}" if own else "")
+                     + (f"; range {valid})" if valid else ")"))
         t = field_type(name)
         if t is bool:
             group.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction,

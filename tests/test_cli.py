@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from mstein_fast.cli import main
-from mstein_fast.config import FIELDS
+from mstein_fast.config import FIELDS, MODEL_PRESETS
 
 TINY = ["--synthetic-users", "150", "--synthetic-items", "50", "--synthetic-clusters", "3", "--max-seq-length", "10",
         "--hidden-size", "8", "--batch-size", "64", "--epochs", "2", "--no-progress",
@@ -193,3 +193,21 @@ def test_readme_documents_every_dataset_preset():
             for key, value in values.items():
                 shown = f"{value:.3g}" if isinstance(value, float) else str(value)
                 assert f"{key} {shown}" in section, (name, model, key, shown)
+
+
+def test_help_shows_the_model_presets_beside_the_default(capsys):
+    """A key a model preset overrides (the mean stream for stosa and mstein, STOSA's batch size) shows
+    the preset's value next to the dataclass default, which alone would mislead."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    shown = 0
+    for name in FIELDS:
+        own = [f"{m}: {v[name]}" for m, v in MODEL_PRESETS.items() if name in v]
+        if not own:
+            continue
+        start = text.index(FIELDS[name].metadata["help"]) + len(FIELDS[name].metadata["help"])
+        entry = text[start:start + 120]
+        assert f"model presets: {', '.join(own)}" in entry, name
+        shown += 1
+    assert shown >= 2  # mean_stream_typo and STOSA's batch_size at least
