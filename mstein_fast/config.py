@@ -135,7 +135,7 @@ class TrainConfig:
                                   "views: slower); implied by compat = original")
     mean_stream_typo: bool = _key(False, "STOSA/MStein: the original code's mean stream, from a typo in it: each "
                                   "layer's new means are dropped (every layer sees, and the encoder returns, the "
-                                  "embedded input means). ON for stosa and mstein (their model presets): better than "
+                                  "embedded input means). Set by the stosa and mstein model presets: better than "
                                   "propagating the means at convergence (README); --no-mean-stream-typo propagates "
                                   "them; implied by compat = original")
     compat: str = _key("none", "original: reproduce every behaviour of the original research code that changes "

@@ -211,3 +211,5 @@ def test_help_shows_the_model_presets_beside_the_default(capsys):
         assert f"model presets: {', '.join(own)}" in entry, name
         shown += 1
     assert shown >= 2  # mean_stream_typo and STOSA's batch_size at least
+    typo = FIELDS["mean_stream_typo"].metadata["help"]
+    assert "model presets: stosa: True, mstein: True" in text[text.index(typo):text.index(typo) + len(typo) + 80]
