@@ -1,5 +1,5 @@
 """Parity between this project's MStein in ``compat = "original"`` mode and the original research
-code (github zfan20/MStein, a checkout the user gives with ``--original DIR``). Two checks:
+code (github zfan20/MStein, a checkout the user gives with ``--original DIR``). The checks:
 
 ``transplant`` (seconds): one process builds the original's model (``models.DistSAModel`` of DIR)
 and ours (``build_model("mstein", ...)`` with ``compat="original"``), copies our weights into the
@@ -56,6 +56,15 @@ background, same command and seed) instead of running it again.
     python benchmarks/parity.py --original /path/to/MStein transplant
     python benchmarks/parity.py --original /path/to/MStein transplant --dtypes float32 --backends cpp --json t.json
     python benchmarks/parity.py --original /path/to/MStein curves --epochs 20 --output parity-out --also-default
+    python benchmarks/parity.py band out-s1 out-s2 out-s3 --output band   # curves runs with --seed 1, 2, 3
+
+``band`` (seconds; neither the original nor the data needed): the original's seed-to-seed band
+against our compat curves, from ``curves`` runs with different ``--seed`` (:func:`seed_band`):
+``OUTPUT/seed_band.json`` (per epoch and metric: the original's min / max / mean / std over its
+seeds, ours per seed and their mean) and ``OUTPUT/seed_band.png`` (the band shaded, our curves over
+it), and a table: the fraction of epochs with our mean within the band, the fraction of our (seed,
+epoch) points within it next to the fraction expected if ours were draws from the original's own
+distribution ((n - 1) / (n + 1) for n seeds: 50% for three), the mean gap and the seed stds.
 
 Nothing of the original is copied here: its modules are imported at run time from DIR
 (``transplant``) or its ``main.py`` is run in a subprocess (``curves``, by ``_original.py``). It needs
@@ -587,14 +596,15 @@ def original_curve(lines: list[str]) -> list[dict]:
     return curve
 
 
-# a time stamp a logging pipe may have put before each line: "<seconds> " or "YYYY-MM-DD HH:MM:SS "
-_STAMP = re.compile(r"^(?:\d+(?:\.\d+)?|\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d+)?) ")
+# a time stamp a logging pipe may have put before each line: "<seconds> ", "HH:MM:SS " or
+# "YYYY-MM-DD HH:MM:SS "
+_STAMP = re.compile(r"^(?:\d+(?:\.\d+)?|(?:\d{4}-\d{2}-\d{2}[ T])?\d{2}:\d{2}:\d{2}(?:\.\d+)?) ")
 
 
 def read_original_log(path: str) -> list[str]:
     """The lines of a saved stdout of the original's ``main.py`` (the official command, the same
-    seed), each optionally prefixed by a time stamp ``<seconds> `` or ``YYYY-MM-DD HH:MM:SS `` (as
-    written by a logging pipe)."""
+    seed), each optionally prefixed by a time stamp ``<seconds> ``, ``HH:MM:SS `` or
+    ``YYYY-MM-DD HH:MM:SS `` (as written by a logging pipe)."""
     if not os.path.isfile(path):
         raise ParityError(f"{path}: no such file")
     with open(path, encoding="utf-8", errors="replace") as fh:
@@ -717,6 +727,140 @@ def curves(args) -> int:
     return 0
 
 
+# -- band ------------------------------------------------------------------------------------------
+def load_curves(path: str) -> dict:
+    """One ``parity_curves.json`` written by ``curves`` (``path`` may be the file or its folder)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "parity_curves.json")
+    if not os.path.isfile(path):
+        raise ParityError(f"{path}: no such file (a parity_curves.json written by `parity.py curves`)")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise ParityError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        raise ParityError(f"{path}: no 'settings' (not written by `parity.py curves`?)")
+    for key in ("original", "ours_compat"):
+        curve = record.get(key)
+        if not isinstance(curve, list) or not curve:
+            raise ParityError(f"{path}: no {key!r} curve")
+        for row in curve:
+            missing = [m for m in ("epoch", *PLOTTED) if not isinstance(row, dict) or m not in row]
+            if missing:
+                raise ParityError(f"{path}: a row of {key!r} lacks {', '.join(missing)}")
+        if [row["epoch"] for row in curve] != list(range(1, len(curve) + 1)):
+            raise ParityError(f"{path}: the {key!r} curve's epochs are not 1, 2, ..., {len(curve)}")
+    if "seed" not in record["settings"]:
+        raise ParityError(f"{path}: its settings name no seed")
+    record["path"] = path
+    return record
+
+
+def seed_band(records: list[dict], from_epoch: int = 1) -> dict:
+    """The original code's seed-to-seed band against our compat curves, over the same epochs.
+
+    ``records``: the ``parity_curves.json`` of one ``curves`` run per seed (distinct seeds, same data;
+    at least two). Per metric of :data:`PLOTTED` and epoch (the first K, K the shortest curve): the
+    original's min / max / mean / sample std over its seeds, our compat mean and std over ours, and
+    whether our mean and each of our seeds lie within the original's [min, max]. Summed up per metric
+    over the epochs from ``from_epoch`` on: the fraction of epochs with our mean within the band, the
+    fraction of (seed, epoch) points within it, and what that fraction would be if our seeds were
+    draws from the original's own distribution ((n - 1) / (n + 1) for n original seeds: a new draw
+    falls between the min and max of n draws of the same continuous distribution with that
+    probability), the mean gap (ours - original, means over seeds) and the original's mean seed std.
+    """
+    if len(records) < 2:
+        raise ParityError(f"a seed band needs the curves of at least two seeds; got {len(records)}")
+    seeds = [r["settings"]["seed"] for r in records]
+    if len(set(seeds)) != len(seeds):
+        raise ParityError(f"the same seed twice: seeds {seeds}")
+    data = {os.path.basename(str(r["settings"].get("data", ""))) for r in records}
+    if len(data) > 1:
+        raise ParityError(f"curves of different data files: {sorted(data)}")
+    epochs = min(len(r[key]) for r in records for key in ("original", "ours_compat"))
+    if not 1 <= from_epoch <= epochs:
+        raise ParityError(f"--from-epoch {from_epoch}: the curves have epochs 1..{epochs}")
+    n = len(records)
+    per_epoch, summary = [], {}
+    for m in PLOTTED:
+        orig = np.array([[r["original"][e][m] for e in range(epochs)] for r in records], dtype=np.float64)
+        ours = np.array([[r["ours_compat"][e][m] for e in range(epochs)] for r in records], dtype=np.float64)
+        lo, hi = orig.min(0), orig.max(0)
+        o_mean, c_mean = orig.mean(0), ours.mean(0)
+        o_std, c_std = orig.std(0, ddof=1), ours.std(0, ddof=1)
+        mean_in = (c_mean >= lo) & (c_mean <= hi)
+        seeds_in = (ours >= lo) & (ours <= hi)
+        for e in range(epochs):
+            if len(per_epoch) <= e:
+                per_epoch.append({"epoch": e + 1})
+            per_epoch[e][m] = {"original_min": lo[e], "original_max": hi[e], "original_mean": o_mean[e],
+                               "original_std": o_std[e], "ours_mean": c_mean[e], "ours_std": c_std[e],
+                               "ours": ours[:, e].tolist(), "original": orig[:, e].tolist(),
+                               "ours_mean_within": bool(mean_in[e])}
+        w = slice(from_epoch - 1, epochs)
+        summary[m] = {"mean_within": float(mean_in[w].mean()), "seeds_within": float(seeds_in[:, w].mean()),
+                      "seeds_within_if_same": (n - 1) / (n + 1), "mean_gap": float((c_mean - o_mean)[w].mean()),
+                      "original_std": float(o_std[w].mean()), "ours_std": float(c_std[w].mean()),
+                      "last_original_mean": float(o_mean[-1]), "last_ours_mean": float(c_mean[-1])}
+    return {"seeds": seeds, "epochs": epochs, "from_epoch": from_epoch, "per_epoch": per_epoch, "summary": summary}
+
+
+def plot_band(band: dict, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [row["epoch"] for row in band["per_epoch"]]
+    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(5 * len(PLOTTED), 4))
+    for ax, m in zip(axes, PLOTTED):
+        rows = [row[m] for row in band["per_epoch"]]
+        ax.fill_between(epochs, [r["original_min"] for r in rows], [r["original_max"] for r in rows], alpha=0.3,
+                        color="tab:blue", label="original, min-max over seeds")
+        ax.plot(epochs, [r["original_mean"] for r in rows], color="tab:blue", ls="--", label="original, mean")
+        for i, seed in enumerate(band["seeds"]):
+            ax.plot(epochs, [r["ours"][i] for r in rows], color="tab:orange", lw=0.6, alpha=0.6,
+                    label="mstein-fast --compat original, each seed" if i == 0 else None)
+        ax.plot(epochs, [r["ours_mean"] for r in rows], color="tab:orange", label="mstein-fast --compat original, mean")
+        ax.set_title(f"validation {m}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def band_command(args) -> int:
+    records = [load_curves(path) for path in args.curves]
+    band = seed_band(records, args.from_epoch)
+    os.makedirs(args.output, exist_ok=True)
+    out_json = os.path.join(args.output, "seed_band.json")
+    with open(out_json + ".tmp", "w", encoding="utf-8") as fh:
+        json.dump({"inputs": [r["path"] for r in records], **band}, fh, indent=1, default=float)
+        fh.write("\n")
+    os.replace(out_json + ".tmp", out_json)
+    data = os.path.basename(str(records[0]["settings"].get("data", "")))
+    plot_band(band, os.path.join(args.output, "seed_band.png"),
+              f"{data}: original MStein vs mstein-fast --compat original, validation, seeds "
+              f"{', '.join(map(str, band['seeds']))}")
+    n = len(records)
+    print(f"seeds {band['seeds']}, epochs {band['from_epoch']}..{band['epochs']}; band = the original's min..max "
+          f"over its {n} seeds at each epoch")
+    print("| metric | our mean within the band | our seeds within the band | (if the same distribution) "
+          "| mean gap, ours - original | original seed std | our seed std |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for m, s in band["summary"].items():
+        print(f"| {m} | {s['mean_within']:.0%} | {s['seeds_within']:.0%} | {s['seeds_within_if_same']:.0%} "
+              f"| {s['mean_gap']:+.4f} | {s['original_std']:.4f} | {s['ours_std']:.4f} |")
+    print(f"wrote {out_json} and seed_band.png")
+    return 0
+
+
 # -- command line -------------------------------------------------------------------------------
 def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     def default(value):
@@ -767,11 +911,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="the .pt the original's main.py saves at each better validation epoch (its output_dir)")
     e.add_argument("--backend", default="auto", choices=["auto", "cpp", "torch"], help="our ops' backend")
+    b = sub.add_parser("band", help="the original's seed band against our compat curves (several curves runs)")
+    b.add_argument("curves", nargs="+", metavar="CURVES",
+                   help="parity_curves.json of `curves` runs with different --seed (or their --output folders)")
+    b.add_argument("--output", required=True, metavar="DIR", help="folder for seed_band.json and seed_band.png")
+    b.add_argument("--from-epoch", type=int, default=1, metavar="E",
+                   help="sum up the epochs from E on (default: 1)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "band":  # reads curves runs only: neither the original nor the data
+        try:
+            return band_command(args)
+        except ParityError as err:
+            print(f"parity: {err}", file=sys.stderr)
+            return 2
     if not args.original:
         build_parser().error("--original DIR is required (a checkout of github zfan20/MStein)")
     if not os.path.isfile(args.data):

@@ -5,10 +5,12 @@ rename. No original code: a stand-in module carries the original's parameter nam
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -105,8 +107,108 @@ def test_original_log_lines_lose_their_time_stamps(parity, tmp_path):
                    "2026-12-03 11:38:30 {'Epoch': 0, 'HIT@10': '0.01', 'MRR': '0.002'}\n"
                    "{'Epoch': 1, 'HIT@10': '0.02', 'MRR': '0.004'}\n"
                    "12.5 {'epoch': 2, 'total_avg_loss': '1.9'}\n"
-                   "EarlyStopping counter: 1 out of 100\n")
+                   "19:45:28 {'Epoch': 2, 'HIT@10': '0.03', 'MRR': '0.005'}\n"
+                   "EarlyStopping counter: 1 out of 100\n"
+                   "12:00 not a stamp\n")
     assert parity.read_original_log(str(log)) == [
         "Train CoDistSAModel", "{'Epoch': 0, 'HIT@10': '0.01', 'MRR': '0.002'}",
         "{'Epoch': 1, 'HIT@10': '0.02', 'MRR': '0.004'}", "{'epoch': 2, 'total_avg_loss': '1.9'}",
-        "EarlyStopping counter: 1 out of 100"]
+        "{'Epoch': 2, 'HIT@10': '0.03', 'MRR': '0.005'}", "EarlyStopping counter: 1 out of 100",
+        "12:00 not a stamp"]
+
+
+def _curves_file(path, seed, original, ours, data="/d/Office_Products.txt"):
+    """A parity_curves.json as `curves` writes it; original / ours: per epoch one value, used for every
+    plotted metric (scaled by 1, 2, 3 so that the metrics differ)."""
+    def curve(values):
+        return [{"epoch": e + 1, **{m: v * (k + 1) for k, m in enumerate(("recall@10", "ndcg@10", "mrr@40"))}}
+                for e, v in enumerate(values)]
+    path.mkdir(parents=True, exist_ok=True)
+    record = {"settings": {"seed": seed, "data": data, "epochs": len(original)},
+              "original": curve(original), "ours_compat": curve(ours)}
+    (path / "parity_curves.json").write_text(json.dumps(record))
+    return path
+
+
+def test_seed_band_against_hand_computed_values(parity, tmp_path):
+    rng = np.random.default_rng()
+    orig = rng.uniform(0.01, 0.1, size=(3, 5))
+    ours = rng.uniform(0.01, 0.1, size=(3, 5))
+    ours[:, 1] = orig[:, 1].max() + 0.01  # every seed of ours above the band at epoch 2
+    ours[:, 3] = orig[:, 3].mean()  # all at the original's mean at epoch 4: within
+    records = [parity.load_curves(str(_curves_file(tmp_path / f"s{s}", s, list(orig[i]), list(ours[i]))))
+               for i, s in enumerate((1, 2, 3))]
+    band = parity.seed_band(records)
+    assert band["seeds"] == [1, 2, 3] and band["epochs"] == 5 and len(band["per_epoch"]) == 5
+    for k, m in enumerate(("recall@10", "ndcg@10", "mrr@40")):
+        scale = k + 1
+        for e in range(5):
+            row = band["per_epoch"][e][m]
+            o, c = orig[:, e] * scale, ours[:, e] * scale
+            assert row["original_min"] == pytest.approx(min(o)) and row["original_max"] == pytest.approx(max(o))
+            assert row["original_mean"] == pytest.approx(sum(o) / 3)
+            assert row["original_std"] == pytest.approx(math.sqrt(sum((x - sum(o) / 3) ** 2 for x in o) / 2))
+            assert row["ours_mean"] == pytest.approx(sum(c) / 3)
+            assert row["ours_mean_within"] == (min(o) <= sum(c) / 3 <= max(o))
+        inside = [min(orig[:, e]) <= sum(ours[:, e]) / 3 <= max(orig[:, e]) for e in range(5)]
+        assert not inside[1] and inside[3]
+        points = [min(orig[:, e]) <= ours[i, e] <= max(orig[:, e]) for i in range(3) for e in range(5)]
+        s = band["summary"][m]
+        assert s["mean_within"] == pytest.approx(sum(inside) / 5)
+        assert s["seeds_within"] == pytest.approx(sum(points) / 15)
+        assert s["seeds_within_if_same"] == pytest.approx(0.5)
+        assert s["mean_gap"] == pytest.approx(scale * (ours.mean(0) - orig.mean(0)).mean())
+    late = parity.seed_band(records, from_epoch=3)["summary"]["recall@10"]
+    assert late["mean_within"] == pytest.approx(sum(inside[2:]) / 3)
+    late_points = [min(orig[:, e]) <= ours[i, e] <= max(orig[:, e]) for i in range(3) for e in range(2, 5)]
+    assert late["seeds_within"] == pytest.approx(sum(late_points) / 9)
+    two = parity.seed_band(records[:2])["summary"]["recall@10"]
+    assert two["seeds_within_if_same"] == pytest.approx(1 / 3)  # a third draw lies between two with p = 1/3
+
+
+def test_seed_band_refuses_what_is_no_band(parity, tmp_path):
+    a = parity.load_curves(str(_curves_file(tmp_path / "a", 1, [0.1, 0.2], [0.1, 0.2])))
+    b = parity.load_curves(str(_curves_file(tmp_path / "b", 1, [0.1, 0.2], [0.1, 0.2])))
+    c = parity.load_curves(str(_curves_file(tmp_path / "c", 2, [0.1, 0.2], [0.1, 0.2], data="/d/Beauty.txt")))
+    d = parity.load_curves(str(_curves_file(tmp_path / "d", 3, [0.1], [0.1, 0.2])))
+    with pytest.raises(parity.ParityError, match="at least two"):
+        parity.seed_band([a])
+    with pytest.raises(parity.ParityError, match="same seed twice"):
+        parity.seed_band([a, b])
+    with pytest.raises(parity.ParityError, match="different data files"):
+        parity.seed_band([a, c])
+    assert parity.seed_band([a, d])["epochs"] == 1  # the shortest curve sets the epochs
+    with pytest.raises(parity.ParityError, match="epochs 1..1"):
+        parity.seed_band([a, d], from_epoch=2)
+
+
+def test_load_curves_names_what_is_wrong(parity, tmp_path):
+    with pytest.raises(parity.ParityError, match="no such file"):
+        parity.load_curves(str(tmp_path / "missing"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(parity.ParityError, match="not a readable JSON"):
+        parity.load_curves(str(bad))
+    good = json.loads((_curves_file(tmp_path / "g", 1, [0.1, 0.2], [0.1, 0.2]) / "parity_curves.json").read_text())
+    for broken, message in [({**good, "ours_compat": []}, "no 'ours_compat' curve"),
+                            ({**good, "original": [{"epoch": 1, "recall@10": 0.1}]}, "lacks ndcg@10, mrr@40"),
+                            ({**good, "original": good["original"][::-1]}, "epochs are not 1, 2"),
+                            ({**good, "settings": {"data": "x"}}, "no seed"),
+                            ({"original": good["original"]}, "no 'settings'")]:
+        bad.write_text(json.dumps(broken))
+        with pytest.raises(parity.ParityError, match=message):
+            parity.load_curves(str(bad))
+
+
+def test_band_command_writes_its_json_and_figure(parity, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    dirs = [str(_curves_file(tmp_path / f"s{s}", s, [0.1 + 0.01 * s, 0.18 + 0.01 * s], [0.1, 0.2 + 0.001 * s]))
+            for s in (1, 2, 3)]
+    out = tmp_path / "band"
+    assert parity.main(["band", *dirs, "--output", str(out)]) == 0
+    written = json.loads((out / "seed_band.json").read_text())
+    assert written["seeds"] == [1, 2, 3] and written["epochs"] == 2
+    assert (out / "seed_band.png").stat().st_size > 0
+    table = capsys.readouterr().out
+    assert "| recall@10 | 50% |" in table  # epoch 1: our 0.1 below the band 0.11..0.13; epoch 2: 0.202 in 0.19..0.21
+    assert parity.main(["band", dirs[0], "--output", str(out)]) == 2
