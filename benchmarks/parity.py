@@ -581,7 +581,9 @@ def _append_json(path: str, record: dict) -> None:
 
 # -- curves ----------------------------------------------------------------------------------------
 def original_curve(lines: list[str]) -> list[dict]:
-    """Per epoch (1-based) the validation metrics of the original's ``{'Epoch': e, ...}`` lines."""
+    """Per epoch (1-based) the validation metrics of the original's ``{'Epoch': e, ...}`` lines (a
+    finished run's last two, ``{'Epoch': 'best', ...}``, the best checkpoint's validation and test
+    lines, are no epochs: skipped)."""
     helper = load_original_helper()
     curve = []
     for line in lines:
@@ -591,6 +593,8 @@ def original_curve(lines: list[str]) -> list[dict]:
             record = ast.literal_eval(line.strip())
         except (ValueError, SyntaxError):
             raise ParityError(f"cannot read the original's validation line {line[:100]!r}") from None
+        if record.get("Epoch") == "best":
+            continue
         curve.append({"epoch": int(record["Epoch"]) + 1,
                       **{ours: float(record[key]) for ours, key in CURVE_METRICS.items() if key in record}})
     return curve

@@ -117,6 +117,19 @@ def test_original_log_lines_lose_their_time_stamps(parity, tmp_path):
         "12:00 not a stamp"]
 
 
+def test_original_curve_skips_the_best_checkpoint_lines(parity):
+    # a finished run ends with the best checkpoint's validation and test lines, 'Epoch': 'best'
+    lines = ["{'Epoch': 0, 'HIT@10': '0.01', 'NDCG@10': '0.005', 'MRR': '0.002'}",
+             "{'epoch': 0, 'total_avg_loss': '1.9'}",
+             "{'Epoch': 1, 'HIT@10': '0.02', 'NDCG@10': '0.01', 'MRR': '0.004'}",
+             "{'Epoch': 'best', 'HIT@10': '0.03', 'NDCG@10': '0.02', 'MRR': '0.006'}",
+             "{'Epoch': 'best', 'HIT@10': '0.04', 'NDCG@10': '0.03', 'MRR': '0.008'}"]
+    assert parity.original_curve(lines) == [{"epoch": 1, "recall@10": 0.01, "ndcg@10": 0.005, "mrr@40": 0.002},
+                                            {"epoch": 2, "recall@10": 0.02, "ndcg@10": 0.01, "mrr@40": 0.004}]
+    with pytest.raises(parity.ParityError, match="cannot read"):
+        parity.original_curve(["{'Epoch': 2, 'HIT@10': "])
+
+
 def _curves_file(path, seed, original, ours, data="/d/Office_Products.txt"):
     """A parity_curves.json as `curves` writes it; original / ours: per epoch one value, used for every
     plotted metric (scaled by 1, 2, 3 so that the metrics differ)."""
