@@ -57,6 +57,15 @@ background, same command and seed) instead of running it again.
     python benchmarks/parity.py --original /path/to/MStein transplant --dtypes float32 --backends cpp --json t.json
     python benchmarks/parity.py --original /path/to/MStein curves --epochs 20 --output parity-out --also-default
     python benchmarks/parity.py band out-s1 out-s2 out-s3 --output band   # curves runs with --seed 1, 2, 3
+    python benchmarks/parity.py --original /path/to/MStein views --draws 5
+
+``views`` (a minute): the augmentations' distribution over a whole data set, which a one-batch
+check cannot show: two views of every training input drawn ``--draws`` times by the original's
+``datasets.RecWithContrastiveLearningDataset`` (its ``Random`` augmentation with the official
+settings and its own ItemCF-IUF model: the warm-up) and by our ``Augmenter`` in compat mode; per
+view, averaged over the data (:func:`view_stats`): non-padding items, zeros inside, items not in the
+input, first and last item kept; a table with each side's mean and spread over the draws and
+``z = |difference| / standard error``; exit status 1 when any z exceeds ``--z-max`` (default 4).
 
 ``band`` (seconds; neither the original nor the data needed): the original's seed-to-seed band
 against our compat curves, from ``curves`` runs with different ``--seed`` (:func:`seed_band`):
@@ -731,6 +740,112 @@ def curves(args) -> int:
     return 0
 
 
+# -- views -----------------------------------------------------------------------------------------
+VIEW_STATS = {"items": "non-padding items", "zeros_inside": "zeros after the first item (masked)",
+              "new_items": "items not in the input", "last_kept": "last item = the input's last",
+              "first_kept": "first item = the input's first (within max_len)"}
+
+
+def view_stats(views: list[list[int]], inputs: list[list[int]], max_len: int) -> dict[str, float]:
+    """Per-view averages over ``views`` (each left-padded to ``max_len``, the augmentation of
+    ``inputs[i]``; :data:`VIEW_STATS` names them): what an augmentation's distribution shows over a
+    whole data set (insert and crop move ``items``, mask ``zeros_inside``, substitute and insert
+    ``new_items``, crop and reorder the kept ends)."""
+    if len(views) != len(inputs) or not views:
+        raise ParityError(f"{len(views)} views for {len(inputs)} inputs")
+    totals = dict.fromkeys(VIEW_STATS, 0.0)
+    for view, seq in zip(views, inputs):
+        if len(view) != max_len:
+            raise ParityError(f"a view of length {len(view)}, not max_len {max_len}")
+        start = next((i for i, t in enumerate(view) if t != 0), max_len)
+        body = view[start:]
+        tail = seq[-max_len:]
+        seen = set(seq)
+        totals["items"] += sum(1 for t in body if t != 0)
+        totals["zeros_inside"] += sum(1 for t in body if t == 0)
+        totals["new_items"] += sum(1 for t in body if t != 0 and t not in seen)
+        totals["last_kept"] += float(bool(body) and bool(tail) and body[-1] == tail[-1])
+        totals["first_kept"] += float(bool(body) and bool(tail) and body[0] == tail[0])
+    return {k: v / len(views) for k, v in totals.items()}
+
+
+def _compare_stats(theirs: list[dict], ours: list[dict], z_max: float) -> list[tuple[str, float, float, float, float, float, bool]]:
+    """Per statistic: mean and std over the draws of each side, z = |difference| / its standard
+    error, and whether z exceeds ``z_max``."""
+    rows = []
+    for key in VIEW_STATS:
+        a = np.array([d[key] for d in theirs], dtype=np.float64)
+        b = np.array([d[key] for d in ours], dtype=np.float64)
+        se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        diff = abs(a.mean() - b.mean())
+        z = diff / se if se > 0 else (0.0 if diff == 0 else math.inf)
+        rows.append((key, float(a.mean()), float(a.std(ddof=1)), float(b.mean()), float(b.std(ddof=1)), z, z > z_max))
+    return rows
+
+
+def views_command(args) -> int:
+    """The distribution of the augmented views, the original's dataset code against our Augmenter."""
+    import contextlib as _contextlib
+    import io
+    import random
+    import tempfile
+
+    from mstein_fast.augment import Augmenter, itemcf_iuf_topk
+    from mstein_fast.config import build_config
+    from mstein_fast.data import load_sequences
+
+    original = import_original(args.original, args.original_deps)
+    try:
+        datasets = importlib.import_module("datasets")
+    except ImportError as err:
+        raise ParityError(f"cannot import the original's datasets.py: {err}") from err
+    if not hasattr(datasets, "RecWithContrastiveLearningDataset"):
+        raise ParityError(f"{datasets.__file__} has no RecWithContrastiveLearningDataset")
+    cfg, _ = build_config(None, {"data": args.data, "model": "mstein", "compat": "original", "seed": args.seed})
+    data = load_sequences(args.data)
+    inputs = [[int(t) for t in s[:-3]] for s in data.items]  # the training inputs of both codes
+    with tempfile.TemporaryDirectory() as tmp, _contextlib.redirect_stdout(io.StringIO()):
+        similarity = original.models.OfflineItemSimilarity(
+            data_file=args.data, similarity_path=args.similarity or os.path.join(tmp, "similarity.pkl"),
+            model_name="ItemCF_IUF")
+        ns = types.SimpleNamespace(
+            max_seq_length=cfg.max_seq_length, offline_similarity_model=similarity, online_similarity_model=None,
+            tao=cfg.tao, gamma=cfg.gamma, beta=cfg.beta, substitute_rate=cfg.substitute_rate,
+            insert_rate=cfg.insert_rate, max_insert_num_per_pos=cfg.max_insert_num_per_pos,
+            augment_threshold=cfg.augment_threshold, augment_type_for_short="SIM", base_augment_type="random",
+            n_views=2)
+        dataset = datasets.RecWithContrastiveLearningDataset(ns, [s + [0, 0, 0] for s in inputs], data_type="train")
+    augmenter = Augmenter(cfg)
+    g = torch.Generator().manual_seed(args.seed)
+    augmenter.set_similarity(itemcf_iuf_topk([s[:-3] for s in data.items], data.n_items, augmenter.similar_k, g))
+    width = max(1, max(len(s) for s in inputs))
+    full = torch.zeros(len(inputs), width, dtype=torch.int64)
+    for i, s in enumerate(inputs):
+        if s:
+            full[i, width - len(s):] = torch.tensor(s)
+    lengths = torch.tensor([len(s) for s in inputs])
+    theirs, ours = [], []
+    for draw in range(args.draws):
+        random.seed(args.seed * 1000 + draw)
+        views = [v.tolist() for s in inputs for v in dataset._one_pair_data_augmentation(s)]
+        theirs.append(view_stats(views, [s for s in inputs for _ in range(2)], cfg.max_seq_length))
+        both = augmenter.views(full, lengths, torch.Generator().manual_seed(args.seed * 1000 + draw)).tolist()
+        ours.append(view_stats(both, inputs + inputs, cfg.max_seq_length))
+    rows = _compare_stats(theirs, ours, args.z_max)
+    print(f"{os.path.basename(args.data)}: two views of each of {len(inputs)} training inputs, {args.draws} draws a side; "
+          f"the original's RecWithContrastiveLearningDataset (its ItemCF-IUF model, the warm-up) against our "
+          f"Augmenter, compat original; settings: tao {cfg.tao}, gamma {cfg.gamma}, insert {cfg.insert_rate}, "
+          f"substitute {cfg.substitute_rate}, threshold {cfg.augment_threshold}, max_len {cfg.max_seq_length}")
+    print("| per view | original (mean +- std over draws) | ours | z | |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for key, a, sa, b, sb, z, bad in rows:
+        print(f"| {VIEW_STATS[key]} | {a:.4f} +- {sa:.4f} | {b:.4f} +- {sb:.4f} | {z:.1f} | {'DIFFERS' if bad else 'ok'} |")
+    differ = [r[0] for r in rows if r[-1]]
+    print(f"{len(differ)} of {len(rows)} statistics differ by more than {args.z_max} standard errors"
+          + (f": {', '.join(differ)}" if differ else ""))
+    return 1 if differ else 0
+
+
 # -- band ------------------------------------------------------------------------------------------
 def load_curves(path: str) -> dict:
     """One ``parity_curves.json`` written by ``curves`` (``path`` may be the file or its folder)."""
@@ -915,6 +1030,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="the .pt the original's main.py saves at each better validation epoch (its output_dir)")
     e.add_argument("--backend", default="auto", choices=["auto", "cpp", "torch"], help="our ops' backend")
+    v = sub.add_parser("views", help="the augmented views' distribution over the data, the original's code against ours")
+    _common(v, False)
+    v.add_argument("--draws", type=int, default=5, help="draws of both views of every input, per side (default: 5)")
+    v.add_argument("--z-max", type=float, default=4.0,
+                   help="a statistic differs when |difference| exceeds this many standard errors (default: 4)")
+    v.add_argument("--similarity", metavar="FILE",
+                   help="the original's ItemCF-IUF pickle to use or write (default: built in a temporary folder)")
     b = sub.add_parser("band", help="the original's seed band against our compat curves (several curves runs)")
     b.add_argument("curves", nargs="+", metavar="CURVES",
                    help="parity_curves.json of `curves` runs with different --seed (or their --output folders)")
@@ -950,6 +1072,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.users < 1:
                 build_parser().error("--users must be >= 1")
             return transplant(args)
+        if args.command == "views":
+            if args.draws < 2 or args.z_max <= 0:
+                build_parser().error("--draws must be >= 2 and --z-max > 0")
+            return views_command(args)
         if args.command == "evaluate":
             if not os.path.isfile(args.checkpoint):
                 build_parser().error(f"--checkpoint {args.checkpoint}: no such file")

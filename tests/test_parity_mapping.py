@@ -225,3 +225,34 @@ def test_band_command_writes_its_json_and_figure(parity, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| recall@10 | 50% |" in table  # epoch 1: our 0.1 below the band 0.11..0.13; epoch 2: 0.202 in 0.19..0.21
     assert parity.main(["band", dirs[0], "--output", str(out)]) == 2
+
+
+def test_view_stats_by_hand(parity):
+    inputs = [[5, 6, 7], [8, 9]]
+    views = [[0, 0, 5, 0, 7],  # masked middle: 2 items, 1 zero inside, ends kept
+             [0, 4, 8, 3, 9]]  # two inserted new items (4, 3), ends: first 4 != 8, last kept
+    s = parity.view_stats(views, inputs, 5)
+    assert s == {"items": 3.0, "zeros_inside": 0.5, "new_items": 1.0, "last_kept": 1.0, "first_kept": 0.5}
+    long_input = [list(range(1, 9))]  # 8 items, max_len 5: the first kept is the 4th item (within max_len)
+    assert parity.view_stats([[4, 5, 6, 7, 8]], long_input, 5)["first_kept"] == 1.0
+    assert parity.view_stats([[0, 0, 0, 0, 0]], [[1]], 5) == dict.fromkeys(parity.VIEW_STATS, 0.0)
+    with pytest.raises(parity.ParityError, match="not max_len"):
+        parity.view_stats([[1, 2]], [[1, 2]], 5)
+    with pytest.raises(parity.ParityError, match="views for"):
+        parity.view_stats([], [[1]], 5)
+
+
+def test_compare_stats_flags_a_shift_beyond_the_draws_spread(parity):
+    rng = np.random.default_rng()
+    base = {k: 1.0 for k in parity.VIEW_STATS}
+    theirs = [{k: v + rng.normal(0, 0.01) for k, v in base.items()} for _ in range(8)]
+    ours = [{k: v + rng.normal(0, 0.01) + (0.1 if k == "new_items" else 0.0) for k, v in base.items()} for _ in range(8)]
+    rows = {r[0]: r for r in parity._compare_stats(theirs, ours, 4.0)}
+    assert rows["new_items"][-1] and rows["new_items"][5] > 4  # 0.1 apart, standard error 0.005
+    a = np.array([d["items"] for d in theirs])
+    b = np.array([d["items"] for d in ours])
+    se = math.sqrt(a.var(ddof=1) / 8 + b.var(ddof=1) / 8)
+    assert rows["items"][5] == pytest.approx(abs(a.mean() - b.mean()) / se)
+    assert rows["items"][1] == pytest.approx(a.mean()) and rows["items"][4] == pytest.approx(b.std(ddof=1))
+    same = [dict(base) for _ in range(3)]
+    assert not any(r[-1] for r in parity._compare_stats(same, same, 4.0))  # no spread, no difference: z 0
