@@ -58,6 +58,14 @@ background, same command and seed) instead of running it again.
     python benchmarks/parity.py --original /path/to/MStein curves --epochs 20 --output parity-out --also-default
     python benchmarks/parity.py band out-s1 out-s2 out-s3 --output band   # curves runs with --seed 1, 2, 3
     python benchmarks/parity.py --original /path/to/MStein views --draws 5
+    python benchmarks/parity.py --original /path/to/MStein dropout --draws 30 --dtype float32 --backend cpp
+
+``dropout`` (a minute or two): the transplant's batch and weights with the official dropout on,
+``--draws`` training steps a side (``torch.manual_seed`` per draw, the weights never updated): the
+loss pieces' means compared by a z-test, and each parameter's gradient of the total by
+:func:`mean_shift` (about 1 when both sides draw from one distribution): what a dropout in another
+place, or with another scale, would change, and what the dropout-free transplant cannot see. Exit
+status 1 when a loss's z exceeds ``--z-max`` (4) or a mean shift ``--shift-max`` (2).
 
 ``views`` (a minute): the augmentations' distribution over a whole data set, which a one-batch
 check cannot show: two views of every training input drawn ``--draws`` times by the original's
@@ -740,6 +748,106 @@ def curves(args) -> int:
     return 0
 
 
+# -- dropout ---------------------------------------------------------------------------------------
+def _total_and_grads(side, batch: Batch, pvn_weight: float, cf_weight: float, pairs: list[Pair] | None,
+                     ours: bool) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """One training step's loss pieces and the gradient of its total (the original's names)."""
+    model = side.model
+    _zero(model)
+    if ours:
+        rec, parts = model.rec_loss(batch.seqs, batch.targets, batch.negatives)
+        cl = side.cl(batch.views)
+        loss = rec + cf_weight * cl
+        values = {"bpr": float(parts["bpr"]), "pvn": float(parts["pvn"])}
+    else:
+        bpr, pvn = side.rec_pieces(batch.seqs, batch.targets, batch.negatives)
+        cl = side.cl(batch.views)
+        loss = bpr + pvn_weight * pvn + cf_weight * cl
+        values = {"bpr": float(bpr.detach()), "pvn": float(pvn.detach())}
+    loss.backward()
+    values.update(cl=float(cl.detach()), total=float(loss.detach()))
+    grads = _grads(model)
+    _zero(model)
+    if not ours:
+        return values, grads
+    return values, {pair.original: _our_piece(grads[pair.ours], pair) for pair in pairs}
+
+
+def mean_shift(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``|mean(a) - mean(b)|^2 / (sum(var(a) + var(b)) / n)`` over the draws (dim 0, n each): about 1
+    when both sides draw from one distribution (the squared distance of the two means against what
+    the draws' spread alone gives), much larger for a systematic difference; 0 when both sides
+    are constant and equal, inf when constant and different."""
+    n = a.shape[0]
+    diff = float(((a.mean(0) - b.mean(0)) ** 2).sum())
+    noise = float((a.var(0) + b.var(0)).sum()) / n
+    if noise == 0:
+        return 0.0 if diff == 0 else math.inf
+    return diff / noise
+
+
+def dropout_command(args) -> int:
+    """The transplant with the official dropout on: loss and gradient distributions over draws."""
+    from mstein_fast.config import build_config
+    from mstein_fast.models import build_model
+
+    torch.set_num_threads(args.threads)
+    original = import_original(args.original, args.original_deps)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    values = {"data": args.data, "model": "mstein", "compat": "original", "seed": args.seed, "device": "cpu",
+              "backend": args.backend}
+    cfg, _ = build_config(None, values)
+    batch = make_batch(args.data, cfg, args.users, args.seed)
+    torch.manual_seed(args.seed)
+    model = build_model("mstein", batch.n_items, cfg).to(dtype).train()
+    side = OriginalSide(original, original_args(cfg, batch.n_items, batch.n_users))
+    side.model.to(dtype).train()
+    pairs = parameter_pairs(model, side.model)
+    copy_weights(pairs, model, side.model)
+    print(f"batch: the first {batch.seqs.shape[0]} users of {os.path.basename(args.data)}, the same weights on both "
+          f"sides, train mode with the official dropout (hidden {cfg.hidden_dropout_prob}, attention "
+          f"{cfg.attention_probs_dropout_prob}), {args.dtype}, our backend {args.backend}; {args.draws} dropout draws "
+          f"a side (torch.manual_seed per draw)")
+    losses = {"original": [], "ours": []}
+    grads: dict[str, dict[str, list[torch.Tensor]]] = {"original": {}, "ours": {}}
+    mine = dict(model.named_parameters())
+    rows = {pair.original: _our_piece(mine[pair.ours], pair).shape[0] for pair in pairs}
+    t = time.perf_counter()
+    for draw in range(args.draws):
+        for who, s, is_ours in (("original", side, False), ("ours", OursSide(model), True)):
+            torch.manual_seed(args.seed * 100003 + draw)
+            v, g = _total_and_grads(s, batch, cfg.pvn_weight, cfg.cf_weight, pairs, is_ours)
+            losses[who].append(v)
+            for pair in pairs:  # the original's item tables' extra row (its mask id) is left out
+                grads[who].setdefault(pair.original, []).append(g[pair.original][:rows[pair.original]])
+    print(f"{time.perf_counter() - t:.0f} s", file=sys.stderr)
+    bad = []
+    print("| loss piece | original (mean +- std over draws) | ours | z |")
+    print("| --- | ---: | ---: | ---: |")
+    for key in ("bpr", "pvn", "cl", "total"):
+        a = np.array([d[key] for d in losses["original"]])
+        b = np.array([d[key] for d in losses["ours"]])
+        se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        z = abs(a.mean() - b.mean()) / se if se > 0 else (0.0 if a.mean() == b.mean() else math.inf)
+        if z > args.z_max:
+            bad.append(f"loss {key}")
+        print(f"| {key} | {a.mean():.6g} +- {a.std(ddof=1):.2g} | {b.mean():.6g} +- {b.std(ddof=1):.2g} | {z:.1f} |")
+    print(f"\ngradient of the total, per parameter (the original's name): mean shift = |mean_original - mean_ours|^2 "
+          f"/ (sum of both variances / draws), about 1 for one distribution; flagged above {args.shift_max:g}")
+    print("| parameter | elements | mean shift | |")
+    print("| --- | ---: | ---: | --- |")
+    for pair in pairs:
+        a = torch.stack(grads["original"][pair.original]).double().flatten(1)
+        b = torch.stack(grads["ours"][pair.original]).double().flatten(1)
+        shift = mean_shift(a, b)
+        flag = shift > args.shift_max
+        if flag:
+            bad.append(pair.original + _rows_text(pair))
+        print(f"| {pair.original}{_rows_text(pair)} | {a.shape[1]} | {shift:.2f} | {'DIFFERS' if flag else 'ok'} |")
+    print(f"\n{'FAIL' if bad else 'OK'}: {len(bad)} of {4 + len(pairs)} differ" + (f": {', '.join(bad)}" if bad else ""))
+    return 1 if bad else 0
+
+
 # -- views -----------------------------------------------------------------------------------------
 VIEW_STATS = {"items": "non-padding items", "zeros_inside": "zeros after the first item (masked)",
               "new_items": "items not in the input", "last_kept": "last item = the input's last",
@@ -1030,6 +1138,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="the .pt the original's main.py saves at each better validation epoch (its output_dir)")
     e.add_argument("--backend", default="auto", choices=["auto", "cpp", "torch"], help="our ops' backend")
+    d = sub.add_parser("dropout", help="the transplant with dropout on: loss and gradient distributions over draws")
+    _common(d, False)
+    d.add_argument("--users", type=int, default=256, help="users in the batch (the first ones; default: 256)")
+    d.add_argument("--draws", type=int, default=30, help="dropout draws per side (default: 30)")
+    d.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="both models' dtype")
+    d.add_argument("--backend", default="torch", choices=["torch", "cpp"], help="our ops' backend (cpp: float32)")
+    d.add_argument("--z-max", type=float, default=4.0, help="a loss mean differs beyond this many standard errors")
+    d.add_argument("--shift-max", type=float, default=2.0, help="a gradient's mean shift flagged above this")
     v = sub.add_parser("views", help="the augmented views' distribution over the data, the original's code against ours")
     _common(v, False)
     v.add_argument("--draws", type=int, default=5, help="draws of both views of every input, per side (default: 5)")
@@ -1072,6 +1188,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.users < 1:
                 build_parser().error("--users must be >= 1")
             return transplant(args)
+        if args.command == "dropout":
+            if args.draws < 2 or args.users < 1:
+                build_parser().error("--draws must be >= 2 and --users >= 1")
+            return dropout_command(args)
         if args.command == "views":
             if args.draws < 2 or args.z_max <= 0:
                 build_parser().error("--draws must be >= 2 and --z-max > 0")

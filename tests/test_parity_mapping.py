@@ -256,3 +256,20 @@ def test_compare_stats_flags_a_shift_beyond_the_draws_spread(parity):
     assert rows["items"][1] == pytest.approx(a.mean()) and rows["items"][4] == pytest.approx(b.std(ddof=1))
     same = [dict(base) for _ in range(3)]
     assert not any(r[-1] for r in parity._compare_stats(same, same, 4.0))  # no spread, no difference: z 0
+
+
+def test_mean_shift_is_about_one_for_one_distribution_and_large_for_a_shift(parity):
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 31)))
+    a = torch.randn(200, 2000, generator=g, dtype=torch.float64)
+    b = torch.randn(200, 2000, generator=g, dtype=torch.float64)
+    assert 0.85 < parity.mean_shift(a, b) < 1.15  # chi-square of 2000 degrees over its mean: 1 +- 0.03
+    # a shift of 0.2 per element: |d|^2 = 2000 * 0.04 against 2000 * 2 / 200
+    assert parity.mean_shift(a, b + 0.2) == pytest.approx(1 + 0.04 / (2 / 200), rel=0.1)
+    c = torch.ones(3, 4, dtype=torch.float64)
+    assert parity.mean_shift(c, c.clone()) == 0.0
+    assert parity.mean_shift(c, c + 1) == math.inf
+    # against a direct float64 computation on small odd shapes
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(5, 3, generator=g, dtype=torch.float64) * 2
+    want = float(((x.mean(0) - y.mean(0)) ** 2).sum()) / (float((x.var(0, unbiased=True) + y.var(0, unbiased=True)).sum()) / 5)
+    assert parity.mean_shift(x, y) == pytest.approx(want)
