@@ -491,9 +491,22 @@ def print_table(title: str, rows: list[tuple[str, list[float], str]], rtol: floa
     return bad
 
 
+def twin_models(original: types.SimpleNamespace, cfg, batch: Batch, dtype: torch.dtype, seed: int):
+    """Our MStein model (``cfg``, initialised by ``seed``) and the original's ``DistSAModel`` holding
+    the same weights, both in ``dtype`` and train mode: ``(ours, OriginalSide, pairs)``."""
+    from mstein_fast.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("mstein", batch.n_items, cfg).to(dtype).train()
+    side = OriginalSide(original, original_args(cfg, batch.n_items, batch.n_users))
+    side.model.to(dtype).train()
+    pairs = parameter_pairs(model, side.model)
+    copy_weights(pairs, model, side.model)
+    return model, side, pairs
+
+
 def transplant(args) -> int:
     from mstein_fast.config import TrainConfig
-    from mstein_fast.models import build_model
 
     torch.set_num_threads(args.threads)
     original = import_original(args.original, args.original_deps)
@@ -518,12 +531,7 @@ def transplant(args) -> int:
                 print("\n(float64, backend cpp: skipped, the C++ kernels are float32 only and fall back to torch's ops)")
                 continue
             cfg = TrainConfig(**base, backend=backend).validate()
-            torch.manual_seed(args.seed)
-            model = build_model("mstein", batch.n_items, cfg).to(dtype).train()
-            side = OriginalSide(original, original_args(cfg, batch.n_items, batch.n_users))
-            side.model.to(dtype).train()
-            pairs = parameter_pairs(model, side.model)
-            copy_weights(pairs, model, side.model)
+            model, side, pairs = twin_models(original, cfg, batch, dtype, args.seed)
             if theirs is None:  # the same weights for every backend: the original runs once per dtype
                 t = time.perf_counter()
                 theirs = original_results(side, batch)
@@ -789,7 +797,6 @@ def mean_shift(a: torch.Tensor, b: torch.Tensor) -> float:
 def dropout_command(args) -> int:
     """The transplant with the official dropout on: loss and gradient distributions over draws."""
     from mstein_fast.config import build_config
-    from mstein_fast.models import build_model
 
     torch.set_num_threads(args.threads)
     original = import_original(args.original, args.original_deps)
@@ -798,12 +805,7 @@ def dropout_command(args) -> int:
               "backend": args.backend}
     cfg, _ = build_config(None, values)
     batch = make_batch(args.data, cfg, args.users, args.seed)
-    torch.manual_seed(args.seed)
-    model = build_model("mstein", batch.n_items, cfg).to(dtype).train()
-    side = OriginalSide(original, original_args(cfg, batch.n_items, batch.n_users))
-    side.model.to(dtype).train()
-    pairs = parameter_pairs(model, side.model)
-    copy_weights(pairs, model, side.model)
+    model, side, pairs = twin_models(original, cfg, batch, dtype, args.seed)
     print(f"batch: the first {batch.seqs.shape[0]} users of {os.path.basename(args.data)}, the same weights on both "
           f"sides, train mode with the official dropout (hidden {cfg.hidden_dropout_prob}, attention "
           f"{cfg.attention_probs_dropout_prob}), {args.dtype}, our backend {args.backend}; {args.draws} dropout draws "
