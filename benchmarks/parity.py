@@ -84,8 +84,8 @@ epoch) points within it next to the fraction expected if ours were draws from th
 distribution ((n - 1) / (n + 1) for n seeds: 50% for three), the mean gap and the seed stds.
 
 Nothing of the original is copied here: its modules are imported at run time from DIR
-(``transplant``, ``dropout``, ``views``) or its ``main.py`` is run in a subprocess (``curves``, by ``_original.py``). It needs
-numpy, scipy, tqdm and torch; scipy (imported by its ``utils.py``) may come from a directory given
+(``transplant``, ``dropout``, ``views``) or its ``main.py`` is run in a subprocess (``curves``, by
+``_original.py``). It needs numpy, scipy, tqdm and torch; scipy (imported by its ``utils.py``) may come from a directory given
 with ``--original-deps DIR`` (put on ``sys.path`` / the subprocess's ``PYTHONPATH``). The only run-time
 patches: numpy's removed aliases (``np.float``, ``np.int``, ...) are restored, and an empty module
 stands in for ``gensim`` (imported, never used by the MStein command).
