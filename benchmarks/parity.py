@@ -51,7 +51,9 @@ lines, whose ``HIT@k`` is our ``recall@k`` and whose ``MRR`` is over its top-40 
 (recall@10, ndcg@10 and mrr@40 per epoch). Run directories: ``OUTPUT/original`` (its log and
 checkpoint), ``OUTPUT/ours``, ``OUTPUT/ours_default``. ``--original-log FILE`` takes the original's
 curve from a saved stdout of its ``main.py`` (e.g. a full run to its early stopping in the
-background, same command and seed) instead of running it again.
+background, same command and seed) instead of running it again. ``--original-float64`` runs the
+original with torch's default dtype float64 (its shims set it; a diagnostic of what its float32
+rounding does, about 4x slower here).
 
     python benchmarks/parity.py --original /path/to/MStein transplant
     python benchmarks/parity.py --original /path/to/MStein transplant --dtypes float32 --backends cpp --json t.json
@@ -717,6 +719,9 @@ def curves(args) -> int:
         print(f"[original] {len(original_curve(lines))} validation lines in {args.original_log}", file=sys.stderr)
     else:
         shims, data_dir, name = helper.prepare(work, args.data, True, args.threads)
+        if args.original_float64:  # a diagnostic: its float32 rounding out of the picture
+            with open(os.path.join(shims, "sitecustomize.py"), "a", encoding="utf-8") as fh:
+                fh.write("\n_torch.set_default_dtype(_torch.float64)  # parity.py curves --original-float64\n")
         python = args.original_python or sys.executable
         helper.check_python(python, shims)
         print(f"[original] {directory}, {args.epochs} epoch(s), seed {args.seed}, {args.threads} thread(s)",
@@ -743,7 +748,8 @@ def curves(args) -> int:
                 "original": directory, "original_args": list(helper.OFFICIAL_ARGS) + [f"--seed={args.seed}"],
                 "ours_commands": {key: our_command(args, run_dir, key == "ours_compat") for key, run_dir in runs.items()},
                 "metrics": {k: f"original's {v}" for k, v in CURVE_METRICS.items()}, "torch": torch.__version__,
-                "original_log": args.original_log, "ours_run": args.ours_run}
+                "original_log": args.original_log, "ours_run": args.ours_run,
+                "original_float64": bool(args.original_float64)}
     with open(os.path.join(out, "parity_curves.json"), "w", encoding="utf-8") as fh:
         json.dump({"settings": settings, **result}, fh, indent=1)
         fh.write("\n")
@@ -1135,6 +1141,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take our compat curve from this finished run directory (mstein-fast train --compat "
                         "original, same seed) instead of training it")
     q.add_argument("--original-python", metavar="PY", help="python for the original (default: this one)")
+    q.add_argument("--original-float64", action="store_true",
+                   help="run the original with torch's default dtype float64 (a diagnostic; about 4x slower)")
     e = sub.add_parser("evaluate", help="validation and test metrics of a checkpoint the original saved")
     _common(e, False)
     e.add_argument("--checkpoint", required=True, metavar="FILE",
@@ -1204,6 +1212,8 @@ def main(argv: list[str] | None = None) -> int:
             return evaluate_checkpoint(args)
         if args.epochs < 1:
             build_parser().error("--epochs must be >= 1")
+        if args.original_float64 and args.original_log:
+            build_parser().error("--original-float64 runs the original; with --original-log it does not run")
         return curves(args)
     except (ParityError, load_original_helper().OriginalError) as err:
         print(f"parity: {err}", file=sys.stderr)

@@ -273,3 +273,13 @@ def test_mean_shift_is_about_one_for_one_distribution_and_large_for_a_shift(pari
     y = torch.randn(5, 3, generator=g, dtype=torch.float64) * 2
     want = float(((x.mean(0) - y.mean(0)) ** 2).sum()) / (float((x.var(0, unbiased=True) + y.var(0, unbiased=True)).sum()) / 5)
     assert parity.mean_shift(x, y) == pytest.approx(want)
+
+
+def test_curves_refuses_float64_for_a_saved_log(parity, tmp_path, capsys):
+    data = tmp_path / "d.txt"
+    data.write_text("1 1 2 3 4\n")
+    argv = ["--original", str(tmp_path), "--data", str(data), "curves", "--epochs", "1", "--output",
+            str(tmp_path / "out"), "--original-log", str(tmp_path / "log.txt"), "--original-float64"]
+    with pytest.raises(SystemExit) as stop:
+        parity.main(argv)
+    assert stop.value.code == 2 and "with --original-log it does not run" in capsys.readouterr().err
