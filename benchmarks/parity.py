@@ -901,7 +901,6 @@ def _compare_stats(theirs: list[dict], ours: list[dict], z_max: float) -> list[t
 
 def views_command(args) -> int:
     """The distribution of the augmented views, the original's dataset code against our Augmenter."""
-    import contextlib as _contextlib
     import io
     import random
     import tempfile
@@ -920,7 +919,7 @@ def views_command(args) -> int:
     cfg, _ = build_config(None, {"data": args.data, "model": "mstein", "compat": "original", "seed": args.seed})
     data = load_sequences(args.data)
     inputs = [[int(t) for t in s[:-3]] for s in data.items]  # the training inputs of both codes
-    with tempfile.TemporaryDirectory() as tmp, _contextlib.redirect_stdout(io.StringIO()):
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         similarity = original.models.OfflineItemSimilarity(
             data_file=args.data, similarity_path=args.similarity or os.path.join(tmp, "similarity.pkl"),
             model_name="ItemCF_IUF")
