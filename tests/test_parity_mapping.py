@@ -283,3 +283,12 @@ def test_curves_refuses_float64_for_a_saved_log(parity, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         parity.main(argv)
     assert stop.value.code == 2 and "with --original-log it does not run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["views", "dropout"])
+def test_distribution_checks_need_five_draws(parity, tmp_path, capsys, command):
+    data = tmp_path / "d.txt"
+    data.write_text("1 1 2 3 4\n")
+    with pytest.raises(SystemExit) as stop:
+        parity.main(["--original", str(tmp_path), "--data", str(data), command, "--draws", "4"])
+    assert stop.value.code == 2 and "--draws must be >= 5" in capsys.readouterr().err
