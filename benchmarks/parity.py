@@ -787,6 +787,14 @@ def _total_and_grads(side, batch: Batch, pvn_weight: float, cf_weight: float, pa
     return values, {pair.original: _our_piece(grads[pair.ours], pair) for pair in pairs}
 
 
+def z_score(a: np.ndarray, b: np.ndarray) -> float:
+    """``|mean(a) - mean(b)|`` over its standard error (two independent samples of draws); 0 when
+    both are constant and equal, inf when constant and different."""
+    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    diff = abs(float(a.mean()) - float(b.mean()))
+    return diff / se if se > 0 else (0.0 if diff == 0 else math.inf)
+
+
 def mean_shift(a: torch.Tensor, b: torch.Tensor) -> float:
     """``|mean(a) - mean(b)|^2 / (sum(var(a) + var(b)) / n)`` over the draws (dim 0, n each): about 1
     when both sides draw from one distribution (the squared distance of the two means against what
@@ -835,8 +843,7 @@ def dropout_command(args) -> int:
     for key in ("bpr", "pvn", "cl", "total"):
         a = np.array([d[key] for d in losses["original"]])
         b = np.array([d[key] for d in losses["ours"]])
-        se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
-        z = abs(a.mean() - b.mean()) / se if se > 0 else (0.0 if a.mean() == b.mean() else math.inf)
+        z = z_score(a, b)
         if z > args.z_max:
             bad.append(f"loss {key}")
         print(f"| {key} | {a.mean():.6g} +- {a.std(ddof=1):.2g} | {b.mean():.6g} +- {b.std(ddof=1):.2g} | {z:.1f} |")
@@ -892,9 +899,7 @@ def _compare_stats(theirs: list[dict], ours: list[dict], z_max: float) -> list[t
     for key in VIEW_STATS:
         a = np.array([d[key] for d in theirs], dtype=np.float64)
         b = np.array([d[key] for d in ours], dtype=np.float64)
-        se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
-        diff = abs(a.mean() - b.mean())
-        z = diff / se if se > 0 else (0.0 if diff == 0 else math.inf)
+        z = z_score(a, b)
         rows.append((key, float(a.mean()), float(a.std(ddof=1)), float(b.mean()), float(b.std(ddof=1)), z, z > z_max))
     return rows
 
