@@ -65,9 +65,11 @@ rounding does, about 4x slower here).
 ``dropout`` (a minute or two): the transplant's batch and weights with the official dropout on,
 ``--draws`` training steps a side (``torch.manual_seed`` per draw, the weights never updated): the
 loss pieces' means compared by a z-test, and each parameter's gradient of the total by
-:func:`mean_shift` (about 1 when both sides draw from one distribution): what a dropout in another
-place, or with another scale, would change, and what the dropout-free transplant cannot see. Exit
-status 1 when a loss's z exceeds ``--z-max`` (4) or a mean shift ``--shift-max`` (2).
+:func:`mean_shift` (about 1 when both sides draw from one distribution) and its noise by
+:func:`spread_ratio` (about 1 likewise): what a dropout in another place, with another scale, or
+with masks shared or correlated where the original draws them apart, would change, and what the
+dropout-free transplant cannot see. Exit status 1 when a loss's z exceeds ``--z-max`` (4), a mean
+shift ``--shift-max`` (2), or a spread ratio lies outside ``1/--spread-max .. --spread-max`` (1.5).
 
 ``views`` (a minute): the augmentations' distribution over a whole data set, which a one-batch
 check cannot show: two views of every training input drawn ``--draws`` times by the original's
@@ -808,6 +810,16 @@ def mean_shift(a: torch.Tensor, b: torch.Tensor) -> float:
     return diff / noise
 
 
+def spread_ratio(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``sum(var(b)) / sum(var(a))`` over the draws (dim 0): the spread of ``b``'s draws against
+    ``a``'s, about 1 when both sides draw from one distribution (a check of the noise, where
+    :func:`mean_shift` checks the means); 1 when both are constant, inf when only ``a`` is."""
+    va, vb = float(a.var(0).sum()), float(b.var(0).sum())
+    if va == 0:
+        return 1.0 if vb == 0 else math.inf
+    return vb / va
+
+
 def dropout_command(args) -> int:
     """The transplant with the official dropout on: loss and gradient distributions over draws."""
     from mstein_fast.config import build_config
@@ -848,17 +860,20 @@ def dropout_command(args) -> int:
             bad.append(f"loss {key}")
         print(f"| {key} | {a.mean():.6g} +- {a.std(ddof=1):.2g} | {b.mean():.6g} +- {b.std(ddof=1):.2g} | {z:.1f} |")
     print(f"\ngradient of the total, per parameter (the original's name): mean shift = |mean_original - mean_ours|^2 "
-          f"/ (sum of both variances / draws), about 1 for one distribution; flagged above {args.shift_max:g}")
-    print("| parameter | elements | mean shift | |")
-    print("| --- | ---: | ---: | --- |")
+          f"/ (sum of both variances / draws), about 1 for one distribution; flagged above {args.shift_max:g}; spread "
+          f"ratio = sum of our variances / sum of the original's, about 1 for one distribution; flagged outside "
+          f"1/{args.spread_max:g}..{args.spread_max:g}")
+    print("| parameter | elements | mean shift | spread ratio | |")
+    print("| --- | ---: | ---: | ---: | --- |")
     for pair in pairs:
         a = torch.stack(grads["original"][pair.original]).double().flatten(1)
         b = torch.stack(grads["ours"][pair.original]).double().flatten(1)
-        shift = mean_shift(a, b)
-        flag = shift > args.shift_max
+        shift, spread = mean_shift(a, b), spread_ratio(a, b)
+        flag = shift > args.shift_max or not 1 / args.spread_max <= spread <= args.spread_max
         if flag:
             bad.append(pair.original + _rows_text(pair))
-        print(f"| {pair.original}{_rows_text(pair)} | {a.shape[1]} | {shift:.2f} | {'DIFFERS' if flag else 'ok'} |")
+        print(f"| {pair.original}{_rows_text(pair)} | {a.shape[1]} | {shift:.2f} | {spread:.2f} | "
+              f"{'DIFFERS' if flag else 'ok'} |")
     print(f"\n{'FAIL' if bad else 'OK'}: {len(bad)} of {4 + len(pairs)} differ" + (f": {', '.join(bad)}" if bad else ""))
     return 1 if bad else 0
 
@@ -1160,6 +1175,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--backend", default="torch", choices=["torch", "cpp"], help="our ops' backend (cpp: float32)")
     d.add_argument("--z-max", type=float, default=4.0, help="a loss mean differs beyond this many standard errors")
     d.add_argument("--shift-max", type=float, default=2.0, help="a gradient's mean shift flagged above this")
+    d.add_argument("--spread-max", type=float, default=1.5,
+                   help="a gradient's spread ratio flagged above this or below its inverse")
     v = sub.add_parser("views", help="the augmented views' distribution over the data, the original's code against ours")
     _common(v, False)
     v.add_argument("--draws", type=int, default=5, help="draws of both views of every input, per side (default: 5)")

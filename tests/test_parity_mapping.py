@@ -275,6 +275,24 @@ def test_mean_shift_is_about_one_for_one_distribution_and_large_for_a_shift(pari
     assert parity.mean_shift(x, y) == pytest.approx(want)
 
 
+def test_spread_ratio_is_about_one_for_one_distribution_and_tracks_a_scale(parity):
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 31)))
+    a = torch.randn(200, 2000, generator=g, dtype=torch.float64)
+    b = torch.randn(200, 2000, generator=g, dtype=torch.float64)
+    # each sum of 2000 variances of 199 degrees: relative sd sqrt(2 / 199 / 2000) ~ 0.002
+    assert parity.spread_ratio(a, b) == pytest.approx(1.0, abs=0.02)
+    # noise 1.3 times as wide on our side (b): variances 1.69 times; a constant shift changes nothing
+    assert parity.spread_ratio(a, 1.3 * b + 5.0) == pytest.approx(1.69, rel=0.02)
+    assert parity.spread_ratio(1.3 * a, b) == pytest.approx(1 / 1.69, rel=0.02)
+    c = torch.ones(3, 4, dtype=torch.float64)
+    assert parity.spread_ratio(c, c + 1) == 1.0
+    assert parity.spread_ratio(c, a[:3, :4]) == math.inf
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(5, 3, generator=g, dtype=torch.float64) * 2
+    want = float(y.var(0, unbiased=True).sum()) / float(x.var(0, unbiased=True).sum())
+    assert parity.spread_ratio(x, y) == pytest.approx(want)
+
+
 def test_curves_refuses_float64_for_a_saved_log(parity, tmp_path, capsys):
     data = tmp_path / "d.txt"
     data.write_text("1 1 2 3 4\n")
