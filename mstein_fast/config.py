@@ -94,6 +94,14 @@ DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 @dataclass
 class TrainConfig:
+    """Every setting of a training run (one key per option of ``mstein-fast train``; the valid
+    range of each beside it). Check one with :meth:`validate`.
+
+    The field defaults are the base layer only. ``TrainConfig(model="stosa")`` keeps them as they
+    are: the model's own published command (:data:`MODEL_PRESETS`), a data-set ``preset``, the quick
+    preset of the built-in data and ``compat = "original"``'s settings are merged in by
+    :func:`build_config`, which is what the command line uses. Build a config the way the CLI does
+    with ``build_config(None, {"model": "stosa", "data": ...})[0]``."""
     # what to train on
     model: str = _key("mstein", "model: mstein, stosa, sasrec, coserec or coserec-wdm", sorted(MODELS))
     data: str | None = _key(None, "sequence file 'user_id item_id ...'; none = the built-in synthetic data")
