@@ -61,6 +61,8 @@ rounding does, about 4x slower here).
     python benchmarks/parity.py band out-s1 out-s2 out-s3 --output band   # curves runs with --seed 1, 2, 3
     python benchmarks/parity.py --original /path/to/MStein views --draws 5
     python benchmarks/parity.py --original /path/to/MStein dropout --draws 30 --dtype float32 --backend cpp
+    python benchmarks/parity.py --original /path/to/MStein --seed 1 bisect --swap model --epochs 30 \
+        --against out-s1 --output bisect-model-s1    # then: band bisect-model-s1 bisect-model-s2 ...
 
 ``dropout`` (a minute or two): the transplant's batch and weights with the official dropout on,
 ``--draws`` training steps a side (``torch.manual_seed`` per draw, the weights never updated): the
@@ -79,6 +81,18 @@ view, averaged over the data (:func:`view_stats`): non-padding items, zeros insi
 input, first and last item kept; a table with each side's mean and spread over the draws and
 ``z = |difference| / standard error``; exit status 1 when any z exceeds ``--z-max`` (default 4).
 
+``bisect`` (minutes): our compat trainer (``mstein_fast.train.Trainer``: its epochs, batches,
+seeds, optimizer loop and evaluator) for ``--epochs K`` with parts of the original swapped in,
+``--swap`` a comma-separated list of: ``views`` (the augmented views drawn by the original's
+dataset code, :func:`original_view_maker`, Python's ``random``), ``negatives`` (drawn as its
+``neg_sample``, :func:`python_negatives`), ``model`` (its ``DistSAModel`` initialised by its own
+code, its BPR/pvn and InfoNCE functions, an Adam on its parameters: :class:`OriginalModel`); and
+``--no-cpp``: our C++ extension off (PyTorch's dropout, Wasserstein ops and ranking). Where the
+compat curves lag the original's, the part whose swap closes the gap is where the difference
+lives. ``--against CURVES``: a ``curves`` run of the same seed, whose original curve is copied into
+``OUTPUT/parity_curves.json`` beside the new run's (as ``ours_compat``), so that ``band`` reads
+bisect outputs as it reads curves outputs. Run directory: ``OUTPUT/ours``.
+
 ``band`` (seconds; neither the original nor the data needed): the original's seed-to-seed band
 against our compat curves, from ``curves`` runs with different ``--seed`` (:func:`seed_band`):
 ``OUTPUT/seed_band.json`` (per epoch and metric: the original's min / max / mean / std over its
@@ -88,7 +102,7 @@ epoch) points within it next to the fraction expected if ours were draws from th
 distribution ((n - 1) / (n + 1) for n seeds: 50% for three), the mean gap and the seed stds.
 
 Nothing of the original is copied here: its modules are imported at run time from DIR
-(``transplant``, ``dropout``, ``views``) or its ``main.py`` is run in a subprocess (``curves``, by
+(``transplant``, ``dropout``, ``views``, ``bisect``) or its ``main.py`` is run in a subprocess (``curves``, by
 ``_original.py``). It needs numpy, scipy, tqdm and torch; scipy (imported by its ``utils.py``) may come from a directory given
 with ``--original-deps DIR`` (put on ``sys.path`` / the subprocess's ``PYTHONPATH``). The only run-time
 patches: numpy's removed aliases (``np.float``, ``np.int``, ...) are restored, and an empty module
@@ -919,29 +933,23 @@ def _compare_stats(theirs: list[dict], ours: list[dict], z_max: float) -> list[t
     return rows
 
 
-def views_command(args) -> int:
-    """The distribution of the augmented views, the original's dataset code against our Augmenter."""
+def original_view_maker(original: types.SimpleNamespace, cfg, data_file: str, similarity_path: str | None = None):
+    """The original's training dataset (``datasets.RecWithContrastiveLearningDataset``, its
+    ``Random`` augmentation with ``cfg``'s settings and its own ItemCF-IUF model: the warm-up's
+    views); its ``_one_pair_data_augmentation(items)`` draws two views of one input with Python's
+    ``random``. The ItemCF-IUF pickle goes to ``similarity_path`` (default: a temporary folder)."""
     import io
-    import random
     import tempfile
 
-    from mstein_fast.augment import Augmenter, itemcf_iuf_topk
-    from mstein_fast.config import build_config
-    from mstein_fast.data import load_sequences
-
-    original = import_original(args.original, args.original_deps)
     try:
         datasets = importlib.import_module("datasets")
     except ImportError as err:
         raise ParityError(f"cannot import the original's datasets.py: {err}") from err
     if not hasattr(datasets, "RecWithContrastiveLearningDataset"):
         raise ParityError(f"{datasets.__file__} has no RecWithContrastiveLearningDataset")
-    cfg, _ = build_config(None, {"data": args.data, "model": "mstein", "compat": "original", "seed": args.seed})
-    data = load_sequences(args.data)
-    inputs = [[int(t) for t in s[:-3]] for s in data.items]  # the training inputs of both codes
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         similarity = original.models.OfflineItemSimilarity(
-            data_file=args.data, similarity_path=args.similarity or os.path.join(tmp, "similarity.pkl"),
+            data_file=data_file, similarity_path=similarity_path or os.path.join(tmp, "similarity.pkl"),
             model_name="ItemCF_IUF")
         ns = types.SimpleNamespace(
             max_seq_length=cfg.max_seq_length, offline_similarity_model=similarity, online_similarity_model=None,
@@ -949,7 +957,23 @@ def views_command(args) -> int:
             insert_rate=cfg.insert_rate, max_insert_num_per_pos=cfg.max_insert_num_per_pos,
             augment_threshold=cfg.augment_threshold, augment_type_for_short="SIM", base_augment_type="random",
             n_views=2)
-        dataset = datasets.RecWithContrastiveLearningDataset(ns, [s + [0, 0, 0] for s in inputs], data_type="train")
+        # (the user list is not read by _one_pair_data_augmentation)
+        return datasets.RecWithContrastiveLearningDataset(ns, [[1, 2, 3, 4]], data_type="train")
+
+
+def views_command(args) -> int:
+    """The distribution of the augmented views, the original's dataset code against our Augmenter."""
+    import random
+
+    from mstein_fast.augment import Augmenter, itemcf_iuf_topk
+    from mstein_fast.config import build_config
+    from mstein_fast.data import load_sequences
+
+    original = import_original(args.original, args.original_deps)
+    cfg, _ = build_config(None, {"data": args.data, "model": "mstein", "compat": "original", "seed": args.seed})
+    data = load_sequences(args.data)
+    inputs = [[int(t) for t in s[:-3]] for s in data.items]  # the training inputs of both codes
+    dataset = original_view_maker(original, cfg, args.data, args.similarity)
     augmenter = Augmenter(cfg)
     g = torch.Generator().manual_seed(args.seed)
     augmenter.set_similarity(itemcf_iuf_topk([s[:-3] for s in data.items], data.n_items, augmenter.similar_k, g))
@@ -979,6 +1003,161 @@ def views_command(args) -> int:
     print(f"{len(differ)} of {len(rows)} statistics differ by more than {args.z_max} standard errors"
           + (f": {', '.join(differ)}" if differ else ""))
     return 1 if differ else 0
+
+
+# -- bisect ----------------------------------------------------------------------------------------
+BISECT_PARTS = ("views", "negatives", "model")
+
+
+def parse_parts(text: str) -> list[str]:
+    """``--swap``'s comma-separated parts (``none`` or empty: none), checked against
+    :data:`BISECT_PARTS`; raises ``argparse.ArgumentTypeError`` naming an unknown part."""
+    parts = [p.strip() for p in text.split(",") if p.strip() and p.strip() != "none"]
+    unknown = [p for p in parts if p not in BISECT_PARTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(BISECT_PARTS)}")
+    return sorted(set(parts), key=BISECT_PARTS.index)
+
+
+def pad_left(x: torch.Tensor, width: int) -> torch.Tensor:
+    """``[B, w]`` ids left-padded with 0 to ``[B, width]`` (``w <= width``; the original's inputs
+    are always ``max_seq_length`` wide)."""
+    if x.shape[1] > width:
+        raise ValueError(f"{x.shape[1]} positions do not fit in {width}")
+    return x if x.shape[1] == width else torch.nn.functional.pad(x, (width - x.shape[1], 0))
+
+
+def unpadded_rows(full: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+    """The item lists of right-aligned ``[B, W]`` rows holding ``lengths[i]`` items each."""
+    width = full.shape[1]
+    return [full[i, width - int(n):].tolist() if int(n) else [] for i, n in enumerate(lengths.tolist())]
+
+
+def original_views(maker, full: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """Our Augmenter's ``views`` output (``[2B, width]``: every row's first view, then every
+    row's second) drawn by the original's dataset code (:func:`original_view_maker`)."""
+    pairs = [maker._one_pair_data_augmentation(row) for row in unpadded_rows(full, lengths)]
+    views = torch.stack([p[0] for p in pairs] + [p[1] for p in pairs])
+    return pad_left(views[:, -width:], width)
+
+
+def python_negatives(histories: list[set[int]], rng):
+    """A stand-in for :func:`mstein_fast.data.sample_negatives` drawing as the original's
+    ``utils.neg_sample`` does: per target position ``rng.randint(1, n)`` until the item is not in
+    the user's whole sequence (``histories[user]``); 0 at padding targets. The original's range
+    also holds its mask id ``n + 1``, which our item tables lack: left out (1 item in ~2400)."""
+    def sample(targets, users, user_item_keys, n_items, generator, max_rounds=100):
+        out = torch.zeros_like(targets)
+        for r, u in enumerate(users.tolist()):
+            seen = histories[u]
+            for c in (targets[r] > 0).nonzero()[:, 0].tolist():
+                item = rng.randint(1, n_items)
+                while item in seen:
+                    item = rng.randint(1, n_items)
+                out[r, c] = item
+        return out
+    return sample
+
+
+class OriginalModel(torch.nn.Module):
+    """The original's ``DistSAModel`` and loss functions (an :class:`OriginalSide`) behind the
+    interface our :class:`mstein_fast.train.Trainer` uses: ``score_items`` (its
+    ``dist_predict_full`` on the last position, negated, item 0 included: compat's evaluation),
+    and :meth:`step` (``bpr + pvn_weight * pvn + cf_weight * InfoNCE``, as its trainer sums them)."""
+
+    compat = True  # our evaluator then ranks item 0 as the original does
+    contrastive = True
+
+    def __init__(self, side: OriginalSide, n_items: int, width: int):
+        super().__init__()
+        self.side, self.n_items, self.width = side, n_items, width
+        self.inner = side.model
+
+    def score_items(self, seqs: torch.Tensor, include_padding: bool = False) -> torch.Tensor:
+        mean, cov = self.side.encode(pad_left(seqs, self.width))
+        dist = self.side.cls.dist_predict_full(self.side.trainer, mean[:, -1, :], cov[:, -1, :])
+        return -dist[:, :self.n_items + 1] if include_padding else -dist[:, 1:self.n_items + 1]
+
+
+class OriginalStep(torch.nn.Module):
+    """Our trainer's ``step`` (:class:`mstein_fast.train._TrainStep`'s contract) on :class:`OriginalModel`."""
+
+    def __init__(self, model: OriginalModel, pvn_weight: float, cf_weight: float):
+        super().__init__()
+        self.model, self.pvn_weight, self.cf_weight = model, pvn_weight, cf_weight
+
+    def forward(self, inputs, targets, negatives, views):
+        w, side = self.model.width, self.model.side
+        bpr, pvn = side.rec_pieces(pad_left(inputs, w), pad_left(targets, w), pad_left(negatives, w))
+        rec = bpr + self.pvn_weight * pvn
+        cl = side.cl(pad_left(views, w))
+        return rec + self.cf_weight * cl, rec, cl
+
+
+def bisect_command(args) -> int:
+    """Our compat trainer with parts of the original swapped in, for K epochs; the curve beside
+    the original's of a ``curves`` run (``--against``), for ``band``."""
+    import random
+
+    import mstein_fast.train as train_module
+    from mstein_fast import backends
+    from mstein_fast.config import build_config
+
+    against = load_curves(args.against)
+    if against["settings"]["seed"] != args.seed:
+        raise ParityError(f"{against['path']} is of seed {against['settings']['seed']}, not --seed {args.seed}")
+    if len(against["original"]) < args.epochs:
+        raise ParityError(f"{against['path']}: the original's curve has {len(against['original'])} epochs, fewer "
+                          f"than --epochs {args.epochs}")
+    run_dir = os.path.join(args.output, "ours")
+    if os.path.exists(run_dir):
+        raise ParityError(f"{run_dir} exists: give a new --output")
+    original = import_original(args.original, args.original_deps)
+    torch.set_num_threads(args.threads)
+    values = {"data": args.data, "model": "mstein", "compat": "original", "seed": args.seed, "epochs": args.epochs,
+              "patience": args.epochs + 1, "num_threads": args.threads, "device": "cpu", "progress": False}
+    if args.no_cpp:  # every op by PyTorch: dropout, the Wasserstein ops, the ranking
+        backends._cache["cpp"] = ImportError("turned off by parity.py bisect --no-cpp")
+        values["backend"] = "torch"
+    cfg, _ = build_config(None, values)
+    os.makedirs(args.output, exist_ok=True)
+    trainer = train_module.Trainer(cfg, run_dir)
+    rng = random.Random(args.seed)
+    swapped = []
+    if "views" in args.swap:
+        maker = original_view_maker(original, cfg, args.data)
+        random.seed(args.seed)  # the original's augmentations draw from the random module itself
+        trainer.augmenter.views = lambda full, lengths, g: original_views(maker, full, lengths, cfg.max_seq_length)
+        swapped.append("views: the original's RecWithContrastiveLearningDataset")
+    if "negatives" in args.swap:
+        histories = [{int(t) for t in s} for s in trainer.data.items]
+        train_module.sample_negatives = python_negatives(histories, rng)
+        swapped.append("negatives: drawn as the original's neg_sample")
+    if "model" in args.swap:
+        torch.manual_seed(args.seed)
+        side = OriginalSide(original, original_args(cfg, trainer.data.n_items, trainer.data.n_users))
+        trainer.model = OriginalModel(side, trainer.data.n_items, cfg.max_seq_length)
+        trainer.step = OriginalStep(trainer.model, cfg.pvn_weight, cfg.cf_weight)
+        trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                             betas=(cfg.adam_beta1, cfg.adam_beta2))
+        swapped.append("model: the original's DistSAModel, its losses and an Adam on its parameters")
+    print(f"bisect, seed {args.seed}, {args.epochs} epochs, our compat trainer with: "
+          f"{'; '.join(swapped) or 'nothing swapped'}{'; C++ extension off' if args.no_cpp else ''}", file=sys.stderr)
+    t = time.perf_counter()
+    try:
+        trainer.fit(test=False)
+    finally:
+        if args.no_cpp:
+            backends._cache.pop("cpp", None)
+    print(f"{time.perf_counter() - t:.0f} s", file=sys.stderr)
+    settings = {**against["settings"], "epochs": args.epochs, "threads": args.threads, "against": against["path"],
+                "bisect": {"swap": args.swap, "no_cpp": bool(args.no_cpp), "what": swapped}, "torch": torch.__version__}
+    result = {"original": against["original"][:args.epochs], "ours_compat": our_curve(run_dir)}
+    with open(os.path.join(args.output, "parity_curves.json"), "w", encoding="utf-8") as fh:
+        json.dump({"settings": settings, **result}, fh, indent=1)
+        fh.write("\n")
+    print(f"wrote {os.path.join(args.output, 'parity_curves.json')} (band reads it)")
+    return 0
 
 
 # -- band ------------------------------------------------------------------------------------------
@@ -1184,6 +1363,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a statistic differs when |difference| exceeds this many standard errors (default: 4)")
     v.add_argument("--similarity", metavar="FILE",
                    help="the original's ItemCF-IUF pickle to use or write (default: built in a temporary folder)")
+    x = sub.add_parser("bisect", help="our compat trainer with parts of the original swapped in (views, negatives, "
+                                      "model), K epochs, against a curves run's original curve")
+    _common(x, False)
+    x.add_argument("--swap", type=parse_parts, default=[], metavar="PARTS",
+                   help=f"comma-separated parts of the original to use: {', '.join(BISECT_PARTS)} (default: none)")
+    x.add_argument("--no-cpp", action="store_true", help="our C++ extension off (PyTorch ops everywhere)")
+    x.add_argument("--epochs", type=int, required=True, metavar="K", help="epochs to train")
+    x.add_argument("--against", required=True, metavar="CURVES",
+                   help="a curves run of the same --seed (its parity_curves.json or folder): the original's curve")
+    x.add_argument("--output", required=True, metavar="DIR", help="output folder (its ours/ must be new)")
     b = sub.add_parser("band", help="the original's seed band against our compat curves (several curves runs)")
     b.add_argument("curves", nargs="+", metavar="CURVES",
                    help="parity_curves.json of `curves` runs with different --seed (or their --output folders)")
@@ -1233,6 +1422,8 @@ def main(argv: list[str] | None = None) -> int:
             return evaluate_checkpoint(args)
         if args.epochs < 1:
             build_parser().error("--epochs must be >= 1")
+        if args.command == "bisect":
+            return bisect_command(args)
         if args.original_float64 and args.original_log:
             build_parser().error("--original-float64 runs the original; with --original-log it does not run")
         return curves(args)

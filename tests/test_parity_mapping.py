@@ -310,3 +310,66 @@ def test_distribution_checks_need_five_draws(parity, tmp_path, capsys, command):
     with pytest.raises(SystemExit) as stop:
         parity.main(["--original", str(tmp_path), "--data", str(data), command, "--draws", "4"])
     assert stop.value.code == 2 and "--draws must be >= 5" in capsys.readouterr().err
+
+
+# -- bisect (its pieces that need no original code) --------------------------------------------------
+def test_bisect_parts_are_checked(parity):
+    assert parity.parse_parts("model,views") == ["views", "model"]  # canonical order, duplicates dropped
+    assert parity.parse_parts("none") == [] and parity.parse_parts("") == []
+    with pytest.raises(Exception, match="unknown part.*optimizer"):
+        parity.parse_parts("views,optimizer")
+
+
+def test_pad_left_and_unpadded_rows(parity):
+    x = torch.tensor([[1, 2], [0, 3]])
+    assert parity.pad_left(x, 4).tolist() == [[0, 0, 1, 2], [0, 0, 0, 3]]
+    assert parity.pad_left(x, 2) is x
+    with pytest.raises(ValueError, match="do not fit"):
+        parity.pad_left(x, 1)
+    full = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 4], [0, 0, 0, 0]])
+    assert parity.unpadded_rows(full, torch.tensor([2, 4, 0])) == [[5, 6], [7, 8, 9, 4], []]
+
+
+def test_original_views_lays_out_first_views_then_second_views(parity):
+    class Maker:  # the original dataset's contract: two tensors of max_len ids per input
+        def _one_pair_data_augmentation(self, items):
+            first = [0] * (5 - len(items)) + items
+            return [torch.tensor(first), torch.tensor([0] * 4 + [len(items)])]
+
+    full = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    views = parity.original_views(Maker(), full, torch.tensor([2, 3]), 5)
+    assert views.tolist() == [[0, 0, 0, 1, 2], [0, 0, 3, 4, 5], [0, 0, 0, 0, 2], [0, 0, 0, 0, 3]]
+
+
+def test_python_negatives_are_uniform_over_the_items_never_had(parity):
+    import random
+
+    rng = random.Random(int(np.random.default_rng().integers(1 << 31)))
+    n_items = 6
+    histories = [{1, 2, 3}, {6}]
+    sample = parity.python_negatives(histories, rng)
+    targets = torch.tensor([[0, 1, 2], [0, 0, 6]])
+    counts = torch.zeros(2, n_items + 1)
+    for _ in range(600):
+        neg = sample(targets, torch.tensor([0, 1]), None, n_items, None)
+        assert neg[0, 0] == 0 and neg[1, 0] == 0 and neg[1, 1] == 0  # padding targets
+        for u, cols in ((0, (1, 2)), (1, (2,))):
+            for c in cols:
+                counts[u, int(neg[u, c])] += 1
+    assert counts[0, :4].sum() == 0 and counts[1, 0] == 0 and counts[1, 6] == 0  # never an item the user had
+    # user 0: 1200 draws over items 4-6 (400 expected each, sd ~16); user 1: 600 over 1-5 (120, sd ~10)
+    assert ((counts[0, 4:] - 400).abs() < 80).all()
+    assert ((counts[1, 1:6] - 120).abs() < 50).all()
+
+
+def test_bisect_refuses_a_curves_run_of_another_seed(parity, tmp_path, capsys):
+    data = tmp_path / "d.txt"
+    data.write_text("1 1 2 3 4\n")
+    against = _curves_file(tmp_path / "c", 2, [0.1, 0.2], [0.1, 0.2])
+    code = parity.main(["--original", str(tmp_path), "--data", str(data), "--seed", "1", "bisect", "--epochs", "2",
+                        "--against", str(against), "--output", str(tmp_path / "out")])
+    assert code == 2 and "of seed 2, not --seed 1" in capsys.readouterr().err
+    code = parity.main(["--original", str(tmp_path), "--data", str(data), "--seed", "2", "bisect", "--epochs", "3",
+                        "--against", str(against), "--output", str(tmp_path / "out")])
+    assert code == 2 and "fewer than --epochs 3" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written before the checks
