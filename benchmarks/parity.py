@@ -85,7 +85,8 @@ input, first and last item kept; a table with each side's mean and spread over t
 seeds, optimizer loop and evaluator) for ``--epochs K`` with parts of the original swapped in,
 ``--swap`` a comma-separated list of: ``views`` (the augmented views drawn by the original's
 dataset code, :func:`original_view_maker`, Python's ``random``), ``negatives`` (drawn as its
-``neg_sample``, :func:`python_negatives`), ``model`` (its ``DistSAModel`` initialised by its own
+``neg_sample``, :func:`python_negatives`), ``losses`` (its BPR/pvn and InfoNCE functions on our
+encoder's outputs: :class:`OriginalLossesStep`), ``model`` (its ``DistSAModel`` initialised by its own
 code, its BPR/pvn and InfoNCE functions, an Adam on its parameters: :class:`OriginalModel`); and
 ``--no-cpp``: our C++ extension off (PyTorch's dropout, Wasserstein ops and ranking). Where the
 compat curves lag the original's, the part whose swap closes the gap is where the difference
@@ -1006,7 +1007,7 @@ def views_command(args) -> int:
 
 
 # -- bisect ----------------------------------------------------------------------------------------
-BISECT_PARTS = ("views", "negatives", "model")
+BISECT_PARTS = ("views", "negatives", "losses", "model")
 
 
 def parse_parts(text: str) -> list[str]:
@@ -1094,6 +1095,34 @@ class OriginalStep(torch.nn.Module):
         return rec + self.cf_weight * cl, rec, cl
 
 
+class OriginalLossesStep(torch.nn.Module):
+    """Our trainer's ``step`` with our model's encoder (``encode``, the full computation) and the
+    original's loss functions (its trainer's ``bpr_optimization`` and
+    ``_one_pair_contrastive_learning`` with its ``WassersteinNCELoss``) reading our item tables."""
+
+    def __init__(self, original: types.SimpleNamespace, model, args: types.SimpleNamespace, pvn_weight: float,
+                 cf_weight: float):
+        super().__init__()
+        self.model, self.width = model, args.max_seq_length
+        self.pvn_weight, self.cf_weight = pvn_weight, cf_weight
+        device = torch.device("cpu")
+        stand_in = types.SimpleNamespace(item_mean_embeddings=model.item_mean, item_cov_embeddings=model.item_cov,
+                                         args=args, finetune=lambda seqs: (*model.encode(seqs), None))
+        self.trainer = types.SimpleNamespace(model=stand_in, args=args, device=device,
+                                             cf_criterion=original.modules.WassersteinNCELoss(args.temperature, device))
+        self.cls = original.trainers.CoDistSAModelTrainer
+
+    def forward(self, inputs, targets, negatives, views):
+        w = self.width
+        mean, cov = self.model.encode(pad_left(inputs, w))
+        bpr, _auc, pvn = self.cls.bpr_optimization(self.trainer, mean, cov, pad_left(targets, w), pad_left(negatives, w))
+        rec = bpr + self.pvn_weight * pvn
+        views = pad_left(views, w)
+        b = views.shape[0] // 2
+        cl = self.cls._one_pair_contrastive_learning(self.trainer, [views[:b], views[b:]])
+        return rec + self.cf_weight * cl, rec, cl
+
+
 def bisect_command(args) -> int:
     """Our compat trainer with parts of the original swapped in, for K epochs; the curve beside
     the original's of a ``curves`` run (``--against``), for ``band``."""
@@ -1103,6 +1132,8 @@ def bisect_command(args) -> int:
     from mstein_fast import backends
     from mstein_fast.config import build_config
 
+    if {"losses", "model"} <= set(args.swap):
+        raise ParityError("--swap: model already brings the original's losses; give one of losses, model")
     against = load_curves(args.against)
     if against["settings"]["seed"] != args.seed:
         raise ParityError(f"{against['path']} is of seed {against['settings']['seed']}, not --seed {args.seed}")
@@ -1133,6 +1164,11 @@ def bisect_command(args) -> int:
         histories = [{int(t) for t in s} for s in trainer.data.items]
         train_module.sample_negatives = python_negatives(histories, rng)
         swapped.append("negatives: drawn as the original's neg_sample")
+    if "losses" in args.swap:
+        trainer.step = OriginalLossesStep(original, trainer.model, original_args(cfg, trainer.data.n_items,
+                                                                                 trainer.data.n_users),
+                                          cfg.pvn_weight, cfg.cf_weight)
+        swapped.append("losses: the original's BPR/pvn and InfoNCE functions on our encoder's outputs")
     if "model" in args.swap:
         torch.manual_seed(args.seed)
         side = OriginalSide(original, original_args(cfg, trainer.data.n_items, trainer.data.n_users))

@@ -314,7 +314,7 @@ def test_distribution_checks_need_five_draws(parity, tmp_path, capsys, command):
 
 # -- bisect (its pieces that need no original code) --------------------------------------------------
 def test_bisect_parts_are_checked(parity):
-    assert parity.parse_parts("model,views") == ["views", "model"]  # canonical order, duplicates dropped
+    assert parity.parse_parts("model,views,views") == ["views", "model"]  # canonical order, duplicates dropped
     assert parity.parse_parts("none") == [] and parity.parse_parts("") == []
     with pytest.raises(Exception, match="unknown part.*optimizer"):
         parity.parse_parts("views,optimizer")
@@ -373,3 +373,12 @@ def test_bisect_refuses_a_curves_run_of_another_seed(parity, tmp_path, capsys):
                         "--against", str(against), "--output", str(tmp_path / "out")])
     assert code == 2 and "fewer than --epochs 3" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written before the checks
+
+
+def test_bisect_refuses_losses_with_model(parity, tmp_path, capsys):
+    data = tmp_path / "d.txt"
+    data.write_text("1 1 2 3 4\n")
+    against = _curves_file(tmp_path / "c", 1, [0.1, 0.2], [0.1, 0.2])
+    code = parity.main(["--original", str(tmp_path), "--data", str(data), "bisect", "--swap", "model,losses",
+                        "--epochs", "2", "--against", str(against), "--output", str(tmp_path / "out")])
+    assert code == 2 and "give one of losses, model" in capsys.readouterr().err
