@@ -86,11 +86,12 @@ seeds, optimizer loop and evaluator) for ``--epochs K`` with parts of the origin
 ``--swap`` a comma-separated list of: ``views`` (the augmented views drawn by the original's
 dataset code, :func:`original_view_maker`, Python's ``random``), ``negatives`` (drawn as its
 ``neg_sample``, :func:`python_negatives`), ``losses`` (its BPR/pvn and InfoNCE functions on our
-encoder's outputs: :class:`OriginalLossesStep`), ``model`` (its ``DistSAModel`` initialised by its own
+encoder's outputs: :class:`OriginalLossesStep`), ``init`` (our model, starting from the weights the
+original's ``DistSAModel`` gets from its own init code under the seed), ``model`` (its ``DistSAModel`` initialised by its own
 code, its BPR/pvn and InfoNCE functions, an Adam on its parameters: :class:`OriginalModel`); and
 ``--no-cpp``: our C++ extension off (PyTorch's dropout, Wasserstein ops and ranking). Where the
 compat curves lag the original's, the part whose swap closes the gap is where the difference
-lives. ``--against CURVES``: a ``curves`` run of the same seed, whose original curve is copied into
+lives. ``--against CURVES`` (optional): a ``curves`` run of the same seed, whose original curve is copied into
 ``OUTPUT/parity_curves.json`` beside the new run's (as ``ours_compat``), so that ``band`` reads
 bisect outputs as it reads curves outputs. Run directory: ``OUTPUT/ours``.
 
@@ -510,18 +511,40 @@ def print_table(title: str, rows: list[tuple[str, list[float], str]], rtol: floa
     return bad
 
 
-def twin_models(original: types.SimpleNamespace, cfg, batch: Batch, dtype: torch.dtype, seed: int):
-    """Our MStein model (``cfg``, initialised by ``seed``) and the original's ``DistSAModel`` holding
+def twin_models(original: types.SimpleNamespace, cfg, batch: Batch, dtype: torch.dtype, seed: int,
+                checkpoint: str | None = None):
+    """Our MStein model (``cfg``, initialised by ``seed``, or holding the weights of ``checkpoint``,
+    a ``--compat original`` run's ``last.pt``/``best.pt``) and the original's ``DistSAModel`` holding
     the same weights, both in ``dtype`` and train mode: ``(ours, OriginalSide, pairs)``."""
     from mstein_fast.models import build_model
 
     torch.manual_seed(seed)
     model = build_model("mstein", batch.n_items, cfg).to(dtype).train()
+    if checkpoint is not None:
+        load_trained_weights(model, checkpoint, batch.n_items)
     side = OriginalSide(original, original_args(cfg, batch.n_items, batch.n_users))
     side.model.to(dtype).train()
     pairs = parameter_pairs(model, side.model)
     copy_weights(pairs, model, side.model)
     return model, side, pairs
+
+
+def load_trained_weights(model: torch.nn.Module, path: str, n_items: int) -> int:
+    """The model state of our checkpoint ``path`` into ``model`` (its dtype kept); the checkpoint must
+    be of a ``--compat original`` MStein run on data with ``n_items`` items. Returns its epoch."""
+    from mstein_fast.checkpoint import load_checkpoint, load_model_state
+
+    ckpt = load_checkpoint(path)
+    cfg = ckpt["config"]
+    if cfg.model != "mstein" or cfg.compat != "original" or ckpt["n_items"] != n_items:
+        raise ParityError(f"{path}: a checkpoint of model {cfg.model!r}, compat {cfg.compat!r}, {ckpt['n_items']} "
+                          f"items; the parity checks need an MStein --compat original run on these data "
+                          f"({n_items} items)")
+    dtype = next(model.parameters()).dtype
+    load_model_state(model, {k: v.to(dtype) if v.is_floating_point() else v for k, v in ckpt["model"].items()},
+                     ckpt["path"])
+    print(f"weights: {ckpt['path']} (epoch {ckpt['epoch']})")
+    return ckpt["epoch"]
 
 
 def transplant(args) -> int:
@@ -550,7 +573,7 @@ def transplant(args) -> int:
                 print("\n(float64, backend cpp: skipped, the C++ kernels are float32 only and fall back to torch's ops)")
                 continue
             cfg = TrainConfig(**base, backend=backend).validate()
-            model, side, pairs = twin_models(original, cfg, batch, dtype, args.seed)
+            model, side, pairs = twin_models(original, cfg, batch, dtype, args.seed, args.checkpoint)
             if theirs is None:  # the same weights for every backend: the original runs once per dtype
                 t = time.perf_counter()
                 theirs = original_results(side, batch)
@@ -846,7 +869,7 @@ def dropout_command(args) -> int:
               "backend": args.backend}
     cfg, _ = build_config(None, values)
     batch = make_batch(args.data, cfg, args.users, args.seed)
-    model, side, pairs = twin_models(original, cfg, batch, dtype, args.seed)
+    model, side, pairs = twin_models(original, cfg, batch, dtype, args.seed, args.checkpoint)
     print(f"batch: the first {batch.seqs.shape[0]} users of {os.path.basename(args.data)}, the same weights on both "
           f"sides, train mode with the official dropout (hidden {cfg.hidden_dropout_prob}, attention "
           f"{cfg.attention_probs_dropout_prob}), {args.dtype}, our backend {args.backend}; {args.draws} dropout draws "
@@ -1007,7 +1030,7 @@ def views_command(args) -> int:
 
 
 # -- bisect ----------------------------------------------------------------------------------------
-BISECT_PARTS = ("views", "negatives", "losses", "model")
+BISECT_PARTS = ("views", "negatives", "losses", "init", "model")
 
 
 def parse_parts(text: str) -> list[str]:
@@ -1132,14 +1155,17 @@ def bisect_command(args) -> int:
     from mstein_fast import backends
     from mstein_fast.config import build_config
 
-    if {"losses", "model"} <= set(args.swap):
-        raise ParityError("--swap: model already brings the original's losses; give one of losses, model")
-    against = load_curves(args.against)
-    if against["settings"]["seed"] != args.seed:
-        raise ParityError(f"{against['path']} is of seed {against['settings']['seed']}, not --seed {args.seed}")
-    if len(against["original"]) < args.epochs:
-        raise ParityError(f"{against['path']}: the original's curve has {len(against['original'])} epochs, fewer "
-                          f"than --epochs {args.epochs}")
+    for part in ("losses", "init"):
+        if {part, "model"} <= set(args.swap):
+            raise ParityError(f"--swap: model already brings the original's {part}; give one of {part}, model")
+    against = None
+    if args.against is not None:
+        against = load_curves(args.against)
+        if against["settings"]["seed"] != args.seed:
+            raise ParityError(f"{against['path']} is of seed {against['settings']['seed']}, not --seed {args.seed}")
+        if len(against["original"]) < args.epochs:
+            raise ParityError(f"{against['path']}: the original's curve has {len(against['original'])} epochs, fewer "
+                              f"than --epochs {args.epochs}")
     run_dir = os.path.join(args.output, "ours")
     if os.path.exists(run_dir):
         raise ParityError(f"{run_dir} exists: give a new --output")
@@ -1169,6 +1195,15 @@ def bisect_command(args) -> int:
                                                                                  trainer.data.n_users),
                                           cfg.pvn_weight, cfg.cf_weight)
         swapped.append("losses: the original's BPR/pvn and InfoNCE functions on our encoder's outputs")
+    if "init" in args.swap:
+        # the weights the original's DistSAModel gets from its own init code under the seed (as its
+        # main.py: set_seed, then the model), copied into our model's parameters in place (the
+        # optimizer already holds them)
+        torch.manual_seed(args.seed)
+        side = OriginalSide(original, original_args(cfg, trainer.data.n_items, trainer.data.n_users))
+        pairs = parameter_pairs(trainer.model, side.model)
+        load_original_weights(pairs, trainer.model, side.model.state_dict())
+        swapped.append("init: the weights of the original's DistSAModel initialised by its own code")
     if "model" in args.swap:
         torch.manual_seed(args.seed)
         side = OriginalSide(original, original_args(cfg, trainer.data.n_items, trainer.data.n_users))
@@ -1186,13 +1221,15 @@ def bisect_command(args) -> int:
         if args.no_cpp:
             backends._cache.pop("cpp", None)
     print(f"{time.perf_counter() - t:.0f} s", file=sys.stderr)
-    settings = {**against["settings"], "epochs": args.epochs, "threads": args.threads, "against": against["path"],
+    settings = {**(against["settings"] if against else {"seed": args.seed, "data": os.path.abspath(args.data)}),
+                "epochs": args.epochs, "threads": args.threads, "against": against["path"] if against else None,
                 "bisect": {"swap": args.swap, "no_cpp": bool(args.no_cpp), "what": swapped}, "torch": torch.__version__}
-    result = {"original": against["original"][:args.epochs], "ours_compat": our_curve(run_dir)}
+    result = {"original": against["original"][:args.epochs] if against else [], "ours_compat": our_curve(run_dir)}
     with open(os.path.join(args.output, "parity_curves.json"), "w", encoding="utf-8") as fh:
         json.dump({"settings": settings, **result}, fh, indent=1)
         fh.write("\n")
-    print(f"wrote {os.path.join(args.output, 'parity_curves.json')} (band reads it)")
+    print(f"wrote {os.path.join(args.output, 'parity_curves.json')}"
+          + (" (band reads it)" if against else " (without --against: no original curve, band cannot read it)"))
     return 0
 
 
@@ -1363,6 +1400,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the same in float32, where the two codes' rounding differs (default: 1e-3)")
     p.add_argument("--flush-denormal", action="store_true", help="flush denormals to zero (both sides; default: off)")
     p.add_argument("--json", metavar="FILE", help="append the tables to this JSON file")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="start from the weights of this checkpoint (last.pt or best.pt of a `mstein-fast train "
+                        "--compat original` run on the same data) instead of the seed's initialisation")
     q = sub.add_parser("curves", help="train both for K epochs, validation curves side by side")
     _common(q, False)
     q.add_argument("--epochs", type=int, required=True, metavar="K", help="epochs of each run")
@@ -1390,6 +1430,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--backend", default="torch", choices=["torch", "cpp"], help="our ops' backend (cpp: float32)")
     d.add_argument("--z-max", type=float, default=4.0, help="a loss mean differs beyond this many standard errors")
     d.add_argument("--shift-max", type=float, default=2.0, help="a gradient's mean shift flagged above this")
+    d.add_argument("--checkpoint", metavar="FILE",
+                   help="start from the weights of this checkpoint (last.pt or best.pt of a `mstein-fast train "
+                        "--compat original` run on the same data) instead of the seed's initialisation")
     d.add_argument("--spread-max", type=float, default=1.5,
                    help="a gradient's spread ratio flagged above this or below its inverse")
     v = sub.add_parser("views", help="the augmented views' distribution over the data, the original's code against ours")
@@ -1406,8 +1449,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated parts of the original to use: {', '.join(BISECT_PARTS)} (default: none)")
     x.add_argument("--no-cpp", action="store_true", help="our C++ extension off (PyTorch ops everywhere)")
     x.add_argument("--epochs", type=int, required=True, metavar="K", help="epochs to train")
-    x.add_argument("--against", required=True, metavar="CURVES",
-                   help="a curves run of the same --seed (its parity_curves.json or folder): the original's curve")
+    x.add_argument("--against", metavar="CURVES",
+                   help="a curves run of the same --seed (its parity_curves.json or folder): the original's curve, "
+                        "copied beside ours for band (default: none, our curve only)")
     x.add_argument("--output", required=True, metavar="DIR", help="output folder (its ours/ must be new)")
     b = sub.add_parser("band", help="the original's seed band against our compat curves (several curves runs)")
     b.add_argument("curves", nargs="+", metavar="CURVES",

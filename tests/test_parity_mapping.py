@@ -382,3 +382,70 @@ def test_bisect_refuses_losses_with_model(parity, tmp_path, capsys):
     code = parity.main(["--original", str(tmp_path), "--data", str(data), "bisect", "--swap", "model,losses",
                         "--epochs", "2", "--against", str(against), "--output", str(tmp_path / "out")])
     assert code == 2 and "give one of losses, model" in capsys.readouterr().err
+
+
+def test_bisect_refuses_init_with_model(parity, tmp_path, capsys):
+    data = tmp_path / "d.txt"
+    data.write_text("1 1 2 3 4\n")
+    assert parity.parse_parts("model,init,views") == ["views", "init", "model"]
+    code = parity.main(["--original", str(tmp_path), "--data", str(data), "bisect", "--swap", "init,model",
+                        "--epochs", "2", "--output", str(tmp_path / "out")])
+    assert code == 2 and "give one of init, model" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_original_weights_come_back_into_ours_row_by_row(parity):
+    # the reverse of copy_weights (bisect --swap init, evaluate): every parameter of ours takes the
+    # stand-in's values, the fused qkv pieces included; the original's extra item row is left out
+    ours = _model()
+    original = _stand_in(parity, ours)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in original.parameters():
+            p.normal_()
+    pairs = parity.parameter_pairs(ours, original)
+    parity.load_original_weights(pairs, ours, original.state_dict())
+    mine, theirs = dict(ours.named_parameters()), dict(original.named_parameters())
+    for pair in pairs:
+        piece = parity._our_piece(mine[pair.ours], pair)
+        assert torch.equal(piece, theirs[pair.original][:piece.shape[0]]), pair
+    assert {pair.ours for pair in pairs} == set(mine)  # nothing of ours left at its own init...
+    covered = parity._rows_covered(pairs)
+    for name, p in mine.items():  # ... not even some rows of a fused parameter
+        assert covered.get(name, p.shape[0]) == p.shape[0], name
+    with pytest.raises(parity.ParityError, match="not a CoDistSAModel state_dict"):
+        parity.load_original_weights(pairs, ours, {"item_mean_embeddings.weight": torch.zeros(1)})
+
+
+def test_trained_weights_load_from_our_checkpoint_and_are_checked(parity, tmp_path):
+    from mstein_fast.checkpoint import make_checkpoint
+    from mstein_fast.data import load_sequences
+
+    data_file = tmp_path / "d.txt"
+    data_file.write_text("".join(f"{u} " + " ".join(str(1 + (u * 3 + k) % 10) for k in range(5)) + "\n"
+                                 for u in range(1, 5)))
+    data = load_sequences(str(data_file))
+    assert data.n_items == 10
+    trained = _model()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    path = tmp_path / "last.pt"
+    torch.save(make_checkpoint(_cfg(), data, trained, epoch=7,
+                               best_score=0.1, best_epoch=7, bad_epochs=0), path)
+    fresh = _model().double()
+    assert parity.load_trained_weights(fresh, str(path), 10) == 7
+    for (name, a), (_, b) in zip(trained.named_parameters(), fresh.named_parameters()):
+        assert b.dtype == torch.float64 and torch.equal(a.double(), b), name
+    with pytest.raises(parity.ParityError, match="11 items"):
+        parity.load_trained_weights(_model(), str(path), 11)
+    default = TrainConfig(model="mstein", hidden_size=8, num_attention_heads=2, max_seq_length=6,
+                          num_hidden_layers=2, backend="torch").validate()
+    torch.save(make_checkpoint(default, data, trained, epoch=7, best_score=0.1, best_epoch=7, bad_epochs=0), path)
+    with pytest.raises(parity.ParityError, match="compat 'none'"):
+        parity.load_trained_weights(_model(), str(path), 10)
+
+
+def _cfg():
+    return TrainConfig(model="mstein", compat="original", hidden_size=8, num_attention_heads=2, max_seq_length=6,
+                       num_hidden_layers=2, backend="torch").validate()
