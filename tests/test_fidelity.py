@@ -74,6 +74,29 @@ def test_initialisation_means_follow_the_original_per_backbone():
     assert abs(chosen.item_emb.weight[1:].mean().item() - 0.01) < 2e-4
 
 
+def test_compat_initialisation_is_the_originals_distribution_per_parameter():
+    # README "initial weights of a seed": other numbers than the original's for a seed, the same
+    # distribution: every linear and embedding weight normal(0.01, 0.02) (padding rows included:
+    # random, as the original's), zero biases, unit LayerNorms
+    torch.manual_seed(3)
+    m = build_model("mstein", 500, TrainConfig(model="mstein", compat="original", hidden_size=64, max_seq_length=L,
+                                               backend="torch"))
+    seen = 0
+    for name, p in m.named_parameters():
+        x = p.detach().double().flatten()
+        if name.endswith("bias"):
+            assert torch.equal(x, torch.zeros_like(x)), name
+        elif "norm" in name:
+            assert torch.equal(x, torch.ones_like(x)), name
+        else:  # n draws: mean within 5 standard errors, std within 5 of its own (about 1/sqrt(2n) relative)
+            n = x.numel()
+            assert abs(x.mean().item() - 0.01) < 5 * 0.02 / n**0.5, name
+            assert abs(x.std().item() / 0.02 - 1) < 5 / (2 * n) ** 0.5, name
+            seen += 1
+    assert seen >= 8  # item and position tables, q/k/v, output and feed-forward layers
+    assert m.item_mean.weight[0].abs().sum() > 0 and m.item_cov.weight[0].abs().sum() > 0
+
+
 def insert_counts(aug, lengths, draws=400):
     """Per length, the set of item counts inserted before chosen positions (identity similarity
     table whose neighbours are item 99, so inserted items are recognisable)."""
@@ -484,6 +507,7 @@ README_ROWS = {
     "early stopping": test_compat_config_early_stops_on_mrr_at_40_unless_told_otherwise,
     "item 0 (padding) in the ranking": test_compat_ranks_the_padding_item_as_a_candidate,
     "random streams": None,  # not reproducible bit for bit
+    "initial weights of a seed": test_compat_initialisation_is_the_originals_distribution_per_parameter,
 }
 
 
