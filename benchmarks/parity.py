@@ -97,7 +97,9 @@ original's ``DistSAModel`` gets from its own init code under the seed), ``model`
 code, its BPR/pvn and InfoNCE functions, an Adam on its parameters: :class:`OriginalModel`); and
 ``--no-cpp``: our C++ extension off (PyTorch's dropout, Wasserstein ops and ranking). Where the
 compat curves lag the original's, the part whose swap closes the gap is where the difference
-lives. ``--against CURVES`` (optional): a ``curves`` run of the same seed, whose original curve is copied into
+lives, provided both sides start from the same init draws: ``model`` brings the original's draws
+with it, every other part keeps ours, and over the first ~30 epochs the curves follow the init draw
+closely (2026-12-04: the whole "lag" of seeds 1-3 was that; compare with and without ``init``). ``--against CURVES`` (optional): a ``curves`` run of the same seed, whose original curve is copied into
 ``OUTPUT/parity_curves.json`` beside the new run's (as ``ours_compat``), so that ``band`` reads
 bisect outputs as it reads curves outputs. Run directory: ``OUTPUT/ours``.
 
