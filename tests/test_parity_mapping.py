@@ -33,11 +33,14 @@ def parity():
         sys.modules.pop(spec.name, None)
 
 
+def _cfg(layers: int = 2):
+    return TrainConfig(model="mstein", compat="original", hidden_size=8, num_attention_heads=2, max_seq_length=6,
+                       num_hidden_layers=layers, backend="torch").validate()
+
+
 def _model(layers: int = 2):
-    cfg = TrainConfig(model="mstein", compat="original", hidden_size=8, num_attention_heads=2, max_seq_length=6,
-                      num_hidden_layers=layers, backend="torch").validate()
     torch.manual_seed(0)
-    return build_model("mstein", 10, cfg)
+    return build_model("mstein", 10, _cfg(layers))
 
 
 def _stand_in(parity, ours, extra_item_rows: int = 1) -> nn.Module:
@@ -444,8 +447,3 @@ def test_trained_weights_load_from_our_checkpoint_and_are_checked(parity, tmp_pa
     torch.save(make_checkpoint(default, data, trained, epoch=7, best_score=0.1, best_epoch=7, bad_epochs=0), path)
     with pytest.raises(parity.ParityError, match="compat 'none'"):
         parity.load_trained_weights(_model(), str(path), 10)
-
-
-def _cfg():
-    return TrainConfig(model="mstein", compat="original", hidden_size=8, num_attention_heads=2, max_seq_length=6,
-                       num_hidden_layers=2, backend="torch").validate()
