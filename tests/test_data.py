@@ -139,7 +139,7 @@ def test_prepare_json_gz_and_csv(tmp_path):
     assert (tmp_path / "out" / "data.user_map.tsv").read_text().splitlines()[1:] == ["a\t1", "b\t2"]
     csv = tmp_path / "ratings.csv"
     csv.write_text("".join(f"{u},{i},5.0,{t}\n" for u, i, t in rows))
-    prepare_raw(str(csv), str(tmp_path / "csv.txt"), min_count=2)
+    prepare_raw(str(csv), str(tmp_path / "csv.txt"), min_count=2, columns="user,item,rating,timestamp")
     assert (tmp_path / "csv.txt").read_text().splitlines() == lines
     assert load_sequences(str(out)).n_users == 2
 
@@ -150,7 +150,8 @@ def test_prepare_iterates_the_core(tmp_path):
     csv.write_text("user,item,rating,timestamp\n" + "\n".join(rows) + "\n")
     stats = prepare_raw(str(csv), str(tmp_path / "o.txt"), min_count=2)
     # round 1 drops z (1 user); then u3 has 1 item and goes; then y has 2 users, x has 2: stable
-    assert stats == {"users": 2, "items": 2, "interactions": 4, "raw_interactions": 6, "format": "csv"}
+    assert stats == {"users": 2, "items": 2, "interactions": 4, "raw_interactions": 6, "format": "csv",
+                     "columns": "user,item,rating,timestamp"}
 
 
 @pytest.mark.parametrize(
@@ -165,5 +166,6 @@ def test_prepare_iterates_the_core(tmp_path):
     ],
 )
 def test_prepare_errors(tmp_path, name, text, message):
+    columns = "user,item,rating,timestamp" if name.endswith(".csv") else None
     with pytest.raises(DataError, match=message):
-        prepare_raw(write(tmp_path, text, name), str(tmp_path / "o.txt"))
+        prepare_raw(write(tmp_path, text, name), str(tmp_path / "o.txt"), columns=columns)
