@@ -14,9 +14,10 @@ import torch
 import triton
 import triton.language as tl
 
-from mstein_fast.ops._library import define_op
+from mstein_fast import reference
+from mstein_fast.ops._library import define_op, graph_backward
 
-from ._common import configs, device_guard, empty, gaussian_grads, kernel_dtypes, stack_centered
+from ._common import acc_dtype, configs, device_guard, empty, gaussian_grads, kernel_dtypes, stack_centered
 
 _MAX_GRID_Y = 65535  # CUDA limit of the grid's second axis (the batch)
 
@@ -203,15 +204,23 @@ def _bwd_fake(grad, x, y, cov1, cov2, need1=True, need2=True):
 
 
 def _setup_context(ctx, inputs, output):
-    _, cov1, _, cov2 = inputs
+    mean1, cov1, mean2, cov2 = inputs
     _, x, y = output
     ctx.mark_non_differentiable(x, y)
-    ctx.save_for_backward(x, y, cov1, cov2)
+    ctx.save_for_backward(x, y, cov1, cov2, mean1, mean2)  # the means: only for a double backward (no copies)
+
+
+def _reference_w2(mean1, cov1, mean2, cov2):
+    """W by the PyTorch reference in the accumulation dtype (the double backward's formula)."""
+    acc = acc_dtype(mean1.dtype)
+    return reference.pairwise_w2(*(t.to(acc) for t in (mean1, cov1, mean2, cov2)))
 
 
 def _backward(ctx, grad, _grad_x, _grad_y):
-    x, y, cov1, cov2 = ctx.saved_tensors
+    x, y, cov1, cov2, mean1, mean2 = ctx.saved_tensors
     needs = ctx.needs_input_grad
+    if torch.is_grad_enabled():  # a create_graph=True backward: differentiable gradients
+        return graph_backward(_reference_w2, (mean1, cov1, mean2, cov2), needs[:4], grad.to(acc_dtype(grad.dtype)))
     need1, need2 = bool(needs[0] or needs[1]), bool(needs[2] or needs[3])
     grads = pairwise_w2_triton_bwd(grad.contiguous(), x, y, cov1, cov2, need1, need2)
     return tuple(g if need else None for g, need in zip(grads, needs))
@@ -225,7 +234,7 @@ pairwise_w2_triton_bwd = define_op(
     _bwd, _bwd_fake, device_types=None)
 pairwise_w2_triton_fwd = define_op(
     "pairwise_w2_triton_fwd", "(Tensor mean1, Tensor cov1, Tensor mean2, Tensor cov2) -> (Tensor, Tensor, Tensor)",
-    _fwd, _fwd_fake, backward=_backward, setup_context=_setup_context, device_types=None)
+    _fwd, _fwd_fake, backward=_backward, setup_context=_setup_context, device_types=None, double_backward=True)
 
 
 def pairwise_w2(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: torch.Tensor) -> torch.Tensor:

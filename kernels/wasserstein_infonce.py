@@ -33,7 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from mstein_fast.ops._library import define_op
+from mstein_fast import reference
+from mstein_fast.ops._library import define_op, graph_backward
 
 from ._common import (
     acc_dtype,
@@ -386,15 +387,25 @@ def _bwd_fake(grad_rows, x, stats, top, cov_a, cov_b, temperature, similarity):
 
 
 def _setup_context(ctx, inputs, output):
-    _, cov_a, _, cov_b, temperature, similarity = inputs
+    mean_a, cov_a, mean_b, cov_b, temperature, similarity = inputs
     _, x, stats, top = output
     ctx.mark_non_differentiable(x, stats, top)
-    ctx.save_for_backward(x, stats, top, cov_a, cov_b)
+    # the means: only for a double backward (references to the inputs, no copies)
+    ctx.save_for_backward(x, stats, top, cov_a, cov_b, mean_a, mean_b)
     ctx.temperature, ctx.similarity = temperature, similarity
 
 
 def _backward(ctx, grad_rows, _grad_x, _grad_stats, _grad_top):
-    x, stats, top, cov_a, cov_b = ctx.saved_tensors
+    x, stats, top, cov_a, cov_b, mean_a, mean_b = ctx.saved_tensors
+    if torch.is_grad_enabled():  # a create_graph=True backward: differentiable gradients
+        acc = acc_dtype(mean_a.dtype)
+
+        def rows(*views):  # the per-row losses by the PyTorch reference, in the accumulation dtype
+            return reference.wasserstein_infonce(*(t.to(acc) for t in views), temperature=ctx.temperature,
+                                                 similarity=ctx.similarity, reduction="none")
+
+        grads = graph_backward(rows, (mean_a, cov_a, mean_b, cov_b), ctx.needs_input_grad[:4], grad_rows.to(acc))
+        return (*grads, None, None)
     grads = wasserstein_infonce_triton_bwd(grad_rows.contiguous(), x, stats, top, cov_a, cov_b, ctx.temperature,
                                            ctx.similarity)
     return (*grads, None, None)
@@ -410,7 +421,7 @@ wasserstein_infonce_triton_fwd = define_op(
     "wasserstein_infonce_triton_fwd",
     "(Tensor mean_a, Tensor cov_a, Tensor mean_b, Tensor cov_b, float temperature, str similarity) "
     "-> (Tensor, Tensor, Tensor, Tensor)",
-    _fwd, _fwd_fake, backward=_backward, setup_context=_setup_context, device_types=None)
+    _fwd, _fwd_fake, backward=_backward, setup_context=_setup_context, device_types=None, double_backward=True)
 
 
 def wasserstein_infonce_rows(

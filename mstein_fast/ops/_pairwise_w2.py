@@ -8,9 +8,9 @@ import os
 import torch
 
 from mstein_fast import reference
-from mstein_fast._checks import _is_compiling, check_gaussians
+from mstein_fast._checks import _is_compiling, check_gaussians, is_transformed
 from mstein_fast.backends import cpp_extension, resolve_backend, triton_kernels
-from mstein_fast.ops._library import check_buffer, check_dims, define_op
+from mstein_fast.ops._library import check_buffer, check_dims, define_op, graph_backward
 from mstein_fast.ops._stack import centre_rows_, cpp_stack, cpp_unstack, empty_buffer, threads
 
 
@@ -64,14 +64,17 @@ def _bwd_fake(grad, x, y, cov1, cov2):
 
 
 def _setup_context(ctx, inputs, output):
-    _, cov1, _, cov2 = inputs
+    mean1, cov1, mean2, cov2 = inputs
     _, x, y = output
     ctx.mark_non_differentiable(x, y)
-    ctx.save_for_backward(x, y, cov1, cov2)
+    # the means only for a double backward (references to the inputs, no copies)
+    ctx.save_for_backward(x, y, cov1, cov2, mean1, mean2)
 
 
 def _backward(ctx, grad_out, _grad_x, _grad_y):
-    x, y, cov1, cov2 = ctx.saved_tensors
+    x, y, cov1, cov2, mean1, mean2 = ctx.saved_tensors
+    if torch.is_grad_enabled():  # a create_graph=True backward: differentiable gradients
+        return graph_backward(reference.pairwise_w2, (mean1, cov1, mean2, cov2), ctx.needs_input_grad[:4], grad_out)
     return pairwise_w2_bwd(grad_out.contiguous(), x, y, cov1, cov2)
 
 
@@ -80,7 +83,7 @@ pairwise_w2_bwd = define_op(
     _bwd, _bwd_fake)
 pairwise_w2_fwd = define_op(
     "pairwise_w2_fwd", "(Tensor mean1, Tensor cov1, Tensor mean2, Tensor cov2) -> (Tensor, Tensor, Tensor)",
-    _fwd, _fwd_fake, backward=_backward, setup_context=_setup_context)
+    _fwd, _fwd_fake, backward=_backward, setup_context=_setup_context, double_backward=True)
 
 
 def _memory_bytes(device: torch.device) -> int | None:
@@ -131,12 +134,26 @@ def pairwise_w2(
         ``[..., N, M]`` tensor ``W[i, j] = ||mu1_i - mu2_j||^2 + ||sqrt(cov1_i) - sqrt(cov2_j)||^2``
         in the input dtype, differentiable w.r.t. all four inputs. Values may be very slightly
         negative from cancellation (as in the original code); they are not clamped.
+
+    Autograd beyond the first order (docs/maths.md, "Autograd and transforms"):
+
+    * Double backward (``torch.autograd.grad(..., create_graph=True)``, e.g. a gradient penalty)
+      gives the true second derivative on every backend: the fused kernels' backward then computes
+      the gradients through the PyTorch reference formula (differentiable, with its ``N x M``
+      memory); the first-order backward is unchanged.
+    * ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ...) run the PyTorch reference
+      whatever ``backend`` says (the kernels read raw memory, which wrapped tensors do not have);
+      the value checks read all vmapped slices. Batch dims (``[..., N, D]``) do what a ``vmap``
+      over them would, on the fused kernels.
+    * Meta tensors give a meta result of the right shape and dtype (no value checks: there are no
+      values; ``backend="auto"`` or ``"torch"``).
     """
     check_gaussians([("mean1", mean1, "cov1", cov1), ("mean2", mean2, "cov2", cov2)], values=check_values)
     name = resolve_backend(backend, mean1.device)
     if not _is_compiling():  # static shapes there; the allocation itself fails clearly enough
         _check_output_fits((*mean1.shape[:-1], mean2.shape[-2]), mean1.dtype, mean1.device)
-    if name == "torch" or (name == "cpp" and mean1.dtype == torch.float64):
+    if (name == "torch" or (name == "cpp" and mean1.dtype == torch.float64)
+            or any(is_transformed(t) for t in (mean1, cov1, mean2, cov2))):
         return reference.pairwise_w2(mean1, cov1, mean2, cov2)
     if name == "triton":
         return triton_kernels().pairwise_w2(mean1, cov1, mean2, cov2)

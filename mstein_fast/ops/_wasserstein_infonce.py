@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from mstein_fast import reference
-from mstein_fast._checks import check_choice, check_gaussians, check_temperature, env_megabytes
+from mstein_fast._checks import (check_choice, check_gaussians, check_temperature, differentiable_temperature,
+                                 env_megabytes, is_transformed)
 from mstein_fast.backends import cpp_extension, resolve_backend, triton_kernels
-from mstein_fast.ops._library import check_buffer, check_dims, define_op
+from mstein_fast.ops._library import check_buffer, check_dims, define_op, graph_backward
 from mstein_fast.ops._pairwise_w2 import pairwise_w2
 from mstein_fast.ops._stack import centre_rows_, cpp_stack, threads
 
@@ -92,16 +93,29 @@ def _bwd_fake(grad_rows, x, lse, w, cov_a, cov_b, temperature, similarity):
     return tuple(torch.empty_like(cov_a) for _ in range(4))
 
 
+def _reference_rows(temperature: float, similarity: str):
+    """The per-row losses of four ``[N, D]`` views by the PyTorch reference (for a double backward)."""
+    def rows(mean_a, cov_a, mean_b, cov_b):
+        return reference.wasserstein_infonce(mean_a, cov_a, mean_b, cov_b, temperature=temperature,
+                                             similarity=similarity, reduction="none")
+    return rows
+
+
 def _setup_context(ctx, inputs, output):
-    _, cov_a, _, cov_b, temperature, similarity, keep = inputs
+    mean_a, cov_a, mean_b, cov_b, temperature, similarity, keep = inputs
     _, x, lse, w = output
     ctx.mark_non_differentiable(x, lse, w)
-    ctx.save_for_backward(x, lse, w, cov_a, cov_b)
+    # the means only for a double backward (references to the inputs, no copies)
+    ctx.save_for_backward(x, lse, w, cov_a, cov_b, mean_a, mean_b)
     ctx.temperature, ctx.similarity, ctx.keep = temperature, similarity, keep
 
 
 def _backward(ctx, grad_rows, _grad_x, _grad_lse, _grad_w):
-    x, lse, w, cov_a, cov_b = ctx.saved_tensors
+    x, lse, w, cov_a, cov_b, mean_a, mean_b = ctx.saved_tensors
+    if torch.is_grad_enabled():  # a create_graph=True backward: differentiable gradients
+        grads = graph_backward(_reference_rows(ctx.temperature, ctx.similarity), (mean_a, cov_a, mean_b, cov_b),
+                               ctx.needs_input_grad[:4], grad_rows)
+        return (*grads, None, None, None)
     grads = wasserstein_infonce_bwd(grad_rows.contiguous(), x, lse, w, cov_a, cov_b, ctx.temperature, ctx.similarity)
     return (*grads, None, None, None)
 
@@ -115,7 +129,7 @@ wasserstein_infonce_fwd = define_op(
     "wasserstein_infonce_fwd",
     "(Tensor mean_a, Tensor cov_a, Tensor mean_b, Tensor cov_b, float temperature, str similarity, bool keep) "
     "-> (Tensor, Tensor, Tensor, Tensor)",
-    _fwd, _fwd_fake, backward=_backward, setup_context=_setup_context)
+    _fwd, _fwd_fake, backward=_backward, setup_context=_setup_context, double_backward=True)
 
 
 # The same loss on the two views stacked, ``[2N, D]`` (view A's rows, then view B's), as the models
@@ -158,15 +172,24 @@ def _bwd_stacked_fake(grad_rows, x, lse, w, cov, temperature, similarity):
 
 
 def _setup_context_stacked(ctx, inputs, output):
-    _, cov, temperature, similarity, _ = inputs
+    mean, cov, temperature, similarity, _ = inputs
     _, x, lse, w = output
     ctx.mark_non_differentiable(x, lse, w)
-    ctx.save_for_backward(x, lse, w, cov)
+    ctx.save_for_backward(x, lse, w, cov, mean)  # mean: only for a double backward (a reference, no copy)
     ctx.temperature, ctx.similarity = temperature, similarity
 
 
 def _backward_stacked(ctx, grad_rows, _grad_x, _grad_lse, _grad_w):
-    x, lse, w, cov = ctx.saved_tensors
+    x, lse, w, cov, mean = ctx.saved_tensors
+    if torch.is_grad_enabled():  # a create_graph=True backward: differentiable gradients
+        rows = _reference_rows(ctx.temperature, ctx.similarity)
+
+        def stacked_rows(mean, cov):
+            (mean_a, mean_b), (cov_a, cov_b) = mean.chunk(2), cov.chunk(2)
+            return rows(mean_a, cov_a, mean_b, cov_b)
+
+        grads = graph_backward(stacked_rows, (mean, cov), ctx.needs_input_grad[:2], grad_rows)
+        return (*grads, None, None, None)
     grads = wasserstein_infonce_stacked_bwd(grad_rows.contiguous(), x, lse, w, cov, ctx.temperature, ctx.similarity)
     return (*grads, None, None, None)
 
@@ -179,7 +202,8 @@ wasserstein_infonce_stacked_bwd = define_op(
 wasserstein_infonce_stacked_fwd = define_op(
     "wasserstein_infonce_stacked_fwd",
     "(Tensor mean, Tensor cov, float temperature, str similarity, bool keep) -> (Tensor, Tensor, Tensor, Tensor)",
-    _fwd_stacked, _fwd_stacked_fake, backward=_backward_stacked, setup_context=_setup_context_stacked)
+    _fwd_stacked, _fwd_stacked_fake, backward=_backward_stacked, setup_context=_setup_context_stacked,
+    double_backward=True)
 
 
 def _reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -196,7 +220,7 @@ def wasserstein_infonce(
     mean_b: torch.Tensor,
     cov_b: torch.Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: float | torch.Tensor = 1.0,
     similarity: str = "inv",
     reduction: str = "mean",
     backend: str = "auto",
@@ -210,7 +234,11 @@ def wasserstein_infonce(
 
     Args:
         mean_a, cov_a, mean_b, cov_b: ``[N, D]`` means and variances (``cov > 0``) of each view.
-        temperature: positive float; 1e-6 with ``"inv"`` (the official setting) is supported.
+        temperature: positive float; 1e-6 with ``"inv"`` (the official setting) is supported. A
+            one-element tensor that does not require grad is read as a float (one host sync). A
+            tensor that requires grad (a learned temperature) gets its true gradient: the loss is
+            then computed by the PyTorch reference (``backend="torch"``, in float32, or float64
+            for float64 inputs) whatever ``backend`` says, with its 2N x 2N logit matrix.
         similarity: ``"inv"`` or ``"neg"``.
         reduction: ``"mean"`` or ``"sum"`` over the 2N rows, or ``"none"`` for the ``[2N]`` losses.
         backend: ``"auto"``, ``"cpp"``, ``"triton"`` or ``"torch"`` (the reference).
@@ -219,7 +247,14 @@ def wasserstein_infonce(
             checked): for trusted internal callers, e.g. the models, whose NaN shows in their loss.
 
     Returns:
-        The loss in the input dtype, differentiable w.r.t. all four inputs.
+        The loss in the input dtype, differentiable w.r.t. all four inputs (and a tensor
+        ``temperature`` that requires grad).
+
+    Beyond the first order (docs/maths.md, "Autograd and transforms"): a double backward
+    (``create_graph=True``) gives the true second derivative on every backend (the fused kernels'
+    backward then runs through the reference formula; the first-order backward is unchanged);
+    ``torch.func`` transforms (``vmap``, ``grad``, ...) run the reference whatever ``backend``
+    says; meta tensors give a meta result (no value checks).
 
     This is the loss of the rows given, in one process. In a ``torch.distributed`` job, the loss
     of the global batch (each rank passing its own rows) is
@@ -227,7 +262,14 @@ def wasserstein_infonce(
     """
     temperature = _check_args(mean_a, cov_a, mean_b, cov_b, temperature, similarity, reduction, check_values)
     name = resolve_backend(backend, mean_a.device)
-    if name == "torch" or (name == "cpp" and mean_a.dtype == torch.float64):
+    if isinstance(temperature, torch.Tensor):  # requires grad: differentiate through the reference
+        compute = torch.float64 if mean_a.dtype == torch.float64 else torch.float32
+        views = [t.to(compute) for t in (mean_a, cov_a, mean_b, cov_b)]
+        loss = reference.wasserstein_infonce(*views, temperature=temperature.to(mean_a.device, compute),
+                                             similarity=similarity, reduction=reduction)
+        return loss.to(mean_a.dtype)
+    if (name == "torch" or (name == "cpp" and mean_a.dtype == torch.float64)
+            or any(is_transformed(t) for t in (mean_a, cov_a, mean_b, cov_b))):
         return reference.wasserstein_infonce(
             mean_a, cov_a, mean_b, cov_b, temperature=temperature, similarity=similarity, reduction=reduction
         )
@@ -239,15 +281,17 @@ def wasserstein_infonce(
     return _reduce(rows, reduction).to(mean_a.dtype)
 
 
-def _check_args(mean_a, cov_a, mean_b, cov_b, temperature, similarity, reduction, check_values) -> float:
-    """The argument checks of :func:`wasserstein_infonce`; returns the checked temperature."""
+def _check_args(mean_a, cov_a, mean_b, cov_b, temperature, similarity, reduction,
+                check_values) -> float | torch.Tensor:
+    """The argument checks of :func:`wasserstein_infonce`; returns the checked temperature: a float,
+    or a 0-dim tensor where the loss must be differentiable w.r.t. it (it requires grad)."""
     check_gaussians([("mean_a", mean_a, "cov_a", cov_a), ("mean_b", mean_b, "cov_b", cov_b)], same_rows=True,
                     values=check_values)
     if mean_a.dim() != 2:
         raise ValueError(f"mean_a must be [N, D], got shape {tuple(mean_a.shape)}")
     check_choice("similarity", similarity, SIMILARITIES)
     check_choice("reduction", reduction, REDUCTIONS)
-    return check_temperature(temperature, mean_a.dtype)
+    return check_temperature(temperature, mean_a.dtype, tensor_ok=True)
 
 
 def _keep_matrix(inputs: list[torch.Tensor], n: int) -> bool:
@@ -259,7 +303,7 @@ def wasserstein_infonce_stacked(
     mean: torch.Tensor,
     cov: torch.Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: float | torch.Tensor = 1.0,
     similarity: str = "inv",
     reduction: str = "mean",
     backend: str = "auto",
@@ -268,10 +312,12 @@ def wasserstein_infonce_stacked(
     """:func:`wasserstein_infonce` of the two views stacked: ``mean``, ``cov`` ``[2N, D]``, view A's
     N rows then view B's (row r's positive is row (r + N) mod 2N), as a model holds them. The same
     loss; on the C++ backend the gradients come back stacked (no concatenation of the four views'
-    gradients in the backward). Other arguments as :func:`wasserstein_infonce`."""
+    gradients in the backward). Other arguments, a tensor ``temperature``, double backward,
+    ``torch.func`` transforms and meta tensors as :func:`wasserstein_infonce`."""
     (mean_a, mean_b), (cov_a, cov_b) = _halves(mean, "mean"), _halves(cov, "cov")
     if (resolve_backend(backend, mean.device) != "cpp" or mean.dtype != torch.float32 or cov.dtype != torch.float32
-            or mean.shape != cov.shape):
+            or mean.shape != cov.shape or differentiable_temperature(temperature) or is_transformed(mean)
+            or is_transformed(cov)):
         return wasserstein_infonce(mean_a, cov_a, mean_b, cov_b, temperature=temperature, similarity=similarity,
                                    reduction=reduction, backend=backend, check_values=check_values)
     temperature = _check_args(mean_a, cov_a, mean_b, cov_b, temperature, similarity, reduction, check_values)
@@ -287,7 +333,7 @@ def wasserstein_alignment_uniformity(
     mean_b: torch.Tensor,
     cov_b: torch.Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: float | torch.Tensor = 1.0,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The alignment and uniformity terms of the Wasserstein InfoNCE (slides' decomposition).
@@ -298,11 +344,13 @@ def wasserstein_alignment_uniformity(
     slides write the uniformity without the minus sign; with it the term rewards spreading the
     Gaussians apart, which is what a uniformity term is for.) Both are differentiable scalars.
     The N x N distance matrix is formed (through :func:`pairwise_w2`); inputs are ``[N, D]``.
+    ``temperature``: a positive float, or a one-element tensor (one that requires grad gets its
+    gradient through the uniformity).
     """
     check_gaussians([("mean_a", mean_a, "cov_a", cov_a), ("mean_b", mean_b, "cov_b", cov_b)], same_rows=True)
     if mean_a.dim() != 2:
         raise ValueError(f"mean_a must be [N, D], got shape {tuple(mean_a.shape)}")
-    temperature = check_temperature(temperature, mean_a.dtype)
+    temperature = check_temperature(temperature, mean_a.dtype, tensor_ok=True)
     w = pairwise_w2(mean_a, cov_a, mean_b, cov_b, backend=backend)
     alignment = torch.diagonal(w, dim1=-2, dim2=-1).mean()
     uniformity = torch.logsumexp(-w / temperature, dim=-1).mean()
