@@ -49,15 +49,46 @@ def init_distributed(device: str = "auto") -> bool:
     """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment).
 
     The backend is NCCL when the job trains on CUDA, gloo otherwise; on CUDA each process uses
-    ``cuda:LOCAL_RANK``. Returns whether this is a distributed run. Idempotent."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    ``cuda:LOCAL_RANK``. Returns whether this is a distributed run. Idempotent.
+
+    The environment is checked before anything else happens: a ``WORLD_SIZE`` that is not a
+    positive integer, or ``WORLD_SIZE`` > 1 without the ``RANK``, ``MASTER_ADDR`` and
+    ``MASTER_PORT`` that torchrun sets for each process (a job not started by torchrun), or any of
+    them malformed, is a :class:`UserError` (one line) rather than the rendezvous' traceback."""
+
+    def _env_int(name: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
+        """The integer in the environment variable ``name`` (``default`` when unset), or a
+        :class:`UserError` naming it when it is not an integer in ``[lo, hi]``."""
+        text = os.environ.get(name)
+        if text is None:
+            return default
+        try:
+            value = int(text.strip(), 10)
+        except ValueError:
+            value = None
+        if value is None or value < lo or (hi is not None and value > hi):
+            bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise UserError(f"{name} must be an integer {bound}, got {text!r}")
+        return value
+
+    world = _env_int("WORLD_SIZE", 1, 1)
+    if world <= 1:
         return dist.is_available() and dist.is_initialized()
     if not dist.is_available():
         raise UserError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
     if not dist.is_initialized():
+        missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name, "").strip()]
+        if missing:
+            raise UserError(
+                f"WORLD_SIZE={world} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: a "
+                f"distributed job must be started with torchrun (e.g. `torchrun --nproc_per_node={world} -m "
+                "mstein_fast train ...`), which sets them for each process; unset WORLD_SIZE to train in one process")
+        _env_int("RANK", None, 0, world - 1)
+        _env_int("MASTER_PORT", None, 1, 65535)
+        local_rank = _env_int("LOCAL_RANK", 0, 0)
         cuda = device != "cpu" and not device.startswith("cpu") and torch.cuda.is_available()
         if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if cuda else "gloo")
     return True
 
