@@ -3,9 +3,12 @@ user's input are excluded, and the 0-based rank of the held-out target gives the
 
 Ranks are computed in user batches on the model's device: ``rank = #items scored higher than the
 target + #items scored equal with a smaller id`` (ties broken by item id, so a constant scorer is
-not rewarded). An excluded item is never ranked above an allowed one; if the target itself was in
-the input (a repeated purchase) it is excluded too and counts as a miss, as in the original code.
-A target with a NaN or +inf score (a diverged model) is ranked after every item: a miss, never a hit.
+not rewarded). An excluded item is never ranked above an allowed one.
+
+Misses: a target that repeats an item of the input (a repeated purchase) is excluded like every
+seen item and counts as a miss in every case, also when no other candidate is left (a one-item
+catalogue); so does a target scored NaN or +inf (a diverged model). A miss gets the rank
+:data:`MISS_RANK`, beyond every cutoff: it adds 0 to Recall@k, NDCG@k and MRR.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from mstein_fast.data import LeaveOneOut, Ragged
 from mstein_fast.ops._stack import threads
 
 KS = (1, 5, 10, 20)
+MISS_RANK = 2**62  # the rank of a miss (see the module docstring): 0 in every metric
 OFFICIAL_MRR_CUTOFF = 40  # the original code computes MRR over its top-40 list only
 AUTO_EVAL_ROWS = 2048  # the most users per automatic evaluation batch
 AUTO_EVAL_SCORES = 2**26  # and at most this many scores per batch (256 MB of float32)
@@ -46,10 +50,10 @@ def ndcg_at_k(ranks: torch.Tensor, k: int) -> float:
 
 
 def mrr(ranks: torch.Tensor, cutoff: int | None = None) -> float:
-    """Mean reciprocal rank ``1 / (rank + 1)``; with ``cutoff`` ranks >= cutoff count 0."""
+    """Mean reciprocal rank ``1 / (rank + 1)``; with ``cutoff`` ranks >= cutoff count 0 (a miss,
+    :data:`MISS_RANK`, always does)."""
     rr = 1.0 / (ranks.double() + 1.0)
-    if cutoff is not None:
-        rr = torch.where(ranks < cutoff, rr, torch.zeros_like(rr))
+    rr = torch.where(ranks < (MISS_RANK if cutoff is None else min(cutoff, MISS_RANK)), rr, torch.zeros_like(rr))
     return rr.mean().item()
 
 
@@ -102,15 +106,16 @@ def _target_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded: torch.T
     t = scores.float().gather(1, col)[:, 0].masked_fill(excluded.gather(1, col)[:, 0], float("-inf"))
     if padding is not None:  # item 0: the smallest id, ahead on ties
         ranks = ranks + (padding.float() >= t).long()
-    # NaN compares false with everything (it would rank first) and +inf beats every finite score:
-    # a target scored so by a diverged model is a miss, ranked after all items
-    broken = torch.isnan(t) | (t == float("inf"))
-    return torch.where(broken, torch.full_like(ranks, scores.shape[1]), ranks), finite
+    # NaN compares false with everything (it would rank first) and +inf beats every finite score: a
+    # target scored so by a diverged model is a miss; so is a target the user had already (excluded)
+    miss = torch.isnan(t) | (t == float("inf")) | (t == float("-inf"))
+    return torch.where(miss, torch.full_like(ranks, MISS_RANK), ranks), finite
 
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor,
                  padding: torch.Tensor | None = None) -> torch.Tensor:
-    """0-based rank of each target among all items (ties: smaller id first).
+    """0-based rank of each target among all items (ties: smaller id first); :data:`MISS_RANK` for a
+    miss (an excluded target, or one scored NaN or +inf).
 
     Args:
         scores: ``[B, n_items]``, higher = better, column i is item id i + 1.

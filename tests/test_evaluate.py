@@ -18,6 +18,7 @@ from mstein_fast.evaluate import (
     popularity_metrics,
     ranking_metrics,
     recall_at_k,
+    MISS_RANK,
     recommend,
     target_ranks,
 )
@@ -55,24 +56,41 @@ def test_target_ranks_ties_and_exclusion():
         [0.1, 0.9, 0.5, 0.7],  # target 3 (0.5): items 2, 4 higher -> rank 2
         [0.1, 0.9, 0.5, 0.7],  # target 3 with item 2 excluded -> rank 1
         [0.5, 0.5, 0.5, 0.5],  # constant: target 3 after ids 1, 2 -> rank 2 (no free lunch for ties)
-        [0.1, 0.9, 0.5, 0.7],  # target 2 excluded (already seen): after every allowed item -> rank 3
+        [0.1, 0.9, 0.5, 0.7],  # target 2 excluded (already seen): a miss
     ])
     targets = torch.tensor([3, 3, 3, 2])
     excluded = torch.zeros(4, 4, dtype=torch.bool)
     excluded[1, 1] = True
     excluded[3, 1] = True
-    assert target_ranks(scores, targets, excluded).tolist() == [2, 1, 2, 3]
+    assert target_ranks(scores, targets, excluded).tolist() == [2, 1, 2, MISS_RANK]
+
+
+@pytest.mark.parametrize("n_items", [1, 2, 30])
+def test_a_repeated_target_is_a_miss_even_with_no_other_candidate(n_items):
+    """The rule of docs/protocol.md: a target that repeats an input item is a miss in every case
+    (a one-item catalogue used to give Recall@1 = MRR = 1: the excluded target was the only item left)."""
+    scores = torch.randn(3, n_items)
+    targets = torch.ones(3, dtype=torch.long)
+    excluded = torch.ones(3, n_items, dtype=torch.bool)  # every item seen, the target included
+    ranks = target_ranks(scores, targets, excluded)
+    assert ranks.tolist() == [MISS_RANK] * 3
+    assert all(v == 0.0 for v in ranking_metrics(ranks).values())
+    # and through the whole evaluation: one item, every user's target repeats it
+    if n_items == 1:
+        data = Sequences([1, 2], [np.array([1, 1, 1, 1]), np.array([1, 1, 1])], 1, "one item", "x")
+        model = FixedScores(torch.zeros(2, 1))
+        assert all(v == 0.0 for v in evaluate(model, leave_one_out(data, 5), "test").values())
 
 
 def _brute_force_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor) -> list[int]:
     """Ranks by the definition, element by element in Python (ties: smaller id first; excluded items
-    at -inf; a NaN or +inf target is a miss, ranked after every item)."""
+    at -inf; a target that is excluded, or scored NaN or +-inf, is a miss: MISS_RANK)."""
     out = []
     for s, t, ex in zip(scores.tolist(), targets.tolist(), excluded.tolist()):
         s = [float("-inf") if e else v for v, e in zip(s, ex)]
         c = t - 1
-        if math.isnan(s[c]) or s[c] == float("inf"):
-            out.append(len(s))
+        if math.isnan(s[c]) or math.isinf(s[c]):
+            out.append(MISS_RANK)
             continue
         out.append(sum(1 for j, v in enumerate(s) if v > s[c] or (v == s[c] and j < c)))
     return out

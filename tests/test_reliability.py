@@ -16,7 +16,7 @@ import mstein_fast.checkpoint as checkpoint_module
 import mstein_fast.train as train_module
 from mstein_fast.cli import main
 from mstein_fast.config import FIELDS, RESUME_KEYS, ConfigError, TrainConfig, build_config
-from mstein_fast.evaluate import ranking_metrics, target_ranks
+from mstein_fast.evaluate import MISS_RANK, ranking_metrics, target_ranks
 from mstein_fast.train import Diverged, Trainer, UserError, load_checkpoint, train
 
 TINY = {"synthetic_users": 120, "synthetic_items": 40, "synthetic_clusters": 3, "max_seq_length": 8,
@@ -74,7 +74,7 @@ def snapshot(path):
 def test_nan_and_inf_target_scores_are_misses():
     scores = torch.tensor([[float("nan")] * 5, [0.0, float("inf"), 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0]])
     ranks = target_ranks(scores, torch.tensor([3, 2, 2]), torch.zeros(3, 5, dtype=torch.bool))
-    assert ranks.tolist() == [5, 5, 0]
+    assert ranks.tolist() == [MISS_RANK, MISS_RANK, 0]
     assert ranking_metrics(ranks[:2])["recall@1"] == 0.0
 
 
