@@ -3,6 +3,9 @@
 Public ops (differentiable, dispatched to C++ on CPU and Triton on CUDA):
 :func:`pairwise_w2`, :func:`wasserstein_infonce`, :func:`wasserstein_alignment_uniformity`.
 Plain-PyTorch oracles live in :mod:`mstein_fast.reference`.
+
+Trained models: :func:`load` (a run directory or checkpoint -> :class:`TrainedModel`, with
+``recommend``, ``embed`` and ``item_embeddings``; :mod:`mstein_fast.inference`).
 """
 
 import os
@@ -20,17 +23,48 @@ WAIT_DEFAULTS = {"GOMP_SPINCOUNT": "10000"}
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ.update(WAIT_DEFAULTS)
 
-import torch  # noqa: F401  (import torch before the extension so both share one OpenMP runtime)
+import sys
 
-from mstein_fast import reference
-from mstein_fast.backends import available_backends
-from mstein_fast.ops import pairwise_w2, wasserstein_alignment_uniformity, wasserstein_infonce
+
+def _started_as_command() -> bool:
+    """Whether this import is the start-up of the ``mstein-fast`` command (or ``python -m mstein_fast``),
+    whose Ctrl-C must end in one line, not a traceback of the import machinery."""
+    name = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return name in ("mstein-fast", "-m")
+
+
+if _started_as_command():  # from here on a Ctrl-C is remembered (mstein_fast.errors.interrupt)
+    import signal
+
+    from mstein_fast.errors import interrupt
+
+    try:
+        signal.signal(signal.SIGINT, interrupt)
+    except (ValueError, OSError):  # not the main thread
+        pass
+
+try:
+    import torch  # noqa: F401  (import torch before the extension so both share one OpenMP runtime)
+
+    from mstein_fast import reference
+    from mstein_fast.backends import available_backends
+    from mstein_fast.errors import UserError
+    from mstein_fast.inference import TrainedModel, load
+    from mstein_fast.ops import pairwise_w2, wasserstein_alignment_uniformity, wasserstein_infonce
+except KeyboardInterrupt:
+    if not _started_as_command():
+        raise
+    print("interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "TrainedModel",
+    "UserError",
     "__version__",
     "available_backends",
+    "load",
     "pairwise_w2",
     "reference",
     "wasserstein_alignment_uniformity",

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = 1
 
 # the files of a run directory (anything else there means it is not a run of ours)
-RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "test_metrics.json")
+RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "test_metrics.json", "train.log", "train.lock",
+             "tensorboard")
 _TEMPORARY = re.compile(r"(" + "|".join(re.escape(n) for n in RUN_FILES) + r")\.tmp\d+")
 
 # what a checkpoint holds, with the types a real one has
@@ -108,10 +109,125 @@ def append_line(text: str, path: str) -> None:
         raise write_failure(path, err) from None
 
 
+def read_metrics(path: str) -> tuple[list[dict], int | None]:
+    """The epoch records of a run's ``metrics.jsonl``, and the number of a torn last line that was
+    dropped (or None); read through the guarded reader (:mod:`mstein_fast.reader`: bounded lines,
+    depth and digits; no NaN).
+
+    A malformed last line after good ones is a line torn by a kill during its write: dropped (the run
+    resumes without it). Any other line that is not an epoch record (an object with an integer ``epoch`` and a
+    ``valid`` object) is a :class:`UserError` naming the file and the line."""
+    from mstein_fast.reader import DataError, open_text_lines, parse_json_line
+
+    records: list[dict] = []
+    bad: tuple[int, str] | None = None
+    try:
+        with open_text_lines(path, what="a metrics.jsonl of mstein-fast train") as lines:
+            for lineno, line in lines:
+                if not line.strip():
+                    continue
+                if bad is not None:  # a bad line with more after it: not torn, corrupt
+                    raise UserError(bad[1])
+                try:
+                    record = parse_json_line(line, path, lineno)
+                except DataError as err:
+                    reason = str(err).rpartition(f":{lineno}: ")[2] or str(err)
+                    bad = (lineno, f"{path}:{lineno}: not an epoch record of mstein-fast train ({reason})")
+                    continue
+                epoch = record.get("epoch") if isinstance(record, dict) else None
+                if not isinstance(epoch, int) or isinstance(epoch, bool) or not isinstance(record.get("valid"), dict):
+                    bad = (lineno, f"{path}:{lineno}: not an epoch record of mstein-fast train")
+                    continue
+                records.append(record)
+    except DataError as err:
+        raise UserError(str(err)) from None
+    if bad is not None and not records:  # nothing before it: not a torn last write, not a metrics file
+        raise UserError(bad[1])
+    return records, None if bad is None else bad[0]
+
+
+class DirectoryLock:
+    """An exclusive lock on a run (or tune) directory, held while a process writes there.
+
+    ``DirectoryLock(path_of_lock_file, what)``: :meth:`acquire` takes an ``flock`` on the file
+    (created, never through a symbolic link) and writes the holder's pid into it; a second process
+    gets a :class:`UserError` naming the holder's pid. The kernel drops the lock when its process
+    ends however it ends, so a lock file whose process is gone is simply taken over (with a notice
+    naming the old pid). Readers (``evaluate``, ``recommend``, ``export``) take no lock. Where
+    ``flock`` does not exist (Windows) nothing is locked."""
+
+    def __init__(self, path: str, what: str):
+        self.path, self.what, self.fd = path, what, None
+
+    def acquire(self, notice=None) -> None:
+        """Take the lock (UserError if another process holds it); ``notice(message)`` is told when
+        a lock left by a process that is gone is taken over."""
+        try:
+            import fcntl
+        except ImportError:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise UserError(f"{self.path} is a symbolic link; refusing to use it as a lock") from None
+            raise write_failure(self.path, err) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise UserError(f"{os.path.dirname(self.path) or '.'} is in use by another mstein-fast {self.what}"
+                            + (f" (pid {holder})" if holder else "") + "; wait for it to end or choose another "
+                            "directory") from None
+        old = _read_pid(fd)
+        if old and old != os.getpid() and notice is not None:
+            notice(f"taking over the lock {self.path} of process {old}, which is gone")
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # the lock itself is held; the pid is only informative
+        self.fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (the file stays: removing it would race with a process opening it)."""
+        if self.fd is not None:
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and len(text) < 12 else None
+
+
 def make_checkpoint(cfg: TrainConfig, data: Sequences, model: torch.nn.Module, *, epoch: int, best_score: float,
-                    best_epoch: int, bad_epochs: int, optimizer: torch.optim.Optimizer | None = None) -> dict:
+                    best_epoch: int, bad_epochs: int, optimizer: torch.optim.Optimizer | None = None,
+                    run_dir: str | None = None) -> dict:
     """The checkpoint of ``model`` trained with ``cfg`` on ``data`` after ``epoch`` completed epochs
-    (with the early-stopping state); with ``optimizer`` also its state (``last.pt``: what a resume needs)."""
+    (with the early-stopping state); with ``optimizer`` also its state (``last.pt``: what a resume needs).
+    With ``run_dir`` it also records where the data file is, absolute and relative to ``run_dir``
+    (:func:`mstein_fast.inference.locate_data` finds it again after a move)."""
+    from mstein_fast.inference import data_location
+
     state = {
         "format": CHECKPOINT_FORMAT,
         "config": cfg.to_dict(),
@@ -124,6 +240,8 @@ def make_checkpoint(cfg: TrainConfig, data: Sequences, model: torch.nn.Module, *
         "best_epoch": best_epoch,
         "bad_epochs": bad_epochs,
     }
+    if run_dir is not None:
+        state.update(data_location(cfg.data, run_dir))
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     return state
@@ -165,7 +283,12 @@ def load_model_state(model, state: dict, path: str) -> None:
 
 
 def model_from_checkpoint(ckpt: dict, device: torch.device):
-    """The model of a :func:`load_checkpoint` result, on ``device``, in eval mode."""
+    """The model of a :func:`load_checkpoint` result, on ``device``, in eval mode; UserError if its
+    weights hold NaN or inf (a diverged or damaged checkpoint ranks nothing)."""
+    for name, value in ckpt["model"].items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(f"{ckpt['path']}: the weight {name} holds NaN or inf (a diverged or damaged "
+                            "checkpoint); use another checkpoint")
     model = build_model(ckpt["config"].model, ckpt["n_items"], ckpt["config"]).to(device)
     load_model_state(model, ckpt["model"], ckpt["path"])
     model.eval()

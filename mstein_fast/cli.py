@@ -9,23 +9,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
-from mstein_fast._checks import check_environment
-from mstein_fast.config import (
-    DATASET_PRESETS,
-    FIELDS,
-    MODEL_PRESETS,
-    QUICK_PRESET,
-    RESUME_KEYS,
-    TrainConfig,
-    build_config,
-    check_resume,
-    field_type,
-    load_config_file,
-)
-from mstein_fast.errors import Interrupted, UserError
+try:  # Ctrl-C while the command starts: one line and status 130 (see also mstein_fast/__init__.py)
+    from mstein_fast._checks import check_environment
+    from mstein_fast.config import (
+        DATASET_PRESETS,
+        FIELDS,
+        MODEL_PRESETS,
+        QUICK_PRESET,
+        RESUME_KEYS,
+        TrainConfig,
+        build_config,
+        check_resume,
+        field_type,
+        load_config_file,
+    )
+    from mstein_fast.errors import Interrupted, UserError, interrupt, signals_received
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 # keys with their own, shorter flags (the rest are --key-name for config key key_name)
 _OWN_FLAGS = {"model", "data"}
@@ -36,6 +41,10 @@ def _flag(name: str) -> str:
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """The configuration keys as options (``--lr``, ...); the usage line keeps the command's own
+    options and stands for the keys with ``[CONFIG OPTIONS]`` (listed in the help below it)."""
+    own = parser.format_usage().strip().removeprefix("usage: ").removeprefix(parser.prog).strip()
+    parser.usage = f"%(prog)s {own} [CONFIG OPTIONS]"
     group = parser.add_argument_group(
         "configuration keys",
         "Each option sets the config key of the same name with '_' for '-' (the JSON config file uses those "
@@ -64,12 +73,25 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                                metavar=None if f.metadata.get("choices") else t.__name__.upper())
 
 
+def _version() -> str:
+    """The installed distribution's version (the package's own when run from a source tree)."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("mstein-fast")
+    except (ImportError, PackageNotFoundError):
+        from mstein_fast import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mstein-fast",
         description="Train and use MStein (Wasserstein contrastive learning for sequential recommendation) "
                     "and its baselines STOSA, SASRec, CoSeRec, CoSeRec(WDM).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -99,31 +121,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=0,
                    help="users per evaluation batch (default 0: automatic, up to 2048 as memory allows)")
 
-    p = sub.add_parser("recommend", help="top-k items for one user",
-                       description="Recommend the k best items the user has not interacted with, given the "
-                                   "user's whole history. Distributional models print W2 distances (smaller is "
-                                   "better), the others dot-product scores (larger is better).")
+    p = sub.add_parser("recommend", help="top-k unseen items for one user, some users, or every user",
+                       description="Recommend the k best items each user has not interacted with, given the "
+                                   "user's whole history. Distributional models give W2 distances (smaller is "
+                                   "better), the others dot-product scores (larger is better). When the id maps of "
+                                   "`mstein-fast data prepare` lie beside the data file, users and items are raw ids "
+                                   "(in and out). One user: a table (or --json) on stdout; --all-users or several "
+                                   "--user: batched, one row per user and rank, to -o FILE (TSV, or CSV by the "
+                                   ".csv extension) or stdout.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, or a run directory (uses best.pt)")
-    p.add_argument("--user", required=True, type=int, metavar="ID", help="user id as in the data file")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", action="append", metavar="ID",
+                     help="user id as in the data file, or its raw id when the id maps are there (repeatable)")
+    who.add_argument("--all-users", action="store_true", help="every user of the data")
     p.add_argument("-k", "--top-k", type=int, default=10, help="number of items (default: 10)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write the recommendations here (TSV; CSV if FILE ends in .csv) instead of stdout")
     p.add_argument("--data", metavar="FILE", help="sequence file (default: the data the checkpoint was trained on)")
-    p.add_argument("--device", help="torch device (default: the checkpoint's)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--device", help="torch device (default: cpu; auto = cuda if available)")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="users per batch (default 0: automatic, as memory allows)")
+    p.add_argument("--json", action="store_true", help="one user: print JSON instead of a table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    p = sub.add_parser("export", help="the item and user embeddings (Gaussians) of a trained model, as .npz",
+                       description="Write the model's item embeddings and each user's last-position embedding to "
+                                   "FILE.npz: for the distributional models (mstein, stosa) item_mean, item_cov and "
+                                   "user_mean, user_cov (means and diagonal variances of the Gaussians); for the "
+                                   "others item_vector and user_vector. Row i of the item arrays is item_ids[i], "
+                                   "row j of the user arrays user_ids[j] (raw ids when the id maps are there).")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, or a run directory (uses best.pt)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.npz", help="file to write")
+    p.add_argument("--data", metavar="FILE", help="sequence file (default: the data the checkpoint was trained on)")
+    p.add_argument("--device", help="torch device (default: cpu; auto = cuda if available)")
 
     p = sub.add_parser("data", help="data utilities", description="Data utilities.")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     q = data_sub.add_parser(
-        "prepare", help="raw Amazon reviews -> sequence file",
-        description="Convert raw reviews (JSON lines with reviewerID/asin/unixReviewTime, plain or .gz, or CSV "
-                    "user,item,rating,timestamp) into a sequence file: iterated k-core filter, time-sorted "
-                    "sequences, ids from 1. The id maps are written beside OUT as <stem>.user_map.tsv and "
-                    "<stem>.item_map.tsv.",
+        "prepare", help="raw interactions (Amazon, MovieLens, RecBole) -> sequence file",
+        formatter_class=_KeepLinesFormatter,
+        description=(
+            "Convert raw interactions into a sequence file: iterated k-core filter, time-sorted sequences,\n"
+            "ids from 1. The id maps are written beside OUT as <stem>.user_map.tsv and <stem>.item_map.tsv;\n"
+            "the three files are replaced together (or, on a failure, none of them).\n"
+            "\n"
+            "Formats (plain or gzipped; --format auto picks by the name, .csv/.json/.jsonl/.inter, then by\n"
+            "the first line):\n"
+            "  json       JSON lines with reviewerID/user_id, asin/parent_asin, unixReviewTime/timestamp\n"
+            "             (Amazon 2014, 2018, 2023 reviews)\n"
+            "  csv        comma-separated values, columns as below\n"
+            "  movielens  user::item::rating::timestamp (MovieLens ratings.dat)\n"
+            "  inter      RecBole atomic .inter file: tab-separated under a typed header such as\n"
+            "             user_id:token, item_id:token, rating:float, timestamp:float (found by name)\n"
+            "\n"
+            "Columns of a CSV, never guessed silently:\n"
+            "  1. --columns names them (it wins over a header);\n"
+            "  2. else a header line naming user/reviewerID/user_id, item/asin/item_id/parent_asin and\n"
+            "     timestamp/time/unixReviewTime gives them;\n"
+            "  3. else the file must have 4 columns, user,item,rating,timestamp (Amazon 2014 rating CSVs)\n"
+            "     or item,user,rating,timestamp (Amazon 2018 ones), and the order is read from the values\n"
+            "     only when the first 1000 lines are unambiguous: on at least 95% of them one of the first\n"
+            "     two columns holds Amazon ASINs (B0 + 8 letters/digits, or an ISBN-10) and the other\n"
+            "     reviewer ids (A + 11 to 27 upper-case letters/digits), and no line the other way round.\n"
+            "     The detected order is said on stderr; otherwise the command stops and asks for --columns.\n"
+            "Timestamps must be finite numbers (nan, inf and numbers of over 100 digits are refused)."
+        ),
     )
-    q.add_argument("raw", metavar="RAW", help="raw file (.json, .jsonl, .json.gz, .csv, ...)")
+    q.add_argument("raw", metavar="RAW", help="raw file (.json, .jsonl, .json.gz, .csv, .dat, .inter, ...)")
     q.add_argument("-o", "--output", required=True, metavar="OUT", help="sequence file to write")
     q.add_argument("--min-count", type=int, default=5, help="k of the k-core filter (default: 5)")
-    q.add_argument("--format", choices=["auto", "json", "csv"], default="auto",
-                   help="input format (default: auto, from the name or the first character)")
+    q.add_argument("--columns", metavar="NAMES",
+                   help="the columns of a csv, movielens or inter file, in order: user, item and timestamp once "
+                        "each, any other name (rating, skip, ...) for a column to ignore; e.g. item,user,rating,timestamp")
+    q.add_argument("--format", choices=["auto", "json", "csv", "movielens", "inter"], default="auto",
+                   help="input format (default: auto, from the name, then the first line)")
     _add_analysis_parsers(sub)
     return parser
 
@@ -184,6 +255,10 @@ def _add_tune_parser(sub) -> None:
                    help=f"first epoch at which a trial may be pruned (default: {tune.DEFAULT_PRUNE_FROM})")
     p.add_argument("--pruner-startup-trials", type=int, metavar="N",
                    help=f"median pruner: complete trials before any pruning (default: {tune.DEFAULT_STARTUP_TRIALS})")
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna storage URL (any SQLAlchemy URL, e.g. postgresql://user:pw@host/db) instead of "
+                        "OUTPUT/study.db: run the same command on several machines, each with its own --output, "
+                        "to share the trials of one study")
     p.add_argument("--verbose", action="store_true", help="the trainer's output on stderr instead of the trial logs")
     p.add_argument("--no-plots", action="store_true",
                    help="no trials.png at the end (curves.csv is written either way; no matplotlib needed)")
@@ -278,7 +353,12 @@ def _cmd_train(args) -> int:
         if args.config or (args.output and os.path.abspath(args.output) != os.path.abspath(args.resume)):
             raise UserError("--resume uses the run's saved configuration and directory; "
                             "do not combine it with --config or another --output")
-        saved = load_checkpoint(os.path.join(args.resume, "last.pt"))["config"]
+        from mstein_fast.inference import locate_data
+
+        last = load_checkpoint(os.path.join(args.resume, "last.pt"))
+        saved = last["config"]
+        if "data" not in cli_values and saved.data is not None:  # the data may have moved with (or without) the run
+            cli_values["data"] = locate_data(last)
         cfg, _ = build_config(saved.to_dict(), cli_values)  # the saved config already holds any preset values
         check_resume(saved, cfg)  # before anything is written
         quick = False
@@ -310,7 +390,8 @@ def _cmd_tune(args) -> int:
     result = tune.run_tune(args.output, {**file_values, **cli_values}, fixed=set(cli_values), space=space,
                            trials=args.trials, timeout=args.timeout, resume=args.resume, pruner=args.pruner,
                            prune_from=args.prune_from, startup_trials=args.pruner_startup_trials,
-                           verbose=args.verbose, space_where=args.space or "--space", plots=not args.no_plots)
+                           verbose=args.verbose, space_where=args.space or "--space", plots=not args.no_plots,
+                           storage=args.storage)
     print(json.dumps(result))
     return 0
 
@@ -325,15 +406,18 @@ def _default_output(model: str) -> str:
 
 
 def _checkpoint_and_data(args):
-    """Load the checkpoint, its model and the data (``--data`` or the training data)."""
+    """Load the checkpoint, its model and the data (``--data`` or the training data, found again
+    after a move: :func:`mstein_fast.inference.locate_data`)."""
     from mstein_fast.checkpoint import load_checkpoint, model_from_checkpoint
     from mstein_fast.data import leave_one_out, load_sequences
+    from mstein_fast.inference import locate_data
     from mstein_fast.runtime import load_data, resolve_device
 
     ckpt = load_checkpoint(args.checkpoint)
     cfg = ckpt["config"]
     device = resolve_device(args.device or cfg.device)
-    data = load_sequences(args.data) if args.data else load_data(cfg)
+    path = locate_data(ckpt, args.data)
+    data = load_sequences(path) if path else load_data(cfg)
     if data.n_items > ckpt["n_items"]:
         raise UserError(f"{data.source} has item ids up to {data.n_items} but the model knows only "
                         f"{ckpt['n_items']} items")
@@ -359,33 +443,123 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _load_trained(args):
+    """:func:`mstein_fast.load` of the command's checkpoint, ``--data`` and ``--device``."""
+    from mstein_fast.inference import load
+
+    return load(args.checkpoint, device=args.device or "cpu", data=args.data)
+
+
+def _user_keys(trained, users: list[str]) -> list:
+    """``--user`` values as the users of the data know them: raw ids with the id maps, else integers."""
+    if trained.id_maps is not None:
+        return [u if u in trained.id_maps.user_map or not u.isdigit() else int(u) for u in users]
+    keys = []
+    for u in users:
+        if not (u.isascii() and u.isdigit()):
+            raise UserError(f"--user {u!r}: not an integer user id (raw ids need the id maps of "
+                            "`mstein-fast data prepare` beside the data file)")
+        keys.append(int(u))
+    return keys
+
+
+def _write_output(path: str, content) -> None:
+    """Write a command's output file atomically (:mod:`mstein_fast.writer`); one-line error on failure."""
+    from mstein_fast.checkpoint import write_failure
+    from mstein_fast.writer import write_text_atomic
+
+    try:
+        write_text_atomic(path, content)
+    except OSError as err:
+        raise write_failure(path, err) from None
+
+
 def _cmd_recommend(args) -> int:
-    import numpy as np
-    import torch
-
-    from mstein_fast.data import left_pad
-    from mstein_fast.evaluate import recommend
-
     if args.top_k < 1:
         raise UserError(f"-k must be positive, got {args.top_k}")
-    ckpt, model, data, _ = _checkpoint_and_data(args)
-    if args.user not in data.user_ids:
-        hint = f" ({data.skipped_users} users with fewer than 3 interactions were skipped)" if data.skipped_users else ""
-        raise UserError(f"user {args.user} is not in {data.source}{hint}")
-    items = data.items[data.user_ids.index(args.user)]
-    history = left_pad([items], ckpt["config"].max_seq_length)[0]
-    ids, scores = recommend(model, history, args.top_k, exclude=torch.from_numpy(np.unique(items)))
-    distributional = model.distributional
-    key = "distance" if distributional else "score"
-    values = (-scores if distributional else scores).tolist()
-    rows = [{"rank": r + 1, "item": int(i), key: v} for r, (i, v) in enumerate(zip(ids.tolist(), values))]
-    if args.json:
-        print(json.dumps({"user": args.user, "history_length": len(items), "recommendations": rows}))
+    if args.batch_size < 0:
+        raise UserError(f"--batch-size must be >= 0 (0: automatic), got {args.batch_size}")
+    trained = _load_trained(args)
+    data = trained.training_data()
+    if data.n_items > trained.n_items:
+        raise UserError(f"{data.source} has item ids up to {data.n_items} but the model knows only "
+                        f"{trained.n_items} items")
+    try:
+        users, histories = trained.user_histories(None if args.all_users else _user_keys(trained, args.user))
+    except UserError as err:
+        hint = (f" ({data.skipped_users} users with fewer than 3 interactions were skipped)"
+                if data.skipped_users else "")
+        raise UserError(f"{err}{hint}") from None
+    key = "distance" if trained.distributional else "score"
+    maps = trained.id_maps
+    name = (lambda u: maps.user_raw_id(u)) if maps else str
+    items_of = (lambda ids: maps.items_raw(ids)) if maps else (lambda ids: [str(int(i)) for i in ids])
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(histories), desc="recommend", unit="user", file=sys.stderr, leave=False,
+               disable=args.no_progress or len(histories) < 2, dynamic_ncols=True)
+    with bar:
+        ids, scores = trained.recommend(histories, args.top_k, batch_size=args.batch_size or None, progress=bar.update)
+    values = -scores if trained.distributional else scores
+    if len(users) == 1 and not args.output and not args.all_users:
+        items = [i for i in ids[0] if i]
+        rows = [{"rank": r + 1, "item": raw, key: float(v)}
+                for r, (raw, v) in enumerate(zip(items_of(items), values[0]))]
+        if not maps:
+            for row in rows:
+                row["item"] = int(row["item"])
+        history = histories[0]
+        if args.json:
+            print(json.dumps({"user": name(users[0]) if maps else users[0], "history_length": len(history), "recommendations": rows}))
+        else:
+            print(f"# user {name(users[0])}, {len(history)} interactions, last items: "
+                  f"{' '.join(items_of(history[-5:]))}")
+            print(f"rank\titem\t{key}")
+            for row in rows:
+                print(f"{row['rank']}\t{row['item']}\t{row[key]:.6g}")
+        return 0
+    sep = "," if args.output and args.output.lower().endswith(".csv") else "\t"
+    lines = [sep.join(("user", "rank", "item", key))]
+    for u, row_ids, row_values in zip(users, ids, values):
+        kept = [(i, v) for i, v in zip(row_ids, row_values) if i]
+        for r, (raw, v) in enumerate(zip(items_of([i for i, _ in kept]), (v for _, v in kept))):
+            lines.append(sep.join((_field(name(u), sep), str(r + 1), _field(raw, sep), f"{v:.6g}")))
+    text = "\n".join(lines) + "\n"
+    if args.output:
+        _write_output(args.output, text)
+        print(json.dumps({"output": args.output, "users": len(users), "k": args.top_k}))
     else:
-        print(f"# user {args.user}, {len(items)} interactions, last items: {' '.join(map(str, items[-5:]))}")
-        print(f"rank\titem\t{key}")
-        for row in rows:
-            print(f"{row['rank']}\t{row['item']}\t{row[key]:.6g}")
+        sys.stdout.write(text)
+    return 0
+
+
+def _field(text: str, sep: str) -> str:
+    """A CSV/TSV field: quoted when it holds the separator or a quote (raw ids may)."""
+    if sep in text or '"' in text:
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _cmd_export(args) -> int:
+    import io
+
+    import numpy as np
+
+    if not args.output.endswith(".npz"):
+        raise UserError(f"-o {args.output}: the export is a NumPy .npz file; name it FILE.npz")
+    trained = _load_trained(args)
+    users, histories = trained.user_histories()
+    arrays = {f"item_{k}": v for k, v in trained.item_embeddings().items()}
+    arrays.update({f"user_{k}": v for k, v in trained.embed(histories).items()})
+    maps = trained.id_maps
+    item_ids = np.arange(1, trained.n_items + 1)
+    arrays["item_ids"] = np.asarray(maps.items_raw(item_ids)) if maps else item_ids
+    arrays["user_ids"] = np.asarray([maps.user_raw_id(u) for u in users]) if maps else np.asarray(users, dtype=np.int64)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    _write_output(args.output, buffer.getvalue())
+    print(json.dumps({"output": args.output, "model": trained.config.model, "users": len(users),
+                      "items": trained.n_items, "arrays": {k: list(v.shape) for k, v in arrays.items()}}))
     return 0
 
 
@@ -394,7 +568,7 @@ def _cmd_data(args) -> int:
 
     if args.min_count < 1:
         raise UserError(f"--min-count must be positive, got {args.min_count}")
-    stats = prepare_raw(args.raw, args.output, args.min_count, args.format)
+    stats = prepare_raw(args.raw, args.output, args.min_count, args.format, columns=args.columns)
     print(json.dumps({"output": args.output, **stats}))
     return 0
 
@@ -439,15 +613,94 @@ def _cmd_plot(args) -> int:
     return 0
 
 
+class _StdoutFailed(Exception):
+    """Writing to standard output failed (a closed pipe, a full disk): not the command's fault."""
+
+    def __init__(self, err: OSError):
+        super().__init__(str(err))
+        self.err = err
+
+
+class _GuardedStdout:
+    """Standard output whose write errors are told apart from every other OSError of a command."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except OSError as err:
+            raise _StdoutFailed(err) from None
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except OSError as err:
+            raise _StdoutFailed(err) from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _discard_stdout(stream) -> None:
+    """Point the file descriptor of ``stream`` at /dev/null, so that nothing fails at exit again."""
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    except (OSError, ValueError, AttributeError):  # not a real file (tests' captured output)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status: 0, 2 for
+    a user error (one ``error:`` line on stderr), 130 for Ctrl-C, 141 when standard output is a
+    closed pipe (``mstein-fast evaluate RUN | head``)."""
+    stdout = sys.stdout
+    sys.stdout = _GuardedStdout(stdout)
+    # SIGTERM ends a command as Ctrl-C does (a resumable run, one line); both are remembered, so that
+    # an error they cause inside a library (an import cut in half) still ends as an interruption
+    previous = [_on_signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)]
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except _StdoutFailed as failed:
+        _discard_stdout(stdout)
+        if isinstance(failed.err, BrokenPipeError):
+            return 141
+        reason = failed.err.strerror or str(failed.err) or type(failed.err).__name__
+        print(f"error: cannot write to standard output: {reason}", file=sys.stderr)
+        return 2
+    finally:
+        sys.stdout = stdout
+        for sig, handler in zip((signal.SIGINT, signal.SIGTERM), previous):
+            _on_signal(sig, handler)
+
+
+def _on_signal(sig, handler):
+    """Install ``handler`` for ``sig`` (main thread only; None: leave it); returns the previous one."""
+    import threading
+
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        return signal.signal(sig, handler)
+    except (ValueError, OSError, TypeError):
+        return None
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:  # Ctrl-C during start-up
         print("interrupted", file=sys.stderr)
         return 130
 
-    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "recommend": _cmd_recommend, "data": _cmd_data}
+    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "recommend": _cmd_recommend, "export": _cmd_export,
+                "data": _cmd_data}
     commands.update({"analyze": _cmd_analyze, "plot": _cmd_plot, "tune": _cmd_tune})
     try:
         try:
@@ -464,6 +717,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        if signals_received:  # the interruption broke something on its way (e.g. a library's import): still Ctrl-C
+            print("interrupted", file=sys.stderr)
+            return 130
+        raise
     finally:
         _leave_process_group()
 

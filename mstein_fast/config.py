@@ -191,6 +191,9 @@ class TrainConfig:
     eval_batch_size: int = _key(0, "users per evaluation batch (0: automatic, up to 2048 as memory allows)",
                                 valid=Range(0, 10**7))
     progress: bool = _key(True, "show a progress bar with the running loss")
+    tensorboard: bool = _key(False, "also write each epoch's losses, validation metrics and timings (what "
+                             "metrics.jsonl holds) as TensorBoard events into OUTPUT/tensorboard/ (needs the "
+                             "tensorboard package)")
     # built-in synthetic data (used when data is not given)
     synthetic_users: int = _key(2000, "synthetic data: number of users", valid=ROWS)
     synthetic_items: int = _key(500, "synthetic data: number of items", valid=Range(2, 10**7))
@@ -252,7 +255,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # The keys that `train --resume` may change: none of them changes the model, the data or what the
 # next epochs compute. `data` may be given again (e.g. the file moved); the trainer refuses a file
 # whose content differs from the one the run was trained on.
-RESUME_KEYS = ("epochs", "patience", "progress", "num_threads", "eval_batch_size", "device", "data")
+RESUME_KEYS = ("epochs", "patience", "progress", "tensorboard", "num_threads", "eval_batch_size", "device", "data")
 
 
 def check_resume(saved: TrainConfig, new: TrainConfig) -> None:
@@ -295,20 +298,66 @@ def coerce(name: str, value: Any, where: str) -> Any:
     raise ConfigError(f"{where}: {name} must be a {t.__name__}, got {value!r}")
 
 
-def load_config_file(path: str) -> dict[str, Any]:
-    """The key/value pairs of a JSON config file, type-checked."""
+CONFIG_SUFFIXES = {".json": "JSON", ".toml": "TOML", ".yaml": "YAML", ".yml": "YAML"}
+
+
+def load_structured(path: str, what: str = "config file") -> Any:
+    """The content of a JSON, TOML (``*.toml``) or YAML (``*.yaml``/``*.yml``, needs PyYAML) file;
+    other names are read as JSON. Read through :mod:`mstein_fast.reader` (bounded, BOM skipped, no
+    NaN/Infinity in JSON); :class:`ConfigError` (one line, naming the file) if it is missing,
+    unreadable or malformed."""
+    from mstein_fast.reader import DataError, open_text_lines, read_json
+
     if not os.path.isfile(path):
-        raise ConfigError(f"{path}: no such config file")
+        raise ConfigError(f"{path}: no such {what}")
+    kind = CONFIG_SUFFIXES.get(os.path.splitext(path)[1].lower(), "JSON")
     try:
-        with open(path, encoding="utf-8") as fh:
-            raw = json.load(fh)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+        if kind == "JSON":
+            return read_json(path, what=f"a JSON {what}")
+        with open_text_lines(path, what=f"a {kind} {what}") as lines:
+            text = "\n".join(line for _, line in lines)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    if kind == "TOML":
+        try:
+            import tomllib
+        except ImportError:  # Python < 3.11
+            try:
+                import tomli as tomllib
+            except ImportError:
+                raise ConfigError(f"{path}: TOML needs Python 3.11 or `pip install tomli`; or write it as JSON") from None
+        try:
+            return tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, RecursionError, ValueError) as err:
+            raise ConfigError(f"{path}: not valid TOML ({str(err).splitlines()[0] if str(err) else 'too deep'})") from None
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError(f"{path}: YAML needs `pip install pyyaml`; or write it as JSON or TOML") from None
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """The key/value pairs of a config file (JSON; TOML or YAML by the name's extension), type-checked.
+
+    Keys starting with ``_`` are comments (``best.json`` of a tune says in ``_about`` what it
+    fixes). A relative ``data`` path is taken relative to the config file's folder (so that a
+    config moved together with its data still works), or, if no such file is there, relative to the
+    current directory."""
+    raw = load_structured(path)
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a JSON object {{\"key\": value, ...}}, got {type(raw).__name__}")
-    return {k: coerce(k, v, path) for k, v in raw.items()}
+        raise ConfigError(f"{path}: expected a mapping of config keys {{\"key\": value, ...}}, got {type(raw).__name__}")
+    values = {k: coerce(k, v, path) for k, v in raw.items() if not (isinstance(k, str) and k.startswith("_"))}
+    data = values.get("data")
+    if isinstance(data, str) and data and not os.path.isabs(data):
+        beside = os.path.join(os.path.dirname(path), data)
+        if os.path.isfile(beside) and os.path.dirname(path) not in ("", "."):
+            values["data"] = os.path.normpath(beside)
+    return values
 
 
 # The settings of each model's own published command where they differ from the official MStein

@@ -13,7 +13,18 @@ This module imports nothing from the package, so that every module can import it
 
 from __future__ import annotations
 
-__all__ = ["Diverged", "Interrupted", "UserError"]
+__all__ = ["Diverged", "Interrupted", "UserError", "interrupt", "signals_received"]
+
+# the signals (SIGINT, SIGTERM) received by the command line since it started (see interrupt)
+signals_received: list[int] = []
+
+
+def interrupt(signum, frame):
+    """The command line's handler of SIGINT and SIGTERM: remember the signal, raise KeyboardInterrupt.
+    Remembering lets the command end as an interruption even when a library caught the
+    KeyboardInterrupt and failed later for it (an import cut in half)."""
+    signals_received.append(signum)
+    raise KeyboardInterrupt
 
 
 class UserError(Exception):

@@ -38,13 +38,29 @@ def require_matplotlib():
 
 
 def _save(fig, stem: str) -> list[str]:
-    paths = [f"{stem}.png", f"{stem}.svg"]
-    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
-    fig.savefig(paths[0], dpi=130, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    """``stem.png`` and ``stem.svg``, rendered in memory and written as a pair through the package's
+    one writer (:mod:`mstein_fast.writer`: atomic, never through a symbolic link)."""
+    import io
+
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
+    from mstein_fast.checkpoint import write_failure
+    from mstein_fast.writer import write_files_atomic
+
+    paths = [f"{stem}.png", f"{stem}.svg"]
+    images = []
+    try:
+        for path, options in zip(paths, ({"dpi": 130}, {})):
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format=path.rsplit(".", 1)[1], bbox_inches="tight", **options)
+            images.append(buffer.getvalue())
+    finally:
+        plt.close(fig)
+    try:
+        os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
+        write_files_atomic(dict(zip(paths, images)))
+    except OSError as err:
+        raise write_failure(paths[0], err) from None
     return paths
 
 

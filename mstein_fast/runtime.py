@@ -19,6 +19,7 @@ import ctypes
 import os
 import random
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,10 +35,45 @@ if TYPE_CHECKING:
     from mstein_fast.config import TrainConfig
 
 
+_log_file: str | None = None  # a run's train.log: every message is appended there too
+_pending: list[str] | None = None  # messages waiting for the run directory (see capture_log)
+
+
 def log(message: str) -> None:
-    """Progress messages go to stderr (stdout carries only the final JSON); rank 0 only."""
+    """Progress messages go to stderr (stdout carries only the final JSON); rank 0 only. While a
+    run logs to its ``train.log`` (:func:`log_to_file`) they are appended there too, time-stamped."""
     if is_main_process():
         print(message, file=sys.stderr, flush=True)
+        log_file_only(message)
+
+
+def log_file_only(message: str) -> None:
+    """Append ``message`` to the run's ``train.log`` only (or keep it until there is one)."""
+    stamped = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+    if _log_file is not None:
+        from mstein_fast.checkpoint import append_line
+
+        append_line(stamped, _log_file)
+    elif _pending is not None:
+        _pending.append(stamped)
+
+
+def capture_log() -> None:
+    """Keep the messages from now on until :func:`log_to_file` names the file (a run logs before its
+    directory exists)."""
+    global _pending, _log_file
+    _pending, _log_file = [], None
+
+
+def log_to_file(path: str | None) -> None:
+    """Append the kept messages and every later one to ``path`` (``None``: stop logging to a file)."""
+    global _pending, _log_file
+    if path is not None and is_main_process():
+        from mstein_fast.checkpoint import append_line
+
+        for line in _pending or ():
+            append_line(line, path)
+    _pending, _log_file = None, path
 
 
 def is_main_process() -> bool:
@@ -125,8 +161,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_backend(backend: str, device: torch.device) -> None:
-    """UserError if the Wasserstein ops' ``backend`` cannot run on ``device`` here (loads only that backend)."""
-    if backend in ("auto", "torch"):
+    """UserError if the Wasserstein ops' ``backend`` cannot run on ``device`` here (loads only that
+    backend). ``auto`` on a CPU without the C++ extension (a source tree that was never built, a
+    failed build) is refused too: it would train on the slow PyTorch reference without a word;
+    ``--backend torch`` asks for that path on purpose."""
+    if backend == "torch":
+        return
+    if backend == "auto":
+        from mstein_fast.backends import _load
+
+        missing = _load("cpp") if device.type == "cpu" else None
+        if isinstance(missing, ImportError):
+            raise UserError(f"the C++ extension is not built ({missing}): training on the CPU would run the slow "
+                            "PyTorch reference. Install the package (`pip install .`; from a source tree, run it "
+                            "from outside the tree or `pip install -e .`), or pass --backend torch to use the "
+                            "reference on purpose")
         return
     try:
         resolve_backend(backend, device)

@@ -7,6 +7,9 @@ Run directory layout::
     last.pt            state after the last completed epoch (model, optimizer, early stopping): --resume
     best.pt            model with the best validation score: evaluate / recommend / the final test
     test_metrics.json  the test metrics of best.pt
+    train.log          the run's messages (what stderr showed, without the progress bars), time-stamped
+    train.lock         held by the process training there (a second one is refused)
+    tensorboard/       with --tensorboard: metrics.jsonl's numbers as TensorBoard events
 
 Distributed (``torchrun --nproc_per_node=K ...``, see :func:`mstein_fast.runtime.init_distributed`): every rank draws
 the same global batch (same shuffling, negatives and augmentations as one process) and trains on
@@ -47,11 +50,13 @@ from mstein_fast.checkpoint import (
     _TEMPORARY,
     CHECKPOINT_FORMAT,  # noqa: F401  (moved there; still importable from here)
     RUN_FILES,
+    DirectoryLock,
     _remove_quietly,
     append_line,
     load_checkpoint,
     load_model_state,
     make_checkpoint,
+    read_metrics,
     model_from_checkpoint,  # noqa: F401  (moved there; still importable from here)
     save_atomic,
     write_failure,  # noqa: F401  (moved there; still importable from here)
@@ -64,12 +69,15 @@ from mstein_fast.errors import Diverged, Interrupted, UserError
 from mstein_fast.evaluate import NonFiniteScores, evaluate_ranks, popularity_metrics, ranking_metrics
 from mstein_fast.models import build_model
 from mstein_fast.runtime import (
+    capture_log,
     check_backend,
     init_distributed,
     is_main_process,  # noqa: F401  (moved there; still importable from here)
     keep_freed_memory,
     load_data,
     log,
+    log_file_only,
+    log_to_file,
     resolve_device,
     seed_everything,
     stream_seed,
@@ -125,6 +133,9 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, output_dir: str, resume: bool = False):
         self.cfg = cfg
+        self._lock = None  # the run directory's lock (rank 0), taken before anything is written there
+        self._events = None  # TensorBoard writer (rank 0, --tensorboard)
+        capture_log()  # the messages before the run directory exists go to its train.log too
         init_distributed(cfg.device)
         self.rank, self.world = distributed.world()
         # the contrastive loss and the evaluation gather on a group of their own, so that their
@@ -137,6 +148,12 @@ class Trainer:
         self.out = output_dir
         self.device = resolve_device(cfg.device)
         check_backend(cfg.backend, self.device)
+        if cfg.tensorboard and self.rank == 0:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+            except ImportError:
+                raise UserError("--tensorboard needs the tensorboard package: pip install \"mstein-fast[tensorboard]\" "
+                                "(or pip install tensorboard)") from None
         if self.device.type == "cpu":
             keep_freed_memory()  # (MSTEIN_FAST_MALLOC=0 turns it off)
         if cfg.num_threads:
@@ -180,8 +197,18 @@ class Trainer:
         if resume:
             self._restore()  # checks everything before the run directory is touched
         self._on_rank0(self._prepare_directory, resume)
+        if self.rank == 0:
+            log_to_file(os.path.join(self.out, "train.log"))
+            log_file_only(f"mstein-fast train {'--resume ' if resume else ''}(model {cfg.model}, data "
+                          f"{cfg.data or 'built-in synthetic'}, seed {cfg.seed})")
         if resume:
             self._on_rank0(self._trim_metrics)
+        if cfg.tensorboard and self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: events of epochs after the checkpoint (written before a kill) are dropped, as in metrics.jsonl
+            self._events = SummaryWriter(os.path.join(self.out, "tensorboard"),
+                                         purge_step=self.epoch + 1 if resume else None)
         log(f"run directory: {self.out}")
 
     def _on_rank0(self, fn, *args) -> None:
@@ -219,10 +246,16 @@ class Trainer:
             entries = os.listdir(out)
         except OSError as err:
             raise UserError(f"cannot read the run directory {out}: {err.strerror or err}") from None
-        for name in entries:  # temporaries of a write that was killed
-            if _TEMPORARY.fullmatch(name) and not os.path.isdir(os.path.join(out, name)):
-                _remove_quietly(os.path.join(out, name))
+        temporaries = [e for e in entries if _TEMPORARY.fullmatch(e)]
         entries = [e for e in entries if not _TEMPORARY.fullmatch(e)]
+        if set(entries) <= set(RUN_FILES):  # (a foreign directory is refused below, without a lock file in it)
+            # one process writes a run directory at a time: a second train / --resume there is refused
+            # (first of all: the temporaries below may be the writes of a process still running)
+            self._lock = DirectoryLock(os.path.join(out, "train.lock"), "train")
+            self._lock.acquire(notice=log)
+            for name in temporaries:  # temporaries of a write that was killed
+                if not os.path.isdir(os.path.join(out, name)):
+                    _remove_quietly(os.path.join(out, name))
         if resume:
             if not os.path.isfile(self.last_path):
                 raise UserError(f"{out}: nothing to resume (no last.pt)")
@@ -253,7 +286,7 @@ class Trainer:
     def _state(self, with_optimizer: bool) -> dict:
         return make_checkpoint(self.cfg, self.data, self.model, epoch=self.epoch, best_score=self.best_score,
                                best_epoch=self.best_epoch, bad_epochs=self.bad_epochs,
-                               optimizer=self.optimizer if with_optimizer else None)
+                               optimizer=self.optimizer if with_optimizer else None, run_dir=self.out)
 
     def _restore(self) -> None:
         """Load ``last.pt`` (every rank reads it: the run directory must be visible to all nodes),
@@ -283,25 +316,12 @@ class Trainer:
         kept = []
         if os.path.exists(self.metrics_path):
             try:
-                with open(self.metrics_path, encoding="utf-8") as fh:
-                    lines = fh.read().splitlines()
-            except (OSError, UnicodeDecodeError) as err:
-                raise UserError(f"cannot read {self.metrics_path}: {err}") from None
-            numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
-            for i, (lineno, line) in enumerate(numbered):
-                try:
-                    record = json.loads(line)
-                    epoch = record["epoch"]
-                    ok = isinstance(epoch, int)
-                except (ValueError, TypeError, KeyError):
-                    ok = False
-                if not ok:
-                    if i == len(numbered) - 1:
-                        log(f"{self.metrics_path}:{lineno}: dropping a torn last line")
-                        continue
-                    raise UserError(f"{self.metrics_path}:{lineno}: not an epoch record; cannot resume")
-                if epoch <= self.epoch:
-                    kept.append(line + "\n")
+                records, torn = read_metrics(self.metrics_path)
+            except UserError as err:
+                raise UserError(f"{err}; cannot resume") from None
+            if torn is not None:
+                log(f"{self.metrics_path}:{torn}: dropping a torn last line")
+            kept = [json.dumps(record) + "\n" for record in records if record["epoch"] <= self.epoch]
         write_text_atomic("".join(kept), self.metrics_path)
         log(f"resumed {self.out} after epoch {self.epoch} (best epoch {self.best_epoch})")
 
@@ -332,40 +352,42 @@ class Trainer:
         sums = torch.zeros(3, dtype=torch.float64)  # loss, rec, cl (this rank's)
         bar = tqdm(total=n_batches, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
                    disable=not (cfg.progress and self.rank == 0), dynamic_ncols=True)
-        for b in range(n_batches):
-            t0 = time.perf_counter()
-            # the whole global batch is drawn on every rank (the random streams advance as in one
-            # process), then each rank keeps its contiguous share of the rows
-            users = order[bounds[b]:bounds[b + 1]]
-            mine = torch.tensor_split(torch.arange(len(users)), self.world)[self.rank]
-            inputs, targets = split.train_inputs[users], split.train_targets[users]
-            negatives = sample_negatives(targets, users, split.user_item_keys, split.n_items, g_neg)
-            inputs, targets, negatives = inputs[mine], targets[mine], negatives[mine]
-            t1 = time.perf_counter()
-            views = None
-            if self.augmenter is not None:
-                lengths = split.train_lengths[users]
-                full = split.train_full[users][:, -max(1, int(lengths.max())):]
-                views = self.augmenter.views(full, lengths, g_aug)
-                views = torch.cat([views[mine], views[len(users) + mine]]).to(self.device, non_blocking=True)
-            t2 = time.perf_counter()
-            try:
-                loss, rec, cl = self.step(inputs.to(self.device), targets.to(self.device), negatives.to(self.device),
-                                          views)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            except ValueError as err:  # the Wasserstein ops refuse NaN/inf Gaussians of a diverged model
-                raise self._diverged_or(err, epoch, f"non-finite Gaussians in batch {b + 1}") from None
-            self.optimizer.step()
-            rec_v, cl_v = rec.item(), cl.item() if cl is not None else 0.0  # the one host sync of a batch
-            if self.world == 1 and not math.isfinite(rec_v + cl_v):  # (distributed: checked on the epoch's sums)
-                raise self._divergence(epoch, f"loss {rec_v + cfg.cf_weight * cl_v} in batch {b + 1}")
-            sums += torch.tensor([rec_v + cfg.cf_weight * cl_v, rec_v, cl_v], dtype=torch.float64)
-            t3 = time.perf_counter()
-            t_data, t_aug, t_train = t_data + t1 - t0, t_aug + t2 - t1, t_train + t3 - t2
-            bar.update()
-            bar.set_postfix(loss=f"{sums[0].item() / (b + 1):.4f}", refresh=False)
-        bar.close()
+        try:  # the bar is closed (its line cleared) also when Ctrl-C stops the epoch: messages start on a fresh line
+            for b in range(n_batches):
+                t0 = time.perf_counter()
+                # the whole global batch is drawn on every rank (the random streams advance as in one
+                # process), then each rank keeps its contiguous share of the rows
+                users = order[bounds[b]:bounds[b + 1]]
+                mine = torch.tensor_split(torch.arange(len(users)), self.world)[self.rank]
+                inputs, targets = split.train_inputs[users], split.train_targets[users]
+                negatives = sample_negatives(targets, users, split.user_item_keys, split.n_items, g_neg)
+                inputs, targets, negatives = inputs[mine], targets[mine], negatives[mine]
+                t1 = time.perf_counter()
+                views = None
+                if self.augmenter is not None:
+                    lengths = split.train_lengths[users]
+                    full = split.train_full[users][:, -max(1, int(lengths.max())):]
+                    views = self.augmenter.views(full, lengths, g_aug)
+                    views = torch.cat([views[mine], views[len(users) + mine]]).to(self.device, non_blocking=True)
+                t2 = time.perf_counter()
+                try:
+                    loss, rec, cl = self.step(inputs.to(self.device), targets.to(self.device), negatives.to(self.device),
+                                              views)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                except ValueError as err:  # the Wasserstein ops refuse NaN/inf Gaussians of a diverged model
+                    raise self._diverged_or(err, epoch, f"non-finite Gaussians in batch {b + 1}") from None
+                self.optimizer.step()
+                rec_v, cl_v = rec.item(), cl.item() if cl is not None else 0.0  # the one host sync of a batch
+                if self.world == 1 and not math.isfinite(rec_v + cl_v):  # (distributed: checked on the epoch's sums)
+                    raise self._divergence(epoch, f"loss {rec_v + cfg.cf_weight * cl_v} in batch {b + 1}")
+                sums += torch.tensor([rec_v + cfg.cf_weight * cl_v, rec_v, cl_v], dtype=torch.float64)
+                t3 = time.perf_counter()
+                t_data, t_aug, t_train = t_data + t1 - t0, t_aug + t2 - t1, t_train + t3 - t2
+                bar.update()
+                bar.set_postfix(loss=f"{sums[0].item() / (b + 1):.4f}", refresh=False)
+        finally:
+            bar.close()
         if self.world > 1:  # report the mean over ranks (the contrastive loss is already global)
             sums = sums.to(distributed.comm_device(self.group))
             dist.all_reduce(sums, group=self.group)
@@ -428,7 +450,44 @@ class Trainer:
         hyperparameter search reports to its pruner there); an exception it raises stops the
         training and propagates, the epoch kept. With ``test=False`` the test split is never read:
         the result is :meth:`validation_result` (model selection on validation only)."""
+        try:
+            return self._fit(on_epoch, test)
+        except UserError as err:  # (Diverged, a failed write): the run's log keeps the reason too
+            log_file_only(f"error: {err}")
+            raise
+        finally:
+            log_to_file(None)
+            self.release()
+
+    def release(self) -> None:
+        """Let other processes write the run directory again (:meth:`fit` does this when it ends)."""
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+        if self._lock is not None:
+            self._lock.release()
+
+    def _write_events(self, record: dict) -> None:
+        """The epoch's record of ``metrics.jsonl`` as TensorBoard scalars (with ``--tensorboard``)."""
+        if self._events is None:
+            return
+        epoch = record["epoch"]
+        for name in ("loss", "rec_loss", "cl_loss"):
+            if record[name] is not None:
+                self._events.add_scalar(f"train/{name}", record[name], epoch)
+        for name, value in record["valid"].items():
+            self._events.add_scalar(f"valid/{name}", value, epoch)
+        for name, value in record["time_s"].items():
+            self._events.add_scalar(f"time_s/{name}", value, epoch)
+        self._events.flush()
+
+    def _fit(self, on_epoch, test: bool) -> dict:
         cfg = self.cfg
+        if self.epoch >= cfg.epochs or self.bad_epochs >= cfg.patience:
+            why = (f"all {cfg.epochs} epochs" if self.epoch >= cfg.epochs
+                   else f"early-stopped: no better validation {cfg.early_stop_metric} for {cfg.patience} epochs")
+            log(f"nothing left to train: {self.out} is finished ({why}; best epoch {self.best_epoch}); "
+                "evaluating best.pt (raise --epochs or --patience with --resume to train on)")
         # the InfoNCE backward at temperature 1e-6 is mostly denormals on a CPU (docs/maths.md, Denormals)
         flush = self.device.type == "cpu" and torch.set_flush_denormal(True)
         try:
@@ -455,6 +514,7 @@ class Trainer:
                         save_atomic(self._state(with_optimizer=False), self.best_path)
                     append_line(json.dumps(record), self.metrics_path)
                     save_atomic(self._state(with_optimizer=True), self.last_path)
+                    self._write_events(record)
                 total_s = sum(record["time_s"].values())
                 log(f"epoch {epoch}: loss {stats.loss:.4f}  valid {cfg.early_stop_metric} {score:.4f}  "
                     f"recall@10 {valid['recall@10']:.4f}  ndcg@10 {valid['ndcg@10']:.4f}  "
@@ -462,18 +522,30 @@ class Trainer:
                 if on_epoch is not None:
                     on_epoch(epoch, valid)
         except KeyboardInterrupt:
-            if self.epoch == 0:
-                raise Interrupted(f"interrupted in epoch 1; no epoch was completed, nothing saved in {self.out}") from None
-            raise Interrupted(
-                f"interrupted in epoch {self.epoch + 1}; epoch {self.epoch} is saved in {self.last_path}; "
-                f"continue with: mstein-fast train --resume {self.out}"
-            ) from None
+            raise self._interrupted() from None
         finally:
             if flush:
                 torch.set_flush_denormal(False)
         if self.bad_epochs >= cfg.patience:
             log(f"early stop: no better validation {cfg.early_stop_metric} for {cfg.patience} epochs")
         return self.test() if test else self.validation_result()
+
+    def _interrupted(self) -> Interrupted:
+        """The message of Ctrl-C during training: what ``last.pt`` holds, read back from the disk (a
+        Ctrl-C during its write leaves the previous epoch there), and how to continue."""
+        saved = None
+        if self.rank == 0 and os.path.isfile(self.last_path):
+            try:
+                saved = load_checkpoint(self.last_path)["epoch"]
+            except (UserError, KeyboardInterrupt):
+                saved = None
+        if not saved:
+            message = f"interrupted; no epoch was completed, nothing saved in {self.out}"
+        else:
+            message = (f"interrupted after epoch {saved}: {self.last_path} holds epoch {saved}; "
+                       f"continue with: mstein-fast train --resume {self.out}")
+        log_file_only(message)
+        return Interrupted(message)
 
     def validation_result(self) -> dict:
         """Restore ``best.pt`` and evaluate it on validation only (the test split is not read):
@@ -504,6 +576,9 @@ class Trainer:
         }
         if self.world > 1:
             result["processes"] = self.world
+        test = result["test"]
+        log(f"test (best.pt, epoch {self.best_epoch}): recall@10 {test['recall@10']:.4f}  ndcg@10 {test['ndcg@10']:.4f}  "
+            f"mrr {test['mrr']:.4f}")
         if self.rank == 0:
             write_text_atomic(json.dumps(result, indent=2) + "\n", os.path.join(self.out, "test_metrics.json"))
         return result

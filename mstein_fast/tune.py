@@ -47,12 +47,24 @@ evaluation batch size and the synthetic data set.
 Tune directory::
 
     tune.json        the settings: config values, space, pruner, data fingerprint (--resume reuses them)
-    study.db         the Optuna study (SQLite)
+    study.db         the Optuna study (SQLite), unless --storage puts it in a database server
+
+Several machines (``--storage URL``, any SQLAlchemy URL Optuna takes, e.g. PostgreSQL): run the same
+``mstein-fast tune ... --storage URL`` on each machine, each with its own ``--output``. The first
+records the tune's settings in the study; a worker whose settings differ (anything but progress,
+threads, device, evaluation batch size and the data's path: the data's content must be the same) is
+refused. ``--trials N`` counts the study's trials, every worker's; each worker trains its trials
+into its own ``OUTPUT/trials/`` and continues only its own trials after a kill (``--resume
+--storage URL``); ``trials.csv``, ``curves.csv`` and ``best.json`` list every worker's trials.
+Workers sample with seeds that include their host and directory, so a multi-worker search is not
+reproduced bit for bit. tune.json keeps the URL with its password masked.
     tune.lock        held while a tune runs in the directory
     trials/NNNN/     run directory of trial NNNN (as ``mstein-fast train``'s, without test_metrics.json)
     trials/NNNN.log  the trainer's output of trial NNNN (with --verbose it goes to stderr instead)
     trials.csv       every trial: number, state, value, epochs, best_epoch, seconds, params_<key>..., note
-    best.json        the config of the best trial: ``mstein-fast train --config DIR/best.json``
+    best.json        the config of the best trial: ``mstein-fast train --config DIR/best.json``; its
+                     ``_about`` says which keys were tuned, which were set for every trial, and the
+                     trials' epoch budget (not carried into the training unless set for the tune)
     curves.csv       every trial's validation metric per epoch: trial, state, epoch, value
     trials.png/.svg  (at the end, unless --no-plots) every trial's validation curve, the best one
                      highlighted, and each trial's best value against the epochs it trained
@@ -75,6 +87,8 @@ import io
 import json
 import math
 import os
+import re
+import socket
 import sys
 import time
 from typing import Any
@@ -294,11 +308,21 @@ def _pruner(optuna, settings: dict):
     return optuna.pruners.NopPruner()
 
 
-def _sampler(optuna, seed: int, number: int):
-    """The TPE sampler of trial ``number``: seeded from ``(seed, number)`` (same samples after a resume)."""
+def _sampler(optuna, seed: int, number: int, worker: str | None = None):
+    """The TPE sampler of trial ``number``: seeded from ``(seed, number)`` (same samples after a resume);
+    with a shared study (``--storage``) also from the ``worker``, so that two machines asking at the
+    same moment do not draw the same values."""
+    import zlib
+
     import numpy as np
 
-    return optuna.samplers.TPESampler(seed=int(np.random.SeedSequence([seed, number]).generate_state(1)[0]))
+    entropy = [seed, number] + ([zlib.crc32(worker.encode())] if worker else [])
+    return optuna.samplers.TPESampler(seed=int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+
+
+def masked_url(url: str) -> str:
+    """A storage URL with its password replaced by ``***`` (what may be written into tune.json and messages)."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def _write_json(obj, path: str) -> None:
@@ -324,29 +348,6 @@ def _read_settings(path: str) -> dict:
     return settings
 
 
-@contextlib.contextmanager
-def _lock(path: str):
-    """Hold an exclusive lock on ``path`` (created) while the tune runs: a second tune of the same
-    directory is refused instead of taking over its running trial."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): run unlocked
-        yield
-        return
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    except OSError as err:
-        raise UserError(f"cannot create {path}: {err.strerror or err}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise UserError(f"{os.path.dirname(path)} is in use by another mstein-fast tune") from None
-        yield
-    finally:
-        os.close(fd)
-
-
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -354,19 +355,43 @@ def _fmt(value) -> str:
 class _Search:
     """One session of a search (see :func:`run_tune`)."""
 
-    def __init__(self, optuna, output: str, settings: dict, values: dict, verbose: bool):
+    def __init__(self, optuna, output: str, settings: dict, values: dict, verbose: bool, storage: str | None = None):
         self.optuna, self.out, self.settings, self.values, self.verbose = optuna, output, settings, values, verbose
         self.space = settings["space"]
         self.cfg, _ = build_config(values)
         self.metric = self.cfg.early_stop_metric
         self.trials_dir = os.path.join(output, "trials")
-        url = "sqlite:///" + os.path.abspath(os.path.join(output, "study.db"))
+        # this process's trials are tagged with it: a shared study (--storage) has other workers' trials too
+        self.worker = f"{socket.gethostname()}:{os.path.abspath(output)}"
+        self.shared = storage is not None
+        url = storage or "sqlite:///" + os.path.abspath(os.path.join(output, "study.db"))
+        where = masked_url(storage) if storage else os.path.join(output, "study.db")
         try:
             self.study = optuna.create_study(study_name=STUDY_NAME, storage=url, direction="maximize",
                                              load_if_exists=True, pruner=_pruner(optuna, settings["pruner"]))
-        except Exception as err:  # noqa: BLE001  a damaged or foreign database
+        except Exception as err:  # noqa: BLE001  a damaged or foreign database, an unreachable server
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise UserError(f"{os.path.join(output, 'study.db')}: cannot open the study ({first})") from None
+            raise UserError(f"{where}: cannot open the study ({masked_url(first)})") from None
+        if self.shared:
+            self._join(where)
+
+    def _join(self, where: str) -> None:
+        """A shared study holds the settings of the tune that created it: a worker with other settings
+        (values that change training, space, pruner, data) is refused; the first worker records them."""
+        mine = {"values": {k: v for k, v in build_config(self.values)[0].to_dict().items() if k not in RESUME_KEYS},
+                "space": self.space, "pruner": self.settings["pruner"],
+                "data_fingerprint": self.settings["data_fingerprint"]}
+        mine = json.loads(json.dumps(mine, sort_keys=True))
+        theirs = self.study.user_attrs.get("settings")
+        if theirs is None:
+            self.study.set_user_attr("settings", mine)
+            return
+        differ = [k for k in ("data_fingerprint", "space", "pruner") if theirs.get(k) != mine[k]]
+        differ += sorted(k for k in set(mine["values"]) | set(theirs.get("values", {}))
+                         if mine["values"].get(k) != theirs.get("values", {}).get(k))
+        if differ:
+            raise UserError(f"the study in {where} belongs to a tune with other settings ({', '.join(differ[:5])} "
+                            "differ); join it with the same options, or use another --storage")
 
     # -- trials --------------------------------------------------------------------------------
     def trials(self, states=None) -> list:
@@ -385,7 +410,9 @@ class _Search:
         os.makedirs(self.trials_dir, exist_ok=True)
         start = time.monotonic()
         for frozen in self.trials((optuna.trial.TrialState.RUNNING,)):
-            self.study.sampler = _sampler(optuna, self.cfg.seed, frozen.number)
+            if frozen.user_attrs.get("worker", self.worker) != self.worker:
+                continue  # another worker's trial (a shared study): it continues it
+            self.study.sampler = _sampler(optuna, self.cfg.seed, frozen.number, self._seed_worker())
             # (FrozenTrial has no public trial id; Trial(study, id) reopens a trial as study.ask does)
             self.run_trial(optuna.trial.Trial(self.study, frozen._trial_id), n_trials, continued=True)
         while self.finished() < n_trials:
@@ -393,13 +420,18 @@ class _Search:
                 self.say(f"timeout: {timeout:g} s passed; {self.finished()} of {n_trials} trials finished "
                          f"(continue with --resume)")
                 break
-            self.study.sampler = _sampler(optuna, self.cfg.seed, len(self.study.get_trials(deepcopy=False)))
+            self.study.sampler = _sampler(optuna, self.cfg.seed, len(self.study.get_trials(deepcopy=False)),
+                                          self._seed_worker())
             if not self.trials():
                 base = self.base_params()
                 if base:  # trial 0 scores the shared settings themselves: the search has a baseline
                     self.study.enqueue_trial(base, user_attrs={"base": True})
             trial = self.study.ask()
+            trial.set_user_attr("worker", self.worker)
             self.run_trial(trial, n_trials, continued=False)
+
+    def _seed_worker(self) -> str | None:
+        return self.worker if self.shared else None
 
     def base_params(self) -> dict:
         """The shared configuration's values of the searched keys that lie in their distributions
@@ -548,7 +580,29 @@ class _Search:
         write_text_atomic(buf.getvalue(), os.path.join(self.out, "curves.csv"))
         best = self.best()
         if best is not None:
-            _write_json({**self.values, **best.params}, os.path.join(self.out, "best.json"))
+            _write_json(self.best_config(best), os.path.join(self.out, "best.json"))
+
+    def best_config(self, best) -> dict:
+        """``best.json``: the shared settings plus the best trial's parameters, a relative data path
+        made relative to the tune directory (``train --config`` reads it from the file's folder),
+        and ``_about`` (a comment ``train --config`` skips) saying what the file fixes."""
+        values = {**self.values, **best.params}
+        if isinstance(values.get("data"), str) and not os.path.isabs(values["data"]):
+            values["data"] = os.path.relpath(os.path.abspath(values["data"]), os.path.abspath(self.out))
+        budget = {k: getattr(self.cfg, k) for k in ("epochs", "patience")}
+        shared = sorted(k for k in self.values if k not in best.params)
+        about = {
+            "what": f"trial {best.number} of this tune: the best validation {self.metric} ({best.value:.6g}) "
+                    f"of {len(self.trials())} trials",
+            "tuned": sorted(best.params),
+            "set for every trial": shared,
+            "budget": f"every trial trained at most {budget['epochs']} epochs with patience {budget['patience']}"
+                      + ("; this file keeps that budget (it was set for the tune): for a full training override it, "
+                         "e.g. `mstein-fast train --config best.json --epochs 500 --patience 100`"
+                         if {"epochs", "patience"} & set(self.values) else
+                         "; the budget was not set for the tune, so training from this file uses the defaults"),
+        }
+        return {"_about": about, **values}
 
     def plot(self) -> list[str]:
         """``trials.png``/``.svg``: the validation curve of every trial (the best highlighted) and
@@ -582,7 +636,7 @@ class _Search:
 def run_tune(output: str, values: dict, *, fixed=(), space: dict | None = None, trials: int | None = None,
              timeout: float | None = None, resume: bool = False, pruner: str | None = None,
              prune_from: int | None = None, startup_trials: int | None = None, verbose: bool = False,
-             space_where: str = "--space", plots: bool = True) -> dict:
+             space_where: str = "--space", plots: bool = True, storage: str | None = None) -> dict:
     """Run (or with ``resume`` continue) the search in ``output``; returns :meth:`_Search.summary`.
 
     ``values``: the config values given (``--config`` file < options) that every trial shares;
@@ -594,7 +648,10 @@ def run_tune(output: str, values: dict, *, fixed=(), space: dict | None = None, 
     ``startup_trials`` (median: complete trials before pruning starts) default to median, 20, 5.
     ``verbose``: the trainer's output on stderr instead of ``trials/NNNN.log``; ``space_where``:
     how errors name the space (its file); ``plots``: draw ``trials.png`` at the end (skipped with
-    a note when matplotlib is missing).
+    a note when matplotlib is missing). ``storage``: an Optuna storage URL (any SQLAlchemy URL,
+    e.g. ``postgresql://user:pw@host/db`` or ``sqlite:////shared/study.db``) instead of
+    ``output/study.db``: several processes, on several machines, each with its own ``output``,
+    then run the trials of one study (they must share every setting; see the module docstring).
 
     Without ``resume`` a directory that holds a tune, or any other files, is refused; with it the
     saved settings are used, and changing them (other than :data:`RESUME_KEYS`) is refused."""
@@ -616,10 +673,18 @@ def run_tune(output: str, values: dict, *, fixed=(), space: dict | None = None, 
     settings_path = os.path.join(output, "tune.json")
     given_pruner = {k: v for k, v in (("name", pruner), ("prune_from", prune_from),
                                       ("startup_trials", startup_trials)) if v is not None}
+    if storage is not None and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", storage):
+        raise UserError(f"--storage must be a database URL such as postgresql://user:password@host/db or "
+                        f"sqlite:////path/study.db, got {storage!r}")
     if resume:
         if not os.path.isfile(settings_path):
             raise UserError(f"{output}: nothing to resume (no tune.json); start a tune there without --resume")
         settings = _read_settings(settings_path)
+        saved_storage = settings.get("storage")
+        if saved_storage is not None and (storage is None or masked_url(storage) != saved_storage):
+            raise UserError(f"{output}: its study is in {saved_storage}; resume with --storage and that URL")
+        if saved_storage is None and storage is not None:
+            raise UserError(f"{output}: its study is {os.path.join(output, 'study.db')}; resume without --storage")
         saved = settings["values"]
         merged = {**saved, **values}
         before, _ = build_config(saved)
@@ -665,18 +730,21 @@ def run_tune(output: str, values: dict, *, fixed=(), space: dict | None = None, 
         settings = {"format": SETTINGS_FORMAT, "values": dict(values), "space": space,
                     "pruner": {"name": "median", "prune_from": DEFAULT_PRUNE_FROM,
                                "startup_trials": DEFAULT_STARTUP_TRIALS, **given_pruner},
-                    "data_fingerprint": data.fingerprint, "trials": trials}
+                    "data_fingerprint": data.fingerprint, "trials": trials,
+                    "storage": None if storage is None else masked_url(storage)}
         try:
             os.makedirs(output, exist_ok=True)
         except OSError as err:
             raise UserError(f"cannot create the tune directory {output}: {err.strerror or err}") from None
     del data
-    with _lock(os.path.join(output, "tune.lock")):
+    from mstein_fast.checkpoint import DirectoryLock
+
+    with DirectoryLock(os.path.join(output, "tune.lock"), "tune"):
         _write_json(settings, settings_path)
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
-            search = _Search(optuna, output, settings, settings["values"], verbose)
+            search = _Search(optuna, output, settings, settings["values"], verbose, storage)
             search.write_files()
             search.run(settings["trials"], timeout)
         finally:

@@ -27,6 +27,10 @@ TINY = ["--synthetic-users", "120", "--synthetic-items", "40", "--synthetic-clus
         "--num-threads", "1"]
 
 
+# each model's own settings: no --max-seq-length (mstein 50, stosa 100: the README's analysis examples)
+OWN = [a for i, a in enumerate(TINY) if a != "--max-seq-length" and TINY[i - 1] != "--max-seq-length"]
+
+
 def run_main(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -162,7 +166,7 @@ def check_rows(rows, metrics=("recall@10", "ndcg@10", "mrr")):
 def noise_run(tmp_path_factory):
     pytest.importorskip("matplotlib")
     out = tmp_path_factory.mktemp("noise")
-    code = main(["analyze", "noise", "--output", str(out), "--models", "mstein,stosa", *TINY])
+    code = main(["analyze", "noise", "--output", str(out), "--models", "mstein,stosa", *OWN])
     assert code == 0
     return out
 
@@ -176,6 +180,9 @@ def test_analyze_noise_end_to_end(noise_run, capsys):
     check_rows(rows)
     means = sorted({r["ratio"]: r["mean_noise_items"] for r in rows}.items())
     assert means[0][1] == 0 and all(a[1] < b[1] for a, b in zip(means, means[1:]))
+    # each model was trained, and is evaluated, at its own length (the README's example used to stop here)
+    lengths = {m: json.loads((out / "runs" / m / "config.json").read_text())["max_seq_length"] for m in ("mstein", "stosa")}
+    assert lengths == {"mstein": 50, "stosa": 100}
     # ratio 0 is the plain test evaluation of the trained model
     for model in ("mstein", "stosa"):
         test = json.loads((out / "runs" / model / "test_metrics.json").read_text())["test"]
@@ -187,12 +194,12 @@ def test_analyze_noise_end_to_end(noise_run, capsys):
     assert (out / "noise.svg").read_text().lstrip().startswith("<?xml")
     # rerun: the finished runs are reused, not retrained
     code, stdout, err = run_main(capsys, "analyze", "noise", "--output", out, "--models", "mstein", "--ratios", "0,0.2",
-                                 "--no-plots", *TINY)
+                                 "--no-plots", *OWN)
     assert code == 0 and "reusing the finished run" in err and "epoch 1" not in err
     assert [r["ratio"] for r in json.loads(stdout)["rows"]] == [0.0, 0.2]
     # a different configuration is not silently reused
     code, _, err = run_main(capsys, "analyze", "noise", "--output", out, "--models", "mstein", "--no-plots",
-                            *TINY, "--lr", "0.01")
+                            *OWN, "--lr", "0.01")
     assert code == 2 and err.startswith("error: ") and "lr differ" in err
 
 
@@ -257,18 +264,25 @@ def test_plot_training_curves(noise_run, tmp_path, capsys):
     "argv, message",
     [
         (["analyze", "noise", "--ratios", "0,x"], "--ratios: expected comma-separated float values"),
-        (["analyze", "noise", "--ratios", "-0.1"], "noise ratios must be >= 0"),
+        (["analyze", "noise", "--ratios", "-0.1"], "noise ratios must be finite numbers in [0, 100]"),
+        (["analyze", "noise", "--ratios", "nan"], "noise ratios must be finite numbers in [0, 100]"),
+        (["analyze", "noise", "--ratios", "0,inf"], "noise ratios must be finite numbers in [0, 100]"),
+        (["analyze", "noise", "--noise-seed", "-1"], "noise seed must be an integer in [0, 2**63)"),
         (["analyze", "noise", "--metrics", "auc"], "unknown metric 'auc'"),
         (["analyze", "groups", "--models", "bert4rec"], "unknown model 'bert4rec'"),
         (["analyze", "batch-size", "--batch-sizes", "0,64"], "batch sizes must be positive"),
         (["analyze", "groups", "--checkpoints", "{tmp}/nothing.pt"], "no such checkpoint"),
         (["analyze", "noise", "--data", "{tmp}/missing.txt"], "missing.txt: no such file"),
         (["plot", "{tmp}"], "metrics.jsonl: no such file"),
-        (["plot", "{tmp}/bad.jsonl"], "bad.jsonl:1: not a JSON line"),
+        (["plot", "{tmp}/bad.jsonl"], "bad.jsonl:1: not an epoch record of mstein-fast train (not valid JSON"),
+        (["plot", "{tmp}/deep.jsonl"], "deep.jsonl:1: not an epoch record of mstein-fast train (JSON nested too deeply"),
+        (["plot", "{tmp}/digits.jsonl"], "digits.jsonl:1: not an epoch record of mstein-fast train"),
     ],
 )
 def test_user_errors_exit_2(tmp_path, capsys, argv, message):
     (tmp_path / "bad.jsonl").write_text("{oops\n")
+    (tmp_path / "deep.jsonl").write_text("[" * 5000 + "]" * 5000 + "\n")
+    (tmp_path / "digits.jsonl").write_text('{"epoch": 1, "valid": {"mrr": 1' + "0" * 5000 + '}}\n')
     argv = [a.format(tmp=tmp_path) for a in argv] + ["--output", str(tmp_path / "out")]
     code, stdout, err = run_main(capsys, *argv)
     assert code == 2, err

@@ -1,4 +1,4 @@
-"""Hostile but legitimate uses of the public API (issue 34): double backward, a tensor temperature,
+"""Hostile but legitimate uses of the public API: double backward, a tensor temperature,
 a forked child, meta tensors, ``torch.func.vmap``, and malformed environment settings and limits.
 
 Numbers are compared with an independent float64 oracle written here: W from broadcast

@@ -100,7 +100,8 @@ def test_resume_of_a_finished_run_via_cli(trained_run, capsys):
 def test_data_prepare(tmp_path, capsys):
     raw = tmp_path / "ratings.csv"
     raw.write_text("".join(f"u{u},i{(u + k) % 7},5.0,{k}\n" for u in range(8) for k in range(5)))
-    code, stdout, _ = run_main(capsys, "data", "prepare", str(raw), "-o", str(tmp_path / "seq.txt"))
+    code, stdout, _ = run_main(capsys, "data", "prepare", str(raw), "-o", str(tmp_path / "seq.txt"),
+                               "--columns", "user,item,rating,timestamp")
     assert code == 0 and json.loads(stdout)["users"] == 8
     assert (tmp_path / "seq.item_map.tsv").exists()
 

@@ -53,6 +53,28 @@ def test_every_model_trains_and_beats_popularity(tmp_path, model):
     assert evaluate(restored, split, "test") == result["test"]
 
 
+def test_interrupt_during_a_checkpoint_write_names_what_is_on_disk(tmp_path, monkeypatch):
+    """Ctrl-C while last.pt of epoch 2 is being written: the message reads last.pt back (epoch 1),
+    it does not assume that the epoch it was in got saved."""
+    cfg = tiny_config(model="sasrec", epochs=3, backend="torch")
+    real = train_module.save_atomic
+    writes = {"last": 0}
+
+    def interrupted_second_write(obj, path):
+        if path.endswith("last.pt"):
+            writes["last"] += 1
+            if writes["last"] == 2:
+                raise KeyboardInterrupt
+        return real(obj, path)
+
+    monkeypatch.setattr(train_module, "save_atomic", interrupted_second_write)
+    with pytest.raises(Interrupted) as info:
+        train(cfg, str(tmp_path / "cut"))
+    assert "last.pt holds epoch 1;" in str(info.value) and "epoch 2" not in str(info.value)
+    assert load_checkpoint(str(tmp_path / "cut" / "last.pt"))["epoch"] == 1
+    assert "holds epoch 1" in (tmp_path / "cut" / "train.log").read_text()
+
+
 @pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=pytest.mark.skipif(
     "cpp" not in __import__("mstein_fast").available_backends(), reason="C++ extension not built"))])
 def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch, backend):
@@ -71,7 +93,7 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch, back
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "sample_negatives", interrupt_in_epoch_3)
-    with pytest.raises(Interrupted, match="epoch 2 is saved"):
+    with pytest.raises(Interrupted, match="last.pt holds epoch 2; continue with"):
         train(cfg, str(tmp_path / "cut"))
     monkeypatch.setattr(train_module, "sample_negatives", real)
     assert load_checkpoint(str(tmp_path / "cut" / "last.pt"))["epoch"] == 2

@@ -161,7 +161,7 @@ def test_pruning_stops_bad_trials(tmp_path, capsys, monkeypatch, pruner):
     space = tmp_path / "space.json"
     # (trial 3 repeats trial 0 exactly: a tie with the median, not pruned)
     space.write_text(json.dumps({"lr": {"type": "categorical", "choices": [1e-9, 5e-3]}}))
-    monkeypatch.setattr(tune, "_sampler", lambda optuna, seed, number: _FixedLr(seed=number))
+    monkeypatch.setattr(tune, "_sampler", lambda optuna, seed, number, worker=None: _FixedLr(seed=number))
     out = tmp_path / "tune"
     code, stdout, err = run_main(capsys, "tune", "--model", "sasrec", *TINY, "--epochs", "3", "--trials", "4",
                                  "--space", space, "--pruner", pruner, "--prune-from", "1",
@@ -314,3 +314,45 @@ def test_trial_0_trains_the_base_configuration(tmp_path, capsys):
     assert "trial 0 [1/2] (the base configuration) started" in err
     # the next trial is sampled, not the base again
     assert any(first[f"params_{k}"] != second[f"params_{k}"] for k in searched if k != "lr")
+
+
+def test_workers_share_one_study_through_storage(tmp_path, capsys):
+    """--storage: a second worker (its own --output) joins the study of the first; --trials counts
+    both; each trains its own trials; a worker with other settings is refused; two workers running
+    at the same time (separate processes on one SQLite file) share the budget."""
+    import subprocess
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    code, _, err = run_main(capsys, "tune", *REFERENCE, "--trials", "2", "--output", tmp_path / "a", "--storage", url)
+    assert code == 0, err
+    code, stdout, err = run_main(capsys, "tune", *REFERENCE, "--trials", "4", "--output", tmp_path / "b",
+                                 "--storage", url)
+    assert code == 0, err
+    assert json.loads(stdout)["trials"] == 4
+    assert [r["number"] for r in read_trials(tmp_path / "b")] == ["0", "1", "2", "3"]  # every worker's trials
+    assert sorted(p.name for p in (tmp_path / "a" / "trials").iterdir() if p.is_dir()) == ["0000", "0001"]
+    assert sorted(p.name for p in (tmp_path / "b" / "trials").iterdir() if p.is_dir()) == ["0002", "0003"]
+    params = [tuple(sorted((k, v) for k, v in r.items() if k.startswith("params_"))) for r in read_trials(tmp_path / "b")]
+    assert len(set(params)) == 4
+    # other settings: refused before any trial
+    code, _, err = run_main(capsys, "tune", *REFERENCE, "--trials", "5", "--output", tmp_path / "c", "--storage", url,
+                            "--weight-decay", "0.1")
+    assert code == 2 and "other settings (weight_decay" in err, err
+    # resume needs the same storage
+    code, _, err = run_main(capsys, "tune", *REFERENCE, "--resume", "--output", tmp_path / "a")
+    assert code == 2 and "resume with --storage" in err
+    code, stdout, err = run_main(capsys, "tune", *REFERENCE, "--resume", "--output", tmp_path / "a", "--storage", url)
+    assert code == 0 and json.loads(stdout)["trials"] == 4, err  # nothing left: the budget is shared
+    # two processes at once on one study
+    url2 = f"sqlite:///{tmp_path / 'both.db'}"
+    procs = [subprocess.Popen([sys.executable, "-m", "mstein_fast", "tune", *map(str, REFERENCE), "--trials", "6",
+                               "--output", str(tmp_path / name), "--storage", url2, "--no-plots"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("p", "q")]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    rows = read_trials(tmp_path / "q")
+    numbers = [int(r["number"]) for r in rows]
+    assert len(numbers) >= 6 and numbers == list(range(len(numbers)))
+    own = [sorted(int(d.name) for d in (tmp_path / name / "trials").iterdir() if d.is_dir()) for name in ("p", "q")]
+    assert sorted(own[0] + own[1]) == numbers and own[0] and own[1]  # each trial trained by one worker, both worked

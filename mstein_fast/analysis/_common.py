@@ -4,6 +4,7 @@ evaluation rows and the output files."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -14,15 +15,16 @@ import numpy as np
 import torch
 
 from mstein_fast.config import TrainConfig, build_config
-from mstein_fast.data import Sequences, leave_one_out, load_sequences
+from mstein_fast.data import LeaveOneOut, Sequences, leave_one_out, load_sequences
 from mstein_fast.errors import UserError
 from mstein_fast.evaluate import KS, ranking_metrics
+from mstein_fast.writer import write_files_atomic
 
 DEFAULT_MODELS = ("mstein", "coserec", "stosa")
 DEFAULT_METRICS = ("recall@10", "ndcg@10", "mrr")
 METRIC_NAMES = tuple(f"{m}@{k}" for k in KS for m in ("recall", "ndcg")) + ("mrr", "mrr@40")
 # config keys that do not change what a run learns (ignored when deciding whether a run is reusable)
-_RUNTIME_KEYS = {"device", "backend", "num_threads", "progress", "eval_batch_size"}
+_RUNTIME_KEYS = {"device", "backend", "num_threads", "progress", "eval_batch_size", "tensorboard"}
 
 
 def log(message: str) -> None:
@@ -111,9 +113,13 @@ def train_or_reuse(cfg: TrainConfig, run_dir: str) -> str:
 
 @dataclass
 class Loaded:
+    """A model to analyse: its label, the model, its checkpoint and the split at its own
+    ``max_seq_length`` (models trained with different lengths are each evaluated at theirs)."""
+
     label: str
     model: torch.nn.Module
     ckpt: dict
+    split: LeaveOneOut
 
 
 def _labels(ckpts: list[dict]) -> list[str]:
@@ -128,30 +134,40 @@ def _labels(ckpts: list[dict]) -> list[str]:
 
 def load_models(paths: list[str], setup: Setup, data: Sequences | None = None):
     """Load checkpoints (files or run dirs) and the data to evaluate them on: ``data``, else the
-    ``--data`` option, else the data the first checkpoint was trained on. Returns
-    ``(loaded, data, split)``; the checkpoints must agree on ``max_seq_length`` and item count."""
+    ``--data`` option, else the data the first checkpoint was trained on (found again if it moved).
+    Returns ``(loaded, data, split)``: each :class:`Loaded` holds the split at its model's own
+    ``max_seq_length``; ``split`` is the first model's (targets, seen items and popularity do not
+    depend on the length). The checkpoints must agree on the item count (the same data)."""
     from mstein_fast.checkpoint import load_checkpoint, model_from_checkpoint
+    from mstein_fast.inference import locate_data
     from mstein_fast.runtime import load_data, resolve_device
 
     ckpts = [load_checkpoint(p) for p in paths]
     device = resolve_device(setup.config().device)
     if data is None:
         data_path = setup.cli_values.get("data") or (setup.file_values or {}).get("data")
-        data = load_sequences(data_path) if data_path else load_data(ckpts[0]["config"])
+        path = locate_data(ckpts[0], data_path)
+        data = load_sequences(path) if path else load_data(ckpts[0]["config"])
     n_items = {c["n_items"] for c in ckpts}
-    max_len = {c["config"].max_seq_length for c in ckpts}
-    if len(n_items) > 1 or len(max_len) > 1:
-        raise UserError("the checkpoints disagree on the number of items or max_seq_length; "
-                        "compare models trained on the same data and settings")
-    n_items, max_len = n_items.pop(), max_len.pop()
+    if len(n_items) > 1:
+        shown = ", ".join(f"{c['path']}: {c['n_items']}" for c in ckpts)
+        raise UserError(f"the checkpoints know different numbers of items ({shown}); compare models trained "
+                        "on the same data")
+    n_items = n_items.pop()
     if data.n_items > n_items:
         raise UserError(f"{data.source} has item ids up to {data.n_items} but the models know only {n_items} items")
     for c in ckpts:
         if c["data_fingerprint"] != data.fingerprint:
             log(f"warning: {c['path']} was trained on {c['data_source']}, not on {data.source}")
     data.n_items = n_items
-    loaded = [Loaded(label, model_from_checkpoint(c, device), c) for label, c in zip(_labels(ckpts), ckpts)]
-    return loaded, data, leave_one_out(data, max_len)
+    splits: dict[int, LeaveOneOut] = {}
+    loaded = []
+    for label, c in zip(_labels(ckpts), ckpts):
+        length = c["config"].max_seq_length
+        if length not in splits:
+            splits[length] = leave_one_out(data, length)
+        loaded.append(Loaded(label, model_from_checkpoint(c, device), c, splits[length]))
+    return loaded, data, loaded[0].split
 
 
 def models_for(setup: Setup):
@@ -183,15 +199,13 @@ def write_outputs(output: str, name: str, rows: list[dict], meta: dict) -> list[
     rows = [{k: _clean(v) for k, v in r.items()} for r in rows]
     columns = list(dict.fromkeys(k for r in rows for k in r))
     csv_path, json_path = os.path.join(output, f"{name}.csv"), os.path.join(output, f"{name}.json")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
     try:
         os.makedirs(output, exist_ok=True)
-        with open(csv_path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        with open(json_path, "w", encoding="utf-8") as fh:
-            json.dump({**meta, "rows": rows}, fh, indent=2)
-            fh.write("\n")
+        write_files_atomic({csv_path: buffer.getvalue(), json_path: json.dumps({**meta, "rows": rows}, indent=2) + "\n"})
     except OSError as err:
         raise UserError(f"cannot write into {output}: {err.strerror or err}") from None
     return [csv_path, json_path]

@@ -43,7 +43,7 @@ def analyze_batch_size(setup: Setup, batch_sizes=DEFAULT_BATCH_SIZES) -> dict:
     loaded, data, split = load_models(paths, setup)
     rows = []
     for m in loaded:
-        ranks = evaluate_ranks(m.model, split, "test", eval_batch(setup))
+        ranks = evaluate_ranks(m.model, m.split, "test", eval_batch(setup))
         cfg = m.ckpt["config"]
         rows.append({"model": cfg.model, "batch_size": cfg.batch_size, "best_epoch": m.ckpt["epoch"],
                      "checkpoint": m.ckpt["path"], **metric_row(ranks, setup.metrics)})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from mstein_fast.analysis._common import DEFAULT_METRICS, write_outputs
@@ -16,25 +15,9 @@ def read_run(run_dir: str) -> list[dict]:
     path = os.path.join(run_dir, "metrics.jsonl") if os.path.isdir(run_dir) else run_dir
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file (expected a run directory of `mstein-fast train`)")
-    records = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
-    last = max((n for n, line in enumerate(lines, start=1) if line.strip()), default=0)
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if lineno == last and records:  # torn by a kill during its write (the run resumes without it)
-                continue
-            raise UserError(f"{path}:{lineno}: not a JSON line") from None
-        if not isinstance(rec, dict) or "epoch" not in rec or not isinstance(rec.get("valid"), dict):
-            raise UserError(f"{path}:{lineno}: not an epoch record of mstein-fast train")
-        records.append(rec)
+    from mstein_fast.checkpoint import read_metrics
+
+    records, _ = read_metrics(path)  # (a torn last line is dropped)
     if not records:
         raise UserError(f"{path}: no epoch recorded yet")
     return records

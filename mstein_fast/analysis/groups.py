@@ -81,7 +81,7 @@ def analyze_groups(setup: Setup, n_groups: int = DEFAULT_GROUPS, length_cuts=Non
     groups = user_groups(data, split, length_cuts, popularity_cuts, n_groups)
     rows = []
     for m in tqdm(loaded, desc="groups", file=sys.stderr, disable=not setup.progress):
-        ranks = evaluate_ranks(m.model, split, "test", eval_batch(setup))
+        ranks = evaluate_ranks(m.model, m.split, "test", eval_batch(setup))
         for grouping, g in groups.items():
             for j, label in enumerate(g["labels"]):
                 members = torch.from_numpy(g["group"] == j)

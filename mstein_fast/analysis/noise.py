@@ -69,28 +69,42 @@ def inject_noise(seqs: list[np.ndarray], ratio: float, n_items: int, rng: np.ran
     return out, counts
 
 
+def noisy_inputs(data: Sequences, n_items: int, ratio: float, seed: int) -> tuple[list[np.ndarray], float]:
+    """The test inputs (``s[:-1]``) with noise injected at ``ratio`` (the same draws for every model),
+    and the mean number of noise items per user."""
+    rng = np.random.default_rng([seed, round(ratio * 1e6)])
+    noisy, counts = inject_noise([s[:-1] for s in data.items], ratio, n_items, rng, forbidden=data.items)
+    return noisy, float(counts.mean())
+
+
 def noisy_split(data: Sequences, split: LeaveOneOut, ratio: float, seed: int) -> tuple[LeaveOneOut, float]:
     """``split`` with noise injected into the test inputs (``s[:-1]``) at ``ratio``; the items
     excluded from the ranking stay the user's real history. Returns it and the mean number of
     noise items per user."""
-    rng = np.random.default_rng([seed, round(ratio * 1e6)])
-    noisy, counts = inject_noise([s[:-1] for s in data.items], ratio, split.n_items, rng, forbidden=data.items)
-    return dataclasses.replace(split, test_inputs=left_pad(noisy, split.max_len)), float(counts.mean())
+    noisy, mean = noisy_inputs(data, split.n_items, ratio, seed)
+    return with_test_inputs(split, noisy), mean
+
+
+def with_test_inputs(split: LeaveOneOut, inputs: list[np.ndarray]) -> LeaveOneOut:
+    """``split`` with the test inputs replaced by ``inputs`` (padded to the split's length)."""
+    return dataclasses.replace(split, test_inputs=left_pad(inputs, split.max_len))
 
 
 def analyze_noise(setup: Setup, ratios=DEFAULT_RATIOS, seed: int = 0) -> dict:
     """Metrics of every model with noise injected into the test inputs at each ratio."""
     ratios = sorted({float(r) for r in ratios})
-    if any(r < 0 for r in ratios):
-        raise UserError(f"noise ratios must be >= 0, got {ratios}")
+    if any(not (math.isfinite(r) and 0 <= r <= 100) for r in ratios):
+        raise UserError(f"noise ratios must be finite numbers in [0, 100], got {', '.join(f'{r:g}' for r in ratios)}")
+    if not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise UserError(f"the noise seed must be an integer in [0, 2**63), got {seed}")
     preflight(setup)
     loaded, data, split = models_for(setup)
     rows = []
     bar = tqdm(total=len(ratios) * len(loaded), desc="noise", file=sys.stderr, disable=not setup.progress)
     for ratio in ratios:
-        noisy, mean_inserted = noisy_split(data, split, ratio, seed)
-        for m in loaded:
-            ranks = evaluate_ranks(m.model, noisy, "test", eval_batch(setup))
+        noisy, mean_inserted = noisy_inputs(data, split.n_items, ratio, seed)
+        for m in loaded:  # each model at its own max_seq_length
+            ranks = evaluate_ranks(m.model, with_test_inputs(m.split, noisy), "test", eval_batch(setup))
             rows.append({"model": m.label, "ratio": ratio, "mean_noise_items": mean_inserted,
                          **metric_row(ranks, setup.metrics)})
             bar.update()
