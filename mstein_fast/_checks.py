@@ -15,7 +15,7 @@ _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
-# size settings read from the environment: name -> default in megabytes (README, "Settings")
+# size settings read from the environment: name -> default in megabytes (docs/cli.md, "Settings")
 ENV_MEGABYTES = {"MSTEIN_FAST_KEEP_MATRIX_MB": 64, "MSTEIN_FAST_DISTRIBUTED_TILE_MB": 32}
 
 

@@ -51,7 +51,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         "keys). Layers, later wins: defaults (the official MStein command) < the model's own settings (its "
         f"published command; the original's mean stream: "
         f"{'; '.join(f'{m}: {json.dumps(v)}' for m, v in MODEL_PRESETS.items())}) < --preset (settings for a data set: "
-        f"{', '.join(sorted(DATASET_PRESETS))}; README: Presets) < quick preset (built-in "
+        f"{', '.join(sorted(DATASET_PRESETS))}; docs/tuning.md: Presets) < quick preset (built-in "
         f"synthetic data only: {json.dumps(QUICK_PRESET)}) < --config FILE < these options.",
     )
     defaults = TrainConfig()

@@ -27,7 +27,7 @@ TINY = ["--synthetic-users", "120", "--synthetic-items", "40", "--synthetic-clus
         "--num-threads", "1"]
 
 
-# each model's own settings: no --max-seq-length (mstein 50, stosa 100: the README's analysis examples)
+# each model's own settings: no --max-seq-length (mstein 50, stosa 100: the analysis examples of docs/cli.md)
 OWN = [a for i, a in enumerate(TINY) if a != "--max-seq-length" and TINY[i - 1] != "--max-seq-length"]
 
 
@@ -180,7 +180,7 @@ def test_analyze_noise_end_to_end(noise_run, capsys):
     check_rows(rows)
     means = sorted({r["ratio"]: r["mean_noise_items"] for r in rows}.items())
     assert means[0][1] == 0 and all(a[1] < b[1] for a, b in zip(means, means[1:]))
-    # each model was trained, and is evaluated, at its own length (the README's example used to stop here)
+    # each model was trained, and is evaluated, at its own length (the documented example used to stop here)
     lengths = {m: json.loads((out / "runs" / m / "config.json").read_text())["max_seq_length"] for m in ("mstein", "stosa")}
     assert lengths == {"mstein": 50, "stosa": 100}
     # ratio 0 is the plain test evaluation of the trained model

@@ -27,7 +27,7 @@ def test_unknown_backend_is_rejected():
 
 def test_openmp_waits_default_to_a_short_spin_but_a_users_choice_stays():
     # libgomp's long default spin collapses throughput when other jobs share the cores, a passive
-    # wait costs ~20% on a quiet machine: a short spin unless the user chose (README, Settings)
+    # wait costs ~20% on a quiet machine: a short spin unless the user chose (docs/cli.md, Settings)
     import subprocess
     import sys
 

@@ -181,13 +181,13 @@ def test_dataset_preset_for_another_model_is_refused(tmp_path, capsys):
     assert "preset 'office' has settings for mstein only" in err and "Traceback" not in err
 
 
-def test_readme_documents_every_dataset_preset():
+def test_docs_document_every_dataset_preset():
     import pathlib
 
     from mstein_fast.config import DATASET_PRESETS
 
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Presets", 1)[1].split("\n## ", 1)[0]
+    doc = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "tuning.md").read_text()
+    section = doc.split("## Presets", 1)[1].split("\n## ", 1)[0]
     for name, preset in DATASET_PRESETS.items():
         assert f"`--preset {name}`" in section, name
         for model, values in preset.items():

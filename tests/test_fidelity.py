@@ -1,5 +1,5 @@
-"""The original code's behaviours (README: "Differences from the original code"): those the
-default now follows, and those only ``compat = "original"`` reproduces (README: "Differences from
+"""The original code's behaviours (docs/fidelity.md: "Differences from the original code"): those the
+default now follows, and those only ``compat = "original"`` reproduces (docs/fidelity.md: "Differences from
 the original code"). Tiny inputs, no original code needed."""
 
 import dataclasses
@@ -75,7 +75,7 @@ def test_initialisation_means_follow_the_original_per_backbone():
 
 
 def test_compat_initialisation_is_the_originals_distribution_per_parameter():
-    # README "initial weights of a seed": other numbers than the original's for a seed, the same
+    # docs/fidelity.md "initial weights of a seed": other numbers than the original's for a seed, the same
     # distribution: every linear and embedding weight normal(0.01, 0.02) (padding rows included:
     # random, as the original's), zero biases, unit LayerNorms
     torch.manual_seed(3)
@@ -493,7 +493,7 @@ def test_compat_switches_to_the_degenerate_similarity_one_epoch_later(tmp_path, 
         else:
             assert not degenerate and on_offline == (epoch <= 1)
 
-# README "Differences from the original code": every row and the test that pins it down
+# docs/fidelity.md "Differences from the original code": every row and the test that pins it down
 README_ROWS = {
     "online item similarity after the warm-up": test_degenerate_similarity_masks_and_inserts_items_0_and_1,
     "warm-up switch": test_compat_switches_to_the_degenerate_similarity_one_epoch_later,
@@ -511,11 +511,11 @@ README_ROWS = {
 }
 
 
-def test_readme_table_lists_exactly_the_tested_differences():
+def test_docs_table_lists_exactly_the_tested_differences():
     import pathlib
 
-    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
-    section = text.split("### Differences from the original code", 1)[1].split("\n\n| behaviour", 1)[1]
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "fidelity.md").read_text()
+    section = text.split("## Differences from the original code", 1)[1].split("\n\n| behaviour", 1)[1]
     rows = [line.split("|")[1].strip() for line in section.split("\n\n", 1)[0].splitlines()[2:]]
     assert set(rows) == set(README_ROWS) and len(rows) == len(README_ROWS)
 
