@@ -391,7 +391,7 @@ def make_batch(data_file: str, cfg, users: int, seed: int) -> Batch:
     g = torch.Generator().manual_seed(seed)
     targets = split.train_targets[rows]
     negatives = sample_negatives(targets, rows, split.user_item_keys, data.n_items, g)
-    augmenter = Augmenter(cfg)
+    augmenter = Augmenter(cfg.augment_config())
     augmenter.set_similarity(itemcf_iuf_topk([s[:-3] for s in data.items], data.n_items, augmenter.similar_k, g))
     views = augmenter.views(split.train_full[rows], split.train_lengths[rows], g)
     return Batch(split.train_inputs[rows].clone(), targets, negatives, views, data.n_items, data.n_users)
@@ -527,7 +527,7 @@ def twin_models(original: types.SimpleNamespace, cfg, batch: Batch, dtype: torch
     from mstein_fast.models import build_model
 
     torch.manual_seed(seed)
-    model = build_model("mstein", batch.n_items, cfg).to(dtype).train()
+    model = build_model("mstein", batch.n_items, cfg.model_config()).to(dtype).train()
     if checkpoint is not None:
         load_trained_weights(model, checkpoint, batch.n_items)
     side = OriginalSide(original, original_args(cfg, batch.n_items, batch.n_users))
@@ -632,7 +632,7 @@ def evaluate_checkpoint(args) -> int:
     cfg = TrainConfig(model="mstein", compat="original", data=args.data, backend=args.backend, device="cpu").validate()
     data = load_sequences(args.data)
     split = leave_one_out(data, cfg.max_seq_length)
-    ours = build_model("mstein", split.n_items, cfg).eval()
+    ours = build_model("mstein", split.n_items, cfg.model_config()).eval()
     side = OriginalSide(original, original_args(cfg, split.n_items, split.n_users))
     pairs = parameter_pairs(ours, side.model)
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
@@ -1006,7 +1006,7 @@ def views_command(args) -> int:
     data = load_sequences(args.data)
     inputs = [[int(t) for t in s[:-3]] for s in data.items]  # the training inputs of both codes
     dataset = original_view_maker(original, cfg, args.data, args.similarity)
-    augmenter = Augmenter(cfg)
+    augmenter = Augmenter(cfg.augment_config())
     g = torch.Generator().manual_seed(args.seed)
     augmenter.set_similarity(itemcf_iuf_topk([s[:-3] for s in data.items], data.n_items, augmenter.similar_k, g))
     width = max(1, max(len(s) for s in inputs))

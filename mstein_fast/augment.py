@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from mstein_fast.compat import original_compat
+from mstein_fast.contracts import AugmentConfig, require
 
 INSERT, SUBSTITUTE, MASK, CROP, REORDER = range(5)
 OP_NAMES = ("insert", "substitute", "mask", "crop", "reorder")
@@ -110,11 +111,14 @@ def _uniform_int(high: torch.Tensor, generator) -> torch.Tensor:
 class Augmenter:
     """Two augmented views per sequence, vectorised over a batch.
 
+    ``cfg`` is the :class:`~mstein_fast.contracts.AugmentConfig` the augmentations read
+    (``TrainConfig.augment_config()``; anything else, a TrainConfig included, is a TypeError).
     ``similar`` is the ``[n_items + 1, k]`` item-similarity table (replace it with
     :meth:`set_similarity`); ``k`` must be at least :attr:`similar_k`.
     """
 
-    def __init__(self, cfg, similar: torch.Tensor | None = None):
+    def __init__(self, cfg: AugmentConfig, similar: torch.Tensor | None = None):
+        require(cfg, AugmentConfig, "Augmenter")
         self.tao, self.gamma, self.beta = cfg.tao, cfg.gamma, cfg.beta
         self.insert_rate, self.substitute_rate = cfg.insert_rate, cfg.substitute_rate
         self.max_insert = cfg.max_insert_num_per_pos

@@ -289,7 +289,7 @@ def model_from_checkpoint(ckpt: dict, device: torch.device):
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise UserError(f"{ckpt['path']}: the weight {name} holds NaN or inf (a diverged or damaged "
                             "checkpoint); use another checkpoint")
-    model = build_model(ckpt["config"].model, ckpt["n_items"], ckpt["config"]).to(device)
+    model = build_model(ckpt["config"].model, ckpt["n_items"], ckpt["config"].model_config()).to(device)
     load_model_state(model, ckpt["model"], ckpt["path"])
     model.eval()
     return model

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mstein_fast.compat import original_compat
+from mstein_fast.contracts import MODEL_NAMES, AugmentConfig, ModelConfig, keys_of
 from mstein_fast.errors import UserError
-from mstein_fast.models import MODELS
 
 
 class ConfigError(UserError, ValueError):
@@ -103,7 +103,7 @@ class TrainConfig:
     :func:`build_config`, which is what the command line uses. Build a config the way the CLI does
     with ``build_config(None, {"model": "stosa", "data": ...})[0]``."""
     # what to train on
-    model: str = _key("mstein", "model: mstein, stosa, sasrec, coserec or coserec-wdm", sorted(MODELS))
+    model: str = _key("mstein", f"model: {', '.join(MODEL_NAMES[:-1])} or {MODEL_NAMES[-1]}", sorted(MODEL_NAMES))
     data: str | None = _key(None, "sequence file 'user_id item_id ...'; none = the built-in synthetic data")
     preset: str = _key("none", "settings found for a data set (README: Presets): office (MStein tuned on "
                        "Office_Products), beauty (the authors' published command, i.e. the defaults)",
@@ -239,6 +239,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def model_config(self) -> ModelConfig:
+        """The settings the model reads (:class:`~mstein_fast.contracts.ModelConfig`: these keys, as
+        they are), for ``build_model(cfg.model, n_items, cfg.model_config())``."""
+        return ModelConfig(**{name: getattr(self, name) for name in keys_of(ModelConfig)})
+
+    def augment_config(self) -> AugmentConfig:
+        """The settings the augmenter reads (:class:`~mstein_fast.contracts.AugmentConfig`: these
+        keys, as they are), for ``Augmenter(cfg.augment_config())``."""
+        return AugmentConfig(**{name: getattr(self, name) for name in keys_of(AugmentConfig)})
 
 
 # Used automatically for the built-in synthetic data, so that `mstein-fast train` ends in ~2 minutes.

@@ -165,7 +165,7 @@ class Trainer:
         self.split: LeaveOneOut = leave_one_out(self.data, cfg.max_seq_length)
         log(f"data: {self.data.source}: {self.data.n_users} users, {self.data.n_items} items, "
             f"{self.data.n_interactions} interactions")
-        self.model = build_model(cfg.model, self.data.n_items, cfg).to(self.device)
+        self.model = build_model(cfg.model, self.data.n_items, cfg.model_config()).to(self.device)
         self.model.cl_group = self.group
         self.step = _TrainStep(self.model, cfg.cf_weight * self.world)
         if self.world > 1:
@@ -181,7 +181,7 @@ class Trainer:
                                           betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.augmenter = None
         if self.model.contrastive is not None:
-            self.augmenter = Augmenter(cfg)
+            self.augmenter = Augmenter(cfg.augment_config())
             t = time.perf_counter()
             g = torch.Generator().manual_seed(stream_seed(cfg.seed, 0, _SIMILARITY))
             self.offline_similar = itemcf_iuf_topk([s[:-3] for s in self.data.items], self.data.n_items,

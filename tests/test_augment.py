@@ -21,7 +21,7 @@ def augmenter():
     g = torch.Generator().manual_seed(0)
     # a similarity table whose entries are easy to recognise: item i -> i+1, i+2, i+3 (mod N, from 1)
     sim = 1 + (torch.arange(N_ITEMS + 1).unsqueeze(1) + torch.arange(1, 4)) % N_ITEMS
-    aug = Augmenter(TrainConfig(max_seq_length=MAX_LEN), sim)
+    aug = Augmenter(TrainConfig(max_seq_length=MAX_LEN).augment_config(), sim)
     return aug, g, sim
 
 
@@ -181,7 +181,7 @@ def test_itemcf_iuf_hand_computed():
 def test_nearest_items_matches_brute_force(model):
     torch.manual_seed(0)
     cfg = TrainConfig(model=model, hidden_size=8, max_seq_length=5, backend="torch", initializer_range=0.5)
-    m = build_model(model, 30, cfg)
+    m = build_model(model, 30, cfg.model_config())
     top = m.nearest_items(3, batch_size=7)
     assert top.shape == (31, 3)
     for item in range(1, 31):

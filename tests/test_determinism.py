@@ -39,7 +39,7 @@ def test_mstein_gradients_repeat_bitwise_with_two_threads(padding_pool):
         torch.manual_seed(0)
         cfg = TrainConfig(model="mstein", hidden_size=16, max_seq_length=40, backend="cpp", temperature=1e-6,
                           padding_pool=padding_pool)
-        model = build_model("mstein", 200, cfg).train()
+        model = build_model("mstein", 200, cfg.model_config()).train()
         lengths = torch.randint(1, 41, (1024, 1)) ** 2 // 40 + 1  # mostly short rows, some long: several buckets
         views = torch.randint(1, 201, (1024, 40)).masked_fill(torch.arange(40) < 40 - lengths, 0)
         results = []

@@ -22,7 +22,7 @@ def model(name="mstein", **over):
     torch.manual_seed(0)
     cfg = TrainConfig(model=name, hidden_size=8, max_seq_length=L, num_hidden_layers=1, backend="torch",
                       hidden_dropout_prob=0.0, temperature=0.5, **over)
-    return build_model(name, 20, cfg).double().eval()
+    return build_model(name, 20, cfg.model_config()).double().eval()
 
 
 SEQS = torch.tensor([[0, 0, 0, 0, 3, 4, 5, 6], [0, 0, 0, 0, 0, 0, 1, 2], [1, 2, 3, 4, 5, 6, 7, 8]])
@@ -65,9 +65,9 @@ def test_layer_norms_are_tied_between_the_streams():
 def test_initialisation_means_follow_the_original_per_backbone():
     torch.manual_seed(0)
     big = {"hidden_size": 64, "max_seq_length": L, "backend": "torch"}
-    stosa = build_model("mstein", 2000, TrainConfig(model="mstein", **big))
-    sasrec = build_model("coserec", 2000, TrainConfig(model="coserec", **big))
-    chosen = build_model("coserec", 2000, TrainConfig(model="coserec", init_mean=0.01, **big))
+    stosa = build_model("mstein", 2000, TrainConfig(model="mstein", **big).model_config())
+    sasrec = build_model("coserec", 2000, TrainConfig(model="coserec", **big).model_config())
+    chosen = build_model("coserec", 2000, TrainConfig(model="coserec", init_mean=0.01, **big).model_config())
     # 2000 x 64 normal(mu, 0.02) draws: the mean is mu +- 3 * 0.02 / sqrt(128000) = +- 1.7e-4
     assert abs(stosa.item_mean.weight[1:].mean().item() - 0.01) < 2e-4
     assert abs(sasrec.item_emb.weight[1:].mean().item()) < 2e-4
@@ -80,7 +80,7 @@ def test_compat_initialisation_is_the_originals_distribution_per_parameter():
     # random, as the original's), zero biases, unit LayerNorms
     torch.manual_seed(3)
     m = build_model("mstein", 500, TrainConfig(model="mstein", compat="original", hidden_size=64, max_seq_length=L,
-                                               backend="torch"))
+                                               backend="torch").model_config())
     seen = 0
     for name, p in m.named_parameters():
         x = p.detach().double().flatten()
@@ -124,9 +124,9 @@ def insert_counts(aug, lengths, draws=400):
 
 def test_insert_count_follows_the_original_rule():
     # c uniform in 1..max(1, int(M / m)), m = max(1, int(0.3 * n)) positions chosen
-    one = Augmenter(TrainConfig(max_seq_length=40))  # M = 1: exactly one item per chosen position
+    one = Augmenter(TrainConfig(max_seq_length=40).augment_config())  # M = 1: exactly one item per chosen position
     assert insert_counts(one, [2, 5, 12]) == {2: {1}, 5: {1}, 12: {1}}
-    four = Augmenter(TrainConfig(max_seq_length=40, max_insert_num_per_pos=4))
+    four = Augmenter(TrainConfig(max_seq_length=40, max_insert_num_per_pos=4).augment_config())
     # n = 3: m = 1 -> 1..4; n = 7: m = 2 -> 1..2; n = 10: m = 3 -> 1
     assert insert_counts(four, [3, 7, 10]) == {3: {1, 2, 3, 4}, 7: {1, 2}, 10: {1}}
 
@@ -151,7 +151,7 @@ def test_default_mean_stream_is_the_originals(name):
     torch.manual_seed(0)
     small = dataclasses.replace(cfg, hidden_size=8, max_seq_length=L, num_attention_heads=2, backend="torch",
                                 batch_size=4)
-    m = build_model(name, 20, small).double().eval()
+    m = build_model(name, 20, small.model_config()).double().eval()
     mean, _ = m.encode(SEQS)
     embedded = F.elu(m.embed_norm(m.item_mean(SEQS) + m.position_mean(torch.arange(L))))
     torch.testing.assert_close(mean, embedded, rtol=1e-12, atol=1e-12)
@@ -180,8 +180,8 @@ def windows(aug, op, n, draws=3000):
 
 def test_compat_crop_and_reorder_never_pick_the_last_window():
     n = 10
-    default = Augmenter(TrainConfig(max_seq_length=20))
-    compat = Augmenter(TrainConfig(max_seq_length=20, compat="original"))
+    default = Augmenter(TrainConfig(max_seq_length=20).augment_config())
+    compat = Augmenter(TrainConfig(max_seq_length=20, compat="original").augment_config())
     # crop keeps int(0.2 * 10) = 2 items: windows start at 0..8, the original's at 0..7
     assert windows(default, CROP, n) == set(range(9))
     assert windows(compat, CROP, n) == set(range(8))
@@ -193,12 +193,12 @@ def test_compat_crop_and_reorder_never_pick_the_last_window():
 
 
 def test_compat_reorder_uses_the_mask_ratio():
-    assert Augmenter(TrainConfig(beta=0.2, gamma=0.5, compat="original")).beta == 0.5
-    assert Augmenter(TrainConfig(beta=0.2, gamma=0.5)).beta == 0.2
+    assert Augmenter(TrainConfig(beta=0.2, gamma=0.5, compat="original").augment_config()).beta == 0.5
+    assert Augmenter(TrainConfig(beta=0.2, gamma=0.5).augment_config()).beta == 0.2
 
 
 def test_degenerate_similarity_masks_and_inserts_items_0_and_1():
-    aug = Augmenter(TrainConfig(max_seq_length=20, compat="original"))
+    aug = Augmenter(TrainConfig(max_seq_length=20, compat="original").augment_config())
     aug.set_degenerate(30)
     g = torch.Generator().manual_seed(0)
     x = torch.tensor([[5, 6, 7, 8, 9, 2, 3, 4, 10, 11]] * 50)  # no item 0 or 1
@@ -266,7 +266,7 @@ def test_mean_stream_typo_alone_changes_only_the_mean_stream(layers):
         torch.manual_seed(0)
         cfg = TrainConfig(model="mstein", hidden_size=8, max_seq_length=L, num_hidden_layers=layers,
                           backend="torch", hidden_dropout_prob=0.0, temperature=0.5, **over)
-        return build_model("mstein", 20, cfg).double().eval()
+        return build_model("mstein", 20, cfg.model_config()).double().eval()
 
     alone, default = make(mean_stream_typo=True), make()
     default.load_state_dict(alone.state_dict())
@@ -301,7 +301,7 @@ def test_mean_stream_typo_skips_only_work_whose_output_is_dropped(layers):
         cfg = TrainConfig(model="mstein", hidden_size=8, num_attention_heads=2, max_seq_length=L,
                           num_hidden_layers=layers, backend="torch", hidden_dropout_prob=0.0,
                           attention_probs_dropout_prob=0.5, temperature=0.5, mean_stream_typo=typo)
-        return build_model("mstein", 20, cfg).double()
+        return build_model("mstein", 20, cfg.model_config()).double()
 
     def full(m, seqs, self_only=False):  # the reference: the layers in full, mean outputs dropped
         pos = torch.arange(seqs.shape[1])
@@ -415,7 +415,7 @@ def test_compat_ranks_the_padding_item_as_a_candidate(name):
     split = leave_one_out(synthetic_sequences(n_users=50, n_items=30, n_clusters=3), 10)
     torch.manual_seed(0)
     cfg = TrainConfig(model=name, hidden_size=8, max_seq_length=10, backend="torch", compat="original")
-    compat = build_model(name, split.n_items, cfg).eval()
+    compat = build_model(name, split.n_items, cfg.model_config()).eval()
     plain = compat.score_items(split.eval_arrays("valid")[0])
     full = compat.score_items(split.eval_arrays("valid")[0], include_padding=True)
     assert full.shape[1] == split.n_items + 1 and torch.equal(full[:, 1:], plain)

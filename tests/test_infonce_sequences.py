@@ -148,7 +148,7 @@ def test_mstein_shared_padding_uses_the_sparse_path_and_matches_the_flattened_lo
     torch.manual_seed(3)
     cfg = TrainConfig(model="mstein", hidden_size=8, max_seq_length=12, backend="cpp", temperature=0.05,
                       shared_padding=True)
-    model = build_model("mstein", 40, cfg).train()
+    model = build_model("mstein", 40, cfg.model_config()).train()
     views = torch.randint(1, 41, (24, 12)).masked_fill(torch.arange(12) < torch.randint(7, 13, (24, 1)), 0)
     torch.manual_seed(4)
     loss = model.contrastive_loss(views)

@@ -40,7 +40,7 @@ def _cfg(layers: int = 2):
 
 def _model(layers: int = 2):
     torch.manual_seed(0)
-    return build_model("mstein", 10, _cfg(layers))
+    return build_model("mstein", 10, _cfg(layers).model_config())
 
 
 def _stand_in(parity, ours, extra_item_rows: int = 1) -> nn.Module:

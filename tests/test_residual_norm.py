@@ -213,7 +213,7 @@ def test_models_with_the_fused_ends_equal_the_separate_ops(model_name, monkeypat
     torch.manual_seed(0)
     cfg = TrainConfig(model=model_name, hidden_size=16, max_seq_length=12, backend="cpp", hidden_dropout_prob=0.3,
                       temperature=1.0)
-    model = build_model(model_name, 50, cfg).train()
+    model = build_model(model_name, 50, cfg.model_config()).train()
     seqs = torch.randint(1, 51, (40, 12)).masked_fill(torch.arange(12) < torch.randint(0, 12, (40, 1)), 0)
     targets = torch.randint(1, 51, (40, 12)).masked_fill(seqs == 0, 0)
     negatives = torch.randint(1, 51, (40, 12))

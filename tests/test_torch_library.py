@@ -286,7 +286,7 @@ def test_compile_fullgraph_mstein_training_loss_equals_eager(typo):
                                  "skip_padding": False, "device": "cpu", "progress": False,
                                  "mean_stream_typo": typo})
     torch.manual_seed(0)
-    model = build_model("mstein", 30, cfg)
+    model = build_model("mstein", 30, cfg.model_config())
     model.train()
     step = _TrainStep(model, 0.1)
     g = torch.Generator().manual_seed(1)

@@ -116,7 +116,7 @@ def test_early_stopping_and_resume_of_a_finished_run(tmp_path):
 def small_model(name, **over):
     torch.manual_seed(0)
     cfg = TrainConfig(model=name, hidden_size=8, max_seq_length=6, num_hidden_layers=2, backend="torch", **over)
-    return build_model(name, 20, cfg).eval()
+    return build_model(name, 20, cfg.model_config()).eval()
 
 
 def test_compat_original_does_not_propagate_the_mean():
@@ -190,7 +190,7 @@ def test_skip_padding_equals_the_full_computation(compat, layers, bucket_cost):
     torch.manual_seed(1)
     cfg = TrainConfig(model="mstein", hidden_size=8, max_seq_length=12, num_hidden_layers=layers, backend="torch",
                       compat=compat, temperature=0.5)
-    model = build_model("mstein", 30, cfg).double().eval()
+    model = build_model("mstein", 30, cfg.model_config()).double().eval()
     if bucket_cost is not None:
         model.bucket_cost = bucket_cost
     b, L = 24, 12
@@ -234,7 +234,7 @@ def test_scores_equal_those_of_the_full_encoder(model_name, compat, layers):
     torch.manual_seed(3)
     cfg = TrainConfig(model=model_name, hidden_size=8, max_seq_length=9, num_hidden_layers=layers, backend="torch",
                       compat=compat, num_attention_heads=2, temperature=0.5)
-    model = build_model(model_name, 25, cfg).double().eval()
+    model = build_model(model_name, 25, cfg.model_config()).double().eval()
     with torch.no_grad():  # away from the init's near-zero weights, so that every term counts
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
@@ -264,7 +264,7 @@ def test_fused_padding_embedding_equals_the_separate_ops(monkeypatch):
     cfg = TrainConfig(model="mstein", hidden_size=16, max_seq_length=12, backend="cpp", temperature=0.5,
                       hidden_dropout_prob=0.3)
     torch.manual_seed(4)
-    model = build_model("mstein", 40, cfg).train()
+    model = build_model("mstein", 40, cfg.model_config()).train()
     lengths = torch.randint(1, 8, (48, 1))
     seqs = torch.randint(1, 41, (48, 12)).masked_fill(torch.arange(12) < 12 - lengths, 0)
     results, calls = [], []
@@ -295,7 +295,7 @@ def test_self_only_attention_fuses_value_and_output_layers(monkeypatch):
 
     cfg = TrainConfig(model="mstein", hidden_size=16, max_seq_length=12, backend="cpp", hidden_dropout_prob=0.3)
     torch.manual_seed(6)
-    attention = build_model("mstein", 40, cfg).attention[0].train()
+    attention = build_model("mstein", 40, cfg.model_config()).attention[0].train()
     mean = torch.randn(3, 7, 16, requires_grad=True)
     cov = (torch.rand(3, 7, 16) + 0.1).requires_grad_()
     upstream = [torch.randn(3, 7, 16), torch.randn(3, 7, 16)]
@@ -325,7 +325,7 @@ def test_shared_padding_without_dropout_equals_the_full_computation():
     torch.manual_seed(2)
     cfg = TrainConfig(model="mstein", hidden_size=8, max_seq_length=10, backend="torch", temperature=0.5,
                       shared_padding=True, hidden_dropout_prob=0.0)
-    model = build_model("mstein", 30, cfg).double().train()
+    model = build_model("mstein", 30, cfg.model_config()).double().train()
     seqs = torch.randint(1, 31, (16, 10)).masked_fill(torch.arange(10) < torch.randint(0, 11, (16, 1)), 0)
     for fast, full in zip(model.encode_fast(seqs), model.encode(seqs)):
         torch.testing.assert_close(fast, full, rtol=1e-12, atol=1e-12)
@@ -344,7 +344,7 @@ def test_padding_pool_without_dropout_equals_the_full_computation():
     torch.manual_seed(2)
     cfg = TrainConfig(model="mstein", hidden_size=8, max_seq_length=10, backend="torch", padding_pool=3,
                       hidden_dropout_prob=0.0)
-    model = build_model("mstein", 30, cfg).double().train()
+    model = build_model("mstein", 30, cfg.model_config()).double().train()
     seqs = torch.randint(1, 31, (16, 10)).masked_fill(torch.arange(10) < torch.randint(0, 11, (16, 1)), 0)
     for fast, full in zip(model.encode_fast(seqs), model.encode(seqs)):
         torch.testing.assert_close(fast, full, rtol=1e-12, atol=1e-12)
@@ -354,7 +354,7 @@ def test_padding_pool_draws_every_padding_position_from_its_pool():
     torch.manual_seed(3)
     cfg = TrainConfig(model="mstein", hidden_size=8, max_seq_length=12, backend="torch", padding_pool=4,
                       hidden_dropout_prob=0.3)
-    model = build_model("mstein", 30, cfg).double().train()
+    model = build_model("mstein", 30, cfg.model_config()).double().train()
     lengths = torch.randint(1, 5, (64, 1))
     seqs = torch.randint(1, 31, (64, 12)).masked_fill(torch.arange(12) < 12 - lengths, 0)
     pool = {}

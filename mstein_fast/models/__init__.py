@@ -10,11 +10,16 @@ insert / substitute augmentations).
 Where things live: :mod:`.layers` (activations, masks, feed-forward and attention layers),
 :mod:`.buckets` (length bucketing of left-padded rows, the padding-skipping encoder's plan),
 :mod:`.losses` (BPR + pvn, BCE, dot-product InfoNCE), :mod:`.base` (what all models share),
-:mod:`.stosa` (STOSA / MStein), :mod:`.sasrec` (SASRec / CoSeRec / CoSeRec(WDM)).
+:mod:`.stosa` (STOSA / MStein), :mod:`.sasrec` (SASRec / CoSeRec / CoSeRec(WDM)), :mod:`.registry`
+(the model names, :func:`build_model`).
+
+A model receives a :class:`~mstein_fast.contracts.ModelConfig` (``TrainConfig.model_config()``), the
+typed settings it reads, never the run's whole configuration (docs/models.md).
 """
 
 from __future__ import annotations
 
+from mstein_fast.contracts import ModelConfig
 from mstein_fast.models.base import _Recommender
 from mstein_fast.models.buckets import BUCKET_COST, length_buckets, unpermute
 from mstein_fast.models.layers import (
@@ -28,34 +33,17 @@ from mstein_fast.models.layers import (
     paired_w2,
 )
 from mstein_fast.models.losses import bce, bpr_pvn_sums, dot_infonce, weighted_mean
+from mstein_fast.models.registry import MODELS, build_model
 from mstein_fast.models.sasrec import SASRec
 from mstein_fast.models.stosa import STOSA
 from mstein_fast.numerics import COV_FLOOR
-
-# model name -> (backbone, contrastive objective)
-MODELS = {
-    "mstein": ("stosa", "wasserstein"),
-    "stosa": ("stosa", None),
-    "sasrec": ("sasrec", None),
-    "coserec": ("sasrec", "dot"),
-    "coserec-wdm": ("sasrec", "wasserstein-split"),
-}
-
-
-def build_model(name: str, n_items: int, cfg) -> _Recommender:
-    """The model called ``name`` (a key of :data:`MODELS`) for items ``1..n_items``."""
-    if name not in MODELS:
-        raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
-    backbone, contrastive = MODELS[name]
-    cls = STOSA if backbone == "stosa" else SASRec
-    return cls(n_items, cfg, contrastive)
-
 
 __all__ = [
     "BUCKET_COST",
     "COV_FLOOR",
     "MASKED_SCORE",
     "MODELS",
+    "ModelConfig",
     "STOSA",
     "DotSelfAttention",
     "FeedForward",

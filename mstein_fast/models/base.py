@@ -8,6 +8,7 @@ from torch import nn
 
 from mstein_fast import distributed
 from mstein_fast.compat import original_compat
+from mstein_fast.contracts import ModelConfig, require
 from mstein_fast.models.buckets import BUCKET_COST
 from mstein_fast.models.layers import elu_plus_one
 from mstein_fast.ops._wasserstein_infonce import wasserstein_infonce_stacked
@@ -15,11 +16,17 @@ from mstein_fast.ops.wasserstein_infonce_sequences import wasserstein_infonce_se
 
 
 class _Recommender(nn.Module):
-    """Shared parts: configuration, initialisation, item similarity, the contrastive dispatch."""
+    """Shared parts: configuration, initialisation, item similarity, the contrastive dispatch.
+
+    ``cfg`` is the :class:`~mstein_fast.contracts.ModelConfig` the model reads its settings from
+    (``TrainConfig.model_config()``); anything else, a TrainConfig included, is a TypeError."""
 
     distributional = False
+    # the mean of the normal init when ``cfg.init_mean`` is None (the original code's, per model)
+    init_mean_default = 0.0
 
-    def __init__(self, n_items: int, cfg, contrastive: str | None):
+    def __init__(self, n_items: int, cfg: ModelConfig, contrastive: str | None):
+        require(cfg, ModelConfig, type(self).__name__)
         super().__init__()
         self.n_items = n_items
         self.max_len = cfg.max_seq_length
@@ -33,16 +40,15 @@ class _Recommender(nn.Module):
         self.compat = original_compat(cfg)
         self.double_cov_activation = cfg.cl_double_cov_activation or self.compat
         # the original's padding: random frozen padding rows, padding queries attending to their whole row
-        self.original_padding = getattr(cfg, "original_padding", False) or self.compat
+        self.original_padding = cfg.original_padding or self.compat
         # the original's typo: the encoder's mean stream not propagated (STOSA/MStein)
-        self.mean_stream_typo = getattr(cfg, "mean_stream_typo", False) or self.compat
+        self.mean_stream_typo = cfg.mean_stream_typo or self.compat
         self.pvn_weight = cfg.pvn_weight
-        self.skip_padding = getattr(cfg, "skip_padding", True)
-        self.shared_padding = getattr(cfg, "shared_padding", False)
-        self.padding_pool = getattr(cfg, "padding_pool", 0)
+        self.skip_padding = cfg.skip_padding
+        self.shared_padding = cfg.shared_padding
+        self.padding_pool = cfg.padding_pool
         self.bucket_cost = BUCKET_COST
-        init_mean = getattr(cfg, "init_mean", None)
-        self.init_mean = (0.01 if self.distributional else 0.0) if init_mean is None else init_mean
+        self.init_mean = self.init_mean_default if cfg.init_mean is None else cfg.init_mean
         self.init_std = cfg.initializer_range
         # a torch.distributed process group: the contrastive losses then contrast each local
         # row with the global batch (set by the trainer under torchrun; None: one process)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from mstein_fast import distributed
+from mstein_fast.contracts import ModelConfig
 from mstein_fast.models.base import _Recommender
 from mstein_fast.models.layers import (
     DotSelfAttention,
@@ -25,7 +26,7 @@ class SASRec(_Recommender):
     ``"wasserstein-split"`` is CoSeRec(WDM): each output vector is split into halves
     ``[mean ; ELU(cov) + 1]`` and the views are compared by Wasserstein InfoNCE."""
 
-    def __init__(self, n_items: int, cfg, contrastive: str | None = None):
+    def __init__(self, n_items: int, cfg: ModelConfig, contrastive: str | None = None):
         super().__init__(n_items, cfg, contrastive)
         h = cfg.hidden_size
         if contrastive == "wasserstein-split" and h % 2:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mstein_fast
+from mstein_fast.contracts import ModelConfig
 from mstein_fast.models.base import _Recommender
 from mstein_fast.models.buckets import length_buckets, unpermute
 from mstein_fast.models.layers import (
@@ -27,8 +28,9 @@ class STOSA(_Recommender):
     BPR on W2 distances + pvn regulariser; with ``contrastive="wasserstein"`` it is MStein."""
 
     distributional = True
+    init_mean_default = 0.01
 
-    def __init__(self, n_items: int, cfg, contrastive: str | None = None):
+    def __init__(self, n_items: int, cfg: ModelConfig, contrastive: str | None = None):
         super().__init__(n_items, cfg, contrastive)
         h = cfg.hidden_size
         self.item_mean = nn.Embedding(n_items + 1, h, padding_idx=0)

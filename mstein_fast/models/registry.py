@@ -1,0 +1,33 @@
+"""Which class builds each model: the names are :data:`mstein_fast.contracts.MODEL_NAMES` (the
+``model`` key's choices), and :data:`MODELS` must cover exactly those (checked on import)."""
+
+from __future__ import annotations
+
+from mstein_fast.contracts import MODEL_NAMES, ModelConfig, require
+from mstein_fast.models.base import _Recommender
+from mstein_fast.models.sasrec import SASRec
+from mstein_fast.models.stosa import STOSA
+
+# model name -> (backbone, contrastive objective)
+MODELS: dict[str, tuple[str, str | None]] = {
+    "mstein": ("stosa", "wasserstein"),
+    "stosa": ("stosa", None),
+    "sasrec": ("sasrec", None),
+    "coserec": ("sasrec", "dot"),
+    "coserec-wdm": ("sasrec", "wasserstein-split"),
+}
+BACKBONES: dict[str, type[_Recommender]] = {"stosa": STOSA, "sasrec": SASRec}
+
+if tuple(MODELS) != MODEL_NAMES:
+    raise ImportError(f"mstein_fast.models.registry builds {tuple(MODELS)}, but the configuration offers "
+                      f"{MODEL_NAMES} (mstein_fast.contracts.MODEL_NAMES): add the model to both")
+
+
+def build_model(name: str, n_items: int, model_cfg: ModelConfig) -> _Recommender:
+    """The model called ``name`` (one of :data:`MODEL_NAMES`) for items ``1..n_items``, configured
+    by ``model_cfg`` (``TrainConfig.model_config()``; a TrainConfig itself is a TypeError)."""
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
+    require(model_cfg, ModelConfig, "build_model")
+    backbone, contrastive = MODELS[name]
+    return BACKBONES[backbone](n_items, model_cfg, contrastive)
