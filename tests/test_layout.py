@@ -3,6 +3,9 @@
 * nothing in ``mstein_fast/ops/`` imports :mod:`mstein_fast.distributed` (the distributed loss
   builds on the ops, not the other way round), and :mod:`mstein_fast.errors` imports nothing of
   the package (every module may import it);
+* :mod:`mstein_fast.config` does not import :mod:`mstein_fast.models`, and the models and the
+  augmenter do not import :mod:`mstein_fast.config`: both sides import the typed contracts of
+  :mod:`mstein_fast.contracts`, which imports nothing of the package;
 * ``mstein_fast.ops.<op>`` is the function; its module is the private ``_<op>``;
 * the names that moved out of ``train.py`` and ``data.py`` are still importable from there, as
   the very same objects.
@@ -71,6 +74,34 @@ def test_the_import_check_sees_every_form(source):
 
 def test_errors_import_nothing_of_the_package():
     assert not [n for n in imports_of(PACKAGE / "errors.py") if n.startswith("mstein_fast")]
+
+
+def is_models(name: str) -> bool:
+    return name == "mstein_fast.models" or name.startswith("mstein_fast.models.")
+
+
+def test_config_does_not_import_the_models():
+    # the registry depends on the configuration's names (mstein_fast.contracts), not the reverse
+    assert not [n for n in imports_of(PACKAGE / "config.py") if is_models(n)]
+    assert [n for n in imported_modules("from mstein_fast.models.registry import MODELS", "mstein_fast") if is_models(n)]
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "models").glob("*.py")) + [PACKAGE / "augment.py"],
+                         ids=lambda p: p.name)
+def test_models_and_the_augmenter_do_not_import_the_run_config(path):
+    # they take the typed ModelConfig / AugmentConfig of mstein_fast.contracts, never a TrainConfig
+    assert "mstein_fast.config" not in imports_of(path)
+
+
+def test_the_contracts_and_compat_import_nothing_of_the_package_at_run_time():
+    for name in ("contracts.py", "compat.py"):
+        tree = ast.parse((PACKAGE / name).read_text(encoding="utf-8"))
+        # imports under `if TYPE_CHECKING:` are annotations only
+        checked = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and getattr(node.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(node)}
+        found = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                 and id(node) not in checked and "mstein_fast" in ast.unparse(node)]
+        assert not found, (name, [ast.unparse(n) for n in found])
 
 
 @pytest.mark.parametrize("op", ["pairwise_w2", "wasserstein_infonce"])
