@@ -17,15 +17,5 @@
 #include "position_dropout.h"
 #include "ranks.h"
 
-namespace mstein {
-const KernelTable* table_avx2() {
-  static const KernelTable table{"avx2", avx2::stack_gaussian, avx2::unstack_gradient, avx2::sqdist_forward, avx2::sqdist_backward, avx2::infonce_forward,
-                                 avx2::infonce_backward, avx2::infonce_rect_forward, avx2::infonce_rect_backward,
-                                 avx2::dropout, avx2::elu_forward, avx2::elu_backward,
-                                 avx2::linear_forward, avx2::linear_backward,
-                                 avx2::residual_norm_forward, avx2::residual_norm_backward,
-                                 avx2::position_dropout_forward, avx2::position_dropout_backward,
-                                 avx2::ff_forward, avx2::ff_backward, avx2::rank_count};
-  return &table;
-}
-}  // namespace mstein
+// the table of this file's kernels, entry by entry as csrc/kernel_table.h lists them
+MSTEIN_KERNEL_TABLE(MSTEIN_ISA)

@@ -17,15 +17,5 @@
 #include "position_dropout.h"
 #include "ranks.h"
 
-namespace mstein {
-const KernelTable* table_avx512() {
-  static const KernelTable table{"avx512", avx512::stack_gaussian, avx512::unstack_gradient, avx512::sqdist_forward, avx512::sqdist_backward, avx512::infonce_forward,
-                                 avx512::infonce_backward, avx512::infonce_rect_forward, avx512::infonce_rect_backward,
-                                 avx512::dropout, avx512::elu_forward, avx512::elu_backward,
-                                 avx512::linear_forward, avx512::linear_backward,
-                                 avx512::residual_norm_forward, avx512::residual_norm_backward,
-                                 avx512::position_dropout_forward, avx512::position_dropout_backward,
-                                 avx512::ff_forward, avx512::ff_backward, avx512::rank_count};
-  return &table;
-}
-}  // namespace mstein
+// the table of this file's kernels, entry by entry as csrc/kernel_table.h lists them
+MSTEIN_KERNEL_TABLE(MSTEIN_ISA)

@@ -17,15 +17,5 @@
 #include "position_dropout.h"
 #include "ranks.h"
 
-namespace mstein {
-const KernelTable* table_generic() {
-  static const KernelTable table{"generic", generic::stack_gaussian, generic::unstack_gradient, generic::sqdist_forward, generic::sqdist_backward, generic::infonce_forward,
-                                 generic::infonce_backward, generic::infonce_rect_forward, generic::infonce_rect_backward,
-                                 generic::dropout, generic::elu_forward, generic::elu_backward,
-                                 generic::linear_forward, generic::linear_backward,
-                                 generic::residual_norm_forward, generic::residual_norm_backward,
-                                 generic::position_dropout_forward, generic::position_dropout_backward,
-                                 generic::ff_forward, generic::ff_backward, generic::rank_count};
-  return &table;
-}
-}  // namespace mstein
+// the table of this file's kernels, entry by entry as csrc/kernel_table.h lists them
+MSTEIN_KERNEL_TABLE(MSTEIN_ISA)

@@ -93,6 +93,26 @@ struct KernelTable {
 
 }  // namespace mstein
 
+// The entries of a KernelTable after `isa`, in declaration order: every instruction set's table
+// (csrc/isa_*.cpp) is written from this one list, MSTEIN_KERNEL_TABLE(isa namespace).
+#define MSTEIN_KERNEL_ENTRIES(X)                                                                           \
+  X(stack_gaussian) X(unstack_gradient) X(sqdist_forward) X(sqdist_backward) X(infonce_forward)             \
+  X(infonce_backward) X(infonce_rect_forward) X(infonce_rect_backward) X(dropout) X(elu_forward)          \
+  X(elu_backward) X(linear_forward) X(linear_backward) X(residual_norm_forward) X(residual_norm_backward)  \
+  X(position_dropout_forward) X(position_dropout_backward) X(ff_forward) X(ff_backward) X(rank_count)
+#define MSTEIN_STR2(x) #x
+#define MSTEIN_STR(x) MSTEIN_STR2(x)
+#define MSTEIN_TABLE_ENTRY(name) MSTEIN_ISA::name,
+// Defines mstein::table_<MSTEIN_ISA>() returning the table of the kernels compiled in this file.
+#define MSTEIN_KERNEL_TABLE_2(isa_name)                                                                     \
+  namespace mstein {                                                                                       \
+  const KernelTable* table_##isa_name() {                                                                  \
+    static const KernelTable table{MSTEIN_STR(isa_name), MSTEIN_KERNEL_ENTRIES(MSTEIN_TABLE_ENTRY)};       \
+    return &table;                                                                                         \
+  }                                                                                                        \
+  }
+#define MSTEIN_KERNEL_TABLE(isa_name) MSTEIN_KERNEL_TABLE_2(isa_name)
+
 #define MSTEIN_DECLARE_TABLE(isa_name) \
   namespace mstein {                   \
   const KernelTable* table_##isa_name();  \

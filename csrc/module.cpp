@@ -26,9 +26,15 @@
 #include <utility>
 
 #include "kernel_table.h"
+#include "op_codes.h"
 
 namespace py = pybind11;
 using mstein::KernelTable;
+using mstein::ACT_ELU;
+using mstein::ACT_ELU_PLUS_ONE;
+using mstein::ACT_NONE;
+using mstein::SIM_INV;
+using mstein::SIM_NEG;
 
 std::atomic<int>& mstein::stop_flag() {
   static std::atomic<int> flag{0};
@@ -153,12 +159,14 @@ void check_pointer(const char* name, uintptr_t p, int64_t n) {
 
 // The dense layer's activation code (csrc/linear.h).
 void check_activation(int act) {
-  if (act < 0 || act > 2) throw std::invalid_argument("act must be 0 (none), 1 (ELU) or 2 (ELU + 1), got " + std::to_string(act));
+  if (act != ACT_NONE && act != ACT_ELU && act != ACT_ELU_PLUS_ONE)
+    throw std::invalid_argument("act must be 0 (none), 1 (ELU) or 2 (ELU + 1), got " + std::to_string(act));
 }
 
 // The sub-layer end's activation (none or ELU + 1), row width and LayerNorm epsilon (csrc/residual_norm.h).
 void check_norm_args(int act, int64_t h, float eps) {
-  if (act != 0 && act != 2) throw std::invalid_argument("act must be 0 (none) or 2 (ELU + 1), got " + std::to_string(act));
+  if (act != ACT_NONE && act != ACT_ELU_PLUS_ONE)
+    throw std::invalid_argument("act must be 0 (none) or 2 (ELU + 1), got " + std::to_string(act));
   if (h < 1) throw std::invalid_argument("h (features per row) must be >= 1, got " + std::to_string(h));
   if (!(eps >= 0.f) || !std::isfinite(eps))
     throw std::invalid_argument("eps must be a finite float32 >= 0, got " + std::to_string(eps));
@@ -197,7 +205,7 @@ void check_position_dropout(uintptr_t table, uintptr_t pos, int64_t tokens, int6
 void check_rect(uintptr_t rows, uintptr_t cols, int64_t r, int64_t c, int64_t k, uintptr_t self_col,
                 uintptr_t pos_col, float temperature, int kind, int threads) {
   check_threads(threads);
-  if (kind != 0 && kind != 1) throw std::invalid_argument("kind must be 0 (inv) or 1 (neg)");
+  if (kind != SIM_INV && kind != SIM_NEG) throw std::invalid_argument("kind must be 0 (inv) or 1 (neg)");
   if (!(temperature > 0.f) || !std::isfinite(temperature))
     throw std::invalid_argument("temperature must be a positive finite float32, got " + std::to_string(temperature));
   check_buffer("rows", rows, {r, k});
@@ -222,6 +230,15 @@ void check_rect(uintptr_t rows, uintptr_t cols, int64_t r, int64_t c, int64_t k,
 PYBIND11_MODULE(_C, m) {
   m.doc() = "mstein-fast fused CPU kernels (float32, raw pointers; use the mstein_fast Python API)";
   m.def("isa", [] { return std::string(table()->isa); }, "Instruction set the kernels were compiled for and run with.");
+  // the option codes of csrc/op_codes.h, for the test that they are mstein_fast.numerics's
+  pybind11::dict similarity, activation;
+  similarity["inv"] = int(SIM_INV);
+  similarity["neg"] = int(SIM_NEG);
+  activation[pybind11::none()] = int(ACT_NONE);
+  activation["elu"] = int(ACT_ELU);
+  activation["elu_plus_one"] = int(ACT_ELU_PLUS_ONE);
+  m.attr("SIMILARITY_CODES") = similarity;
+  m.attr("ACTIVATION_CODES") = activation;
   m.def(
       "stack_gaussian",
       [](uintptr_t mean, uintptr_t cov, int64_t rows, int64_t d, uintptr_t x, int threads) {
@@ -281,7 +298,7 @@ PYBIND11_MODULE(_C, m) {
       [](uintptr_t x, int64_t n, int64_t k, float temperature, int kind, uintptr_t losses, uintptr_t lse, uintptr_t w,
          int threads) {
         check_threads(threads);
-        if (kind != 0 && kind != 1) throw std::invalid_argument("kind must be 0 (inv) or 1 (neg)");
+        if (kind != SIM_INV && kind != SIM_NEG) throw std::invalid_argument("kind must be 0 (inv) or 1 (neg)");
         check_buffer("x", x, {2, n, k});
         check_buffer("losses", losses, {2, n});
         check_buffer("lse", lse, {3, 2, n});
@@ -300,7 +317,7 @@ PYBIND11_MODULE(_C, m) {
          uintptr_t w, uintptr_t cov_a, uintptr_t cov_b, uintptr_t g_mean_a, uintptr_t g_cov_a, uintptr_t g_mean_b,
          uintptr_t g_cov_b, int threads) {
         check_threads(threads);
-        if (kind != 0 && kind != 1) throw std::invalid_argument("kind must be 0 (inv) or 1 (neg)");
+        if (kind != SIM_INV && kind != SIM_NEG) throw std::invalid_argument("kind must be 0 (inv) or 1 (neg)");
         if (k % 2 != 0) throw std::invalid_argument("k must be even (x = [mean ; sqrt(cov)])");
         check_buffer("x", x, {2, n, k});
         check_buffer("grad_rows", grad_rows, {2, n});

@@ -36,10 +36,10 @@ import torch
 import triton
 import triton.language as tl
 
+from mstein_fast.numerics import SIMILARITIES
+
 from ._common import acc_dtype, configs, cross_gram, device_guard, empty, kernel_dtypes, multiprocessors
 from .wasserstein_infonce import _logits_and_slope
-
-SIMILARITIES = ("inv", "neg")
 
 
 def _columns_per_program(r: int, c: int, k: int, device: torch.device) -> int:
@@ -197,7 +197,7 @@ def _check_common(rows, cols, self_col, pos_col, temperature, similarity, valida
     if rows.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"rows must be float32 or float64, got {rows.dtype}")
     if similarity not in SIMILARITIES:
-        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        raise ValueError(f"similarity must be one of {tuple(SIMILARITIES)}, got {similarity!r}")
     if not (float(temperature) > 0 and float(temperature) < float("inf")):
         raise ValueError(f"temperature must be positive and finite, got {temperature}")
     r, k = rows.shape

@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from mstein_fast import reference
+from mstein_fast.numerics import SIMILARITIES
 from mstein_fast.ops._library import define_op, graph_backward
 
 from ._common import (
@@ -48,7 +49,6 @@ from ._common import (
     stack_centered,
 )
 
-SIMILARITIES = ("inv", "neg")
 
 # Largest K = 2D whose [BLOCK_M, K] gradient accumulator is kept in registers (row-stationary
 # backward); beyond it the backward works on triangle tiles with atomics.
@@ -439,6 +439,6 @@ def wasserstein_infonce_rows(
     float64), differentiable w.r.t. all four inputs; memory O(N D), no N x N buffer.
     """
     if similarity not in SIMILARITIES:
-        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        raise ValueError(f"similarity must be one of {tuple(SIMILARITIES)}, got {similarity!r}")
     return wasserstein_infonce_triton_fwd(mean_a, cov_a, mean_b, cov_b, float(temperature), similarity)[0]
 

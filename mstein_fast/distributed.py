@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from mstein_fast._checks import check_choice, check_gaussians, check_temperature, env_megabytes
 from mstein_fast.backends import BACKENDS, available_backends, resolve_backend, triton_kernels
-from mstein_fast.numerics import cov_gradient, infonce_row_loss, infonce_row_stats, stack
+from mstein_fast.numerics import REDUCTIONS, SIMILARITIES, cov_gradient, infonce_row_loss, infonce_row_stats, stack
 from mstein_fast.ops import wasserstein_infonce as _single_process_infonce
 from mstein_fast.ops._infonce_rect import infonce_rect_bwd, infonce_rect_fwd
 from mstein_fast.ops._stack import centre_rows_, empty_buffer
@@ -67,8 +67,6 @@ def _tile_bytes() -> int:
 def _keep_bytes() -> int:
     return _KEEP_BYTES if _KEEP_BYTES is not None else env_megabytes("MSTEIN_FAST_KEEP_MATRIX_MB")
 
-SIMILARITIES = ("inv", "neg")
-REDUCTIONS = ("mean", "sum", "none")
 
 
 def world(group=None) -> tuple[int, int]:
@@ -420,7 +418,7 @@ def wasserstein_infonce(
     check_choice("backend", backend, BACKENDS)
     dtype = mean_a.dtype if isinstance(mean_a, torch.Tensor) else torch.float32
     temperature = check_temperature(temperature, dtype)
-    code = [struct.unpack("<q", struct.pack("<d", temperature))[0], SIMILARITIES.index(similarity),
+    code = [struct.unpack("<q", struct.pack("<d", temperature))[0], SIMILARITIES[similarity],
             REDUCTIONS.index(reduction)]
     device = mean_a.device if isinstance(mean_a, torch.Tensor) else torch.device("cpu")
     sizes = _check_collectively([("mean_a", mean_a, "cov_a", cov_a), ("mean_b", mean_b, "cov_b", cov_b)], code,

@@ -9,9 +9,7 @@ Semantics (the reference, :mod:`mstein_fast.reference`, computes exactly these i
   the distance between the Gaussians with the floored variances, so a variance below the floor
   gets **no gradient** (W does not depend on it there). The official code's expansion differentiates
   its unfloored ``sum(cov)`` term instead (gradient 1 per unit of W below the floor); that gradient
-  belongs to no distance and was dropped from the reference (2026-12-02) so that every backend
-  agrees: the C++ kernels and the distributed tiles already gave 0, the Triton kernels followed the
-  old reference.
+  belongs to no distance, and no backend here gives it.
 - **Stacking.** ``x = [mean ; sqrt(max(cov, floor))]`` turns W2 into ``|x_i - x_j|^2``. The
   kernels may shift all rows by one vector (W is translation invariant) to remove the
   cancellation of ``|x|^2 + |y|^2 - 2 x.y`` when the rows sit far from the origin; standard
@@ -33,8 +31,8 @@ Who follows what: the reference, the distributed tiles, the Triton kernels and t
 compute the row loss in this form (the reference through ``cross_entropy`` in float64, where it
 is exact enough). The C++ kernel keeps the positive out of its running sums, merges them in
 double precision and stores ``1 - softmax(positive)`` for its backward, which uses it at the label
-(``softmax - 1`` formed in float32 lost the whole label term on rows whose softmax is within 6e-8
-of 1, until 2026-12-02; tests/test_numerics_edges.py has the case). The C++ sources
+(``softmax - 1`` formed in float32 would lose the whole label term on rows whose softmax is within
+6e-8 of 1; tests/test_numerics_edges.py has the case). The C++ sources
 (``csrc/gaussian_stack.h``) carry the same floor constant; the edge-case tests pin its behaviour
 (no gradient below it).
 """
@@ -44,6 +42,12 @@ from __future__ import annotations
 import torch
 
 COV_FLOOR = 1e-24
+
+# The ops' option codes, defined once: the Python ops, the Triton launchers and the C++ extension
+# (csrc/op_codes.h, exported as ``_C.SIMILARITY_CODES`` / ``_C.ACTIVATION_CODES``; a test checks they agree).
+SIMILARITIES = {"inv": 0, "neg": 1}  # W2 -> similarity: 1 / (1 + W) (the official code), -W (the slides)
+REDUCTIONS = ("mean", "sum", "none")  # of the InfoNCE's 2N row losses
+ACTIVATIONS = {None: 0, "elu": 1, "elu_plus_one": 2}  # the fused dense layers' activations
 
 
 def std_from_cov(cov: torch.Tensor) -> torch.Tensor:

@@ -42,3 +42,25 @@ def test_openmp_waits_default_to_a_short_spin_but_a_users_choice_stays():
     assert run() == ["10000", "None"]
     assert run(OMP_WAIT_POLICY="PASSIVE") == ["None", "PASSIVE"]
     assert run(GOMP_SPINCOUNT="5") == ["5", "None"]
+
+
+def test_op_codes_are_defined_once_and_the_extension_agrees():
+    """mstein_fast.numerics defines the ops' option codes; csrc/op_codes.h holds the same for the
+    kernels (exported by the module); every other place takes them from numerics."""
+    import pathlib
+    import re
+
+    from mstein_fast import numerics
+    from mstein_fast.backends import _load
+
+    ext = _load("cpp")
+    if isinstance(ext, ImportError):
+        pytest.skip("C++ extension not built")
+    assert ext.SIMILARITY_CODES == numerics.SIMILARITIES
+    assert ext.ACTIVATION_CODES == numerics.ACTIVATIONS
+    root = pathlib.Path(mstein_fast.__file__).parent
+    sources = [p for p in root.rglob("*.py") if p.name != "numerics.py"]
+    sources += sorted((root.parent / "kernels").glob("*.py"))  # (a source tree; installed: mstein_fast/kernels)
+    defined = [f"{p.name}: {line.strip()}" for p in sources for line in p.read_text().splitlines()
+               if re.match(r"\s*(SIMILARITIES|REDUCTIONS|ACTIVATIONS)\s*=", line)]
+    assert not defined, defined

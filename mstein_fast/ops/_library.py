@@ -15,12 +15,12 @@ from typing import Callable
 
 import torch
 
+from mstein_fast._checks import _is_compiling
+
 NAMESPACE = "mstein_fast"
 
 HAS_CUSTOM_OP = hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_fake")
 
-# torch.compile traces this as the constant True (torch < 2.3 has no torch.compiler.is_compiling)
-_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 _dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
 
 

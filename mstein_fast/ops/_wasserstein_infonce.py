@@ -8,12 +8,11 @@ from mstein_fast import reference
 from mstein_fast._checks import (check_choice, check_gaussians, check_temperature, differentiable_temperature,
                                  env_megabytes, is_transformed)
 from mstein_fast.backends import cpp_extension, resolve_backend, triton_kernels
+from mstein_fast.numerics import REDUCTIONS, SIMILARITIES
 from mstein_fast.ops._library import check_buffer, check_dims, define_op, graph_backward
 from mstein_fast.ops._pairwise_w2 import pairwise_w2
 from mstein_fast.ops._stack import centre_rows_, cpp_stack, threads
 
-SIMILARITIES = {"inv": 0, "neg": 1}
-REDUCTIONS = ("mean", "sum", "none")
 
 
 # torch.compile calls the function below while tracing and keeps the result (not traced: globals, os.environ)

@@ -20,7 +20,7 @@ from mstein_fast.backends import _load
 from mstein_fast.ops import activations
 from mstein_fast.ops._library import check_buffer, define_op
 from mstein_fast.ops._stack import empty_buffer, threads
-from mstein_fast.ops.linear import ACTIVATIONS
+from mstein_fast.numerics import ACTIVATIONS
 
 
 def _threshold(p: float) -> int:

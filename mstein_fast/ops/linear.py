@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from mstein_fast.backends import _load
+from mstein_fast.numerics import ACTIVATIONS
 from mstein_fast.ops import activations
 from mstein_fast.ops._library import check_buffer, define_op
 from mstein_fast.ops._stack import empty_buffer, threads
 
-ACTIVATIONS = {None: 0, "elu": 1, "elu_plus_one": 2}  # the kernels' activation codes
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, act: int) -> torch.Tensor:

@@ -22,12 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mstein_fast.backends import _load
+from mstein_fast.numerics import ACTIVATIONS
 from mstein_fast.ops import activations
 from mstein_fast.ops._library import check_buffer, define_op
 from mstein_fast.ops._stack import empty_buffer, threads
 from mstein_fast.ops.dropout import _threshold, dropout
 
-ACTIVATIONS = {None: 0, "elu_plus_one": 2}  # the kernel's activation codes (as mstein_fast.ops.linear's)
+# the kernel's activations: none or ELU + 1 (codes of mstein_fast.numerics.ACTIVATIONS)
+NORM_ACTIVATIONS = {name: ACTIVATIONS[name] for name in (None, "elu_plus_one")}
 
 
 def _mask_args(seed: torch.Tensor, p: float) -> tuple[int, float, int]:
@@ -135,8 +137,8 @@ def residual_layer_norm(z: torch.Tensor, x: torch.Tensor, norm: nn.LayerNorm, p:
     activation). One fused pass each way on float32 CPU tensors (see the module doc); the separate
     ops elsewhere. Same dropout masks as :func:`mstein_fast.ops.dropout.dropout` from the same
     generator state."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(a for a in ACTIVATIONS if a)} or None, got {activation!r}")
+    if activation not in NORM_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(a for a in NORM_ACTIVATIONS if a)} or None, got {activation!r}")
     if z.shape != x.shape:
         raise ValueError(f"z and x must have the same shape, got {tuple(z.shape)} and {tuple(x.shape)}")
     if not 0.0 <= p <= 1.0:
@@ -153,5 +155,5 @@ def residual_layer_norm(z: torch.Tensor, x: torch.Tensor, norm: nn.LayerNorm, p:
     # the seed as the dropout op draws it (the same generator stream; none without dropout)
     seed = torch.randint(0, 2**63 - 1, (), dtype=torch.int64) if p > 0.0 else torch.zeros((), dtype=torch.int64)
     y = forward_op(z.reshape(-1, h).contiguous(), x.reshape(-1, h).contiguous(), norm.weight.contiguous(),
-                   norm.bias.contiguous(), seed, float(p), float(norm.eps), ACTIVATIONS[activation])[0]
+                   norm.bias.contiguous(), seed, float(p), float(norm.eps), NORM_ACTIVATIONS[activation])[0]
     return y.reshape(z.shape)
