@@ -14,8 +14,8 @@ import os
 # spinning ~300k iterations first, made a training step 2-9x slower as soon as another process
 # competed for the cores; waiting passively (OMP_WAIT_POLICY=PASSIVE) cost ~20% of a CPU epoch on a
 # quiet machine (the many small ops of a step wake the threads every few microseconds). A short
-# spin keeps the quiet machine's speed and most of the passive policy's robustness (2026-12-02,
-# benchmarks/RESULTS.md: quiet 6.5 s vs 8.3 s passive vs 6.7 s libgomp default per Office epoch;
+# spin keeps the quiet machine's speed and most of the passive policy's robustness (measured in
+# benchmarks/RESULTS.md: an Office epoch quiet 6.5 s vs 8.3 s passive vs 6.7 s libgomp default;
 # beside two busy processes 17-22 s vs 14-16 s vs 26-35 s). Set only when the user has chosen
 # neither, and effective only if torch (its OpenMP runtime) is not loaded yet, as with the
 # `mstein-fast` command.

@@ -32,7 +32,7 @@ def pairwise_w2(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, co
     ``|mu1|^2 + |mu2|^2 - 2 mu1.mu2 + sum(cov1) + sum(cov2) - 2 sqrt(cov1).sqrt(cov2)`` with every
     variance floored at 1e-24 (:mod:`mstein_fast.numerics`; the original floors only the square
     roots, so a variance below the floor got the gradient of its ``sum(cov)`` term, which belongs to
-    no distance: since 2026-12-02 it gets none, as in the kernels); not clamped at zero
+    no distance: here it gets none, as in the kernels); not clamped at zero
     (cancellation may leave tiny negative values, as in the original code).
     """
     mean_sq1 = (mean1 * mean1).sum(-1, keepdim=True)

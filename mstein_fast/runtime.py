@@ -205,7 +205,7 @@ def keep_freed_memory() -> bool:
     its mmap threshold (at most 32 MiB by default) with a fresh ``mmap`` that it unmaps on free, so
     every activation of a training step (the feed-forward's ``[tokens, 4h]`` tensors are ~100 MB
     here) is page-faulted anew: an elementwise pass over such a tensor took 4-6x its compute, and a
-    CPU training epoch ran ~1.2x slower (benchmarks/RESULTS.md, 2026-12-02). The cost: the
+    CPU training epoch ran ~1.2x slower (measured: benchmarks/RESULTS.md). The cost: the
     process's resident memory stays at its peak instead of shrinking between steps.
 
     Done once per process, before the first large allocation matters; skipped (returns False) when
