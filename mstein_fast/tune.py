@@ -83,6 +83,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import math
@@ -245,36 +246,21 @@ def _check_spec(name: str, spec: Any, where: str) -> dict:
 
 
 def load_space(path: str) -> dict[str, dict]:
-    """Read and validate a search-space file (JSON, or TOML when ``path`` ends in ``.toml``);
+    """Read and validate a search-space file (JSON, or TOML when ``path`` ends in ``.toml``) through
+    the guarded reader (:mod:`mstein_fast.reader`: bounded size, depth and digits, no NaN);
     :class:`ConfigError` (one line) if it is missing, malformed or invalid (:func:`check_space`)."""
+    from mstein_fast.config import load_structured
+    from mstein_fast.reader import DataError, read_json
+
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: no such space file")
-    try:
-        with open(path, "rb") as fh:
-            blob = fh.read()
-        text = blob.decode("utf-8")
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file") from None
     if path.lower().endswith(".toml"):
-        try:
-            import tomllib
-        except ImportError:  # Python < 3.11
-            try:
-                import tomli as tomllib
-            except ImportError:
-                raise ConfigError(f"{path}: TOML needs Python 3.11 or `pip install tomli`; or write the "
-                                  "space as JSON") from None
-        try:
-            raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: not valid TOML ({str(err).splitlines()[0]})") from None
+        raw = load_structured(path, what="space file")
     else:
         try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+            raw = read_json(path, what="a JSON space file")
+        except DataError as err:
+            raise ConfigError(str(err)) from None
     return check_space(raw, path)
 
 
@@ -325,27 +311,144 @@ def masked_url(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
-def _write_json(obj, path: str) -> None:
-    from mstein_fast.checkpoint import write_text_atomic
+def _write_text(path: str, text: str) -> None:
+    """Replace ``path`` by ``text`` atomically (:mod:`mstein_fast.writer`: a temporary beside it, then
+    a rename; a symbolic link at ``path`` is replaced, never written through); a failed write is a
+    one-line :class:`UserError` naming the file."""
+    from mstein_fast.checkpoint import write_failure
+    from mstein_fast.writer import write_text_atomic
 
-    write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
+    try:
+        write_text_atomic(path, text)
+    except OSError as err:
+        raise write_failure(path, err) from None
+
+
+def _write_json(obj, path: str) -> None:
+    _write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+MAX_COUNT = 10**9  # the most trials, and the largest epoch or trial count a pruner setting may hold
+_SETTINGS_KEYS = ("format", "values", "space", "pruner", "data_fingerprint", "trials", "storage")
+_PRUNER_KEYS = ("name", "prune_from", "startup_trials")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _read_settings(path: str) -> dict:
+    """The settings of the tune in ``path`` (``tune.json``), read through the guarded reader and
+    checked field by field: :class:`UserError` (one line naming the file and the field) for a file
+    that is not one, or whose any field has the wrong type or an invalid value. A missing
+    ``storage`` (files of older versions) means the study is ``study.db`` beside it."""
+    from mstein_fast.reader import DataError, file_label, read_json, show
+
+    label = file_label(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            settings = json.load(fh)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: not a tune settings file ({type(err).__name__})") from None
-    keys = {"format", "values", "space", "pruner", "data_fingerprint", "trials"}
-    if not isinstance(settings, dict) or settings.get("format") != SETTINGS_FORMAT or not keys <= set(settings):
-        raise UserError(f"{path}: not a tune settings file of this version (format {SETTINGS_FORMAT})")
+        settings = read_json(path, what="a tune.json of mstein-fast tune")
+    except DataError as err:
+        raise UserError(f"{err} (not a tune settings file)") from None
+    if not isinstance(settings, dict):
+        raise UserError(f"{label}: not a tune settings file (expected a JSON object, got {type(settings).__name__})")
+    fmt = settings.get("format")
+    if not _is_int(fmt) or fmt != SETTINGS_FORMAT:
+        raise UserError(f"{label}: not a tune settings file of this version (\"format\" {show(fmt)}, expected "
+                        f"{SETTINGS_FORMAT})")
+    settings.setdefault("storage", None)
+    missing = [k for k in _SETTINGS_KEYS if k not in settings]
+    if missing:
+        raise UserError(f"{label}: not a tune settings file (\"{missing[0]}\" is missing)")
+    unknown = sorted(set(settings) - set(_SETTINGS_KEYS))
+    if unknown:
+        raise UserError(f"{label}: unknown field {show(unknown[0])} (a tune.json holds {', '.join(_SETTINGS_KEYS)})")
+
+    def bad(field: str, expected: str, value) -> UserError:
+        return UserError(f"{label}: \"{field}\" must be {expected}, got {show(value)}")
+
+    trials = settings["trials"]
+    if not _is_int(trials) or not 1 <= trials <= MAX_COUNT:
+        raise bad("trials", f"a positive integer (at most {MAX_COUNT})", trials)
+    pruner = settings["pruner"]
+    if not isinstance(pruner, dict):
+        raise bad("pruner", 'an object {"name": ..., "prune_from": ..., "startup_trials": ...}', pruner)
+    for key in _PRUNER_KEYS:
+        if key not in pruner:
+            raise UserError(f"{label}: \"pruner\": \"{key}\" is missing")
+    unknown = sorted(set(pruner) - set(_PRUNER_KEYS))
+    if unknown:
+        raise UserError(f"{label}: \"pruner\": unknown field {show(unknown[0])} (allowed: {', '.join(_PRUNER_KEYS)})")
+    if pruner["name"] not in PRUNERS or not isinstance(pruner["name"], str):
+        raise bad("pruner\": \"name", f"one of {', '.join(PRUNERS)}", pruner["name"])
+    if not _is_int(pruner["prune_from"]) or not 1 <= pruner["prune_from"] <= MAX_COUNT:
+        raise bad("pruner\": \"prune_from", f"an integer in [1, {MAX_COUNT}]", pruner["prune_from"])
+    if not _is_int(pruner["startup_trials"]) or not 0 <= pruner["startup_trials"] <= MAX_COUNT:
+        raise bad("pruner\": \"startup_trials", f"an integer in [0, {MAX_COUNT}]", pruner["startup_trials"])
+    if not isinstance(settings["data_fingerprint"], str):
+        raise bad("data_fingerprint", "a string", settings["data_fingerprint"])
+    storage = settings["storage"]
+    if storage is not None and not (isinstance(storage, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", storage)):
+        raise bad("storage", "null or a database URL", storage)
+    values = settings["values"]
+    if not isinstance(values, dict):
+        raise bad("values", "an object of config keys", values)
     try:
-        settings["values"] = {k: coerce(k, v, path) for k, v in settings["values"].items()}
-        settings["space"] = check_space(settings["space"], path)
-    except (AttributeError, ConfigError) as err:
-        raise UserError(f"{path}: not a valid tune settings file ({err})") from None
+        settings["values"] = {k: coerce(k, v, f'{label}: "values"') for k, v in values.items()}
+        build_config(settings["values"])
+    except ConfigError as err:
+        text = str(err)
+        raise UserError(text if text.startswith(label) else f'{label}: "values": {text}') from None
+    try:
+        settings["space"] = check_space(settings["space"], f'{label}: "space"')
+    except ConfigError as err:
+        raise UserError(str(err)) from None
     return settings
+
+
+def _open_log(path: str):
+    """``path`` opened for appending text, never through a symbolic link (``O_NOFOLLOW``): a link
+    planted there is a one-line :class:`UserError`, as is any other failure to open it."""
+    from mstein_fast.checkpoint import write_failure
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP or os.path.islink(path):
+            raise UserError(f"{path} is a symbolic link; a tune directory must hold its own files") from None
+        raise write_failure(path, err) from None
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
+def storage_errors(optuna) -> tuple[type[BaseException], ...]:
+    """The exceptions by which an Optuna storage fails (SQLAlchemy's, Optuna's wrapper of them,
+    sqlite3's): a full disk under ``study.db``, a database server gone, a locked file."""
+    import sqlite3
+
+    errors: list[type[BaseException]] = [optuna.exceptions.StorageInternalError, sqlite3.Error]
+    try:
+        import sqlalchemy.exc
+
+        errors.append(sqlalchemy.exc.SQLAlchemyError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def storage_failure(err: BaseException, where: str, output: str, storage: str | None) -> UserError:
+    """The one-line :class:`UserError` of a failed Optuna storage: names the study and the cause,
+    and says how the tune continues (the running trial is left running: ``--resume`` continues it)."""
+    cause = err
+    for _ in range(4):  # Optuna wraps SQLAlchemy's error, which wraps the driver's
+        inner = getattr(cause, "orig", None) or cause.__cause__
+        if inner is None:
+            break
+        cause = inner
+    text = str(cause).strip()
+    reason = masked_url(text.splitlines()[0][:200] if text else type(cause).__name__)
+    again = f"mstein-fast tune --output {output} --resume" + (" --storage URL" if storage else "")
+    return UserError(f"{where}: the study's storage failed ({reason}); nothing finished is lost: once the cause is "
+                     f"fixed (disk space, the database server), the tune and its running trial continue with: "
+                     f"{again}")
 
 
 def _fmt(value) -> str:
@@ -366,14 +469,28 @@ class _Search:
         self.shared = storage is not None
         url = storage or "sqlite:///" + os.path.abspath(os.path.join(output, "study.db"))
         where = masked_url(storage) if storage else os.path.join(output, "study.db")
-        try:
-            self.study = optuna.create_study(study_name=STUDY_NAME, storage=url, direction="maximize",
-                                             load_if_exists=True, pruner=_pruner(optuna, settings["pruner"]))
-        except Exception as err:  # noqa: BLE001  a damaged or foreign database, an unreachable server
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise UserError(f"{where}: cannot open the study ({masked_url(first)})") from None
+        self.where = where
+        self.storage_errors = storage_errors(optuna)
+        for attempt in range(3):
+            try:
+                self.study = optuna.create_study(study_name=STUDY_NAME, storage=url, direction="maximize",
+                                                 load_if_exists=True, pruner=_pruner(optuna, settings["pruner"]))
+                break
+            except self.storage_errors as err:
+                # two workers creating one database at the same moment: the second loses a race
+                # (a unique constraint); it opens the database the first made on a second try
+                if attempt == 2 or not self.shared:
+                    raise self._cannot_open(err, where) from None
+                time.sleep(0.5 * (attempt + 1))
+            except Exception as err:  # noqa: BLE001  a damaged or foreign database, an unreachable server
+                raise self._cannot_open(err, where) from None
         if self.shared:
             self._join(where)
+
+    @staticmethod
+    def _cannot_open(err: BaseException, where: str) -> UserError:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        return UserError(f"{where}: cannot open the study ({masked_url(first)})")
 
     def _join(self, where: str) -> None:
         """A shared study holds the settings of the tune that created it: a worker with other settings
@@ -449,7 +566,6 @@ class _Search:
 
     def run_trial(self, trial, n_trials: int, continued: bool) -> None:
         """Train one trial into ``trials/NNNN`` and tell the study its outcome."""
-        from mstein_fast.checkpoint import write_failure
         from mstein_fast.train import Trainer
 
         optuna, state = self.optuna, self.optuna.trial.TrialState
@@ -471,6 +587,9 @@ class _Search:
             self.say(f"{label} failed: invalid configuration ({err}); {shown}")
             self.write_files()
             return
+        for path in (self.trials_dir, run_dir):
+            if os.path.islink(path):
+                raise UserError(f"{path} is a symbolic link; a tune directory must hold its own trials")
         resume = continued and os.path.isfile(os.path.join(run_dir, "last.pt"))
         self.say(f"{label} {'continued from its last epoch' if resume else 'started'}: {shown}")
         self.write_files()  # (trials.csv shows it RUNNING)
@@ -484,10 +603,8 @@ class _Search:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         log_path = os.path.join(self.trials_dir, f"{n:04d}.log")
-        try:  # the trainer's output (progress lines, warnings) goes to the trial's log
-            log = None if self.verbose else open(log_path, "a", encoding="utf-8")  # noqa: SIM115  closed below
-        except OSError as err:
-            raise write_failure(log_path, err) from None
+        # the trainer's output (progress lines, warnings) goes to the trial's log
+        log = None if self.verbose else _open_log(log_path)
         try:
             with contextlib.redirect_stderr(log) if log is not None else contextlib.nullcontext():
                 trainer = Trainer(cfg, run_dir, resume=resume)
@@ -506,6 +623,8 @@ class _Search:
                               "--resume") from None
         except UserError:
             raise  # (left RUNNING) e.g. a full disk: --resume continues the trial after the fix
+        except self.storage_errors:
+            raise  # (left RUNNING) the study cannot record anything now: run_tune says how to go on
         except Exception as err:
             trial.set_user_attr("note", f"error: {type(err).__name__}: {err}")
             self.study.tell(trial, state=state.FAIL)
@@ -539,16 +658,19 @@ class _Search:
         self.write_files()
 
     def _replay(self, trial, trainer) -> None:
-        """Report the epochs a killed session completed but did not report (from metrics.jsonl)."""
+        """Report the epochs a killed session completed but did not report (from metrics.jsonl, read
+        through the guarded reader: a damaged file is a one-line error naming it)."""
+        from mstein_fast.checkpoint import read_metrics
+
         frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
-        try:
-            with open(trainer.metrics_path, encoding="utf-8") as fh:
-                records = [json.loads(line) for line in fh if line.strip()]
-        except (OSError, ValueError) as err:
-            raise UserError(f"cannot read {trainer.metrics_path}: {err}") from None
+        records, _ = read_metrics(trainer.metrics_path)
         for record in records:
+            value = record["valid"].get(self.metric)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise UserError(f"{trainer.metrics_path}: epoch {record['epoch']} has no finite validation "
+                                f"{self.metric}")
             if record["epoch"] not in frozen.intermediate_values:
-                trial.report(record["valid"][self.metric], record["epoch"])
+                trial.report(value, record["epoch"])
 
     # -- outputs -------------------------------------------------------------------------------
     def best(self):
@@ -558,8 +680,6 @@ class _Search:
 
     def write_files(self) -> None:
         """Rewrite ``trials.csv`` and ``best.json`` (after every trial: a killed search keeps them)."""
-        from mstein_fast.checkpoint import write_text_atomic
-
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         names = list(self.space)
@@ -570,14 +690,14 @@ class _Search:
             writer.writerow([t.number, t.state.name, "" if t.value is None else repr(t.value), run.get("epochs", 0),
                              run.get("best_epoch", 0), f"{run.get('seconds', 0.0):.1f}"]
                             + [t.params.get(k, "") for k in names] + [t.user_attrs.get("note", "")])
-        write_text_atomic(buf.getvalue(), os.path.join(self.out, "trials.csv"))
+        _write_text(os.path.join(self.out, "trials.csv"), buf.getvalue())
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["trial", "state", "epoch", "value"])
         for t in self.trials():
             for epoch, value in sorted(t.intermediate_values.items()):
                 writer.writerow([t.number, t.state.name, epoch, repr(value)])
-        write_text_atomic(buf.getvalue(), os.path.join(self.out, "curves.csv"))
+        _write_text(os.path.join(self.out, "curves.csv"), buf.getvalue())
         best = self.best()
         if best is not None:
             _write_json(self.best_config(best), os.path.join(self.out, "best.json"))
@@ -660,14 +780,14 @@ def run_tune(output: str, values: dict, *, fixed=(), space: dict | None = None, 
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("mstein-fast tune runs its trials in one process: start it without torchrun")
-    if trials is not None and trials < 1:
-        raise UserError(f"--trials must be positive, got {trials}")
+    if trials is not None and not 1 <= trials <= MAX_COUNT:
+        raise UserError(f"--trials must be positive (at most {MAX_COUNT}), got {trials}")
     if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
         raise UserError(f"--timeout must be a positive number of seconds, got {timeout}")
-    if prune_from is not None and prune_from < 1:
-        raise UserError(f"--prune-from must be at least 1, got {prune_from}")
-    if startup_trials is not None and startup_trials < 0:
-        raise UserError(f"--pruner-startup-trials must not be negative, got {startup_trials}")
+    if prune_from is not None and not 1 <= prune_from <= MAX_COUNT:
+        raise UserError(f"--prune-from must be in [1, {MAX_COUNT}], got {prune_from}")
+    if startup_trials is not None and not 0 <= startup_trials <= MAX_COUNT:
+        raise UserError(f"--pruner-startup-trials must be in [0, {MAX_COUNT}], got {startup_trials}")
     if pruner is not None and pruner not in PRUNERS:
         raise UserError(f"--pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
     settings_path = os.path.join(output, "tune.json")
@@ -739,22 +859,27 @@ def run_tune(output: str, values: dict, *, fixed=(), space: dict | None = None, 
     del data
     from mstein_fast.checkpoint import DirectoryLock
 
-    with DirectoryLock(os.path.join(output, "tune.lock"), "tune"):
-        _write_json(settings, settings_path)
-        verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        try:
-            search = _Search(optuna, output, settings, settings["values"], verbose, storage)
-            search.write_files()
-            search.run(settings["trials"], timeout)
-        finally:
-            optuna.logging.set_verbosity(verbosity)
-    result = search.summary()
-    if plots and result["trials"]:
-        try:
-            result["figures"] = search.plot()
-        except UserError as err:  # matplotlib missing: the tune itself is done
-            print(f"no figure: {err}", file=sys.stderr)
+    failed = storage_errors(optuna)
+    where = masked_url(storage) if storage else os.path.join(output, "study.db")
+    try:
+        with DirectoryLock(os.path.join(output, "tune.lock"), "tune"):
+            _write_json(settings, settings_path)
+            verbosity = optuna.logging.get_verbosity()
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            try:
+                search = _Search(optuna, output, settings, settings["values"], verbose, storage)
+                search.write_files()
+                search.run(settings["trials"], timeout)
+            finally:
+                optuna.logging.set_verbosity(verbosity)
+        result = search.summary()
+        if plots and result["trials"]:
+            try:
+                result["figures"] = search.plot()
+            except UserError as err:  # matplotlib missing: the tune itself is done
+                print(f"no figure: {err}", file=sys.stderr)
+    except failed as err:
+        raise storage_failure(err, where, output, storage) from None
     best = result["best_trial"]
     print(f"tune: {result['trials']} trials ({result['complete']} complete, {result['pruned']} pruned, "
           f"{result['failed']} failed)"

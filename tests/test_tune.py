@@ -280,8 +280,8 @@ def test_the_default_space_is_documented(capsys):
     with pytest.raises(SystemExit):
         main(["tune", "--help"])
     text = capsys.readouterr().out
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    table = readme[readme.index("### Tuning"):readme.index("## Failure behaviour")]
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "tuning.md").read_text(encoding="utf-8")
+    table = doc[doc.index("## Tuning"):doc.index("## Presets")]
     for key, spec in {**tune.default_space("mstein"), **tune.default_space("coserec")}.items():
         assert key in FIELDS and key not in tune.NOT_TUNABLE
         assert f"  {key} " in text and tune.describe_spec(spec) in text
@@ -356,3 +356,171 @@ def test_workers_share_one_study_through_storage(tmp_path, capsys):
     assert len(numbers) >= 6 and numbers == list(range(len(numbers)))
     own = [sorted(int(d.name) for d in (tmp_path / name / "trials").iterdir() if d.is_dir()) for name in ("p", "q")]
     assert sorted(own[0] + own[1]) == numbers and own[0] and own[1]  # each trial trained by one worker, both worked
+
+
+# -- hostile input: the settings file, the study's storage, planted links -----------------------
+
+ONE_EPOCH = ["--model", "sasrec", *TINY, "--epochs", "1", "--no-plots"]
+
+
+@pytest.fixture(scope="module")
+def one_trial(tmp_path_factory):
+    """A finished 1-trial tune (copied by each test that damages it)."""
+    out = tmp_path_factory.mktemp("tune1") / "tune"
+    assert main(["tune", *ONE_EPOCH, "--trials", "1", "--output", str(out)]) == 0
+    return out
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def _tree(path):
+    """{relative path: bytes} of every regular file under ``path`` (links as their target)."""
+    import os
+
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            full = os.path.join(root, f)
+            out[os.path.relpath(full, path)] = (os.readlink(full) if os.path.islink(full)
+                                                else Path(full).read_bytes())
+    return out
+
+
+def assert_one_line_error(code, err, *fragments):
+    """Exit 2, no traceback, and the error in the one last line of stderr (progress lines may come before)."""
+    assert code == 2, err
+    lines = err.splitlines()
+    assert err.endswith("\n") and lines[-1].startswith("error: ") and "Traceback" not in err, err
+    assert sum(line.startswith("error: ") for line in lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[-1], err
+
+
+@pytest.mark.parametrize("change, fragments", [
+    ({"trials": "5"}, ['"trials"', "positive integer", "'5'"]),
+    ({"trials": None}, ['"trials"', "positive integer", "None"]),
+    ({"trials": 0}, ['"trials"', "positive integer"]),
+    ({"trials": True}, ['"trials"']),
+    ({"trials": 2.5}, ['"trials"']),
+    ({"pruner": {"name": "bogus", "prune_from": 20, "startup_trials": 5}}, ['"pruner"', "name", "'bogus'", "median"]),
+    ({"pruner": "median"}, ['"pruner"', "object"]),
+    ({"pruner": {"name": "median", "prune_from": "20", "startup_trials": 5}}, ["prune_from", "'20'"]),
+    ({"pruner": {"name": "median", "prune_from": 0, "startup_trials": 5}}, ["prune_from"]),
+    ({"pruner": {"name": "median", "prune_from": 20, "startup_trials": -1}}, ["startup_trials"]),
+    ({"pruner": {"name": "median", "prune_from": 20}}, ["startup_trials", "missing"]),
+    ({"pruner": {"name": "median", "prune_from": 20, "startup_trials": 5, "extra": 1}}, ["pruner", "'extra'"]),
+    ({"format": "1"}, ["format"]),
+    ({"data_fingerprint": 5}, ['"data_fingerprint"', "string"]),
+    ({"storage": 5}, ['"storage"']),
+    ({"values": [1, 2]}, ['"values"']),
+    ({"values": {"lr": "fast"}}, ["lr"]),
+    ({"values": {"hidden_size": 0}}, ["hidden_size"]),
+    ({"space": {"lr": {"type": "float", "low": 0.1, "high": 0.01}}}, ["space", "lr", '"low" 0.1 is above']),
+    ({"space": "lr"}, ["expected a non-empty object"]),
+])
+def test_a_damaged_tune_json_is_one_line_and_writes_nothing(one_trial, tmp_path, capsys, change, fragments):
+    out = _copy(one_trial, tmp_path / "tune")
+    settings = read_json(out / "tune.json")
+    settings.update(change)
+    (out / "tune.json").write_text(json.dumps(settings))
+    before = _tree(out)
+    code, stdout, err = run_main(capsys, "tune", "--output", out, "--resume")
+    assert_one_line_error(code, err, "tune.json", *fragments)
+    assert stdout == "" and _tree(out) == before
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("{not json", "not valid JSON"),
+    ('{"trials": NaN}', "not a finite number"),
+    ("[" * 5000 + "]" * 5000, "nested too deeply"),
+    ("\x00\x01binary", "not a UTF-8 text file"),
+    ("[1, 2]", "not a tune settings file"),
+])
+def test_a_malformed_tune_json_is_one_line(one_trial, tmp_path, capsys, text, fragment):
+    out = _copy(one_trial, tmp_path / "tune")
+    (out / "tune.json").write_text(text)
+    code, _, err = run_main(capsys, "tune", "--output", out, "--resume")
+    assert_one_line_error(code, err, "tune.json", fragment)
+
+
+def test_a_space_file_nested_too_deeply_is_one_line(tmp_path, capsys):
+    path = tmp_path / "space.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    code, _, err = run_main(capsys, "tune", *TINY, "--trials", "1", "--space", path, "--output", tmp_path / "t")
+    assert_one_line_error(code, err, "space.json", "nested too deeply")
+    assert not (tmp_path / "t").exists()
+
+
+def _disk_full():
+    import sqlalchemy.exc
+
+    return sqlalchemy.exc.OperationalError("UPDATE trials SET ...", None, Exception("database or disk is full"))
+
+
+@pytest.mark.parametrize("method", ["set_trial_intermediate_value", "set_trial_state_values", "_create_new_trial",
+                                    "set_trial_user_attr"])
+def test_a_full_study_database_is_one_line(tmp_path, capsys, monkeypatch, method):
+    from optuna.storages import RDBStorage
+
+    def full(self, *args, **kwargs):
+        raise _disk_full()
+
+    monkeypatch.setattr(RDBStorage, method, full)
+    out = tmp_path / "tune"
+    code, stdout, err = run_main(capsys, "tune", *ONE_EPOCH, "--trials", "1", "--output", out)
+    assert_one_line_error(code, err, "study.db", "database or disk is full", "--resume")
+    assert stdout == ""
+    assert not list(out.rglob("*.tmp*"))
+
+
+def test_a_storage_failure_after_a_trial_is_one_line(tmp_path, capsys, monkeypatch):
+    def full(self, *args, **kwargs):
+        raise _disk_full()
+
+    monkeypatch.setattr(optuna.study.Study, "tell", full)
+    code, _, err = run_main(capsys, "tune", *ONE_EPOCH, "--trials", "1", "--output", tmp_path / "tune")
+    assert_one_line_error(code, err, "study.db", "database or disk is full", "--resume")
+
+
+def test_a_planted_trial_log_link_is_refused(one_trial, tmp_path, capsys):
+    out = _copy(one_trial, tmp_path / "tune")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (out / "trials" / "0001.log").symlink_to(victim)
+    code, _, err = run_main(capsys, "tune", "--output", out, "--resume", "--trials", "2")
+    assert_one_line_error(code, err, "0001.log", "symbolic link")
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("name", ["best.json", "trials.csv", "curves.csv", "tune.json"])
+def test_tune_outputs_replace_a_planted_link(one_trial, tmp_path, capsys, name):
+    out = _copy(one_trial, tmp_path / "tune")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    target = out / name
+    saved = target.read_bytes()
+    target.unlink()
+    if name == "tune.json":  # the settings must still be readable through the link
+        victim.write_bytes(saved)
+    target.symlink_to(victim)
+    before = victim.read_bytes()
+    code, _, err = run_main(capsys, "tune", "--output", out, "--resume", "--trials", "2")
+    assert code == 0, err
+    assert victim.read_bytes() == before
+    assert not target.is_symlink() and target.is_file()
+    assert not list(out.rglob("*.tmp*"))
+
+
+def test_tune_figures_replace_a_planted_link(one_trial, tmp_path, capsys):
+    out = _copy(one_trial, tmp_path / "tune")
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"precious")
+    (out / "trials.png").symlink_to(victim)
+    code, _, err = run_main(capsys, "tune", "--output", out, "--resume", "--trials", "2")
+    assert code == 0, err
+    assert victim.read_bytes() == b"precious" and not (out / "trials.png").is_symlink()
