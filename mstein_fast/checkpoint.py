@@ -282,9 +282,42 @@ def load_model_state(model, state: dict, path: str) -> None:
         raise UserError(f"{path}: the saved model does not match its configuration ({first})") from None
 
 
+def check_state_shapes(ckpt: dict) -> None:
+    """UserError (one line, naming the file) unless the tensors of a :func:`load_checkpoint` result
+    have the names and shapes its configuration implies. The expected ones come from the model
+    built on the meta device (shapes only, nothing allocated), so a crafted file whose config
+    disagrees with its tensors is refused before the config's model is allocated."""
+    cfg, path = ckpt["config"], ckpt["path"]
+    try:
+        with torch.device("meta"):
+            expected = build_model(cfg.model, ckpt["n_items"], cfg.model_config()).state_dict()
+    except (ValueError, TypeError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: its configuration makes no model ({first})") from None
+    saved = ckpt["model"]
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    if missing or unexpected:
+        what = f"{missing[0]} is missing" if missing else f"unexpected tensor {unexpected[0]}"
+        raise UserError(f"{path}: the saved model does not match its configuration ({what})")
+    for name, tensor in expected.items():
+        value = saved[name]
+        if tuple(value.shape) != tuple(tensor.shape) or value.is_floating_point() != tensor.is_floating_point():
+            raise UserError(f"{path}: the saved model does not match its configuration ({name} is "
+                            f"{list(value.shape)} {value.dtype}, its configuration implies {list(tensor.shape)} "
+                            f"{tensor.dtype})")
+
+
 def model_from_checkpoint(ckpt: dict, device: torch.device):
-    """The model of a :func:`load_checkpoint` result, on ``device``, in eval mode; UserError if its
-    weights hold NaN or inf (a diverged or damaged checkpoint ranks nothing)."""
+    """The model of a :func:`load_checkpoint` result, on ``device``, in eval mode; UserError if the
+    model would not fit in this machine's memory (:func:`mstein_fast.memory.check_fits`), if its
+    tensors do not match its configuration (:func:`check_state_shapes`), both checked before
+    anything is allocated, or if its weights hold NaN or inf (a diverged or damaged checkpoint
+    ranks nothing)."""
+    from mstein_fast.memory import check_fits
+
+    check_fits(ckpt["n_items"], ckpt["config"], ckpt["path"])
+    check_state_shapes(ckpt)
     for name, value in ckpt["model"].items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise UserError(f"{ckpt['path']}: the weight {name} holds NaN or inf (a diverged or damaged "

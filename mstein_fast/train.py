@@ -67,6 +67,7 @@ from mstein_fast.config import FIELDS, TrainConfig, check_resume
 from mstein_fast.data import LeaveOneOut, leave_one_out, sample_negatives
 from mstein_fast.errors import Diverged, Interrupted, UserError
 from mstein_fast.evaluate import NonFiniteScores, evaluate_ranks, popularity_metrics, ranking_metrics
+from mstein_fast.memory import TRAINING_FACTOR, check_fits
 from mstein_fast.models import build_model
 from mstein_fast.runtime import (
     capture_log,
@@ -165,6 +166,7 @@ class Trainer:
         self.split: LeaveOneOut = leave_one_out(self.data, cfg.max_seq_length)
         log(f"data: {self.data.source}: {self.data.n_users} users, {self.data.n_items} items, "
             f"{self.data.n_interactions} interactions")
+        check_fits(self.data.n_items, cfg, "training", TRAINING_FACTOR)  # before anything is allocated
         self.model = build_model(cfg.model, self.data.n_items, cfg.model_config()).to(self.device)
         self.model.cl_group = self.group
         self.step = _TrainStep(self.model, cfg.cf_weight * self.world)

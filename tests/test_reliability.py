@@ -584,3 +584,126 @@ def test_keep_freed_memory_keeps_large_freed_tensors_in_the_process():
     assert not off
     assert kept > 150, f"only {kept:.0f} MB of the freed 200 MB stayed in the process"
     assert released < 50, f"{released:.0f} MB stayed without the setting"
+
+
+# -- 6. memory sized before allocating ------------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["mstein", "stosa", "sasrec", "coserec", "coserec-wdm"])
+@pytest.mark.parametrize("hidden, length, layers", [(8, 10, 1), (16, 7, 3)])
+def test_model_bytes_counts_the_real_parameters(model, hidden, length, layers):
+    from mstein_fast import memory
+    from mstein_fast.models import build_model
+
+    cfg = build_config(None, {"model": model, "hidden_size": hidden, "max_seq_length": length,
+                              "num_hidden_layers": layers, "num_attention_heads": 2})[0]
+    real = build_model(model, 37, cfg.model_config()).state_dict()
+    assert memory.model_bytes(37, cfg) == sum(4 * v.numel() for v in real.values() if v.is_floating_point())
+
+
+def test_available_memory_is_read_or_unknown(monkeypatch):
+    from mstein_fast import memory
+
+    available = memory.available_bytes()
+    assert available is None or available > 2**20
+    monkeypatch.setattr(memory, "available_bytes", lambda: None)  # unknown: nothing is refused
+    memory.check_fits(10**8, tiny(hidden_size=16384), "x", memory.TRAINING_FACTOR)
+
+
+def _available(monkeypatch, n_bytes):
+    from mstein_fast import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: n_bytes)
+
+
+def test_training_a_model_larger_than_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    _available(monkeypatch, 64 * 2**30)
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--hidden-size", "16384", "--synthetic-items", "1000000",
+                           "--synthetic-users", "120", "--epochs", "1", "--no-progress", "--device", "cpu",
+                           "--output", out)
+    assert_user_error(code, err, "training: the mstein model needs about", "GiB", "1000000 items x hidden_size 16384",
+                      "more than this machine's available memory (64 GiB)", "smaller hidden_size")
+    assert not out.exists() or not set(os.listdir(out)) - {"train.lock", "train.log"}
+
+
+def test_training_refuses_by_the_available_memory(tmp_path, monkeypatch, capsys):
+    from mstein_fast import memory
+
+    args = [*TINY_ARGS, "--hidden-size", "64"]  # (the model then needs more than the data and the split)
+    need = memory.TRAINING_FACTOR * memory.model_bytes(40, tiny(hidden_size=64))
+    assert need > 2 * max(memory.split_bytes(120, 8, 30), memory.synthetic_bytes(120, 30) + 64 * 40)
+    _available(monkeypatch, need - 1)  # the model's training needs just more than this
+    code, _, err = run_cli(capsys, "train", "--output", tmp_path / "a", *args)
+    assert_user_error(code, err, "training: the mstein model needs about", "MiB", "40 items x hidden_size 64")
+    _available(monkeypatch, need)
+    code, _, err = run_cli(capsys, "train", "--output", tmp_path / "b", *args)
+    assert code == 0, err
+
+
+def _huge(finished_run, tmp_path, n_items=10**8, hidden=16384, name="huge.pt"):
+    """best.pt of the finished run with a config (and item count) asking for a huge model."""
+    ckpt = torch.load(finished_run / "best.pt", weights_only=True)
+    ckpt["n_items"] = n_items
+    ckpt["config"] = {**ckpt["config"], "hidden_size": hidden}
+    torch.save(ckpt, tmp_path / name)
+    return tmp_path / name
+
+
+def test_a_checkpoint_asking_for_a_huge_model_is_one_line(finished_run, tmp_path, capsys):
+    import mstein_fast
+
+    path = _huge(finished_run, tmp_path)
+    for argv in (["evaluate", path], ["recommend", path, "--user", "1"], ["export", path, "-o", tmp_path / "e.npz"],
+                 ["analyze", "noise", "--checkpoints", path, "--no-plots", "--output", tmp_path / "n"]):
+        code, _, err = run_cli(capsys, *argv)
+        assert_user_error(code, err, str(path), "needs about", "GiB", "100000000 items x hidden_size 16384",
+                          "cannot load it")
+    with pytest.raises(UserError, match="needs about"):
+        mstein_fast.load(str(path))
+    assert not (tmp_path / "e.npz").exists() and not (tmp_path / "n").exists()
+
+
+def test_a_checkpoint_whose_tensors_disagree_with_its_config_is_refused_before_building(
+        finished_run, tmp_path, monkeypatch, capsys):
+    _available(monkeypatch, 2**62)  # the memory check passes: the shapes must stop it
+    path = _huge(finished_run, tmp_path, n_items=10**7)
+    for argv in (["evaluate", path], ["recommend", path, "--all-users"]):
+        code, _, err = run_cli(capsys, *argv)
+        assert_user_error(code, err, str(path), "does not match its configuration", "item_emb.weight",
+                          "[10000001, 16384]")
+    # a tensor of the right name and another shape, and one missing
+    ckpt = torch.load(finished_run / "best.pt", weights_only=True)
+    name = next(iter(ckpt["model"]))
+    for variant, fragment in ((dict(ckpt["model"], **{name: torch.zeros(3, 3)}), name),
+                              ({k: v for k, v in ckpt["model"].items() if k != name}, f"{name} is missing")):
+        torch.save({**ckpt, "model": variant}, tmp_path / "v.pt")
+        code, _, err = run_cli(capsys, "evaluate", tmp_path / "v.pt")
+        assert_user_error(code, err, "does not match its configuration", fragment)
+
+
+def test_a_split_larger_than_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    from mstein_fast import memory
+
+    args = [a for a in TINY_ARGS]
+    args[args.index("--max-seq-length") + 1] = "200"
+    # the tiny model and the data fit; the [users, 200] tensors of the split do not
+    need = memory.split_bytes(120, 200, 1)
+    assert memory.TRAINING_FACTOR * memory.model_bytes(40, tiny(max_seq_length=200)) < need // 2
+    _available(monkeypatch, need // 2)
+    code, _, err = run_cli(capsys, "train", "--output", tmp_path / "run", *args)
+    assert_user_error(code, err, "the leave-one-out split of synthetic(", "users x (4 x max_seq_length 200",
+                      "smaller max_seq_length")
+    assert not (tmp_path / "run").exists() or not set(os.listdir(tmp_path / "run")) - {"train.lock", "train.log"}
+
+
+def test_synthetic_data_larger_than_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    from mstein_fast import memory
+    from mstein_fast.data import synthetic_sequences
+
+    _available(monkeypatch, memory.synthetic_bytes(120, 30) // 2)
+    code, _, err = run_cli(capsys, "train", "--output", tmp_path / "run", *TINY_ARGS)
+    assert_user_error(code, err, "the synthetic data set needs about", "120 users of up to 30 items",
+                      "fewer synthetic_users")
+    _available(monkeypatch, 2 * 2**30)  # the largest request: ~3.9 GiB, refused before any drawing
+    with pytest.raises(UserError, match=r"the synthetic data set needs about 3\.\d+ GiB"):
+        synthetic_sequences(n_users=10**7, n_items=10**7, n_clusters=10**6)

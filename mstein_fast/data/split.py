@@ -88,10 +88,17 @@ class LeaveOneOut:
 
 
 def leave_one_out(data: Sequences, max_len: int = 50) -> LeaveOneOut:
-    """Build the :class:`LeaveOneOut` tensors of ``data`` (every user has >= 3 items)."""
+    """Build the :class:`LeaveOneOut` tensors of ``data`` (every user has >= 3 items); a
+    :class:`~mstein_fast.errors.UserError` before anything is allocated if they would not fit in the
+    available memory (:func:`mstein_fast.memory.split_bytes`)."""
+    from mstein_fast.memory import check_bytes, split_bytes
+
     seqs = data.items
     train_in = [s[:-3] for s in seqs]
     width = max(1, max(len(s) for s in train_in))
+    check_bytes(split_bytes(len(seqs), max_len, width), f"the leave-one-out split of {data.source}",
+                f"{len(seqs)} users x (4 x max_seq_length {max_len} + the longest history {width}) int64",
+                "use a smaller max_seq_length")
     n1 = data.n_items + 1
     keys = np.concatenate([np.unique(s) + u * n1 for u, s in enumerate(seqs)])
     counts = np.bincount(np.concatenate([s[:-2] for s in seqs]), minlength=n1)

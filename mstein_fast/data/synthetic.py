@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 
 from mstein_fast.data.io import MIN_INTERACTIONS, Sequences
+from mstein_fast.memory import check_bytes, synthetic_bytes
 
 
 def synthetic_sequences(
@@ -26,16 +27,26 @@ def synthetic_sequences(
     popularity-weighted item of the preferred cluster (70%) or of any cluster (30%, noise). Items
     are not repeated within a user. Popularity ranking therefore scores poorly while a model of
     the transitions scores well. Lengths are drawn log-uniformly in ``[min_length, max_length]``.
+
+    A request whose sequences would not fit in the available memory is refused before drawing
+    (:func:`mstein_fast.memory.synthetic_bytes`). The users are drawn one at a time in Python,
+    a few thousand a second: the largest requests that fit (millions of users) take many minutes.
     """
     if n_items < 2 * n_clusters or n_clusters < 1:
         raise ValueError("synthetic data needs n_clusters >= 1 and at least 2 items per cluster")
     if not 3 <= min_length <= max_length:
         raise ValueError("synthetic data needs 3 <= min_length <= max_length")
+    check_bytes(synthetic_bytes(n_users, max_length) + 64 * n_items, "the synthetic data set",
+                f"{n_users} users of up to {max_length} items, {n_items} items", "use fewer synthetic_users")
     rng = np.random.default_rng(seed)
     cluster = rng.permutation(np.arange(n_items) % n_clusters)  # cluster of item index i (id i + 1)
     popularity = 1.0 / (1.0 + rng.permutation(n_items)) ** 0.8
     successor = np.empty(n_items, dtype=np.int64)
-    members = [np.flatnonzero(cluster == c) for c in range(n_clusters)]
+    # the items of each cluster, ascending (a stable sort by cluster: linear in the items, not
+    # items x clusters as one comparison per cluster would be)
+    order = np.argsort(cluster, kind="stable")
+    bounds = np.searchsorted(cluster[order], np.arange(n_clusters + 1))
+    members = [order[bounds[c]:bounds[c + 1]] for c in range(n_clusters)]
     for m in members:
         cycle = rng.permutation(m)
         successor[cycle] = np.roll(cycle, -1)
