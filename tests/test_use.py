@@ -435,3 +435,83 @@ def test_sigterm_ends_training_like_ctrl_c(tmp_path, capsys):
     assert f"holds epoch {saved};" in last  # read back from the disk
     code, _, err = run_main(capsys, "train", "--resume", out, "--epochs", str(saved + 1))
     assert code == 0, err
+
+
+# -- outputs never written through a planted symbolic link -----------------------------------------
+
+def _victim(tmp_path, name="victim.txt", content=b"precious\n"):
+    """A file outside every output location; links planted in the outputs point at it."""
+    victim = tmp_path / "outside" / name
+    victim.parent.mkdir(exist_ok=True)
+    victim.write_bytes(content)
+    return victim
+
+
+def _assert_link_replaced(link, victim, content=b"precious\n"):
+    assert victim.read_bytes() == content, "written through the link"
+    assert not link.is_symlink() or link.resolve() == victim.resolve()  # replaced, or refused
+    leftovers = [p.name for p in link.parent.iterdir() if ".tmp" in p.name]
+    assert not leftovers, leftovers
+
+
+@pytest.mark.parametrize("name", ["training_curves.csv", "training_curves.json", "training_curves.png"])
+def test_plot_output_replaces_a_planted_link(runs, capsys, tmp_path, name):
+    out = tmp_path / "plots"
+    out.mkdir()
+    victim = _victim(tmp_path)
+    (out / name).symlink_to(victim)
+    code, _, err = run_main(capsys, "plot", runs["sasrec"], "--output", out,
+                            *([] if name.endswith(".png") else ["--no-plots"]))
+    assert code == 0, err
+    _assert_link_replaced(out / name, victim)
+    assert (out / name).is_file() and not (out / name).is_symlink()
+
+
+def test_analyze_noise_output_replaces_a_planted_link(runs, capsys, tmp_path):
+    out = tmp_path / "noise"
+    out.mkdir()
+    victims = {name: _victim(tmp_path, f"v-{name}") for name in ("noise.json", "noise.csv", "noise.svg")}
+    for name, victim in victims.items():
+        (out / name).symlink_to(victim)
+    code, _, err = run_main(capsys, "analyze", "noise", "--checkpoints", runs["sasrec"], "--ratios", "0,0.2",
+                            "--output", out, "--device", "cpu")
+    assert code == 0, err
+    for name, victim in victims.items():
+        _assert_link_replaced(out / name, victim)
+    assert json.loads((out / "noise.json").read_text())["analysis"] == "noise"
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".csv"])
+def test_recommend_output_replaces_a_planted_link(runs, capsys, tmp_path, suffix):
+    victim = _victim(tmp_path)
+    target = tmp_path / f"top{suffix}"
+    target.symlink_to(victim)
+    code, _, err = run_main(capsys, "recommend", runs["sasrec"], "--all-users", "-k", "2", "-o", target)
+    assert code == 0, err
+    _assert_link_replaced(target, victim)
+    assert target.read_text().startswith("user")
+
+
+def test_export_output_replaces_a_planted_link(runs, capsys, tmp_path):
+    victim = _victim(tmp_path)
+    target = tmp_path / "e.npz"
+    target.symlink_to(victim)
+    code, _, err = run_main(capsys, "export", runs["sasrec"], "-o", target)
+    assert code == 0, err
+    _assert_link_replaced(target, victim)
+    with np.load(target, allow_pickle=False) as npz:
+        assert "item_vector" in npz.files
+
+
+def test_data_prepare_outputs_replace_planted_links(runs, capsys, tmp_path):
+    out = tmp_path / "prepared" / "seq.txt"
+    out.parent.mkdir()
+    names = ("seq.txt", "seq.user_map.tsv", "seq.item_map.tsv")
+    victims = {name: _victim(tmp_path, f"v-{name}") for name in names}
+    for name, victim in victims.items():
+        (out.parent / name).symlink_to(victim)
+    code, _, err = run_main(capsys, "data", "prepare", runs["tmp"] / "ratings.csv", "-o", out)
+    assert code == 0, err
+    for name, victim in victims.items():
+        _assert_link_replaced(out.parent / name, victim)
+    assert (out.parent / "seq.txt").read_text() == (runs["tmp"] / "data" / "seq.txt").read_text()
