@@ -1,9 +1,12 @@
-"""CoSeRec's sequence augmentations, batched on tensors (docs/models.md).
+"""CoSeRec's and CL4SRec's sequence augmentations, batched on tensors (docs/models.md).
 
-Each view of a sequence of length n gets one augmentation, drawn uniformly from
-{insert, substitute, mask} when n <= augment_threshold and from {insert, crop, mask, reorder,
-substitute} otherwise. All randomness comes from the ``torch.Generator`` passed in, so a batch's
-views are a function of the generator's seed.
+``augmentations = "coserec"``: each view of a sequence of length n gets one augmentation, drawn
+uniformly from {insert, substitute, mask} when n <= augment_threshold and from {insert, crop,
+mask, reorder, substitute} otherwise. ``augmentations = "cl4srec"``: the two views of a sequence
+get two different augmentations of {crop, mask, reorder}, the ordered pair drawn uniformly (as
+CL4SRec's reference implementation), whatever the length; no item similarity is needed then.
+All randomness comes from the ``torch.Generator`` passed in, so a batch's views are a function of
+the generator's seed.
 
 - crop: keep a contiguous window of ``max(1, int(tao * n))`` items (every window equally likely;
   the original's ``randint(0, n - k - 1)`` never picks the last window: ``original_windows``).
@@ -43,6 +46,9 @@ INSERT, SUBSTITUTE, MASK, CROP, REORDER = range(5)
 OP_NAMES = ("insert", "substitute", "mask", "crop", "reorder")
 SHORT_OPS = (INSERT, SUBSTITUTE, MASK)
 LONG_OPS = (INSERT, CROP, MASK, REORDER, SUBSTITUTE)
+CL4SREC_OPS = (CROP, MASK, REORDER)
+# the values of AugmentConfig.augmentations
+AUGMENTATION_SETS = ("coserec", "cl4srec")
 
 
 def itemcf_iuf_topk(sequences: list[np.ndarray], n_items: int, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -124,6 +130,9 @@ class Augmenter:
         self.max_insert = cfg.max_insert_num_per_pos
         self.threshold = cfg.augment_threshold
         self.max_len = cfg.max_seq_length
+        if cfg.augmentations not in AUGMENTATION_SETS:
+            raise ValueError(f"augmentations must be one of {AUGMENTATION_SETS}, got {cfg.augmentations!r}")
+        self.augmentations = cfg.augmentations
         # compat = "original": crop / reorder windows start in 0..n-k-1, reorder uses gamma
         self.original_windows = original_compat(cfg)
         if self.original_windows:
@@ -132,6 +141,12 @@ class Augmenter:
         self.similar = None
         if similar is not None:
             self.set_similarity(similar)
+
+    @property
+    def needs_similarity(self) -> bool:
+        """Whether the augmentations use the item-similarity table (insert, substitute): not with
+        ``augmentations = "cl4srec"``."""
+        return self.augmentations != "cl4srec"
 
     @property
     def similar_k(self) -> int:
@@ -159,22 +174,27 @@ class Augmenter:
         ``seqs`` is ``[B, W]`` left-padded with 0 (the whole training sequences), ``lengths`` ``[B]``."""
         both = torch.cat([seqs, seqs])
         n = torch.cat([lengths, lengths])
-        return self.augment(both, n, generator)
+        ops = None
+        if self.augmentations == "cl4srec":  # two different augmentations per sequence
+            first = torch.randint(0, 3, lengths.shape, generator=generator)
+            second = (first + torch.randint(1, 3, lengths.shape, generator=generator)) % 3
+            ops = torch.tensor(CL4SREC_OPS)[torch.cat([first, second])]
+        return self.augment(both, n, generator, ops)
 
     def augment(self, seqs: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator,
                 ops: torch.Tensor | None = None) -> torch.Tensor:
         """One random augmentation per row of ``seqs`` ``[B, W]`` (left-padded); ``[B, max_len]`` out.
 
         ``ops`` (``[B]`` of INSERT..REORDER) forces the augmentation per row (tests)."""
-        if self.similar is None:
-            raise RuntimeError("Augmenter has no item similarity table; call set_similarity first")
         seqs, lengths = seqs.cpu(), lengths.cpu()
+        if ops is None:
+            ops = self.choose_ops(lengths, generator)
+        if self.similar is None and bool(((ops == INSERT) | (ops == SUBSTITUTE)).any()):
+            raise RuntimeError("Augmenter has no item similarity table; call set_similarity first")
         b, width = seqs.shape
         # to left-aligned rows: item t of row r at [r, t]
         idx = (torch.arange(width) + (width - lengths).unsqueeze(1)).clamp_max(width - 1)
         aligned = torch.gather(seqs, 1, idx).masked_fill(torch.arange(width) >= lengths.unsqueeze(1), 0)
-        if ops is None:
-            ops = self.choose_ops(lengths, generator)
         out = torch.zeros(b, self.max_len, dtype=torch.int64)
         for op, fn in ((INSERT, self._insert), (SUBSTITUTE, self._substitute), (MASK, self._mask),
                        (CROP, self._crop), (REORDER, self._reorder)):
@@ -185,7 +205,10 @@ class Augmenter:
         return out
 
     def choose_ops(self, lengths: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """``[B]`` augmentation per row: uniform over SHORT_OPS if length <= threshold, else LONG_OPS."""
+        """``[B]`` augmentation per row: uniform over SHORT_OPS if length <= threshold, else LONG_OPS
+        (``augmentations = "cl4srec"``: uniform over CL4SREC_OPS)."""
+        if self.augmentations == "cl4srec":
+            return torch.tensor(CL4SREC_OPS)[torch.randint(0, 3, lengths.shape, generator=generator)]
         pick = torch.randint(0, 15, lengths.shape, generator=generator)  # 15 = lcm(3, 5): one draw serves both
         short, long_ = torch.tensor(SHORT_OPS), torch.tensor(LONG_OPS)
         return torch.where(lengths <= self.threshold, short[pick % 3], long_[pick % 5])

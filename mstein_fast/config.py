@@ -154,14 +154,19 @@ class TrainConfig:
     # objective
     pvn_weight: float = _key(0.01, "weight of the pvn regulariser max(0, W(seq,pos) - W(pos,neg)) (STOSA, MStein)",
                               valid=NON_NEGATIVE)
-    cf_weight: float = _key(0.005, "weight of the contrastive (InfoNCE) loss (mstein, coserec, coserec-wdm)",
+    cf_weight: float = _key(0.005, "weight of the contrastive (InfoNCE) loss (mstein, coserec, coserec-wdm, "
+                            "cl4srec: its lmd, duorec: its lmd_sem)",
                              valid=NON_NEGATIVE)
     temperature: float = _key(1e-6, "temperature of the Wasserstein InfoNCE", valid=TEMPERATURE)
     similarity: str = _key("inv", "W2 -> similarity in the InfoNCE: inv = 1/(1+W) (official), neg = -W",
                            ["inv", "neg"])
-    dot_temperature: float = _key(1.0, "temperature of CoSeRec's dot-product InfoNCE", valid=TEMPERATURE)
+    dot_temperature: float = _key(1.0, "temperature of the dot-product InfoNCE (coserec; cl4srec and duorec: "
+                                  "their tau)", valid=TEMPERATURE)
     cl_double_cov_activation: bool = _key(False, "apply ELU+1 again to the cov before the InfoNCE, as the official code")
     # augmentation (CoSeRec)
+    augmentations: str = _key("coserec", "the augmentations of the contrastive views: coserec (insert, substitute, "
+                              "mask; crop and reorder too above augment_threshold), cl4srec (two different ones of "
+                              "crop, mask, reorder per sequence; set by the cl4srec preset)", ["coserec", "cl4srec"])
     tao: float = _key(0.2, "crop: fraction of the sequence kept", valid=FRACTION)
     gamma: float = _key(0.7, "mask: fraction of items replaced by 0", valid=FRACTION)
     beta: float = _key(0.7, "reorder: fraction of the sequence shuffled (the original code passes its mask ratio "
@@ -379,6 +384,15 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "stosa": {"batch_size": 256, "max_seq_length": 100, "hidden_dropout_prob": 0.3, "num_attention_heads": 4,
               "pvn_weight": 0.005, "mean_stream_typo": True},
     "mstein": {"mean_stream_typo": True},
+    # cl4srec and duorec: the reference implementation (github RuihongQiu/DuoRec: CL4SRec.yaml,
+    # DuoRec.yaml, seq.yaml, duorec.sh): 2 layers, 2 heads, hidden 64, dropout 0.5 on hidden states and
+    # attention, batch 256, lmd / lmd_sem 0.1 (cf_weight), tau 1 (dot_temperature); CL4SRec's crop,
+    # mask and reorder rates 0.6 / 0.3 / 0.6 (docs/models.md)
+    "cl4srec": {"num_hidden_layers": 2, "num_attention_heads": 2, "hidden_size": 64, "hidden_dropout_prob": 0.5,
+                "attention_probs_dropout_prob": 0.5, "batch_size": 256, "cf_weight": 0.1, "dot_temperature": 1.0,
+                "augmentations": "cl4srec", "tao": 0.6, "gamma": 0.3, "beta": 0.6},
+    "duorec": {"num_hidden_layers": 2, "num_attention_heads": 2, "hidden_size": 64, "hidden_dropout_prob": 0.5,
+               "attention_probs_dropout_prob": 0.5, "batch_size": 256, "cf_weight": 0.1, "dot_temperature": 1.0},
 }
 
 def dataset_preset(name: str, model: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 
 # every model mstein-fast trains, in the order the documentation lists them
-MODEL_NAMES: tuple[str, ...] = ("mstein", "stosa", "sasrec", "coserec", "coserec-wdm")
+MODEL_NAMES: tuple[str, ...] = ("mstein", "stosa", "sasrec", "coserec", "coserec-wdm", "cl4srec", "duorec")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class AugmentConfig:
     augment_threshold: int = 16
     max_seq_length: int = 50
     compat: str = "none"
+    augmentations: str = "coserec"
 
 
 def keys_of(contract: type) -> tuple[str, ...]:

@@ -69,6 +69,7 @@ from mstein_fast.errors import Diverged, Interrupted, UserError
 from mstein_fast.evaluate import NonFiniteScores, evaluate_ranks, popularity_metrics, ranking_metrics
 from mstein_fast.memory import TRAINING_FACTOR, check_fits
 from mstein_fast.models import build_model
+from mstein_fast.models.duorec import SameTargetPositives
 from mstein_fast.runtime import (
     capture_log,
     check_backend,
@@ -182,8 +183,12 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                           betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.augmenter = None
-        if self.model.contrastive is not None:
+        self.positives = None  # DuoRec's views: each sequence and another with the same next item
+        if self.model.contrastive is not None and self.model.contrastive_views == "same-target":
+            self.positives = SameTargetPositives(self.split.train_full, self.split.train_targets, cfg.max_seq_length)
+        elif self.model.contrastive is not None:
             self.augmenter = Augmenter(cfg.augment_config())
+        if self.augmenter is not None and self.augmenter.needs_similarity:
             t = time.perf_counter()
             g = torch.Generator().manual_seed(stream_seed(cfg.seed, 0, _SIMILARITY))
             self.offline_similar = itemcf_iuf_topk([s[:-3] for s in self.data.items], self.data.n_items,
@@ -336,7 +341,7 @@ class Trainer:
         g_aug = torch.Generator().manual_seed(stream_seed(cfg.seed, epoch, _AUGMENT))
         torch.manual_seed(stream_seed(cfg.seed, epoch, _DROPOUT) + self.rank)
         t_sim = 0.0
-        if self.augmenter is not None:
+        if self.augmenter is not None and self.augmenter.needs_similarity:
             t = time.perf_counter()
             if original_compat(cfg) and epoch > cfg.augmentation_warm_up_epochs + 1:
                 # the original switches after its 0-based epoch W, to a similarity that is degenerate
@@ -371,6 +376,9 @@ class Trainer:
                     full = split.train_full[users][:, -max(1, int(lengths.max())):]
                     views = self.augmenter.views(full, lengths, g_aug)
                     views = torch.cat([views[mine], views[len(users) + mine]]).to(self.device, non_blocking=True)
+                elif self.positives is not None:  # (drawn from the augmentation stream: exact resume)
+                    views = self.positives.views(users, g_aug)
+                    views = torch.cat([views[mine], views[len(users) + mine]]).to(self.device, non_blocking=True)
                 t2 = time.perf_counter()
                 try:
                     loss, rec, cl = self.step(inputs.to(self.device), targets.to(self.device), negatives.to(self.device),
@@ -397,7 +405,7 @@ class Trainer:
         total, rec_total, cl_total = (sums / n_batches).tolist()
         if not math.isfinite(total + rec_total + cl_total):  # identical on every rank after the all-reduce
             raise self._divergence(epoch, f"mean loss {total}")
-        return EpochStats(total, rec_total, cl_total if self.augmenter is not None else None,
+        return EpochStats(total, rec_total, cl_total if self.model.contrastive is not None else None,
                           t_data, t_aug, t_sim, t_train)
 
     def _divergence(self, epoch: int, what: str) -> Diverged:

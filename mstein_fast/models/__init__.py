@@ -10,8 +10,9 @@ insert / substitute augmentations).
 Where things live: :mod:`.layers` (activations, masks, feed-forward and attention layers),
 :mod:`.buckets` (length bucketing of left-padded rows, the padding-skipping encoder's plan),
 :mod:`.losses` (BPR + pvn, BCE, dot-product InfoNCE), :mod:`.base` (what all models share),
-:mod:`.stosa` (STOSA / MStein), :mod:`.sasrec` (SASRec / CoSeRec / CoSeRec(WDM)), :mod:`.registry`
-(the model names, :func:`build_model`).
+:mod:`.stosa` (STOSA / MStein), :mod:`.sasrec` (SASRec / CoSeRec / CoSeRec(WDM)), :mod:`.cl4srec`
+(CL4SRec), :mod:`.duorec` (DuoRec and its same-target positives), :mod:`.registry` (the model names,
+:func:`build_model`).
 
 A model receives a :class:`~mstein_fast.contracts.ModelConfig` (``TrainConfig.model_config()``), the
 typed settings it reads, never the run's whole configuration (docs/models.md).
@@ -22,6 +23,8 @@ from __future__ import annotations
 from mstein_fast.contracts import ModelConfig
 from mstein_fast.models.base import _Recommender
 from mstein_fast.models.buckets import BUCKET_COST, length_buckets, unpermute
+from mstein_fast.models.cl4srec import CL4SRec, full_softmax_ce
+from mstein_fast.models.duorec import DuoRec, SameTargetPositives
 from mstein_fast.models.layers import (
     MASKED_SCORE,
     DotSelfAttention,
@@ -40,12 +43,15 @@ from mstein_fast.numerics import COV_FLOOR
 
 __all__ = [
     "BUCKET_COST",
+    "CL4SRec",
     "COV_FLOOR",
     "MASKED_SCORE",
     "MODELS",
     "ModelConfig",
     "STOSA",
+    "SameTargetPositives",
     "DotSelfAttention",
+    "DuoRec",
     "FeedForward",
     "SASRec",
     "WassersteinSelfAttention",
@@ -55,6 +61,7 @@ __all__ = [
     "build_model",
     "dot_infonce",
     "elu_plus_one",
+    "full_softmax_ce",
     "length_buckets",
     "original_attention_mask",
     "paired_w2",

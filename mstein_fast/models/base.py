@@ -22,6 +22,9 @@ class _Recommender(nn.Module):
     (``TrainConfig.model_config()``); anything else, a TrainConfig included, is a TypeError."""
 
     distributional = False
+    # where the trainer takes the views of contrastive_loss from: "augmented" (the augmenter) or
+    # "same-target" (DuoRec's mstein_fast.models.duorec.SameTargetPositives)
+    contrastive_views = "augmented"
     # the mean of the normal init when ``cfg.init_mean`` is None (the original code's, per model)
     init_mean_default = 0.0
 

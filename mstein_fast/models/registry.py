@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from mstein_fast.contracts import MODEL_NAMES, ModelConfig, require
 from mstein_fast.models.base import _Recommender
+from mstein_fast.models.cl4srec import CL4SRec
+from mstein_fast.models.duorec import DuoRec
 from mstein_fast.models.sasrec import SASRec
 from mstein_fast.models.stosa import STOSA
 
@@ -15,8 +17,10 @@ MODELS: dict[str, tuple[str, str | None]] = {
     "sasrec": ("sasrec", None),
     "coserec": ("sasrec", "dot"),
     "coserec-wdm": ("sasrec", "wasserstein-split"),
+    "cl4srec": ("cl4srec", "dot-last"),
+    "duorec": ("duorec", "dot-last"),
 }
-BACKBONES: dict[str, type[_Recommender]] = {"stosa": STOSA, "sasrec": SASRec}
+BACKBONES: dict[str, type[_Recommender]] = {"stosa": STOSA, "sasrec": SASRec, "cl4srec": CL4SRec, "duorec": DuoRec}
 
 if tuple(MODELS) != MODEL_NAMES:
     raise ImportError(f"mstein_fast.models.registry builds {tuple(MODELS)}, but the configuration offers "
