@@ -330,6 +330,29 @@ def _add_analysis_parsers(sub) -> None:
         _add_config_options(q)
 
     p = sub.add_parser(
+        "compare", help="the paper's comparison table: every model, several seeds, one split and evaluator",
+        description="Train every model (its own published settings; on a data set with presets, the preset made "
+                    "for it) with each seed into OUTPUT/runs/<model>/seed<S> (finished runs are reused, unfinished "
+                    "ones resumed: a killed grid continues), then write OUTPUT/table.md, table.csv and table.json "
+                    "in the paper's layout (metrics as rows, models as columns, mean +- std over the seeds, the "
+                    "best of each row marked, the best's improvement over the runner-up; on Beauty and Office "
+                    "the published rows beside the measured ones) and table.png/.svg (grouped bars, seed "
+                    "std as error bars). The options below apply to every run.",
+    )
+    p.add_argument("--models", default="all", metavar="LIST",
+                   help="models to compare, comma-separated, or all (default: all)")
+    p.add_argument("--seeds", default="1,2,3", metavar="LIST", help="seeds of each model (default: 1,2,3)")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder (runs, table)")
+    p.add_argument("--jobs", type=int, default=1, metavar="J",
+                   help="runs trained at the same time, each in its own process (default: 1; give each "
+                        "--num-threads so that J x threads fits the cores)")
+    p.add_argument("--no-plots", action="store_true", help="no table.png/.svg (no matplotlib needed)")
+    p.add_argument("--data", default=argparse.SUPPRESS, metavar="FILE",
+                   help="sequence file (default: the built-in synthetic data set, with the quick preset)")
+    p.add_argument("--config", metavar="FILE", help="config file of keys for every run")
+    _add_config_options(p)
+
+    p = sub.add_parser(
         "plot", help="training curves of runs (losses and validation metrics per epoch)",
         description="Plot the losses and validation metrics per epoch from RUN_DIR/metrics.jsonl (several runs: "
                     "one line each) and write them as CSV, JSON, PNG and SVG.",
@@ -602,6 +625,22 @@ def _cmd_analyze(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from mstein_fast import analysis
+    from mstein_fast.analysis import compare
+
+    cli_values = {k: v for k, v in vars(args).items() if k in FIELDS and k != "model"}
+    file_values = load_config_file(args.config) if args.config else None
+    if file_values and "model" in file_values:
+        raise UserError(f"{args.config}: model is chosen by --models in compare, not by the config file")
+    models, seeds = compare.parse_models(args.models), compare.parse_seeds(args.seeds)
+    setup = analysis.Setup(output=args.output, cli_values=cli_values, file_values=file_values,
+                           models=tuple(models), plots=not args.no_plots)
+    result = compare.compare(setup, models, seeds, jobs=args.jobs)
+    print(json.dumps({"output": args.output, "dataset": result["dataset"], "files": result["files"]}))
+    return 0
+
+
 def _cmd_plot(args) -> int:
     from mstein_fast import analysis
 
@@ -701,7 +740,7 @@ def _main(argv: list[str] | None) -> int:
 
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "recommend": _cmd_recommend, "export": _cmd_export,
                 "data": _cmd_data}
-    commands.update({"analyze": _cmd_analyze, "plot": _cmd_plot, "tune": _cmd_tune})
+    commands.update({"analyze": _cmd_analyze, "plot": _cmd_plot, "tune": _cmd_tune, "compare": _cmd_compare})
     try:
         try:
             check_environment()
