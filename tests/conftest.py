@@ -26,17 +26,14 @@ if not _has_cuda():
 os.environ["PYTHONSAFEPATH"] = "1"
 
 
-# Markers, set here by file or case (pyproject.toml declares `slow` for the torch.compile cases):
+# Markers (pyproject.toml declares `slow` for the torch.compile cases); each test module marks itself
+# with `pytestmark` (core, distributed), and this file adds `interpreter` by case:
 # - core: the kernel core (ops, reference, Triton, torch.library registration, numerics edge cases,
 #   the comparison helpers); `pytest -m "core and not slow and not interpreter"` runs its compiled
-#   part alone (88 s on 2 shared cores), `-m core` all of it;
+#   part alone, `-m core` all of it;
 # - distributed: tests that start torch.distributed process groups (gloo, several processes);
 # - interpreter: cases that run Triton kernels under Triton's interpreter on the CPU (slow: the
 #   interpreter executes each program instance in Python).
-CORE_FILES = {"test_ops.py", "test_numerics_edges.py", "test_triton.py", "test_torch_library.py", "test_dropout.py",
-              "test_infonce_sequences.py", "test_isa.py", "test_bad_inputs.py", "test_infonce_rect.py",
-              "test_testing.py", "test_activations.py"}
-DISTRIBUTED_FILES = {"test_distributed.py", "test_distributed_train.py"}
 
 
 def pytest_configure(config):
@@ -56,9 +53,5 @@ def pytest_collection_modifyitems(config, items):
 
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     for item in items:
-        if item.path.name in CORE_FILES:
-            item.add_marker(pytest.mark.core)
-        if item.path.name in DISTRIBUTED_FILES:
-            item.add_marker(pytest.mark.distributed)
         if interpreting and _runs_triton(item):
             item.add_marker(pytest.mark.interpreter)

@@ -11,6 +11,8 @@ from mstein_fast.backends import _load
 from mstein_fast.numerics import COV_FLOOR
 from mstein_fast.ops import activations
 
+pytestmark = pytest.mark.core  # (docs/development.md: test markers)
+
 needs_cpp = pytest.mark.skipif(isinstance(_load("cpp"), ImportError), reason="C++ extension not built")
 
 

@@ -17,6 +17,8 @@ import torch
 import mstein_fast
 from mstein_fast import backends
 
+pytestmark = pytest.mark.core  # (docs/development.md: test markers)
+
 OPS = {
     # op: (function, the names of its four tensor arguments)
     "pairwise_w2": (mstein_fast.pairwise_w2, ("mean1", "cov1", "mean2", "cov2")),

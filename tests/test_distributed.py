@@ -18,6 +18,8 @@ from mstein_fast.models import dot_infonce
 sys.path.insert(0, os.path.dirname(__file__))
 from dist_worker import global_batch
 
+pytestmark = pytest.mark.distributed  # (docs/development.md: test markers)
+
 WORKER = os.path.join(os.path.dirname(__file__), "dist_worker.py")
 
 

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.distributed  # (docs/development.md: test markers)
+
 ARGS = ["--synthetic-users", "400", "--synthetic-items", "100", "--epochs", "4", "--batch-size", "128",
         "--no-progress"]
 

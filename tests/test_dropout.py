@@ -13,6 +13,8 @@ from mstein_fast.backends import available_backends
 from mstein_fast.ops import activations
 from mstein_fast.ops.dropout import Dropout, dropout, position_dropout
 
+pytestmark = pytest.mark.core  # (docs/development.md: test markers)
+
 needs_cpp = pytest.mark.skipif("cpp" not in available_backends(), reason="C++ extension not built")
 
 

@@ -32,6 +32,8 @@ import mstein_fast
 from mstein_fast.numerics import infonce_row_loss, infonce_row_stats
 from mstein_fast.testing import rel_err
 
+pytestmark = pytest.mark.core  # (docs/development.md: test markers)
+
 HAS_CPP = "cpp" in mstein_fast.available_backends()
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="the C++ extension is not built")
 

@@ -20,6 +20,8 @@ from mstein_fast.models import build_model
 from mstein_fast.ops.wasserstein_infonce_sequences import wasserstein_infonce_sequences
 from mstein_fast.testing import assert_close
 
+pytestmark = pytest.mark.core  # (docs/development.md: test markers)
+
 sequences_module = sys.modules["mstein_fast.ops.wasserstein_infonce_sequences"]
 
 

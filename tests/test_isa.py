@@ -13,7 +13,8 @@ import pytest
 
 import mstein_fast
 
-pytestmark = pytest.mark.skipif("cpp" not in mstein_fast.available_backends(), reason="C++ extension not built")
+pytestmark = [pytest.mark.core,
+              pytest.mark.skipif("cpp" not in mstein_fast.available_backends(), reason="C++ extension not built")]
 
 CHECK = textwrap.dedent(
     """

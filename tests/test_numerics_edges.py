@@ -20,6 +20,8 @@ import mstein_fast
 from mstein_fast import distributed
 from mstein_fast.numerics import COV_FLOOR, infonce_row_loss
 
+pytestmark = pytest.mark.core  # (docs/development.md: test markers)
+
 HAS_CPP = "cpp" in mstein_fast.available_backends()
 HAS_TRITON = "triton" in mstein_fast.available_backends() or __import__("os").environ.get("TRITON_INTERPRET") == "1"
 INTERPRETING = __import__("os").environ.get("TRITON_INTERPRET") == "1"

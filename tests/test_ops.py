@@ -28,6 +28,8 @@ import mstein_fast
 from mstein_fast import reference, testing
 from mstein_fast.ops import _wasserstein_infonce as infonce_module
 
+pytestmark = pytest.mark.core  # (docs/development.md: test markers)
+
 HAS_CPP = "cpp" in mstein_fast.available_backends()
 NEEDS_CPP = pytest.mark.skipif(not HAS_CPP, reason="C++ extension mstein_fast._C not built/importable")
 BACKENDS = [pytest.param("cpp", marks=NEEDS_CPP), "torch"]

@@ -10,6 +10,8 @@ import torch
 
 from mstein_fast import reference, testing
 
+pytestmark = pytest.mark.core  # (docs/development.md: test markers)
+
 
 def inputs(seed=0, n=7, m=5, d=6):
     g = torch.Generator().manual_seed(seed)

@@ -11,6 +11,7 @@ from mstein_fast.backends import available_backends
 from mstein_fast.ops._library import HAS_CUSTOM_OP
 
 pytestmark = [
+    pytest.mark.core,
     pytest.mark.skipif("cpp" not in available_backends(), reason="C++ extension not built"),
     pytest.mark.skipif(not HAS_CUSTOM_OP, reason="torch.library.custom_op needs torch >= 2.4"),
 ]

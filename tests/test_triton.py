@@ -25,6 +25,8 @@ pytest.importorskip("triton")
 import mstein_fast
 from mstein_fast import reference, testing
 
+pytestmark = pytest.mark.core  # (docs/development.md: test markers)
+
 triton_infonce = pytest.importorskip("mstein_fast.kernels.wasserstein_infonce")
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
