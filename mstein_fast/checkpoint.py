@@ -25,7 +25,7 @@ import torch
 
 from mstein_fast.config import config_from_dict
 from mstein_fast.errors import UserError
-from mstein_fast.models import build_model
+from mstein_fast.models import build_model, needs_users
 
 if TYPE_CHECKING:
     from mstein_fast.config import TrainConfig
@@ -232,6 +232,7 @@ def make_checkpoint(cfg: TrainConfig, data: Sequences, model: torch.nn.Module, *
         "format": CHECKPOINT_FORMAT,
         "config": cfg.to_dict(),
         "n_items": data.n_items,
+        "n_users": data.n_users,  # the user rows of the models with a user embedding (bprmf, caser)
         "data_fingerprint": data.fingerprint,
         "data_source": data.source,
         "model": model.state_dict(),
@@ -268,7 +269,13 @@ def load_checkpoint(path: str) -> dict:
         raise UserError(f"{path}: not a mstein-fast checkpoint (the model state is malformed)")
     if not 1 <= ckpt["n_items"] <= 10**8 or ckpt["epoch"] < 0:
         raise UserError(f"{path}: not a mstein-fast checkpoint (n_items {ckpt['n_items']}, epoch {ckpt['epoch']})")
+    n_users = ckpt.get("n_users")  # (absent from checkpoints written before the user models)
+    if n_users is not None and (not isinstance(n_users, int) or isinstance(n_users, bool) or not 1 <= n_users <= 10**9):
+        raise UserError(f"{path}: not a mstein-fast checkpoint ('n_users' is malformed)")
     ckpt["config"] = config_from_dict(ckpt["config"], path)
+    if needs_users(ckpt["config"].model) and n_users is None:
+        raise UserError(f"{path}: not a mstein-fast checkpoint (model {ckpt['config'].model} has a user embedding, "
+                        "but 'n_users' is missing)")
     ckpt["path"] = path
     return ckpt
 
@@ -290,7 +297,8 @@ def check_state_shapes(ckpt: dict) -> None:
     cfg, path = ckpt["config"], ckpt["path"]
     try:
         with torch.device("meta"):
-            expected = build_model(cfg.model, ckpt["n_items"], cfg.model_config()).state_dict()
+            expected = build_model(cfg.model, ckpt["n_items"], cfg.model_config(),
+                                   n_users=ckpt.get("n_users")).state_dict()
     except (ValueError, TypeError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: its configuration makes no model ({first})") from None
@@ -322,7 +330,8 @@ def model_from_checkpoint(ckpt: dict, device: torch.device):
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise UserError(f"{ckpt['path']}: the weight {name} holds NaN or inf (a diverged or damaged "
                             "checkpoint); use another checkpoint")
-    model = build_model(ckpt["config"].model, ckpt["n_items"], ckpt["config"].model_config()).to(device)
+    model = build_model(ckpt["config"].model, ckpt["n_items"], ckpt["config"].model_config(),
+                        n_users=ckpt.get("n_users")).to(device)
     load_model_state(model, ckpt["model"], ckpt["path"])
     model.eval()
     return model

@@ -522,7 +522,8 @@ def _cmd_recommend(args) -> int:
     bar = tqdm(total=len(histories), desc="recommend", unit="user", file=sys.stderr, leave=False,
                disable=args.no_progress or len(histories) < 2, dynamic_ncols=True)
     with bar:
-        ids, scores = trained.recommend(histories, args.top_k, batch_size=args.batch_size or None, progress=bar.update)
+        ids, scores = trained.recommend(histories, args.top_k, batch_size=args.batch_size or None, progress=bar.update,
+                                        users=users)
     values = -scores if trained.distributional else scores
     if len(users) == 1 and not args.output and not args.all_users:
         items = [i for i in ids[0] if i]
@@ -573,7 +574,7 @@ def _cmd_export(args) -> int:
     trained = _load_trained(args)
     users, histories = trained.user_histories()
     arrays = {f"item_{k}": v for k, v in trained.item_embeddings().items()}
-    arrays.update({f"user_{k}": v for k, v in trained.embed(histories).items()})
+    arrays.update({f"user_{k}": v for k, v in trained.embed(histories, users=users).items()})
     maps = trained.id_maps
     item_ids = np.arange(1, trained.n_items + 1)
     arrays["item_ids"] = np.asarray(maps.items_raw(item_ids)) if maps else item_ids

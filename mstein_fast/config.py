@@ -125,7 +125,8 @@ class TrainConfig:
     hidden_dropout_prob: float = _key(0.1, "dropout on embeddings and layer outputs", valid=FRACTION)
     attention_probs_dropout_prob: float = _key(0.0, "dropout on attention probabilities", valid=FRACTION)
     init_mean: float | None = _key(None, "mean of the normal init of linear and embedding weights (default: the "
-                                   "original code's, 0.01 for mstein/stosa, 0.0 for sasrec/coserec/coserec-wdm)",
+                                   "original code's, 0.01 for mstein/stosa, 0.0 for sasrec/coserec/coserec-wdm; "
+                                   "bprmf and caser: their reference code's init)",
                                    valid=FINITE)
     initializer_range: float = _key(0.02, "std of the normal init of linear and embedding weights",
                                      valid=POSITIVE)
@@ -163,6 +164,10 @@ class TrainConfig:
     dot_temperature: float = _key(1.0, "temperature of the dot-product InfoNCE (coserec; cl4srec and duorec: "
                                   "their tau)", valid=TEMPERATURE)
     cl_double_cov_activation: bool = _key(False, "apply ELU+1 again to the cov before the InfoNCE, as the official code")
+    caser_window: int = _key(5, "caser: the L most recent items its convolutions read (each training position "
+                             "predicts its target from the L items ending there)", valid=Range(1, 1000))
+    caser_nh: int = _key(16, "caser: horizontal convolution filters per height 1..L (0: none)", valid=Range(0, 4096))
+    caser_nv: int = _key(4, "caser: vertical convolution filters (0: none)", valid=Range(0, 4096))
     # augmentation (CoSeRec)
     augmentations: str = _key("coserec", "the augmentations of the contrastive views: coserec (insert, substitute, "
                               "mask; crop and reorder too above augment_threshold), cl4srec (two different ones of "
@@ -235,6 +240,8 @@ class TrainConfig:
         if self.mean_stream_typo and self.model not in ("stosa", "mstein"):
             raise ConfigError(f"mean_stream_typo is the STOSA/MStein encoder's (a mean and a cov stream); "
                               f"model {self.model!r} has one stream")
+        if self.model == "caser" and not (self.caser_nh or self.caser_nv):
+            raise ConfigError("caser needs horizontal or vertical filters: caser_nh and caser_nv are both 0")
         if self.model == "coserec-wdm" and self.hidden_size % 2:
             raise ConfigError(f"coserec-wdm splits the output in halves: hidden_size must be even, got {self.hidden_size}")
         if self.data is None and self.synthetic_items < 2 * self.synthetic_clusters:
@@ -379,7 +386,7 @@ def load_config_file(path: str) -> dict[str, Any]:
 # command (the defaults): STOSA's README command (github zfan20/STOSA); and for both distributional
 # models the original code's encoder, whose mean stream is not propagated through the layers (a typo
 # in it, measured better than the propagated stream at convergence: README, benchmarks/RESULTS.md).
-# The other models have none.
+# bprmf and caser: their reference settings; the other models have none.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "stosa": {"batch_size": 256, "max_seq_length": 100, "hidden_dropout_prob": 0.3, "num_attention_heads": 4,
               "pvn_weight": 0.005, "mean_stream_typo": True},
@@ -393,6 +400,12 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
                 "augmentations": "cl4srec", "tao": 0.6, "gamma": 0.3, "beta": 0.6},
     "duorec": {"num_hidden_layers": 2, "num_attention_heads": 2, "hidden_size": 64, "hidden_dropout_prob": 0.5,
                "attention_probs_dropout_prob": 0.5, "batch_size": 256, "cf_weight": 0.1, "dot_temperature": 1.0},
+    # RecBole 1.2.1's BPR (BPR.yaml and overall.yaml): embedding size 64, Adam lr 0.001, no L2 (docs/models.md)
+    "bprmf": {"hidden_size": 64, "lr": 0.001, "weight_decay": 0.0},
+    # the Caser authors' code (github graytowne/caser_pytorch, train_caser.py) and paper: d = 50, L = 5,
+    # n_v = 4, n_h = 16, dropout 0.5, Adam lr 0.001 with L2 1e-6 (docs/models.md)
+    "caser": {"hidden_size": 50, "caser_window": 5, "caser_nv": 4, "caser_nh": 16, "hidden_dropout_prob": 0.5,
+              "lr": 0.001, "weight_decay": 1e-6},
 }
 
 def dataset_preset(name: str, model: str) -> dict[str, Any]:

@@ -19,7 +19,8 @@ import dataclasses
 from dataclasses import dataclass
 
 # every model mstein-fast trains, in the order the documentation lists them
-MODEL_NAMES: tuple[str, ...] = ("mstein", "stosa", "sasrec", "coserec", "coserec-wdm", "cl4srec", "duorec")
+MODEL_NAMES: tuple[str, ...] = ("mstein", "stosa", "sasrec", "coserec", "coserec-wdm", "bprmf", "caser", "cl4srec",
+                                "duorec")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ class ModelConfig:
     similarity: str = "inv"
     dot_temperature: float = 1.0
     cl_double_cov_activation: bool = False
+    # Caser: its window of recent items (L) and its horizontal / vertical convolution filters
+    caser_window: int = 5
+    caser_nh: int = 16
+    caser_nv: int = 4
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,8 @@ def evaluate_ranks(model, split: LeaveOneOut, which: str, batch_size: int | None
                    users: torch.Tensor | None = None, require_finite: bool = False) -> torch.Tensor:
     """Target ranks of ``"valid"`` or ``"test"`` for every user, or for the user indices ``users``
     (e.g. one process's share), in that order (CPU tensor); ``batch_size`` users at a time (None or
-    0: :func:`auto_eval_batch`).
+    0: :func:`auto_eval_batch`). A model with a user embedding (``needs_users``) gets each batch's
+    user indices (rows of ``split``, as ``users`` gives them) with its inputs.
 
     A non-finite target score is a miss (see :func:`target_ranks`); with ``require_finite`` any
     non-finite score raises :class:`NonFiniteScores` instead (one host sync at the end)."""
@@ -157,11 +158,13 @@ def evaluate_ranks(model, split: LeaveOneOut, which: str, batch_size: int | None
     for start in range(0, len(users), batch_size):
         batch = users[start:start + batch_size]
         padding = None
+        # the models with a user embedding also get the users' rows (batch: rows of the split)
+        extra = {"users": batch.to(device)} if getattr(model, "needs_users", False) else {}
         if getattr(model, "compat", False):  # the original ranks the padding item 0 too
-            scores = model.score_items(inputs[batch].to(device), include_padding=True)
+            scores = model.score_items(inputs[batch].to(device), include_padding=True, **extra)
             padding, scores = scores[:, 0], scores[:, 1:]
         else:
-            scores = model.score_items(inputs[batch].to(device))
+            scores = model.score_items(inputs[batch].to(device), **extra)
         excluded = seen_mask(seen, batch, split.n_items, device)
         batch_ranks, rows_finite = _target_ranks(scores, targets[batch].to(device), excluded, padding)
         if require_finite:

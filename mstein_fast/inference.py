@@ -178,7 +178,37 @@ class TrainedModel:
             raise UserError(f"item id {bad} is outside the model's items 1..{self.n_items}")
         return arr
 
-    def _batches(self, histories, batch_size: int | None):
+    def _user_rows(self, users, count: int) -> torch.Tensor | None:
+        """The training-data rows of ``users`` (user ids as :meth:`user_histories` gives them, one per
+        history) for a model with a user embedding; None for the other models (which ignore users).
+        A user model without ``users`` is a UserError: a history alone has no user."""
+        if not self.model.needs_users:
+            return None
+        if users is None:
+            raise UserError(f"model {self.config.model} has a user embedding: it recommends for the users it was "
+                            "trained on, not for a history alone; pass users=ids with the histories (the ids of "
+                            "TrainedModel.user_histories()), use TrainedModel.recommend_users(), or mstein-fast "
+                            "recommend RUN --user ID / --all-users")
+        users = list(users)
+        if len(users) != count:
+            raise UserError(f"{len(users)} users for {count} histories: give one user per history")
+        index = {u: i for i, u in enumerate(self.training_data().user_ids)}
+        rows = []
+        for u in users:
+            uid = self.id_maps.user_id(u) if isinstance(u, str) and self.id_maps is not None else u
+            if not isinstance(uid, (int, np.integer)) or uid not in index:
+                raise UserError(f"user {u!r} is not one of the users model {self.config.model} was trained on")
+            rows.append(index[uid])
+        if rows and max(rows) >= self.model.n_users:
+            raise UserError(f"user {users[rows.index(max(rows))]!r} is beyond the {self.model.n_users} users the "
+                            "model was trained on (is the data file the training data?)")
+        return torch.tensor(rows, dtype=torch.int64)
+
+    def _batches(self, histories, batch_size: int | None, users=None):
+        """``(chunk, padded batch, extra)`` per batch of histories; ``extra`` holds ``users`` (the
+        chunk's user rows) for a model with a user embedding, else nothing."""
+        histories = list(histories)
+        rows = self._user_rows(users, len(histories))
         arrays = [self._ids(h) for h in histories]
         if batch_size is None:
             batch_size = max(1, min(2048, RECOMMEND_BATCH_SCORES // max(self.n_items, 1)))
@@ -188,18 +218,21 @@ class TrainedModel:
 
         for start in range(0, len(arrays), batch_size):
             chunk = arrays[start:start + batch_size]
-            yield chunk, left_pad(chunk, self.max_seq_length).to(self.device)
+            extra = {} if rows is None else {"users": rows[start:start + batch_size].to(self.device)}
+            yield chunk, left_pad(chunk, self.max_seq_length).to(self.device), extra
 
     # -- outputs -----------------------------------------------------------------------------
     @torch.no_grad()
-    def scores(self, histories, batch_size: int | None = None) -> torch.Tensor:
+    def scores(self, histories, batch_size: int | None = None, users=None) -> torch.Tensor:
         """``[U, n_items]`` float32 scores of every item for each history (column i: item id i + 1;
-        higher is better: ``-W2`` or a dot product). Memory: U x n_items floats."""
-        return torch.cat([self.model.score_items(batch).float().cpu() for _, batch in self._batches(histories, batch_size)])
+        higher is better: ``-W2`` or a dot product). Memory: U x n_items floats. ``users``: the user
+        of each history, required by a model with a user embedding (see :meth:`recommend`)."""
+        return torch.cat([self.model.score_items(batch, **extra).float().cpu()
+                          for _, batch, extra in self._batches(histories, batch_size, users)])
 
     @torch.no_grad()
     def recommend(self, histories, k: int = 10, exclude_seen: bool = True, batch_size: int | None = None,
-                  progress=None) -> tuple[np.ndarray, np.ndarray]:
+                  progress=None, users=None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items for each history (a list of item-id lists, time order, oldest first).
 
         Returns ``(items, scores)``, both ``[U, k]`` numpy arrays: internal item ids (int64; raw id
@@ -207,7 +240,12 @@ class TrainedModel:
         (``-W2`` for distributional models, the dot product otherwise). With ``exclude_seen`` the
         items of each history are never recommended. A history may be longer than
         ``max_seq_length``: the model sees its last ``max_seq_length`` items. Where fewer than
-        ``k`` items are left, the row is padded with id 0 (``""`` raw) and score ``-inf``."""
+        ``k`` items are left, the row is padded with id 0 (``""`` raw) and score ``-inf``.
+
+        ``users``: the user of each history (ids of the training data as :meth:`user_histories`
+        gives them, or raw ids with the id maps). Required by the models with a user embedding
+        (bprmf, caser), which recommend only for the users they were trained on (a UserError
+        without them: use :meth:`recommend_users`); the other models ignore it."""
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise UserError(f"k must be a positive integer, got {k!r}")
         histories = list(histories)
@@ -216,8 +254,8 @@ class TrainedModel:
         items = np.zeros((len(histories), k), dtype=np.int64)
         values = np.full((len(histories), k), -np.inf, dtype=np.float32)
         row = 0
-        for chunk, batch in self._batches(histories, batch_size):
-            s = self.model.score_items(batch).float()
+        for chunk, batch, extra in self._batches(histories, batch_size, users):
+            s = self.model.score_items(batch, **extra).float()
             if exclude_seen:
                 rows = np.repeat(np.arange(len(chunk)), [len(c) for c in chunk])
                 cols = np.concatenate(chunk) - 1 if len(rows) else np.zeros(0, dtype=np.int64)
@@ -241,13 +279,14 @@ class TrainedModel:
         return items, values
 
     @torch.no_grad()
-    def embed(self, histories, batch_size: int | None = None) -> dict[str, np.ndarray]:
+    def embed(self, histories, batch_size: int | None = None, users=None) -> dict[str, np.ndarray]:
         """Each history's representation at its last position: ``{"mean": [U, H], "cov": [U, H]}``
         (the Gaussian: means and diagonal variances) for distributional models, ``{"vector": [U, H]}``
-        otherwise (float32 numpy)."""
+        otherwise (float32 numpy): for bprmf the user embedding, for caser the vector ``[z ; user]``
+        that scores the items (``users`` required by these two, as for :meth:`recommend`)."""
         parts: dict[str, list] = {}
-        for _, batch in self._batches(histories, batch_size):
-            for name, value in self._last(batch).items():
+        for _, batch, extra in self._batches(histories, batch_size, users):
+            for name, value in self._last(batch, **extra).items():
                 parts.setdefault(name, []).append(value.float().cpu())
         if not parts:
             h = self.config.hidden_size
@@ -255,7 +294,9 @@ class TrainedModel:
             return {n: np.zeros((0, h), dtype=np.float32) for n in names}
         return {name: torch.cat(values).numpy() for name, values in parts.items()}
 
-    def _last(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _last(self, batch: torch.Tensor, users: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if self.model.needs_users:
+            return {"vector": self.model.user_vectors(batch, users)}
         if self.distributional:
             mean, cov = self.model.last_gaussians(batch)
             return {"mean": mean, "cov": cov}
@@ -264,7 +305,10 @@ class TrainedModel:
     @torch.no_grad()
     def item_embeddings(self) -> dict[str, np.ndarray]:
         """Every item's embedding, row i = item id i + 1: ``{"mean", "cov"}`` (the item Gaussians:
-        means and diagonal variances) for distributional models, ``{"vector"}`` otherwise."""
+        means and diagonal variances) for distributional models, ``{"vector"}`` otherwise (caser: its
+        output embeddings, and ``"bias"``, the item biases added to the scores)."""
+        if hasattr(self.model, "item_vectors"):
+            return {name: value.detach().float().cpu().numpy() for name, value in self.model.item_vectors().items()}
         if self.distributional:
             mean, cov = self.model.item_gaussians()
             return {"mean": mean.float().cpu().numpy(), "cov": cov.float().cpu().numpy()}
@@ -305,6 +349,17 @@ class TrainedModel:
             ids.append(int(uid))
             out.append(data.items[index[uid]])
         return ids, out
+
+    def recommend_users(self, users=None, k: int = 10, exclude_seen: bool = True, batch_size: int | None = None,
+                        progress=None) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """Top-``k`` items for users of the training data (all, or the given ids as for
+        :meth:`user_histories`), each from their whole sequence: ``(user_ids, items, scores)`` with
+        ``items``/``scores`` as :meth:`recommend` returns them. Works for every model, the ones with
+        a user embedding (bprmf, caser) included."""
+        ids, histories = self.user_histories(users)
+        items, scores = self.recommend(histories, k, exclude_seen=exclude_seen, batch_size=batch_size,
+                                       progress=progress, users=ids)
+        return ids, items, scores
 
 
 def load(path: str, device: str = "cpu", data: str | None = None) -> TrainedModel:

@@ -110,6 +110,19 @@ def batch_bounds(n_users: int, batch_size: int, world: int = 1) -> list[int]:
     return bounds
 
 
+def training_item_keys(data) -> torch.Tensor:
+    """Sorted unique ``u * (n_items + 1) + item`` over each user's training items ``s[:-2]`` (user
+    ``u``: row u of the split): what the negatives of a model with a user embedding must avoid.
+
+    Excluding the validation and test items as well (the sequential models' rule, the original
+    code's) would never push them down for their user, which an embedding per user learns: it then
+    ranks the held-out items by elimination (measured on the synthetic data: BPRMF's validation MRR
+    0.51 against 0.18 for popularity)."""
+    n1 = data.n_items + 1
+    keys = [torch.from_numpy(s[:-2]) + u * n1 for u, s in enumerate(data.items)]
+    return torch.unique(torch.cat(keys)) if keys else torch.zeros(0, dtype=torch.int64)
+
+
 class _TrainStep(torch.nn.Module):
     """The training loss of one batch as a module (what DistributedDataParallel wraps).
 
@@ -122,8 +135,9 @@ class _TrainStep(torch.nn.Module):
         self.model = model
         self.cl_weight = cl_weight
 
-    def forward(self, inputs, targets, negatives, views):
-        rec, _ = self.model.rec_loss(inputs, targets, negatives)
+    def forward(self, inputs, targets, negatives, views, users=None):
+        # users: the batch's user rows, given to the models with a user embedding only (needs_users)
+        rec, _ = self.model.rec_loss(inputs, targets, negatives, **({} if users is None else {"users": users}))
         if views is None:
             return rec, rec, None
         cl = self.model.contrastive_loss(views)
@@ -168,7 +182,11 @@ class Trainer:
         log(f"data: {self.data.source}: {self.data.n_users} users, {self.data.n_items} items, "
             f"{self.data.n_interactions} interactions")
         check_fits(self.data.n_items, cfg, "training", TRAINING_FACTOR)  # before anything is allocated
-        self.model = build_model(cfg.model, self.data.n_items, cfg.model_config()).to(self.device)
+        self.model = build_model(cfg.model, self.data.n_items, cfg.model_config(),
+                                 n_users=self.data.n_users).to(self.device)
+        # negatives: items outside the user's whole sequence (the original code's rule); for a model
+        # with a user embedding outside the training items only, or it learns the held-out items
+        self.negative_keys = training_item_keys(self.data) if self.model.needs_users else self.split.user_item_keys
         self.model.cl_group = self.group
         self.step = _TrainStep(self.model, cfg.cf_weight * self.world)
         if self.world > 1:
@@ -367,7 +385,7 @@ class Trainer:
                 users = order[bounds[b]:bounds[b + 1]]
                 mine = torch.tensor_split(torch.arange(len(users)), self.world)[self.rank]
                 inputs, targets = split.train_inputs[users], split.train_targets[users]
-                negatives = sample_negatives(targets, users, split.user_item_keys, split.n_items, g_neg)
+                negatives = sample_negatives(targets, users, self.negative_keys, split.n_items, g_neg)
                 inputs, targets, negatives = inputs[mine], targets[mine], negatives[mine]
                 t1 = time.perf_counter()
                 views = None
@@ -381,8 +399,9 @@ class Trainer:
                     views = torch.cat([views[mine], views[len(users) + mine]]).to(self.device, non_blocking=True)
                 t2 = time.perf_counter()
                 try:
+                    rows = users[mine].to(self.device) if self.model.needs_users else None
                     loss, rec, cl = self.step(inputs.to(self.device), targets.to(self.device), negatives.to(self.device),
-                                              views)
+                                              views, rows)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                 except ValueError as err:  # the Wasserstein ops refuse NaN/inf Gaussians of a diverged model

@@ -27,6 +27,10 @@ class _Recommender(nn.Module):
     contrastive_views = "augmented"
     # the mean of the normal init when ``cfg.init_mean`` is None (the original code's, per model)
     init_mean_default = 0.0
+    # True for the models with a user embedding (bprmf, caser): ``rec_loss`` and ``score_items`` then
+    # need ``users``, the rows of the batch's users in the split (``[B]`` int64); the sequential
+    # models accept the argument and ignore it
+    needs_users = False
 
     def __init__(self, n_items: int, cfg: ModelConfig, contrastive: str | None):
         require(cfg, ModelConfig, type(self).__name__)
@@ -116,3 +120,19 @@ class _Recommender(nn.Module):
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def _check_users(self, users: torch.Tensor | None, rows: int) -> torch.Tensor:
+        """``users`` as the ``[rows]`` int64 user rows of a user model; a ValueError saying where the
+        users come from when they are missing or outside the model's users."""
+        name = type(self).__name__
+        if users is None:
+            raise ValueError(f"{name} scores the users of its training data, and a history alone has no user: pass "
+                             "users (their rows in the training data), e.g. TrainedModel.recommend(histories, "
+                             "users=ids) with the ids of TrainedModel.user_histories(), or mstein-fast recommend "
+                             "--user ID / --all-users")
+        users = torch.as_tensor(users, dtype=torch.int64).reshape(-1)
+        if len(users) != rows:
+            raise ValueError(f"{name}: {len(users)} users for {rows} rows")
+        if len(users) and (int(users.min()) < 0 or int(users.max()) >= self.n_users):
+            raise ValueError(f"{name}: user rows must be in 0..{self.n_users - 1} (the users it was trained on)")
+        return users

@@ -53,7 +53,7 @@ class SASRec(_Recommender):
             x = ffn(attention(x, allowed, last_only and i == layers - 1))
         return x
 
-    def rec_loss(self, seqs, targets, negatives) -> tuple[torch.Tensor, dict]:
+    def rec_loss(self, seqs, targets, negatives, users=None) -> tuple[torch.Tensor, dict]:
         """``-log sigmoid(<h, pos>) - log sigmoid(-<h, neg>)`` over non-padding target positions."""
         out = self.encode(seqs)
         pos_logit = (out * self.item_emb(targets)).sum(-1)
@@ -74,9 +74,10 @@ class SASRec(_Recommender):
         half = self.hidden // 2
         return self._wasserstein_infonce(out[..., :half], elu_plus_one(out[..., half:]))
 
-    def score_items(self, seqs: torch.Tensor, include_padding: bool = False) -> torch.Tensor:
+    def score_items(self, seqs: torch.Tensor, include_padding: bool = False, users=None) -> torch.Tensor:
         """``[B, n_items]`` dot products of the last position with every item (column i: id i+1);
-        with ``include_padding`` ``[B, n_items + 1]`` whose column 0 scores the padding item 0."""
+        with ``include_padding`` ``[B, n_items + 1]`` whose column 0 scores the padding item 0
+        (``users`` is ignored: the history is the whole input)."""
         return self.encode(seqs, last_only=True)[:, -1] @ self.item_emb.weight[0 if include_padding else 1:].T
 
     def _item_similarity(self, rows):

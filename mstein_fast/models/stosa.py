@@ -232,7 +232,7 @@ class STOSA(_Recommender):
             return self.item_mean.weight[1:], elu_plus_one(self.item_cov.weight[1:])
         return self.item_mean(ids), elu_plus_one(self.item_cov(ids))
 
-    def rec_loss(self, seqs, targets, negatives) -> tuple[torch.Tensor, dict]:
+    def rec_loss(self, seqs, targets, negatives, users=None) -> tuple[torch.Tensor, dict]:
         """BPR on W2, ``-log sigmoid(W(seq, neg) - W(seq, pos))``, plus ``pvn_weight *
         max(0, W(seq, pos) - W(pos, neg))``, both averaged over non-padding target positions.
 
@@ -305,7 +305,7 @@ class STOSA(_Recommender):
             order.append(rows)
         return unpermute(means, order), unpermute(covs, order)
 
-    def score_items(self, seqs: torch.Tensor, include_padding: bool = False) -> torch.Tensor:
+    def score_items(self, seqs: torch.Tensor, include_padding: bool = False, users=None) -> torch.Tensor:
         """``[B, n_items]`` scores, ``-W`` between the last position and every item (column i: id i+1);
         with ``include_padding`` ``[B, n_items + 1]`` whose column 0 scores the padding item 0 (the
         original code ranks it as a candidate: compat = "original")."""
