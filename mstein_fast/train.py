@@ -116,8 +116,8 @@ def training_item_keys(data) -> torch.Tensor:
 
     Excluding the validation and test items as well (the sequential models' rule, the original
     code's) would never push them down for their user, which an embedding per user learns: it then
-    ranks the held-out items by elimination (measured on the synthetic data: BPRMF's validation MRR
-    0.51 against 0.18 for popularity)."""
+    ranks the held-out items by elimination (measured on the synthetic data: BPRMF's test MRR 0.36
+    against 0.18 with these keys, popularity 0.18)."""
     n1 = data.n_items + 1
     keys = [torch.from_numpy(s[:-2]) + u * n1 for u, s in enumerate(data.items)]
     return torch.unique(torch.cat(keys)) if keys else torch.zeros(0, dtype=torch.int64)
