@@ -521,8 +521,9 @@ def _cmd_recommend(args) -> int:
 
     bar = tqdm(total=len(histories), desc="recommend", unit="user", file=sys.stderr, leave=False,
                disable=args.no_progress or len(histories) < 2, dynamic_ncols=True)
+    k = min(args.top_k, trained.n_items)  # (no more than every item: a huge -k must not size the result arrays)
     with bar:
-        ids, scores = trained.recommend(histories, args.top_k, batch_size=args.batch_size or None, progress=bar.update,
+        ids, scores = trained.recommend(histories, k, batch_size=args.batch_size or None, progress=bar.update,
                                         users=users)
     values = -scores if trained.distributional else scores
     if len(users) == 1 and not args.output and not args.all_users:
@@ -720,6 +721,15 @@ def main(argv: list[str] | None = None) -> int:
             _on_signal(sig, handler)
 
 
+def one_line(text: str) -> str:
+    """``text`` with every character that is not printable (line breaks, carriage returns, other
+    control characters, U+2028) escaped as Python writes it (``\\r``, ``\\x0b``): a path or a value
+    named in an error message never breaks its line nor rewrites the terminal's."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _on_signal(sig, handler):
     """Install ``handler`` for ``sig`` (main thread only; None: leave it); returns the previous one."""
     import threading
@@ -749,7 +759,7 @@ def _main(argv: list[str] | None) -> int:
             raise UserError(str(err)) from None
         return commands[args.command](args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except Interrupted as err:
         print(str(err), file=sys.stderr)

@@ -707,3 +707,51 @@ def test_synthetic_data_larger_than_memory_is_one_line(tmp_path, monkeypatch, ca
     _available(monkeypatch, 2 * 2**30)  # the largest request: ~3.9 GiB, refused before any drawing
     with pytest.raises(UserError, match=r"the synthetic data set needs about 3\.\d+ GiB"):
         synthetic_sequences(n_users=10**7, n_items=10**7, n_clusters=10**6)
+
+
+@pytest.mark.parametrize("name", ["a\rb.txt", "line\nbreak", "tab\tand\x0bvt", "para\u2028sep"])
+def test_an_error_naming_a_path_with_line_breaks_stays_one_line(tmp_path, capsys, name):
+    # (found by tests/test_fuzz_cli.py: `export RUN -o $'\r'` printed a carriage return into the error)
+    for argv in (["export", tmp_path / "none", "-o", tmp_path / name], ["evaluate", tmp_path / name],
+                 ["train", "--data", tmp_path / name, "--output", tmp_path / "run"]):
+        code, _, err = run_cli(capsys, *argv)
+        assert_user_error(code, err)
+        assert err.count("\n") == 1 and len(err.splitlines()) == 1 and err[:-1].isprintable(), err
+        assert repr(name)[1:-1] in err, err
+
+
+def test_recommend_with_a_huge_k_lists_every_item(finished_run, tmp_path, capsys):
+    # (found by tests/test_fuzz_cli.py: -k 218397403 sized [users, k] arrays: a MemoryError)
+    code, _, err = run_cli(capsys, "recommend", finished_run, "--all-users", "-k", 10**12, "-o", tmp_path / "all.tsv")
+    assert code == 0, err
+    rows = (tmp_path / "all.tsv").read_text().splitlines()[1:]
+    code, _, err = run_cli(capsys, "recommend", finished_run, "--all-users", "-k", 40, "-o", tmp_path / "k40.tsv")
+    assert code == 0, err
+    assert rows == (tmp_path / "k40.tsv").read_text().splitlines()[1:]  # every unseen item of every user
+    code, out, err = run_cli(capsys, "recommend", finished_run, "--user", "1", "-k", 10**12, "--json")
+    assert code == 0, err
+    assert 0 < len(json.loads(out)["recommendations"]) <= 40
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--groups", 10**12], "--groups must be in [1, 1000]"),
+    (["--length-bins", "99999999999999999999999"], "--length-bins: cut points are counts"),
+    (["--popularity-bins", "5,-1"], "--popularity-bins: cut points are counts"),
+])
+def test_analyze_groups_bounds_its_groups(finished_run, tmp_path, capsys, argv, message):
+    # (found by fuzzing: --groups 10**12 sized a 7 TiB array; a cut past int64 overflowed in NumPy)
+    code, _, err = run_cli(capsys, "analyze", "groups", "--checkpoints", finished_run, "--no-plots", "--output",
+                           tmp_path / "g", "--device", "cpu", *argv)
+    assert_user_error(code, err, message)
+    assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"lr": NaN}'])
+def test_analysis_refuses_a_damaged_config_json_of_its_runs(tmp_path, capsys, text):
+    run = tmp_path / "a" / "runs" / "sasrec"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(text)
+    code, _, err = run_cli(capsys, "analyze", "noise", "--models", "sasrec", "--no-plots", "--output", tmp_path / "a",
+                           *TINY_ARGS)
+    assert_user_error(code, err, "config.json", "choose another --output")
+    assert os.listdir(run) == ["config.json"]

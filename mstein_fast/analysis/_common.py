@@ -81,11 +81,21 @@ class Setup:
 
 
 def _saved_config(run_dir: str) -> dict | None:
+    """The ``config.json`` of a run directory (None if there is none), read through the guarded
+    reader; :class:`UserError` naming the file if it is not a JSON object."""
+    from mstein_fast.reader import DataError, read_json
+
     path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return None
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    try:
+        saved = read_json(path, what="a config.json of mstein-fast train")
+    except DataError as err:
+        raise UserError(f"{err} (not a run of mstein-fast train: choose another --output)") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: not a config.json of mstein-fast train (expected a JSON object); choose another "
+                        "--output")
+    return saved
 
 
 def train_or_reuse(cfg: TrainConfig, run_dir: str) -> str:

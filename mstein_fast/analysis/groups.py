@@ -15,13 +15,15 @@ from mstein_fast.errors import UserError
 from mstein_fast.evaluate import evaluate_ranks
 
 DEFAULT_GROUPS = 4
+MAX_GROUPS = 1000  # groups of one grouping (quantiles or cut points): far more than a chart can show
+MAX_CUT = 10**12  # a cut point is a count (interactions, occurrences)
 
 
 def quantile_cuts(values: np.ndarray, n_groups: int) -> np.ndarray:
     """Integer cut points splitting ``values`` into up to ``n_groups`` groups of about equal size
     (fewer where ties make quantiles coincide); group ``j`` holds ``cuts[j-1] <= v < cuts[j]``."""
-    if n_groups < 1:
-        raise UserError(f"the number of groups must be positive, got {n_groups}")
+    if not 1 <= n_groups <= MAX_GROUPS:
+        raise UserError(f"the number of groups must be in [1, {MAX_GROUPS}], got {n_groups}")
     values = np.asarray(values)
     q = np.quantile(values, np.linspace(0, 1, n_groups + 1)[1:-1]) if n_groups > 1 else np.zeros(0)
     cuts = np.unique(np.ceil(q).astype(np.int64))
@@ -74,8 +76,27 @@ def user_groups(data: Sequences, split: LeaveOneOut, length_cuts=None, popularit
     return out
 
 
+def check_cuts(cuts, what: str) -> list[int]:
+    """Explicit cut points as sorted distinct integers; :class:`UserError` naming ``what`` unless
+    each is an integer in [0, :data:`MAX_CUT`] and there are at most :data:`MAX_GROUPS` - 1."""
+    values = sorted(set(cuts))
+    for c in values:
+        if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c <= MAX_CUT:
+            raise UserError(f"{what}: cut points are counts in [0, {MAX_CUT}], got {c!r}")
+    if len(values) >= MAX_GROUPS:
+        raise UserError(f"{what}: at most {MAX_GROUPS - 1} cut points, got {len(values)}")
+    return values
+
+
 def analyze_groups(setup: Setup, n_groups: int = DEFAULT_GROUPS, length_cuts=None, popularity_cuts=None) -> dict:
-    """Metrics of every model per user history-length group and per target-popularity group."""
+    """Metrics of every model per user history-length group and per target-popularity group.
+    The group count and cut points are checked before any model is loaded or trained."""
+    if not 1 <= n_groups <= MAX_GROUPS:
+        raise UserError(f"--groups must be in [1, {MAX_GROUPS}], got {n_groups}")
+    if length_cuts is not None:
+        length_cuts = check_cuts(length_cuts, "--length-bins")
+    if popularity_cuts is not None:
+        popularity_cuts = check_cuts(popularity_cuts, "--popularity-bins")
     preflight(setup)
     loaded, data, split = models_for(setup)
     groups = user_groups(data, split, length_cuts, popularity_cuts, n_groups)
