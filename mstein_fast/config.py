@@ -8,7 +8,6 @@ published command (:data:`MODEL_PRESETS`) < a data-set preset (``preset``, :data
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -298,9 +297,6 @@ def field_type(name: str) -> type:
 
 def coerce(name: str, value: Any, where: str) -> Any:
     """Check / convert ``value`` for key ``name`` (from JSON or a checkpoint); ConfigError otherwise."""
-    if name == "stosa_compat":
-        raise ConfigError(f"{where}: stosa_compat was replaced by compat = \"original\" (every behaviour of the "
-                          f"original code, not only its mean-stream defect)")
     if name not in FIELDS:
         raise ConfigError(f"{where}: unknown config key {name!r} (known keys: see `mstein-fast train --help`)")
     t = field_type(name)

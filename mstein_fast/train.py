@@ -48,7 +48,6 @@ from mstein_fast import distributed
 from mstein_fast.augment import Augmenter, itemcf_iuf_topk
 from mstein_fast.checkpoint import (
     _TEMPORARY,
-    CHECKPOINT_FORMAT,  # noqa: F401  (moved there; still importable from here)
     RUN_FILES,
     DirectoryLock,
     _remove_quietly,
@@ -57,9 +56,7 @@ from mstein_fast.checkpoint import (
     load_model_state,
     make_checkpoint,
     read_metrics,
-    model_from_checkpoint,  # noqa: F401  (moved there; still importable from here)
     save_atomic,
-    write_failure,  # noqa: F401  (moved there; still importable from here)
     write_text_atomic,
 )
 from mstein_fast.compat import original_compat
@@ -74,7 +71,6 @@ from mstein_fast.runtime import (
     capture_log,
     check_backend,
     init_distributed,
-    is_main_process,  # noqa: F401  (moved there; still importable from here)
     keep_freed_memory,
     load_data,
     log,

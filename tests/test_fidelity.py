@@ -12,7 +12,7 @@ from torch import nn
 
 from mstein_fast import reference
 from mstein_fast.augment import CROP, INSERT, REORDER, SUBSTITUTE, Augmenter
-from mstein_fast.config import COMPAT_DEFAULTS, ConfigError, TrainConfig, build_config, coerce, config_from_dict
+from mstein_fast.config import COMPAT_DEFAULTS, ConfigError, TrainConfig, build_config, config_from_dict
 from mstein_fast.models import FeedForward, attention_mask, build_model, elu_plus_one, original_attention_mask
 
 L = 8
@@ -458,11 +458,6 @@ def test_stosa_takes_its_own_published_command():
     assert cfg.batch_size == 512  # a file or an option still wins
     mstein, _ = build_config(None, {"model": "mstein", "data": "x.txt"})
     assert (mstein.batch_size, mstein.max_seq_length) == (1024, 50)
-
-
-def test_removed_stosa_compat_key_names_its_replacement():
-    with pytest.raises(ConfigError, match='compat = "original"'):
-        coerce("stosa_compat", True, "cfg.json")
 
 
 def test_compat_changes_no_parameter_and_no_other_config_key():

@@ -1,4 +1,4 @@
-"""Where things live: the import directions between modules, and the names that moved.
+"""Where things live: the import directions between modules.
 
 * nothing in ``mstein_fast/ops/`` imports :mod:`mstein_fast.distributed` (the distributed loss
   builds on the ops, not the other way round), and :mod:`mstein_fast.errors` imports nothing of
@@ -7,8 +7,6 @@
   augmenter do not import :mod:`mstein_fast.config`: both sides import the typed contracts of
   :mod:`mstein_fast.contracts`, which imports nothing of the package;
 * ``mstein_fast.ops.<op>`` is the function; its module is the private ``_<op>``;
-* the names that moved out of ``train.py`` and ``data.py`` are still importable from there, as
-  the very same objects.
 """
 
 from __future__ import annotations
@@ -111,22 +109,6 @@ def test_ops_names_are_the_functions_and_their_modules_private(op):
     assert function is getattr(mstein_fast, op)
     module = importlib.import_module(f"mstein_fast.ops._{op}")
     assert getattr(module, op) is function
-
-
-@pytest.mark.parametrize("old, new, names", [
-    ("mstein_fast.data", "mstein_fast.errors", ["UserError"]),
-    ("mstein_fast.train", "mstein_fast.errors", ["UserError", "Interrupted", "Diverged"]),
-    ("mstein_fast.train", "mstein_fast.runtime",
-     ["log", "is_main_process", "init_distributed", "seed_everything", "stream_seed", "resolve_device",
-      "check_backend", "load_data"]),
-    ("mstein_fast.train", "mstein_fast.checkpoint",
-     ["CHECKPOINT_FORMAT", "RUN_FILES", "write_failure", "save_atomic", "write_text_atomic", "append_line",
-      "load_checkpoint", "load_model_state", "model_from_checkpoint"]),
-])
-def test_moved_names_stay_importable_from_their_old_modules(old, new, names):
-    old_module, new_module = importlib.import_module(old), importlib.import_module(new)
-    for name in names:
-        assert getattr(old_module, name) is getattr(new_module, name), name
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

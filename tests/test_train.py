@@ -13,7 +13,9 @@ from mstein_fast.config import TrainConfig, build_config
 from mstein_fast.data import leave_one_out, synthetic_sequences
 from mstein_fast.evaluate import evaluate
 from mstein_fast.models import MODELS, attention_mask, build_model, elu_plus_one, length_buckets
-from mstein_fast.train import Interrupted, Trainer, load_checkpoint, model_from_checkpoint, train
+from mstein_fast.checkpoint import load_checkpoint, model_from_checkpoint
+from mstein_fast.errors import Interrupted
+from mstein_fast.train import Trainer, train
 
 TINY = {"synthetic_users": 200, "synthetic_items": 60, "synthetic_clusters": 4, "max_seq_length": 20,
         "hidden_size": 16, "batch_size": 64, "lr": 0.005, "augmentation_warm_up_epochs": 2, "patience": 100,
