@@ -469,6 +469,9 @@ class _Search:
         self.shared = storage is not None
         url = storage or "sqlite:///" + os.path.abspath(os.path.join(output, "study.db"))
         where = masked_url(storage) if storage else os.path.join(output, "study.db")
+        if storage is None and os.path.islink(where):  # (SQLite would write through it)
+            raise UserError(f"{where} is a symbolic link; a tune directory must hold its own study (a study "
+                            "elsewhere: --storage sqlite:////path/study.db)")
         self.where = where
         self.storage_errors = storage_errors(optuna)
         for attempt in range(3):

@@ -524,3 +524,24 @@ def test_tune_figures_replace_a_planted_link(one_trial, tmp_path, capsys):
     code, _, err = run_main(capsys, "tune", "--output", out, "--resume", "--trials", "2")
     assert code == 0, err
     assert victim.read_bytes() == b"precious" and not (out / "trials.png").is_symlink()
+
+
+def test_planted_links_to_the_study_or_a_trial_directory_are_refused(one_trial, tmp_path, capsys):
+    import shutil
+
+    out = _copy(one_trial, tmp_path / "tune")
+    elsewhere = tmp_path / "elsewhere.db"
+    shutil.move(out / "study.db", elsewhere)
+    (out / "study.db").symlink_to(elsewhere)
+    before = elsewhere.read_bytes()
+    code, _, err = run_main(capsys, "tune", "--output", out, "--resume", "--trials", "2")
+    assert_one_line_error(code, err, "study.db is a symbolic link")
+    assert elsewhere.read_bytes() == before
+    (out / "study.db").unlink()
+    shutil.move(elsewhere, out / "study.db")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (out / "trials" / "0001").symlink_to(outside)
+    code, _, err = run_main(capsys, "tune", "--output", out, "--resume", "--trials", "2")
+    assert_one_line_error(code, err, "0001 is a symbolic link")
+    assert not list(outside.iterdir())
