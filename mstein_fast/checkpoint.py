@@ -324,7 +324,7 @@ def model_from_checkpoint(ckpt: dict, device: torch.device):
     ranks nothing)."""
     from mstein_fast.memory import check_fits
 
-    check_fits(ckpt["n_items"], ckpt["config"], ckpt["path"])
+    check_fits(ckpt["n_items"], ckpt["config"], ckpt["path"], n_users=ckpt.get("n_users"))
     check_state_shapes(ckpt)
     for name, value in ckpt["model"].items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):

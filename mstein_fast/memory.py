@@ -6,11 +6,13 @@ PyTorch's allocator then fails with a traceback deep inside ``nn.Embedding``, or
 out-of-memory killer ends the process. The commands therefore estimate what they are about to
 allocate and compare it with the memory this machine has available, before allocating:
 
-* :func:`model_bytes` ``(n_items, cfg)``: the bytes of a model's parameters (float32), counted
-  from the layer sizes: the item tables dominate (``[n_items + 1, hidden_size]`` each: two for
-  the distributional models ``mstein`` and ``stosa``, means and variances, one for the others),
-  then the position tables (``[max_seq_length, hidden_size]``, as many) and the encoder layers
-  (``24 hidden^2`` per layer for the STOSA backbone, ``12 hidden^2`` for SASRec's);
+* :func:`model_bytes` ``(n_items, cfg, n_users=None)``: the bytes of a model's parameters
+  (float32), counted from the layer sizes: the item tables dominate (``[n_items + 1,
+  hidden_size]`` each: two for the distributional models ``mstein`` and ``stosa``, means and
+  variances, one for SASRec's backbone), then the position tables (``[max_seq_length,
+  hidden_size]``, as many) and the encoder layers (``24 hidden^2`` per layer for the STOSA
+  backbone, ``12 hidden^2`` for SASRec's); the other models are built on the meta device (no
+  memory) and their tensors counted;
 * :func:`split_bytes` ``(n_users, max_seq_length, longest)``: the padded tensors of the
   leave-one-out split (``[users, max_seq_length]`` int64, four of them, and the full training
   inputs, ``[users, longest]``);
@@ -26,8 +28,8 @@ allocate and compare it with the memory this machine has available, before alloc
 
 The estimates are lower bounds of the real use (activations, the optimizer's temporaries and
 the data come on top), so a refused request would certainly not have fitted; a request that
-passes may still be too large. This module imports nothing of the package but
-:mod:`mstein_fast.errors`.
+passes may still be too large. This module imports nothing of the package at import time but
+:mod:`mstein_fast.errors` (the meta count imports :mod:`mstein_fast.models` when it is used).
 """
 
 from __future__ import annotations
@@ -54,14 +56,20 @@ INDEX_BYTES = 8  # int64 item ids
 TRAINING_FACTOR = 4  # parameters + gradients + Adam's exp_avg and exp_avg_sq
 INFERENCE_FACTOR = 1
 DISTRIBUTIONAL = ("mstein", "stosa")  # the STOSA backbone: means and variances of every table
+COUNTED = ("mstein", "stosa", "sasrec", "coserec", "coserec-wdm")  # counted from their layer sizes
 GIB = 2**30
 
 
-def parameter_count(n_items: int, cfg) -> int:
+def parameter_count(n_items: int, cfg, n_users: int | None = None) -> int:
     """The number of parameters of model ``cfg.model`` for items ``1..n_items`` (``cfg``: a
-    :class:`~mstein_fast.config.TrainConfig`, or anything with ``model``, ``hidden_size``,
-    ``max_seq_length`` and ``num_hidden_layers``), counted from the layer sizes of
-    :mod:`mstein_fast.models`."""
+    :class:`~mstein_fast.config.TrainConfig`). The STOSA and SASRec backbones (:data:`COUNTED`)
+    are counted from their layer sizes (:mod:`mstein_fast.models.stosa`, ``.sasrec``); any other
+    model is built on the meta device (shapes only, nothing allocated) and its tensors counted,
+    with ``n_users`` for a model with a user embedding."""
+    if cfg.model not in COUNTED:
+        counted = _meta_count(n_items, cfg, n_users)
+        if counted is not None:
+            return counted
     h, length, layers = int(cfg.hidden_size), int(cfg.max_seq_length), int(cfg.num_hidden_layers)
     streams = 2 if cfg.model in DISTRIBUTIONAL else 1
     tables = streams * (int(n_items) + 1) * h + streams * length * h
@@ -73,10 +81,25 @@ def parameter_count(n_items: int, cfg) -> int:
     return tables + layers * layer + 2 * h  # (the embedding LayerNorm)
 
 
-def model_bytes(n_items: int, cfg) -> int:
+def _meta_count(n_items: int, cfg, n_users: int | None) -> int | None:
+    """The floating-point elements of model ``cfg.model`` built on the meta device; None if it
+    cannot be built so (the layer-size count is used then)."""
+    try:
+        import torch
+
+        from mstein_fast.models import build_model
+
+        with torch.device("meta"):
+            model = build_model(cfg.model, n_items, cfg.model_config(), n_users=n_users)
+        return sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+    except Exception:  # noqa: BLE001  (an invalid combination fails later, with its own message)
+        return None
+
+
+def model_bytes(n_items: int, cfg, n_users: int | None = None) -> int:
     """The bytes of the parameters of model ``cfg.model`` for ``n_items`` items (float32; see
     :func:`parameter_count`)."""
-    return FLOAT_BYTES * parameter_count(n_items, cfg)
+    return FLOAT_BYTES * parameter_count(n_items, cfg, n_users)
 
 
 def split_bytes(n_users: int, max_seq_length: int, longest: int) -> int:
@@ -161,15 +184,20 @@ def check_bytes(need: int, what: str, detail: str, hint: str = "") -> None:
                     f"({_size(available)})" + (f"; {hint}" if hint else ""))
 
 
-def check_fits(n_items: int, cfg, what: str, factor: int = INFERENCE_FACTOR) -> None:
+def check_fits(n_items: int, cfg, what: str, factor: int = INFERENCE_FACTOR, n_users: int | None = None) -> None:
     """Refuse, with a one-line :class:`UserError` starting with ``what`` (a command, a checkpoint's
     path), a model whose parameters times ``factor`` (:data:`TRAINING_FACTOR` while training,
     :data:`INFERENCE_FACTOR` otherwise) do not fit in the available memory; call it before the
-    model is built. Nothing is checked when the available memory cannot be read."""
-    params = model_bytes(n_items, cfg)
+    model is built (``n_users``: the training data's, for a model with a user embedding). Nothing
+    is checked when the available memory cannot be read."""
+    if available_bytes() is None:
+        return
+    params = model_bytes(n_items, cfg, n_users)
     tables = 2 if cfg.model in DISTRIBUTIONAL else 1
-    detail = (f"{n_items} items x hidden_size {cfg.hidden_size} x {tables} table{'s' if tables > 1 else ''}, "
-              f"float32: {_size(params)} of parameters"
+    shape = (f"{n_items} items x hidden_size {cfg.hidden_size} x {tables} table{'s' if tables > 1 else ''}"
+             if cfg.model in COUNTED else f"{n_items} items" + (f", {n_users} users" if n_users else "")
+             + f", hidden_size {cfg.hidden_size}")
+    detail = (f"{shape}, float32: {_size(params)} of parameters"
               + (f", x{factor} for their gradients and Adam's moments" if factor == TRAINING_FACTOR
                  else f", x{factor}" if factor != 1 else ""))
     check_bytes(params * factor, f"{what}: the {cfg.model} model", detail,

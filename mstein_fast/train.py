@@ -177,7 +177,7 @@ class Trainer:
         self.split: LeaveOneOut = leave_one_out(self.data, cfg.max_seq_length)
         log(f"data: {self.data.source}: {self.data.n_users} users, {self.data.n_items} items, "
             f"{self.data.n_interactions} interactions")
-        check_fits(self.data.n_items, cfg, "training", TRAINING_FACTOR)  # before anything is allocated
+        check_fits(self.data.n_items, cfg, "training", TRAINING_FACTOR, self.data.n_users)  # before allocating
         self.model = build_model(cfg.model, self.data.n_items, cfg.model_config(),
                                  n_users=self.data.n_users).to(self.device)
         # negatives: items outside the user's whole sequence (the original code's rule); for a model

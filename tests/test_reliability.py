@@ -755,3 +755,25 @@ def test_analysis_refuses_a_damaged_config_json_of_its_runs(tmp_path, capsys, te
                            *TINY_ARGS)
     assert_user_error(code, err, "config.json", "choose another --output")
     assert os.listdir(run) == ["config.json"]
+
+
+@pytest.mark.parametrize("model", ["bprmf", "caser", "cl4srec", "duorec"])
+def test_model_bytes_of_the_other_models_counts_their_tensors(model):
+    from mstein_fast import memory
+    from mstein_fast.models import build_model
+
+    cfg = build_config(None, {"model": model, "hidden_size": 8, "max_seq_length": 5})[0]
+    real = build_model(model, 37, cfg.model_config(), n_users=11).state_dict()
+    assert memory.model_bytes(37, cfg, n_users=11) == sum(4 * v.numel() for v in real.values() if v.is_floating_point())
+
+
+def test_a_user_table_larger_than_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    from mstein_fast import memory
+
+    cfg = tiny(model="bprmf", hidden_size=4096)
+    items_only = memory.TRAINING_FACTOR * 4 * 41 * 4096
+    _available(monkeypatch, memory.TRAINING_FACTOR * memory.model_bytes(40, cfg, n_users=120) - 1)
+    assert memory.TRAINING_FACTOR * memory.model_bytes(40, cfg, n_users=120) > 2 * items_only
+    code, _, err = run_cli(capsys, "train", "--output", tmp_path / "run", *TINY_ARGS, "--model", "bprmf",
+                           "--hidden-size", "4096")
+    assert_user_error(code, err, "training: the bprmf model needs about", "users, hidden_size 4096")
