@@ -15,7 +15,7 @@ config key                   distribution                    models
 ===========================  ==============================  ===========================
 lr                           log-uniform [1e-4, 1e-2]        all
 hidden_dropout_prob          uniform [0, 0.5]                all
-num_attention_heads          one of 1, 2, 4                  all
+num_attention_heads          one of 1, 2, 4                  all but bprmf, caser
 max_seq_length               one of 50, 100                  all
 batch_size                   one of 256, 512, 1024           all
 cf_weight                    log-uniform [1e-4, 1e-1]        mstein, coserec, coserec-wdm
@@ -98,12 +98,14 @@ from mstein_fast.config import FIELDS, ConfigError, build_config, coerce, field_
 from mstein_fast.errors import Diverged, Interrupted, UserError
 
 CONTRASTIVE = ("mstein", "coserec", "coserec-wdm")
+# the models with self-attention (bprmf and caser have no attention heads to tune)
+ATTENTION = tuple(m for m in FIELDS["model"].metadata["choices"] if m not in ("bprmf", "caser"))
 
 # key -> (distribution, the models it is tuned for; None = all)
 _DEFAULT_SPACE: dict[str, tuple[dict, tuple[str, ...] | None]] = {
     "lr": ({"type": "float", "low": 1e-4, "high": 1e-2, "log": True}, None),
     "hidden_dropout_prob": ({"type": "float", "low": 0.0, "high": 0.5}, None),
-    "num_attention_heads": ({"type": "categorical", "choices": [1, 2, 4]}, None),
+    "num_attention_heads": ({"type": "categorical", "choices": [1, 2, 4]}, ATTENTION),
     "max_seq_length": ({"type": "categorical", "choices": [50, 100]}, None),
     "batch_size": ({"type": "categorical", "choices": [256, 512, 1024]}, None),
     "cf_weight": ({"type": "float", "low": 1e-4, "high": 1e-1, "log": True}, CONTRASTIVE),
