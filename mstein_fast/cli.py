@@ -699,6 +699,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status: 0, 2 for
     a user error (one ``error:`` line on stderr), 130 for Ctrl-C, 141 when standard output is a
     closed pipe (``mstein-fast evaluate RUN | head``)."""
+    if signals_received:  # Ctrl-C during start-up that a library's import swallowed: still an interruption
+        print("interrupted", file=sys.stderr)
+        return 130
     stdout = sys.stdout
     sys.stdout = _GuardedStdout(stdout)
     # SIGTERM ends a command as Ctrl-C does (a resumable run, one line); both are remembered, so that

@@ -235,7 +235,8 @@ class TrainedModel:
                   progress=None, users=None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items for each history (a list of item-id lists, time order, oldest first).
 
-        Returns ``(items, scores)``, both ``[U, k]`` numpy arrays: internal item ids (int64; raw id
+        Returns ``(items, scores)``, both ``[U, min(k, n_items)]`` numpy arrays (``k`` is capped at the
+        item count): internal item ids (int64; raw id
         strings, dtype object, when the histories were given as raw ids) and their scores
         (``-W2`` for distributional models, the dot product otherwise). With ``exclude_seen`` the
         items of each history are never recommended. A history may be longer than
@@ -251,8 +252,8 @@ class TrainedModel:
         histories = list(histories)
         raw = bool(histories) and any(isinstance(i, str) for h in histories for i in h)
         k_eff = min(k, self.n_items)
-        items = np.zeros((len(histories), k), dtype=np.int64)
-        values = np.full((len(histories), k), -np.inf, dtype=np.float32)
+        items = np.zeros((len(histories), k_eff), dtype=np.int64)
+        values = np.full((len(histories), k_eff), -np.inf, dtype=np.float32)
         row = 0
         for chunk, batch, extra in self._batches(histories, batch_size, users):
             s = self.model.score_items(batch, **extra).float()
@@ -260,7 +261,7 @@ class TrainedModel:
                 rows = np.repeat(np.arange(len(chunk)), [len(c) for c in chunk])
                 cols = np.concatenate(chunk) - 1 if len(rows) else np.zeros(0, dtype=np.int64)
                 s[torch.from_numpy(rows).to(s.device), torch.from_numpy(cols).to(s.device)] = float("-inf")
-            s = torch.nan_to_num(s, nan=float("-inf"))
+            s = torch.nan_to_num(s, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
             top = torch.topk(s, k_eff, dim=1)
             ids = (top.indices + 1).cpu().numpy()
             vals = top.values.cpu().numpy()

@@ -1,4 +1,4 @@
-"""Property-based fuzz of the command line (issue 34, "hostile input by class": its done-when).
+"""Property-based fuzz of the command line (hostile input by class).
 
 Hypothesis draws option values for every subcommand (``train --print-config``, a real tiny
 ``train``, ``evaluate``, ``recommend``, ``export``, ``data prepare``, ``plot``, ``analyze noise``,

@@ -515,3 +515,13 @@ def test_data_prepare_outputs_replace_planted_links(runs, capsys, tmp_path):
     for name, victim in victims.items():
         _assert_link_replaced(out.parent / name, victim)
     assert (out.parent / "seq.txt").read_text() == (runs["tmp"] / "data" / "seq.txt").read_text()
+
+
+def test_recommend_caps_k_at_the_item_count(runs):
+    trained = mstein_fast.load(str(runs["sasrec"]))
+    _, histories = trained.user_histories()
+    items, scores = trained.recommend(histories[:3], k=10**12)  # no [3, 1e12] allocation
+    assert items.shape == scores.shape == (3, trained.n_items)
+    for row, history in zip(items, histories[:3]):
+        kept = row[row > 0]
+        assert len(kept) == trained.n_items - len(set(history.tolist()))  # every unseen item, then padding
