@@ -98,20 +98,28 @@ def _saved_config(run_dir: str) -> dict | None:
     return saved
 
 
+def config_differences(run_dir: str, values: dict, ignore=()) -> list[str]:
+    """The keys (sorted) whose value in ``values`` differs from the run saved in ``run_dir`` (none if
+    there is no run there), leaving out the runtime keys and ``ignore``; a key newer than the saved
+    run counts as its default."""
+    saved = _saved_config(run_dir)
+    if saved is None:
+        return []
+    defaults = TrainConfig().to_dict()
+    return sorted(k for k, v in values.items()
+                  if k not in _RUNTIME_KEYS and k not in ignore and saved.get(k, defaults.get(k)) != v)
+
+
 def train_or_reuse(cfg: TrainConfig, run_dir: str) -> str:
     """Train ``cfg`` into ``run_dir`` (resume an unfinished run there, reuse a finished one);
     returns the path of ``best.pt``."""
     from mstein_fast.train import train
 
     best = os.path.join(run_dir, "best.pt")
-    saved = _saved_config(run_dir)
-    if saved is not None:
-        defaults = TrainConfig().to_dict()  # a key newer than the saved run counts as its default
-        differ = sorted(k for k, v in cfg.to_dict().items()
-                        if k not in _RUNTIME_KEYS and saved.get(k, defaults[k]) != v)
-        if differ:
-            raise UserError(f"{run_dir} holds a run with another configuration ({', '.join(differ)} differ); "
-                            "choose another --output or pass the run with --checkpoints")
+    differ = config_differences(run_dir, cfg.to_dict())
+    if differ:
+        raise UserError(f"{run_dir} holds a run with another configuration ({', '.join(differ)} differ); "
+                        "choose another --output or pass the run with --checkpoints")
     if os.path.isfile(os.path.join(run_dir, "test_metrics.json")) and os.path.isfile(best):
         log(f"reusing the finished run {run_dir}")
         return best

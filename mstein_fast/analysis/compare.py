@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from mstein_fast.analysis._common import Setup, _RUNTIME_KEYS, _saved_config, log, parse_list
+from mstein_fast.analysis._common import Setup, config_differences, log, parse_list
 from mstein_fast.config import DATASET_PRESETS, FIELDS
 from mstein_fast.errors import UserError
 from mstein_fast.writer import write_files_atomic
@@ -121,12 +121,9 @@ def _finished(run_dir: str) -> dict | None:
 
 
 def _check_reusable(run_dir: str, values: dict) -> None:
-    """UserError if ``run_dir`` holds a run of another configuration (a changed option)."""
-    saved = _saved_config(run_dir)
-    if saved is None:
-        return
-    differ = sorted(k for k, v in values.items()
-                    if k not in _RUNTIME_KEYS and k != "data" and k in saved and saved[k] != v)
+    """UserError if ``run_dir`` holds a run of another configuration (a changed option; the data
+    path may be spelled otherwise: the trainer checks the data's content on resume)."""
+    differ = config_differences(run_dir, values, ignore=("data",))
     if differ:
         raise UserError(f"{run_dir} holds a run with another configuration ({', '.join(differ[:4])} differ); "
                         "choose another --output, or give the options of that grid again")
