@@ -7,6 +7,8 @@ before the package is imported by any test module.
 
 import os
 
+import pytest
+
 
 def _has_cuda() -> bool:
     try:
@@ -55,3 +57,34 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if interpreting and _runs_triton(item):
             item.add_marker(pytest.mark.interpreter)
+
+
+def _ctrl_c_at_batch(monkeypatch):
+    from mstein_fast import train as train_module
+
+    real = train_module.sample_negatives
+
+    def arm(batch):
+        """Ctrl-C at the trainer's ``batch``-th negative sampling (1-based, counted over epochs);
+        ``arm(None)`` puts the real sampler back."""
+        if batch is None:
+            monkeypatch.setattr(train_module, "sample_negatives", real)
+            return
+        calls = {"n": 0}
+
+        def interrupted(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == batch:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(train_module, "sample_negatives", interrupted)
+
+    return arm
+
+
+@pytest.fixture
+def ctrl_c_at_batch(monkeypatch):
+    """The resume tests' interruption: ``ctrl_c_at_batch(10)`` arms a Ctrl-C in the trainer's 10th
+    batch, ``ctrl_c_at_batch(None)`` disarms it."""
+    return _ctrl_c_at_batch(monkeypatch)

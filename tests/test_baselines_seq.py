@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import mstein_fast
-import mstein_fast.train as train_module
 from mstein_fast.augment import CL4SREC_OPS, CROP, MASK, REORDER, Augmenter
 from mstein_fast.cli import main
 from mstein_fast.config import MODEL_PRESETS, TrainConfig, build_config
@@ -194,23 +193,14 @@ def read_metrics(run_dir):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch, name):
+def test_resume_after_interrupt_equals_uninterrupted(tmp_path, ctrl_c_at_batch, name):
     cfg = tiny_config(model=name, epochs=4)
     assert cfg.batch_size == 64  # 4 batches per epoch
     full = train(cfg, str(tmp_path / "full"))
-    calls = {"n": 0}
-    real = train_module.sample_negatives
-
-    def interrupt_in_epoch_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 10:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "sample_negatives", interrupt_in_epoch_3)
+    ctrl_c_at_batch(10)  # Ctrl-C in the middle of epoch 3 (4 batches per epoch)
     with pytest.raises(Interrupted, match="last.pt holds epoch 2; continue with"):
         train(cfg, str(tmp_path / "cut"))
-    monkeypatch.setattr(train_module, "sample_negatives", real)
+    ctrl_c_at_batch(None)
     assert load_checkpoint(str(tmp_path / "cut" / "last.pt"))["epoch"] == 2
     resumed = Trainer(cfg, str(tmp_path / "cut"), resume=True).fit()
     assert resumed == full

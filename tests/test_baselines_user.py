@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 import mstein_fast
-import mstein_fast.train as train_module
 from mstein_fast.checkpoint import load_checkpoint
 from mstein_fast.cli import main
 from mstein_fast.config import MODEL_PRESETS, build_config
@@ -192,25 +191,16 @@ def test_they_learn_on_the_tiny_synthetic_data(tmp_path, name, lr, epochs):
 
 
 @pytest.mark.parametrize("name", USER_MODELS)
-def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch, name):
+def test_resume_after_interrupt_equals_uninterrupted(tmp_path, ctrl_c_at_batch, name):
     cfg = build_config(None, {**TINY, "model": name, "epochs": 3})[0]
     assert all(getattr(cfg, k) == v for k, v in MODEL_PRESETS[name].items() if k not in TINY)
     full = train(cfg, str(tmp_path / "full"))
     assert load_checkpoint(str(tmp_path / "full"))["n_users"] == 200
 
-    calls = {"n": 0}
-    real = train_module.sample_negatives
-
-    def interrupt_in_epoch_3(*args, **kwargs):  # Ctrl-C in the middle of epoch 3 (4 batches per epoch)
-        calls["n"] += 1
-        if calls["n"] == 10:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "sample_negatives", interrupt_in_epoch_3)
+    ctrl_c_at_batch(10)  # Ctrl-C in the middle of epoch 3 (4 batches per epoch)
     with pytest.raises(Interrupted, match="last.pt holds epoch 2"):
         train(cfg, str(tmp_path / "cut"))
-    monkeypatch.setattr(train_module, "sample_negatives", real)
+    ctrl_c_at_batch(None)
     resumed = Trainer(cfg, str(tmp_path / "cut"), resume=True).fit()
     assert resumed == full
     assert read_metrics(tmp_path / "cut") == read_metrics(tmp_path / "full")

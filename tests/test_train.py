@@ -87,25 +87,16 @@ def test_interrupt_during_a_checkpoint_write_names_what_is_on_disk(tmp_path, mon
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=pytest.mark.skipif(
     "cpp" not in __import__("mstein_fast").available_backends(), reason="C++ extension not built"))])
-def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch, backend):
+def test_resume_after_interrupt_equals_uninterrupted(tmp_path, ctrl_c_at_batch, backend):
     # bit-exact equality: the C++ kernels use static OpenMP schedules (bitwise reproducible for a
     # given thread count), so the C++ backend must resume exactly too
     cfg = tiny_config(model="mstein", epochs=4, backend=backend)
     full = train(cfg, str(tmp_path / "full"))
 
-    calls = {"n": 0}
-    real = train_module.sample_negatives
-
-    def interrupt_in_epoch_3(*args, **kwargs):  # Ctrl-C in the middle of epoch 3 (4 batches per epoch)
-        calls["n"] += 1
-        if calls["n"] == 10:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "sample_negatives", interrupt_in_epoch_3)
+    ctrl_c_at_batch(10)  # Ctrl-C in the middle of epoch 3 (4 batches per epoch)
     with pytest.raises(Interrupted, match="last.pt holds epoch 2; continue with"):
         train(cfg, str(tmp_path / "cut"))
-    monkeypatch.setattr(train_module, "sample_negatives", real)
+    ctrl_c_at_batch(None)
     assert load_checkpoint(str(tmp_path / "cut" / "last.pt"))["epoch"] == 2
     assert len(read_metrics(tmp_path / "cut")) == 2
     with pytest.raises(train_module.UserError, match="already holds a run"):
