@@ -42,6 +42,15 @@ if _started_as_command():  # from here on a Ctrl-C is remembered (mstein_fast.er
         signal.signal(signal.SIGINT, interrupt)
     except (ValueError, OSError):  # not the main thread
         pass
+    _default_unraisable = sys.unraisablehook
+
+    def _quiet_interrupt(unraisable):
+        """A Ctrl-C that lands where Python cannot raise it (an import lock's callback) is already
+        remembered: no "Exception ignored" traceback for it."""
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _default_unraisable(unraisable)
+
+    sys.unraisablehook = _quiet_interrupt
 
 try:
     import torch  # noqa: F401  (import torch before the extension so both share one OpenMP runtime)
@@ -51,8 +60,12 @@ try:
     from mstein_fast.errors import UserError
     from mstein_fast.inference import TrainedModel, load
     from mstein_fast.ops import pairwise_w2, wasserstein_alignment_uniformity, wasserstein_infonce
-except KeyboardInterrupt:
-    if not _started_as_command():
+except (KeyboardInterrupt, Exception) as _err:
+    # Ctrl-C while torch loads may also surface as another error of a half-imported library
+    # (numpy: "cannot load module more than once"); the command remembers the signal
+    from mstein_fast.errors import signals_received as _signals
+
+    if not _started_as_command() or not (isinstance(_err, KeyboardInterrupt) or _signals):
         raise
     print("interrupted", file=sys.stderr)
     raise SystemExit(130) from None
