@@ -60,6 +60,7 @@ try:
     from mstein_fast.errors import UserError
     from mstein_fast.inference import TrainedModel, load
     from mstein_fast.ops import pairwise_w2, wasserstein_alignment_uniformity, wasserstein_infonce
+    from mstein_fast import nn as _nn  # noqa: F401  (registers the encoder's ops: mstein_fast::elu, dropout, ...)
 except (KeyboardInterrupt, Exception) as _err:
     # Ctrl-C while torch loads may also surface as another error of a half-imported library
     # (numpy: "cannot load module more than once"); the command remembers the signal

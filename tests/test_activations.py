@@ -1,4 +1,4 @@
-"""The fused ELU / ELU + 1 ops (mstein_fast.ops.activations) against float64 references, forward
+"""The fused ELU / ELU + 1 ops (mstein_fast.nn.activations) against float64 references, forward
 and backward, on float32 CPU tensors (the C++ kernels) and through the PyTorch fallback."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mstein_fast.backends import _load
 from mstein_fast.numerics import COV_FLOOR
-from mstein_fast.ops import activations
+from mstein_fast.nn import activations
 
 pytestmark = pytest.mark.core  # (docs/development.md: test markers)
 

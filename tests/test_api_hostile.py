@@ -406,7 +406,7 @@ def test_the_top_of_the_num_threads_range_runs():
 
 @NEEDS_CPP
 def test_fused_encoder_ops_refuse_a_double_backward():
-    from mstein_fast.ops import activations, dropout, linear
+    from mstein_fast.nn import activations, dropout, linear
 
     x = torch.randn(8, 5, requires_grad=True)
     w = torch.randn(3, 5, requires_grad=True)

@@ -1,4 +1,4 @@
-"""The C++ dropout (mstein_fast.ops.dropout): statistics of the mask, exact values, the backward,
+"""The C++ dropout (mstein_fast.nn.dropout): statistics of the mask, exact values, the backward,
 reproducibility and the fallbacks."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mstein_fast.backends import available_backends
-from mstein_fast.ops import activations
-from mstein_fast.ops.dropout import Dropout, dropout, position_dropout
+from mstein_fast.nn import activations
+from mstein_fast.nn.dropout import Dropout, dropout, position_dropout
 
 pytestmark = pytest.mark.core  # (docs/development.md: test markers)
 

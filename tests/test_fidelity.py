@@ -37,7 +37,7 @@ def test_distributional_feed_forward_uses_elu_sasrec_gelu():
         block = FeedForward(8, 0.0, activation).double()
         want = block.norm(block.dense_2(fn(block.dense_1(x))) + x)
         assert torch.allclose(block(x), want, rtol=0, atol=1e-12)
-    # float32 on the CPU: ELU fused into the first product (mstein_fast.ops.linear), same values
+    # float32 on the CPU: ELU fused into the first product (mstein_fast.nn.linear), same values
     block = FeedForward(8, 0.0, "elu")
     x32 = x.float()
     want = block.norm(block.dense_2(F.elu(block.dense_1(x32))) + x32)

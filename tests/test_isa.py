@@ -68,7 +68,7 @@ CHECK = textwrap.dedent(
         out.backward(g.float()); expect.backward(g)
         worst = max(worst, rel(out, expect), *(rel(a.grad, r.grad) for a, r in zip(ins32, ref)))
     # the padding embedding's gather + dropout + ELU + 1 in one pass (a row width with vector tails)
-    from mstein_fast.ops.dropout import dropout, position_dropout
+    from mstein_fast.nn.dropout import dropout, position_dropout
     table64, pos = torch.randn(9, 37, dtype=torch.float64), torch.randint(0, 9, (500,))
     t32 = table64.float().requires_grad_()
     torch.manual_seed(6)

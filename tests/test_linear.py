@@ -1,4 +1,4 @@
-"""The dense-layer op (``mstein_fast.ops.linear``, csrc/linear.h) against float64 products.
+"""The dense-layer op (``mstein_fast.nn.linear``, csrc/linear.h) against float64 products.
 
 Tolerance: a float32 dot product of depth ``K`` (summed in any order) is within ``K * u * sum_i
 |a_i b_i|`` of the exact value (``u = 2^-24``; the classical bound ``gamma_K``); the tests check each
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from mstein_fast.backends import _load
-from mstein_fast.ops import linear as linear_module
-from mstein_fast.ops.linear import linear
+from mstein_fast.nn import linear as linear_module
+from mstein_fast.nn.linear import linear
 
 needs_cpp = pytest.mark.skipif(isinstance(_load("cpp"), ImportError), reason="C++ extension not built")
 U = 2.0**-24
@@ -145,7 +145,7 @@ def test_op_value_and_gradients_under_a_random_upstream(t, k, n, act):
 def test_fused_activation_equals_the_separate_ops():
     # the encoder's old path (product, then the activation op) gives the same values bit for bit,
     # and the same input and weight gradients up to float32 rounding of their sums
-    from mstein_fast.ops import activations
+    from mstein_fast.nn import activations
     x, w, b, g = _tensors(517, 64, 256, seed=21)
     for act, op in ((1, activations.elu), (2, activations.elu_plus_one)):
         xs, ws, bs = (v.clone().requires_grad_() for v in (x, w, b))

@@ -1,4 +1,4 @@
-"""The fused sub-layer end ``act(LayerNorm(dropout(z) + x))`` (``mstein_fast.ops.residual_norm``,
+"""The fused sub-layer end ``act(LayerNorm(dropout(z) + x))`` (``mstein_fast.nn.residual_norm``,
 csrc/residual_norm.h) against the float64 computation with the same dropout mask.
 
 Tolerance: the project's rule (mstein_fast.testing): the fused float32 result must be within twice
@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mstein_fast.backends import _load
-from mstein_fast.ops import residual_norm
-from mstein_fast.ops.activations import elu_plus_one
-from mstein_fast.ops.dropout import dropout
-from mstein_fast.ops.residual_norm import residual_layer_norm
+from mstein_fast.nn import residual_norm
+from mstein_fast.nn.activations import elu_plus_one
+from mstein_fast.nn.dropout import dropout
+from mstein_fast.nn.residual_norm import residual_layer_norm
 from mstein_fast.testing import assert_close, measure
 
 needs_cpp = pytest.mark.skipif(isinstance(_load("cpp"), ImportError), reason="C++ extension not built")
@@ -208,7 +208,7 @@ def test_models_with_the_fused_ends_equal_the_separate_ops(model_name, monkeypat
     same dropout masks are drawn in the same order, so only rounding may differ."""
     from mstein_fast.config import TrainConfig
     from mstein_fast.models import build_model
-    from mstein_fast.ops import linear as linear_module
+    from mstein_fast.nn import linear as linear_module
 
     torch.manual_seed(0)
     cfg = TrainConfig(model=model_name, hidden_size=16, max_seq_length=12, backend="cpp", hidden_dropout_prob=0.3,

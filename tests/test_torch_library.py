@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mstein_fast
-import mstein_fast.ops.dropout  # (registers mstein_fast::dropout; `import mstein_fast` does not)
+import mstein_fast.nn.dropout  # (registers mstein_fast::dropout; `import mstein_fast` does not)
 from mstein_fast.backends import available_backends
 from mstein_fast.ops._library import HAS_CUSTOM_OP
 

@@ -11,10 +11,10 @@ from torch import nn
 
 import mstein_fast
 from mstein_fast.numerics import std_from_cov
-from mstein_fast.ops import activations
-from mstein_fast.ops.dropout import Dropout
-from mstein_fast.ops.linear import feed_forward, linear
-from mstein_fast.ops.residual_norm import residual_layer_norm
+from mstein_fast.nn import activations
+from mstein_fast.nn.dropout import Dropout
+from mstein_fast.nn.linear import feed_forward, linear
+from mstein_fast.nn.residual_norm import residual_layer_norm
 
 MASKED_SCORE = -1e9  # attention score of a masked key (finite: no NaN for a fully masked row)
 

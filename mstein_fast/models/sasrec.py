@@ -16,7 +16,7 @@ from mstein_fast.models.layers import (
     original_attention_mask,
 )
 from mstein_fast.models.losses import bce, dot_infonce
-from mstein_fast.ops.dropout import Dropout
+from mstein_fast.nn.dropout import Dropout
 
 
 class SASRec(_Recommender):

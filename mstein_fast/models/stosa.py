@@ -19,8 +19,8 @@ from mstein_fast.models.layers import (
     paired_w2,
 )
 from mstein_fast.models.losses import bpr_pvn_sums
-from mstein_fast.ops import activations
-from mstein_fast.ops.dropout import Dropout, position_dropout, position_dropout_usable
+from mstein_fast.nn import activations
+from mstein_fast.nn.dropout import Dropout, position_dropout, position_dropout_usable
 
 
 class STOSA(_Recommender):

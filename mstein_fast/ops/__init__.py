@@ -1,19 +1,19 @@
-"""Public fused ops: each module holds a public function, its dispatch and its autograd glue.
+"""Public fused Wasserstein ops: one package per op, holding its public function, its dispatch and
+every backend's form of it.
 
-The ops re-exported here live in modules with private names (``_pairwise_w2``,
-``_wasserstein_infonce``), so that ``mstein_fast.ops.pairwise_w2`` is unambiguously the function;
-reach a module's internals with ``from mstein_fast.ops import _wasserstein_infonce``.
-``wasserstein_infonce_sequences`` (the loss on flattened sequence outputs, used by the models) and
-``dropout``, ``activations`` (fused ELU / ELU + 1), ``linear`` (dense layers and the fused
-feed-forward product) and ``residual_norm`` (the sub-layer end) are modules of their own. Nothing
-here imports :mod:`mstein_fast.distributed` (the
-distributed loss builds on these ops, not the other way round).
+``_pairwise_w2/`` and ``_wasserstein_infonce/``: the public function and its dispatch in the
+package's ``__init__``, the C++ path (``torch.library`` registration, autograd, fake
+implementation) in ``cpu.py``, the Triton path's registration around the kernels of
+:mod:`mstein_fast.kernels` in ``triton.py``; the Wasserstein InfoNCE package also holds the
+rectangular C++ primitive (``rect.py``) and the loss of a ``torch.distributed`` job
+(``distributed.py``). The packages have private names so that ``mstein_fast.ops.pairwise_w2`` is
+unambiguously the function; reach a package's internals with
+``from mstein_fast.ops._wasserstein_infonce import cpu``. ``_library`` (``define_op`` and the
+buffer checks) and ``_stack`` (the stacked-Gaussian helpers) are shared by the ops and by the
+encoder internals of :mod:`mstein_fast.nn`. Nothing here imports :mod:`mstein_fast.distributed`
+(the public namespace of the distributed losses).
 """
 
-from mstein_fast.ops import activations as _activations  # noqa: F401  (registers mstein_fast::elu, elu_bwd)
-from mstein_fast.ops import dropout as _dropout  # noqa: F401  (registers mstein_fast::dropout with torch)
-from mstein_fast.ops import linear as _linear  # noqa: F401  (mstein_fast::linear, linear_bwd, feed_forward, _bwd)
-from mstein_fast.ops import residual_norm as _residual_norm  # noqa: F401  (mstein_fast::residual_layer_norm, _bwd)
 from mstein_fast.ops._pairwise_w2 import pairwise_w2
 from mstein_fast.ops._wasserstein_infonce import wasserstein_alignment_uniformity, wasserstein_infonce
 

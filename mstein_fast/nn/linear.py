@@ -9,7 +9,7 @@ benchmarks/RESULTS.md). Inside a training step the activations are much larger t
 the activation is applied to each block of outputs while it is in cache, and the backward computes
 the input, weight and bias gradients in one sweep over the upstream gradient (applying the
 activation's derivative, taken from the saved output, on the way). Same values as ``F.linear``
-followed by :mod:`mstein_fast.ops.activations` up to the order of float32 sums; the sums over tokens
+followed by :mod:`mstein_fast.nn.activations` up to the order of float32 sums; the sums over tokens
 (weight and bias gradients) are split into one contiguous range per thread and added in thread
 order, so results are deterministic for a fixed thread count. Other devices and dtypes (and builds
 without the extension) use ``F.linear`` and the activation ops.
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from mstein_fast.backends import _load
 from mstein_fast.numerics import ACTIVATIONS
-from mstein_fast.ops import activations
+from mstein_fast.nn import activations
 from mstein_fast.ops._library import check_buffer, define_op
 from mstein_fast.ops._stack import empty_buffer, threads
 
@@ -112,8 +112,8 @@ def _cpp_usable(*tensors: torch.Tensor | None) -> bool:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            activation: str | None = None) -> torch.Tensor:
     """``torch.nn.functional.linear(x, weight, bias)`` (``x [..., k]``, ``weight [n, k]``, ``bias [n]``)
-    followed by ``activation``: None, ``"elu"`` (:func:`mstein_fast.ops.activations.elu`) or
-    ``"elu_plus_one"`` (:func:`mstein_fast.ops.activations.elu_plus_one`, the covariance activation).
+    followed by ``activation``: None, ``"elu"`` (:func:`mstein_fast.nn.activations.elu`) or
+    ``"elu_plus_one"`` (:func:`mstein_fast.nn.activations.elu_plus_one`, the covariance activation).
     The C++ kernels for float32 CPU tensors apply the activation to each block of outputs while it is
     in cache (and its derivative in the backward's sweep); ``F.linear`` and the activation otherwise."""
     if activation not in ACTIVATIONS:

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mstein_fast.backends import _load
-from mstein_fast.ops import activations
+from mstein_fast.nn import activations
 from mstein_fast.ops._library import check_buffer, define_op
 from mstein_fast.ops._stack import empty_buffer, threads
 from mstein_fast.numerics import ACTIVATIONS
@@ -154,7 +154,7 @@ def position_dropout(table: torch.Tensor, pos: torch.Tensor, p: float = 0.5, tra
                      activation: str | None = None) -> torch.Tensor:
     """``activation(dropout(table[pos], p, training))`` for a table ``[P, H]`` and int64 positions
     ``[T]`` -> ``[T, H]`` (activation None, ``"elu"`` or ``"elu_plus_one"``, as
-    :mod:`mstein_fast.ops.activations`).
+    :mod:`mstein_fast.nn.activations`).
 
     On float32 CPU tensors one C++ pass each way: the rows are never gathered into a tensor of
     their own, and the backward sums the gradient per table row directly. The dropout masks (and

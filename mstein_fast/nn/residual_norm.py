@@ -7,7 +7,7 @@ activation ``ELU + 1``). As separate PyTorch ops that is four full passes over `
 forward and as many backward, on tensors much larger than the caches. Here the forward reads
 ``z`` and ``x`` once and writes the output and the normalised rows (what the backward needs); the
 backward writes the gradients of ``z`` and ``x`` and the LayerNorm's weight and bias gradients in
-one sweep. The dropout mask is that of :func:`mstein_fast.ops.dropout.dropout` for the same seed,
+one sweep. The dropout mask is that of :func:`mstein_fast.nn.dropout.dropout` for the same seed,
 drawn from PyTorch's generator the same way, so a training run sees the same masks as with the
 separate ops, and the values agree up to the rounding of the LayerNorm's sums. The weight and
 bias gradients are summed in fixed chunks of rows, then over the chunks in order: the same bits
@@ -23,10 +23,10 @@ from torch import nn
 
 from mstein_fast.backends import _load
 from mstein_fast.numerics import ACTIVATIONS
-from mstein_fast.ops import activations
+from mstein_fast.nn import activations
 from mstein_fast.ops._library import check_buffer, define_op
 from mstein_fast.ops._stack import empty_buffer, threads
-from mstein_fast.ops.dropout import _threshold, dropout
+from mstein_fast.nn.dropout import _threshold, dropout
 
 # the kernel's activations: none or ELU + 1 (codes of mstein_fast.numerics.ACTIVATIONS)
 NORM_ACTIVATIONS = {name: ACTIVATIONS[name] for name in (None, "elu_plus_one")}
@@ -135,7 +135,7 @@ def residual_layer_norm(z: torch.Tensor, x: torch.Tensor, norm: nn.LayerNorm, p:
     """``activation(norm(dropout(z, p, training) + x))`` for ``z, x [..., h]`` and a LayerNorm over
     the last dim with weight and bias (``activation``: None or ``"elu_plus_one"``, the covariance
     activation). One fused pass each way on float32 CPU tensors (see the module doc); the separate
-    ops elsewhere. Same dropout masks as :func:`mstein_fast.ops.dropout.dropout` from the same
+    ops elsewhere. Same dropout masks as :func:`mstein_fast.nn.dropout.dropout` from the same
     generator state."""
     if activation not in NORM_ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(a for a in NORM_ACTIVATIONS if a)} or None, got {activation!r}")

@@ -2,9 +2,9 @@
 
 The distributional encoder applies ELU or ``ELU + 1`` six times per position (embeddings, values,
 both feed-forward blocks); where the activation follows a dense layer (the values' and the
-feed-forward's) it is fused into that product (:mod:`mstein_fast.ops.linear`, the same lane
+feed-forward's) it is fused into that product (:mod:`mstein_fast.nn.linear`, the same lane
 function), after the covariance feed-forward's LayerNorm into that pass
-(:mod:`mstein_fast.ops.residual_norm`), and these ops serve the rest (the embeddings, item scoring). PyTorch computes ``(elu(x) + 1).clamp_min(1e-24)`` in three passes and
+(:mod:`mstein_fast.nn.residual_norm`), and these ops serve the rest (the embeddings, item scoring). PyTorch computes ``(elu(x) + 1).clamp_min(1e-24)`` in three passes and
 its backward in three more, and its ``elu_backward`` recomputes ``exp(x)`` from the saved input.
 Here each is one vectorised, multi-threaded pass (csrc/activations.h), and the backward works from
 the saved output: for ``x <= 0`` the derivative ``exp(x)`` equals ``elu(x) + 1``. Same values as
