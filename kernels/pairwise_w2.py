@@ -14,10 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mstein_fast import reference
-from mstein_fast.ops._library import define_op, graph_backward
-
-from ._common import acc_dtype, configs, device_guard, empty, gaussian_grads, kernel_dtypes, stack_centered
+from ._common import configs, device_guard, empty, gaussian_grads, kernel_dtypes, stack_centered
 
 _MAX_GRID_Y = 65535  # CUDA limit of the grid's second axis (the batch)
 
@@ -162,24 +159,19 @@ def _products(g: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return prod, rowsum
 
 
-def _fwd(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: torch.Tensor):
-    """``mstein_fast::pairwise_w2_triton_fwd``: ``W`` ``[..., N, M]`` and the centred stacked rows
-    ``x`` ``[B, N, 2D]``, ``y`` ``[B, M, 2D]`` (B = the product of the batch dims) the backward needs."""
+def forward(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: torch.Tensor):
+    """``W`` ``[..., N, M]`` of ``[..., N, D]`` / ``[..., M, D]`` Gaussians (validated by the caller), and
+    the centred stacked rows ``x`` ``[B, N, 2D]``, ``y`` ``[B, M, 2D]`` (B = the product of the batch
+    dims) that :func:`backward` needs: the kernel of ``mstein_fast::pairwise_w2_triton_fwd``."""
     batch, (n, d), m = mean1.shape[:-2], mean1.shape[-2:], mean2.shape[-2]
     x, y = stack_centered((mean1, cov1), (mean2, cov2))
     x, y = x.reshape(-1, n, 2 * d), y.reshape(-1, m, 2 * d)
     return _forward(x, y).reshape(*batch, n, m), x, y
 
 
-def _fwd_fake(mean1, cov1, mean2, cov2):
-    batch, (n, d), m = mean1.shape[:-2], mean1.shape[-2:], mean2.shape[-2]
-    b = math.prod(batch)
-    return mean1.new_empty((*batch, n, m)), mean1.new_empty((b, n, 2 * d)), mean1.new_empty((b, m, 2 * d))
-
-
-def _bwd(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cov1: torch.Tensor, cov2: torch.Tensor,
+def backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cov1: torch.Tensor, cov2: torch.Tensor,
          need1: bool = True, need2: bool = True):
-    """``mstein_fast::pairwise_w2_triton_bwd``: gradients w.r.t. ``mean1, cov1, mean2, cov2`` from
+    """The kernel of ``mstein_fast::pairwise_w2_triton_bwd``: gradients w.r.t. ``mean1, cov1, mean2, cov2`` from
     the upstream ``grad`` ``[..., N, M]`` and the forward's ``x``, ``y``; a side whose flag
     (``need1``: mean1/cov1, ``need2``: mean2/cov2) is False is not computed and comes back as two
     empty ``[0]`` tensors (an op cannot return None)."""
@@ -195,52 +187,3 @@ def _bwd(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cov1: torch.Tenso
         g_mean, g_cov = gaussian_grads(own, prod, rowsum, cov.reshape(b, rows, -1))
         out += [g_mean.reshape(cov.shape).contiguous(), g_cov.reshape(cov.shape).contiguous()]
     return tuple(out)
-
-
-def _bwd_fake(grad, x, y, cov1, cov2, need1=True, need2=True):
-    # contiguous, as _bwd's
-    return tuple(c.new_empty(c.shape if need else (0,)) for c, need in ((cov1, need1), (cov1, need1), (cov2, need2),
-                                                                         (cov2, need2)))
-
-
-def _setup_context(ctx, inputs, output):
-    mean1, cov1, mean2, cov2 = inputs
-    _, x, y = output
-    ctx.mark_non_differentiable(x, y)
-    ctx.save_for_backward(x, y, cov1, cov2, mean1, mean2)  # the means: only for a double backward (no copies)
-
-
-def _reference_w2(mean1, cov1, mean2, cov2):
-    """W by the PyTorch reference in the accumulation dtype (the double backward's formula)."""
-    acc = acc_dtype(mean1.dtype)
-    return reference.pairwise_w2(*(t.to(acc) for t in (mean1, cov1, mean2, cov2)))
-
-
-def _backward(ctx, grad, _grad_x, _grad_y):
-    x, y, cov1, cov2, mean1, mean2 = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    if torch.is_grad_enabled():  # a create_graph=True backward: differentiable gradients
-        return graph_backward(_reference_w2, (mean1, cov1, mean2, cov2), needs[:4], grad.to(acc_dtype(grad.dtype)))
-    need1, need2 = bool(needs[0] or needs[1]), bool(needs[2] or needs[3])
-    grads = pairwise_w2_triton_bwd(grad.contiguous(), x, y, cov1, cov2, need1, need2)
-    return tuple(g if need else None for g, need in zip(grads, needs))
-
-
-# registered for every device type: CUDA, and CPU tensors under TRITON_INTERPRET=1
-pairwise_w2_triton_bwd = define_op(
-    "pairwise_w2_triton_bwd",
-    "(Tensor grad, Tensor x, Tensor y, Tensor cov1, Tensor cov2, bool need1=True, bool need2=True) -> "
-    "(Tensor, Tensor, Tensor, Tensor)",
-    _bwd, _bwd_fake, device_types=None)
-pairwise_w2_triton_fwd = define_op(
-    "pairwise_w2_triton_fwd", "(Tensor mean1, Tensor cov1, Tensor mean2, Tensor cov2) -> (Tensor, Tensor, Tensor)",
-    _fwd, _fwd_fake, backward=_backward, setup_context=_setup_context, device_types=None, double_backward=True)
-
-
-def pairwise_w2(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: torch.Tensor) -> torch.Tensor:
-    """Squared W2 ``[..., N, M]`` between ``[..., N, D]`` and ``[..., M, D]`` diagonal Gaussians.
-
-    Inputs are validated by the caller (one dtype and device, finite, ``cov > 0``). Output in the
-    input dtype, accumulated in float32 (float64 for float64); differentiable w.r.t. all four.
-    """
-    return pairwise_w2_triton_fwd(mean1, cov1, mean2, cov2)[0]

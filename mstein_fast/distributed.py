@@ -303,7 +303,7 @@ def _kernel_forward(path, rows, x, row_ids, partner, temperature, similarity, ch
         if path == "cpp":
             infonce_rect_fwd(rows, x[c0:c1], self_col, pos_col, temperature, similarity, run_max, run_others, pos)
         else:
-            triton_kernels().rect_fwd(rows, x[c0:c1], self_col, pos_col, temperature, similarity, run_max,
+            triton_kernels().infonce_rect.rect_fwd(rows, x[c0:c1], self_col, pos_col, temperature, similarity, run_max,
                                       run_others, pos, top_col, c0, validate=False)
     losses = infonce_row_loss(run_max, run_others, pos).to(rows.dtype)
     top, log_sum, not_pos, peak = infonce_row_stats(run_max, run_others, pos)
@@ -322,7 +322,7 @@ def _kernel_backward(path, rows, x, row_ids, partner, temperature, similarity, c
             infonce_rect_bwd(rows, x[c0:c1], self_col, pos_col, temperature, similarity, g, saved[0], g_rows,
                              g_x[c0:c1])
         else:
-            triton_kernels().rect_bwd(rows, x[c0:c1], self_col, pos_col, temperature, similarity, g, saved[0],
+            triton_kernels().infonce_rect.rect_bwd(rows, x[c0:c1], self_col, pos_col, temperature, similarity, g, saved[0],
                                       saved[1], g_rows, g_x[c0:c1], c0, validate=False)
 
 

@@ -28,6 +28,8 @@ from mstein_fast import reference, testing
 pytestmark = pytest.mark.core  # (docs/development.md: test markers)
 
 triton_infonce = pytest.importorskip("mstein_fast.kernels.wasserstein_infonce")
+# the Triton paths of the ops (importing them registers mstein_fast::*_triton_* with torch.library)
+from mstein_fast.ops._pairwise_w2 import triton as pairwise_triton  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_GPU = DEVICE.type == "cuda"
@@ -306,19 +308,19 @@ def test_triton_ops_pass_opcheck(case):
 def test_triton_pairwise_backward_computes_only_the_side_that_needs_it(side, monkeypatch):
     import importlib
 
-    kp = importlib.import_module("mstein_fast.kernels.pairwise_w2")  # the module (the package exports the function)
+    kp = importlib.import_module("mstein_fast.kernels.pairwise_w2")  # the launchers
 
     g = torch.Generator().manual_seed(5 + side)
     inputs = [torch.randn(2, 3, 5, generator=g), torch.rand(2, 3, 5, generator=g) + 0.1,
               torch.randn(2, 4, 5, generator=g), torch.rand(2, 4, 5, generator=g) + 0.1]
     upstream = torch.randn(2, 3, 4, generator=g)
     full = [t.clone().to(DEVICE).requires_grad_() for t in inputs]
-    (kp.pairwise_w2(*full) * upstream.to(DEVICE)).sum().backward()
+    (pairwise_triton.pairwise_w2(*full) * upstream.to(DEVICE)).sum().backward()
     calls = []
     real = kp._products
     monkeypatch.setattr(kp, "_products", lambda *a: calls.append(1) or real(*a))
     part = [t.clone().to(DEVICE).requires_grad_(i // 2 == side) for i, t in enumerate(inputs)]
-    (kp.pairwise_w2(*part) * upstream.to(DEVICE)).sum().backward()
+    (pairwise_triton.pairwise_w2(*part) * upstream.to(DEVICE)).sum().backward()
     assert len(calls) == 1  # one side's products only
     for i, (a, b) in enumerate(zip(part, full)):
         if i // 2 == side:

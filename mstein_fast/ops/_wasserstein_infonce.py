@@ -273,7 +273,7 @@ def wasserstein_infonce(
             mean_a, cov_a, mean_b, cov_b, temperature=temperature, similarity=similarity, reduction=reduction
         )
     if name == "triton":
-        rows = triton_kernels().wasserstein_infonce_rows(mean_a, cov_a, mean_b, cov_b, temperature, similarity)
+        rows = triton_kernels().wasserstein_infonce.wasserstein_infonce_rows(mean_a, cov_a, mean_b, cov_b, temperature, similarity)
     else:
         views = [t.float().contiguous() for t in (mean_a, cov_a, mean_b, cov_b)]
         rows = wasserstein_infonce_fwd(*views, temperature, similarity, _keep_matrix(views, mean_a.shape[0]))[0]
