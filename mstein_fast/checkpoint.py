@@ -5,8 +5,9 @@ read back, and the safe writes every run file goes through.
   :func:`make_checkpoint` builds one (``last.pt`` with the optimizer state, ``best.pt`` without),
   :func:`load_checkpoint` reads and validates one (weights only: a checkpoint's code is never
   run), :func:`load_model_state` and :func:`model_from_checkpoint` restore its model;
-* the run directory: :data:`RUN_FILES` (anything else there means it is not a run of ours) and the
-  temporaries a killed write leaves (:data:`_TEMPORARY`);
+* the run directory: :class:`RunDirectory`, one run's directory and its files (preparing and locking
+  it, restoring a resume from it, every write there, its log); :data:`RUN_FILES` (anything else
+  there means it is not a run of ours) and the temporaries a killed write leaves (:data:`_TEMPORARY`);
 * writes: :func:`save_atomic` and :func:`write_text_atomic` (temporary file beside the target, then
   rename: never a half-written file, never through a symbolic link), :func:`append_line`
   (``metrics.jsonl``), and :func:`write_failure`, the one-line :class:`UserError` of a failed
@@ -16,6 +17,7 @@ read back, and the safe writes every run file goes through.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mstein_fast.config import config_from_dict
+from mstein_fast.config import FIELDS, check_resume, config_from_dict
 from mstein_fast.errors import UserError
 from mstein_fast.models import build_model, needs_users
 
@@ -335,3 +337,193 @@ def model_from_checkpoint(ckpt: dict, device: torch.device):
     load_model_state(model, ckpt["model"], ckpt["path"])
     model.eval()
     return model
+
+
+class RunDirectory:
+    """The directory of one training run and every file the trainer keeps there (:data:`RUN_FILES`).
+
+    ``RunDirectory(path, notice)``: ``notice(message)`` is told what the directory does on its own
+    (a lock taken over, a torn metrics line dropped, a resume); the trainer passes its logger.
+
+    * :meth:`prepare` creates (or checks) the directory, takes its lock (:class:`DirectoryLock` on
+      ``train.lock``: a second writer is refused), removes the temporaries of a killed write, refuses
+      a directory that is not a run of ours (or, without ``resume``, one that holds a run), and writes
+      ``config.json`` (and, for a new run, an empty ``metrics.jsonl``);
+    * :meth:`restore` reads and checks ``last.pt`` for a resume (nothing is written), and
+      :meth:`trim_metrics` then cuts ``metrics.jsonl`` back to the checkpoint's epoch;
+    * the writes, all atomic or appending, never through a symbolic link: :meth:`save_last`,
+      :meth:`save_best`, :meth:`append_metrics`, :meth:`write_config`, :meth:`write_test_metrics`;
+    * the run's log ``train.log``: :meth:`open_log`, :meth:`record_failure`, :meth:`close_log`;
+    * :meth:`release` lets other processes write the directory again.
+    """
+
+    def __init__(self, path: str, notice=None):
+        self.path = path
+        self.notice = notice if notice is not None else (lambda message: None)
+        self.last_path = os.path.join(path, "last.pt")
+        self.best_path = os.path.join(path, "best.pt")
+        self.metrics_path = os.path.join(path, "metrics.jsonl")
+        self.config_path = os.path.join(path, "config.json")
+        self.test_metrics_path = os.path.join(path, "test_metrics.json")
+        self.log_path = os.path.join(path, "train.log")
+        self.lock_path = os.path.join(path, "train.lock")
+        self._lock: DirectoryLock | None = None
+
+    # -- the directory -------------------------------------------------------------------------
+    def prepare(self, config: dict, resume: bool = False) -> None:
+        """Create or check the directory, lock it and write ``config.json`` (``config``: the run's
+        configuration as a dict). A non-empty directory that is not a run of ours, or one holding
+        symbolic links, is refused; so is a run without ``resume``, and a directory without
+        ``last.pt`` with it. A new run (or one that never completed an epoch) starts with an empty
+        ``metrics.jsonl``."""
+        out = self.path
+        if os.path.lexists(out) and not os.path.isdir(out):
+            raise UserError(f"--output {out} exists and is not a directory; choose another --output")
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create the run directory {out}: {err.strerror or err}") from None
+        for name in RUN_FILES:
+            path = os.path.join(out, name)
+            if os.path.islink(path):
+                raise UserError(f"{path} is a symbolic link; a run directory must hold its own files "
+                                "(refusing to write through it): choose another --output")
+        try:
+            entries = os.listdir(out)
+        except OSError as err:
+            raise UserError(f"cannot read the run directory {out}: {err.strerror or err}") from None
+        temporaries = [e for e in entries if _TEMPORARY.fullmatch(e)]
+        entries = [e for e in entries if not _TEMPORARY.fullmatch(e)]
+        if set(entries) <= set(RUN_FILES):  # (a foreign directory is refused below, without a lock file in it)
+            # one process writes a run directory at a time: a second train / --resume there is refused
+            # (first of all: the temporaries below may be the writes of a process still running)
+            self._lock = DirectoryLock(self.lock_path, "train")
+            self._lock.acquire(notice=self.notice)
+            for name in temporaries:  # temporaries of a write that was killed
+                if not os.path.isdir(os.path.join(out, name)):
+                    _remove_quietly(os.path.join(out, name))
+        if resume:
+            if not os.path.isfile(self.last_path):
+                raise UserError(f"{out}: nothing to resume (no last.pt)")
+        elif os.path.exists(self.last_path):
+            raise UserError(f"{out} already holds a run; continue it with --resume {out} "
+                            "or choose another --output")
+        elif entries and not self.is_unstarted_run(entries):
+            shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+            raise UserError(f"--output {out} is not empty ({shown}) and is not a run of mstein-fast train; "
+                            f"choose another --output (or continue a run with --resume DIR)")
+        else:
+            write_text_atomic("", self.metrics_path)
+        self.write_config(config)
+
+    def is_unstarted_run(self, entries: list[str]) -> bool:
+        """Whether ``entries`` (the directory's names) are the files of a run of ours that never
+        completed an epoch (a ``config.json`` of our keys and nothing but run files), which may be
+        started again."""
+        if not set(entries) <= set(RUN_FILES) or "config.json" not in entries:
+            return False
+        try:
+            with open(self.config_path, encoding="utf-8") as fh:
+                saved = json.load(fh)
+        except (OSError, ValueError):
+            return False
+        return isinstance(saved, dict) and set(saved) <= set(FIELDS)
+
+    def release(self) -> None:
+        """Drop the directory's lock (other processes may then write there); the lock file stays."""
+        if self._lock is not None:
+            self._lock.release()
+
+    # -- resuming ------------------------------------------------------------------------------
+    def restore(self, cfg: TrainConfig, data_fingerprint: str, model: torch.nn.Module,
+                optimizer: torch.optim.Optimizer) -> dict:
+        """Load ``last.pt`` into ``model`` and ``optimizer`` after checking that it belongs to ``cfg``
+        (:func:`mstein_fast.config.check_resume`) and to the data of ``data_fingerprint``; returns
+        its early-stopping state ``{"epoch", "best_score", "best_epoch", "bad_epochs"}``. Nothing is
+        written (every process of a distributed run reads it; the directory must be visible to all)."""
+        if not os.path.isfile(self.last_path):
+            raise UserError(f"{self.path}: nothing to resume (no last.pt)")
+        ckpt = load_checkpoint(self.last_path)
+        try:
+            check_resume(ckpt["config"], cfg)
+        except UserError as err:
+            raise UserError(f"{self.path}: {err}") from None
+        if ckpt["data_fingerprint"] != data_fingerprint:
+            raise UserError(f"{self.path} was trained on different data ({ckpt['data_source']}); cannot resume")
+        if "optimizer" not in ckpt or not isinstance(ckpt["optimizer"], dict):
+            raise UserError(f"{self.last_path}: no optimizer state (is it a best.pt?); cannot resume")
+        load_model_state(model, ckpt["model"], self.last_path)
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError):
+            raise UserError(f"{self.last_path}: the optimizer state does not match the model; cannot resume") from None
+        return {k: ckpt[k] for k in ("epoch", "best_score", "best_epoch", "bad_epochs")}
+
+    def trim_metrics(self, epoch: int, best_epoch: int) -> None:
+        """Drop the ``metrics.jsonl`` lines of epochs after ``epoch`` (the checkpoint's: written
+        before a kill) and a torn last line (a kill during its write); a corrupt line before the last
+        is a UserError. ``best_epoch`` is only named in the notice of the resume."""
+        kept = []
+        if os.path.exists(self.metrics_path):
+            try:
+                records, torn = read_metrics(self.metrics_path)
+            except UserError as err:
+                raise UserError(f"{err}; cannot resume") from None
+            if torn is not None:
+                self.notice(f"{self.metrics_path}:{torn}: dropping a torn last line")
+            kept = [json.dumps(record) + "\n" for record in records if record["epoch"] <= epoch]
+        write_text_atomic("".join(kept), self.metrics_path)
+        self.notice(f"resumed {self.path} after epoch {epoch} (best epoch {best_epoch})")
+
+    def saved_epoch(self) -> int | None:
+        """The epoch ``last.pt`` holds, read back from the disk (None if there is none or it is
+        unreadable; a Ctrl-C during its write leaves the previous epoch there)."""
+        if not os.path.isfile(self.last_path):
+            return None
+        try:
+            return load_checkpoint(self.last_path)["epoch"]
+        except (UserError, KeyboardInterrupt):
+            return None
+
+    # -- writes --------------------------------------------------------------------------------
+    def save_last(self, state: dict) -> None:
+        """Write ``last.pt`` (a :func:`make_checkpoint` result with the optimizer) atomically."""
+        save_atomic(state, self.last_path)
+
+    def save_best(self, state: dict) -> None:
+        """Write ``best.pt`` (a :func:`make_checkpoint` result) atomically."""
+        save_atomic(state, self.best_path)
+
+    def append_metrics(self, record: dict) -> None:
+        """Append one epoch's record to ``metrics.jsonl`` as a JSON line."""
+        append_line(json.dumps(record), self.metrics_path)
+
+    def write_config(self, config: dict) -> None:
+        """Write ``config.json`` (the run's configuration as a dict) atomically."""
+        write_text_atomic(json.dumps(config, indent=2) + "\n", self.config_path)
+
+    def write_test_metrics(self, result: dict) -> None:
+        """Write ``test_metrics.json`` (the final result) atomically."""
+        write_text_atomic(json.dumps(result, indent=2) + "\n", self.test_metrics_path)
+
+    # -- the log -------------------------------------------------------------------------------
+    def open_log(self, header: str) -> None:
+        """Send the run's messages (those kept since start-up too) to ``train.log``, time-stamped,
+        and write ``header`` there only (:func:`mstein_fast.runtime.log_to_file`)."""
+        from mstein_fast.runtime import log_file_only, log_to_file
+
+        log_to_file(self.log_path)
+        log_file_only(header)
+
+    def record_failure(self, message: str) -> None:
+        """Write why the run stopped (``message``: an error or an interruption) into ``train.log`` only."""
+        from mstein_fast.runtime import log_file_only
+
+        log_file_only(message)
+
+    @staticmethod
+    def close_log() -> None:
+        """Stop writing messages to the run's ``train.log``."""
+        from mstein_fast.runtime import log_to_file
+
+        log_to_file(None)

@@ -33,7 +33,6 @@ failed write (full disk, read-only place) is a :class:`UserError` naming the fil
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -46,21 +45,9 @@ from tqdm import tqdm
 
 from mstein_fast import distributed
 from mstein_fast.augment import Augmenter, itemcf_iuf_topk
-from mstein_fast.checkpoint import (
-    _TEMPORARY,
-    RUN_FILES,
-    DirectoryLock,
-    _remove_quietly,
-    append_line,
-    load_checkpoint,
-    load_model_state,
-    make_checkpoint,
-    read_metrics,
-    save_atomic,
-    write_text_atomic,
-)
+from mstein_fast.checkpoint import RunDirectory, load_checkpoint, load_model_state, make_checkpoint
 from mstein_fast.compat import original_compat
-from mstein_fast.config import FIELDS, TrainConfig, check_resume
+from mstein_fast.config import TrainConfig
 from mstein_fast.data import LeaveOneOut, leave_one_out, sample_negatives
 from mstein_fast.errors import Diverged, Interrupted, UserError
 from mstein_fast.evaluate import NonFiniteScores, evaluate_ranks, popularity_metrics, ranking_metrics
@@ -74,8 +61,6 @@ from mstein_fast.runtime import (
     keep_freed_memory,
     load_data,
     log,
-    log_file_only,
-    log_to_file,
     resolve_device,
     seed_everything,
     stream_seed,
@@ -141,11 +126,16 @@ class _TrainStep(torch.nn.Module):
 
 
 class Trainer:
-    """Trains ``cfg.model`` on ``cfg.data``; :meth:`fit` returns the final metrics."""
+    """Trains ``cfg.model`` on ``cfg.data``; :meth:`fit` returns the final metrics.
 
-    def __init__(self, cfg: TrainConfig, output_dir: str, resume: bool = False):
+    ``output_dir``: the run directory, a path or a :class:`~mstein_fast.checkpoint.RunDirectory`
+    (which owns its files: preparing and locking it, the resume, every write, ``train.log``); the
+    trainer keeps the training loop, and only rank 0 writes there."""
+
+    def __init__(self, cfg: TrainConfig, output_dir: str | RunDirectory, resume: bool = False):
         self.cfg = cfg
-        self._lock = None  # the run directory's lock (rank 0), taken before anything is written there
+        given = output_dir if isinstance(output_dir, RunDirectory) else None
+        output_dir = given.path if given is not None else output_dir
         self._events = None  # TensorBoard writer (rank 0, --tensorboard)
         capture_log()  # the messages before the run directory exists go to its train.log too
         init_distributed(cfg.device)
@@ -158,6 +148,7 @@ class Trainer:
             dist.broadcast_object_list(box, src=0)  # rank 0's (possibly time-stamped) directory
             output_dir = box[0]
         self.out = output_dir
+        self.run = given if given is not None and given.path == output_dir else RunDirectory(output_dir, notice=log)
         self.device = resolve_device(cfg.device)
         check_backend(cfg.backend, self.device)
         if cfg.tensorboard and self.rank == 0:
@@ -212,18 +203,18 @@ class Trainer:
         self.best_score = float("-inf")
         self.best_epoch = 0
         self.bad_epochs = 0
-        self.last_path = os.path.join(self.out, "last.pt")
-        self.best_path = os.path.join(self.out, "best.pt")
-        self.metrics_path = os.path.join(self.out, "metrics.jsonl")
+        self.last_path, self.best_path, self.metrics_path = self.run.last_path, self.run.best_path, self.run.metrics_path
         if resume:
-            self._restore()  # checks everything before the run directory is touched
-        self._on_rank0(self._prepare_directory, resume)
+            # last.pt is read and checked (on every rank) before the run directory is touched
+            state = self.run.restore(cfg, self.data.fingerprint, self.model, self.optimizer)
+            self.epoch, self.best_score = state["epoch"], state["best_score"]
+            self.best_epoch, self.bad_epochs = state["best_epoch"], state["bad_epochs"]
+        self._on_rank0(self.run.prepare, cfg.to_dict(), resume)
         if self.rank == 0:
-            log_to_file(os.path.join(self.out, "train.log"))
-            log_file_only(f"mstein-fast train {'--resume ' if resume else ''}(model {cfg.model}, data "
-                          f"{cfg.data or 'built-in synthetic'}, seed {cfg.seed})")
+            self.run.open_log(f"mstein-fast train {'--resume ' if resume else ''}(model {cfg.model}, data "
+                              f"{cfg.data or 'built-in synthetic'}, seed {cfg.seed})")
         if resume:
-            self._on_rank0(self._trim_metrics)
+            self._on_rank0(self.run.trim_metrics, self.epoch, self.best_epoch)
         if cfg.tensorboard and self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -248,103 +239,11 @@ class Trainer:
         if error is not None:
             raise UserError(error)
 
-    def _prepare_directory(self, resume: bool) -> None:
-        """Create or check the run directory and write ``config.json`` (rank 0). A non-empty
-        directory that is not a run of ours, or one holding symbolic links, is refused."""
-        out = self.out
-        if os.path.lexists(out) and not os.path.isdir(out):
-            raise UserError(f"--output {out} exists and is not a directory; choose another --output")
-        try:
-            os.makedirs(out, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"cannot create the run directory {out}: {err.strerror or err}") from None
-        for name in RUN_FILES:
-            path = os.path.join(out, name)
-            if os.path.islink(path):
-                raise UserError(f"{path} is a symbolic link; a run directory must hold its own files "
-                                "(refusing to write through it): choose another --output")
-        try:
-            entries = os.listdir(out)
-        except OSError as err:
-            raise UserError(f"cannot read the run directory {out}: {err.strerror or err}") from None
-        temporaries = [e for e in entries if _TEMPORARY.fullmatch(e)]
-        entries = [e for e in entries if not _TEMPORARY.fullmatch(e)]
-        if set(entries) <= set(RUN_FILES):  # (a foreign directory is refused below, without a lock file in it)
-            # one process writes a run directory at a time: a second train / --resume there is refused
-            # (first of all: the temporaries below may be the writes of a process still running)
-            self._lock = DirectoryLock(os.path.join(out, "train.lock"), "train")
-            self._lock.acquire(notice=log)
-            for name in temporaries:  # temporaries of a write that was killed
-                if not os.path.isdir(os.path.join(out, name)):
-                    _remove_quietly(os.path.join(out, name))
-        if resume:
-            if not os.path.isfile(self.last_path):
-                raise UserError(f"{out}: nothing to resume (no last.pt)")
-        elif os.path.exists(self.last_path):
-            raise UserError(f"{out} already holds a run; continue it with --resume {out} "
-                            "or choose another --output")
-        elif entries and not self._is_unstarted_run(entries):
-            shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
-            raise UserError(f"--output {out} is not empty ({shown}) and is not a run of mstein-fast train; "
-                            f"choose another --output (or continue a run with --resume DIR)")
-        else:
-            write_text_atomic("", self.metrics_path)
-        write_text_atomic(json.dumps(self.cfg.to_dict(), indent=2) + "\n", os.path.join(out, "config.json"))
-
-    def _is_unstarted_run(self, entries: list[str]) -> bool:
-        """Whether ``entries`` are the files of a run of ours that never completed an epoch
-        (a ``config.json`` of our keys and nothing but run files), which may be started again."""
-        if not set(entries) <= set(RUN_FILES) or "config.json" not in entries:
-            return False
-        try:
-            with open(os.path.join(self.out, "config.json"), encoding="utf-8") as fh:
-                saved = json.load(fh)
-        except (OSError, ValueError):
-            return False
-        return isinstance(saved, dict) and set(saved) <= set(FIELDS)
-
     # -- checkpoints -------------------------------------------------------------------------
     def _state(self, with_optimizer: bool) -> dict:
         return make_checkpoint(self.cfg, self.data, self.model, epoch=self.epoch, best_score=self.best_score,
                                best_epoch=self.best_epoch, bad_epochs=self.bad_epochs,
                                optimizer=self.optimizer if with_optimizer else None, run_dir=self.out)
-
-    def _restore(self) -> None:
-        """Load ``last.pt`` (every rank reads it: the run directory must be visible to all nodes),
-        after checking that it belongs to this configuration and data; nothing is written here."""
-        if not os.path.isfile(self.last_path):
-            raise UserError(f"{self.out}: nothing to resume (no last.pt)")
-        ckpt = load_checkpoint(self.last_path)
-        try:
-            check_resume(ckpt["config"], self.cfg)
-        except UserError as err:
-            raise UserError(f"{self.out}: {err}") from None
-        if ckpt["data_fingerprint"] != self.data.fingerprint:
-            raise UserError(f"{self.out} was trained on different data ({ckpt['data_source']}); cannot resume")
-        if "optimizer" not in ckpt or not isinstance(ckpt["optimizer"], dict):
-            raise UserError(f"{self.last_path}: no optimizer state (is it a best.pt?); cannot resume")
-        load_model_state(self.model, ckpt["model"], self.last_path)
-        try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, KeyError, TypeError, ValueError, IndexError):
-            raise UserError(f"{self.last_path}: the optimizer state does not match the model; cannot resume") from None
-        self.epoch, self.best_score = ckpt["epoch"], ckpt["best_score"]
-        self.best_epoch, self.bad_epochs = ckpt["best_epoch"], ckpt["bad_epochs"]
-
-    def _trim_metrics(self) -> None:
-        """Drop metric lines of epochs after the checkpoint (written before a kill), and a torn
-        last line (a kill during its write); a corrupt line before the last is an error."""
-        kept = []
-        if os.path.exists(self.metrics_path):
-            try:
-                records, torn = read_metrics(self.metrics_path)
-            except UserError as err:
-                raise UserError(f"{err}; cannot resume") from None
-            if torn is not None:
-                log(f"{self.metrics_path}:{torn}: dropping a torn last line")
-            kept = [json.dumps(record) + "\n" for record in records if record["epoch"] <= self.epoch]
-        write_text_atomic("".join(kept), self.metrics_path)
-        log(f"resumed {self.out} after epoch {self.epoch} (best epoch {self.best_epoch})")
 
     # -- training ----------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> EpochStats:
@@ -478,10 +377,10 @@ class Trainer:
         try:
             return self._fit(on_epoch, test)
         except UserError as err:  # (Diverged, a failed write): the run's log keeps the reason too
-            log_file_only(f"error: {err}")
+            self.run.record_failure(f"error: {err}")
             raise
         finally:
-            log_to_file(None)
+            self.run.close_log()
             self.release()
 
     def release(self) -> None:
@@ -489,8 +388,7 @@ class Trainer:
         if self._events is not None:
             self._events.close()
             self._events = None
-        if self._lock is not None:
-            self._lock.release()
+        self.run.release()
 
     def _write_events(self, record: dict) -> None:
         """The epoch's record of ``metrics.jsonl`` as TensorBoard scalars (with ``--tensorboard``)."""
@@ -536,9 +434,9 @@ class Trainer:
                                      "eval": t_eval}}
                 if self.rank == 0:
                     if improved:
-                        save_atomic(self._state(with_optimizer=False), self.best_path)
-                    append_line(json.dumps(record), self.metrics_path)
-                    save_atomic(self._state(with_optimizer=True), self.last_path)
+                        self.run.save_best(self._state(with_optimizer=False))
+                    self.run.append_metrics(record)
+                    self.run.save_last(self._state(with_optimizer=True))
                     self._write_events(record)
                 total_s = sum(record["time_s"].values())
                 log(f"epoch {epoch}: loss {stats.loss:.4f}  valid {cfg.early_stop_metric} {score:.4f}  "
@@ -558,18 +456,13 @@ class Trainer:
     def _interrupted(self) -> Interrupted:
         """The message of Ctrl-C during training: what ``last.pt`` holds, read back from the disk (a
         Ctrl-C during its write leaves the previous epoch there), and how to continue."""
-        saved = None
-        if self.rank == 0 and os.path.isfile(self.last_path):
-            try:
-                saved = load_checkpoint(self.last_path)["epoch"]
-            except (UserError, KeyboardInterrupt):
-                saved = None
+        saved = self.run.saved_epoch() if self.rank == 0 else None
         if not saved:
             message = f"interrupted; no epoch was completed, nothing saved in {self.out}"
         else:
             message = (f"interrupted after epoch {saved}: {self.last_path} holds epoch {saved}; "
                        f"continue with: mstein-fast train --resume {self.out}")
-        log_file_only(message)
+        self.run.record_failure(message)
         return Interrupted(message)
 
     def validation_result(self) -> dict:
@@ -605,7 +498,7 @@ class Trainer:
         log(f"test (best.pt, epoch {self.best_epoch}): recall@10 {test['recall@10']:.4f}  ndcg@10 {test['ndcg@10']:.4f}  "
             f"mrr {test['mrr']:.4f}")
         if self.rank == 0:
-            write_text_atomic(json.dumps(result, indent=2) + "\n", os.path.join(self.out, "test_metrics.json"))
+            self.run.write_test_metrics(result)
         return result
 
 

@@ -67,7 +67,7 @@ def test_interrupt_during_a_checkpoint_write_names_what_is_on_disk(tmp_path, mon
     """Ctrl-C while last.pt of epoch 2 is being written: the message reads last.pt back (epoch 1),
     it does not assume that the epoch it was in got saved."""
     cfg = tiny_config(model="sasrec", epochs=3, backend="torch")
-    real = train_module.save_atomic
+    real = mstein_fast.checkpoint.save_atomic  # what RunDirectory writes checkpoints with
     writes = {"last": 0}
 
     def interrupted_second_write(obj, path):
@@ -77,7 +77,7 @@ def test_interrupt_during_a_checkpoint_write_names_what_is_on_disk(tmp_path, mon
                 raise KeyboardInterrupt
         return real(obj, path)
 
-    monkeypatch.setattr(train_module, "save_atomic", interrupted_second_write)
+    monkeypatch.setattr(mstein_fast.checkpoint, "save_atomic", interrupted_second_write)
     with pytest.raises(Interrupted) as info:
         train(cfg, str(tmp_path / "cut"))
     assert "last.pt holds epoch 1;" in str(info.value) and "epoch 2" not in str(info.value)
