@@ -22,12 +22,12 @@ positions (``skip_padding`` off, the computation before the windowed encoder) fo
 (both change training, see the config help).
 
 Side by side (``--original DIR``): each round runs the original ``main.py`` with the official
-MStein command (``_original.OFFICIAL_ARGS``, ``--no_cuda`` unless this trainer runs on a GPU) for
+MStein command (``benchmarks.parity.original_process.OFFICIAL_ARGS``, ``--no_cuda`` unless this trainer runs on a GPU) for
 epochs 1..K in a subprocess, then this trainer for epochs 1..K in this process once per entry of
 ``--backends`` (default cpp, the official settings; e.g. ``cpp,cpp-pool128``), each from a fresh
 model; ``--rounds`` repeats the sequence, alternating. Reported per epoch: training and validation wall time of each side,
 and the medians over epochs 2..K of all rounds (epoch 1 is a warm-up) with the ratio original /
-ours. The original's times come from its log lines, stamped as they arrive (see ``_original.py``);
+ours. The original's times come from its log lines, stamped as they arrive (see ``benchmarks/parity/original_process.py``);
 this trainer's are ``Trainer.train_epoch`` and ``Trainer.evaluate("valid")`` as ``fit`` runs them.
 The original needs numpy, scipy, tqdm and torch (``--original-python`` if this venv lacks them, or
 a directory holding scipy on ``PYTHONPATH``, which the subprocess inherits); shims written at run
@@ -80,11 +80,12 @@ CSV_HEADER = ["benchmark", "backend", "phase", "metric", "value", "config", "dev
 
 
 def load_original():
-    """``benchmarks/_original.py`` (the plumbing that runs the original code), imported from beside this script."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    return importlib.import_module("_original")
+    """``benchmarks/parity/original_process.py`` (the plumbing that runs the original code), imported as
+    ``benchmarks.parity.original_process`` with the repository root at the end of ``sys.path``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.append(root)
+    return importlib.import_module("benchmarks.parity.original_process")
 
 
 def infonce_time(trainer: Trainer, repeats: int) -> float:

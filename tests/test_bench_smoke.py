@@ -1,11 +1,10 @@
-"""benchmarks/bench_ops.py runs end to end on tiny shapes and writes well-formed JSON rows; the plumbing of
-train_throughput.py --original runs a stand-in checkout and times its epochs from its log lines;
-train_throughput.py --kernel-times reports the C++ kernels' share of unprofiled epochs."""
+"""benchmarks/fidelity_runs.py plans, resumes and sums up its runs; train_throughput.py --kernel-times
+reports the C++ kernels' share of unprofiled epochs. (The parity harness's and bench_ops.py's tests
+are in benchmarks/tests/.)"""
 
 from __future__ import annotations
 
 import csv
-import importlib
 import importlib.util
 import json
 import subprocess
@@ -17,108 +16,11 @@ import pytest
 
 import mstein_fast
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ops.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_ops", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_quick_run_writes_rows(bench, tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    argv = ["--quick", "--shapes", "24x5", "--pairwise-shape", "16x3", "--repeats", "2", "--warmup", "1"]
-    argv += ["--providers", "fused,reference,floor", "--threads", "1", "--in-process", "--json", str(out)]
-    bench.main(argv)
-    data = json.loads(out.read_text())
-    assert data["versions"]["torch"] and data["machine"]["cpu_count"]
-    rows = data["rows"]
-    assert {(r["op"], r["provider"]) for r in rows} == {
-        (op, p) for op in ("wasserstein_infonce", "pairwise_w2") for p in ("fused", "reference", "floor")
-    }
-    for row in rows:
-        if row["provider"] == "fused" and "cpp" not in mstein_fast.available_backends():
-            assert "not available" in row["error"]
-            continue
-        assert "error" not in row, row
-        assert 0 < row["p20_ms"] <= row["median_ms"] <= row["p80_ms"]
-        assert row["extra_peak_mb"] >= 0 and row["mode"] == "fwd+bwd" and row["date"]
-    assert "reference / fused" in capsys.readouterr().out or "cpp" not in mstein_fast.available_backends()
-
-
-def test_case_in_a_subprocess(bench):
-    case = {"op": "infonce", "provider": "reference", "n": 8, "d": 3, "repeats": 1, "threads": 1, "warmup": 0}
-    result = bench._run_isolated(case, timeout=60)
-    assert "error" not in result, result
-    assert result["median_ms"] > 0 and result["peak_exact"] in (True, False)
-
-
-def test_bad_shapes_are_rejected(bench):
-    with pytest.raises(SystemExit):
-        bench.parse_args(["--shapes", "1024"])
-    with pytest.raises(SystemExit):
-        bench.parse_args(["--providers", "fused,magic"])
-
-
-# -- benchmarks/_original.py: running the original MStein code (here a stand-in checkout) -------------
-FAKE_MAIN = '''\
-import sys
-import time
-
-import gensim  # the shim's empty module
-import numpy as np
-import torch
-
-assert np.float is float and np.int is int and np.asfarray([1]).dtype == np.float64
-assert "--no_cuda" in sys.argv and "--model_name=CoDistSAModel" in sys.argv
-epochs = int([a for a in sys.argv if a.startswith("--epochs=")][0].split("=")[1])
-print("Using Cuda:", False)
-print("Train CoDistSAModel")
-for e in range(epochs):
-    time.sleep(0.05)
-    print(str({"epoch": e, "total_avg_loss": "1.0"}), flush=True)
-    time.sleep(0.02)
-    print(str({"Epoch": e, "HIT@1": "0.0"}), flush=True)
-    print("Validation score increased.  Saving model ...")
-time.sleep(30)  # the real code goes on to test the best model: the harness stops it
-'''
-
-
-@pytest.fixture(scope="module")
-def original_module():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        yield importlib.import_module("_original")
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-
-
-def test_original_plumbing_times_epochs_from_log_lines(original_module, tmp_path):
-    checkout = tmp_path / "MStein"
-    checkout.mkdir()
-    for name in ("trainers.py", "models.py", "datasets.py", "utils.py"):
-        (checkout / name).write_text("")
-    (checkout / "main.py").write_text(FAKE_MAIN)
-    data = tmp_path / "Tiny.txt"
-    data.write_text("1 1 2 3\n")
-    work = tmp_path / "work"
-    work.mkdir()
-    directory = original_module.check_checkout(str(checkout))
-    shims, data_dir, name = original_module.prepare(str(work), str(data))
-    assert name == "Tiny" and (work / "data" / "Tiny.txt").resolve() == data.resolve()
-    run = original_module.run(directory, str(work), shims, data_dir, name, epochs=2, timeout=25)
-    assert [e.epoch for e in run.epochs] == [1, 2]
-    for e in run.epochs:
-        assert 0.04 < e.train_s < 5 and 0.015 < e.valid_s < 5
-    with pytest.raises(original_module.OriginalError):
-        original_module.check_checkout(str(tmp_path))
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_fidelity_runs_plans_resumes_and_summarises(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("fidelity_runs", SCRIPT.parent / "fidelity_runs.py")
+    spec = importlib.util.spec_from_file_location("fidelity_runs", BENCHMARKS / "fidelity_runs.py")
     runs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runs)
     plan = runs.planned("/data/Office_Products.txt", [1, 2], ["mstein-compat"])
@@ -171,7 +73,7 @@ def test_kernel_times_report_the_cpp_kernels_of_unprofiled_epochs(tmp_path):
     data.write_text("".join(f"{u} " + " ".join(str(i) for i in gen.integers(1, 40, size=gen.integers(5, 12))) + "\n"
                             for u in range(1, 61)))
     out = tmp_path / "kernels.csv"
-    script = SCRIPT.parent / "train_throughput.py"
+    script = BENCHMARKS / "train_throughput.py"
     run = subprocess.run([sys.executable, str(script), "--data", str(data), "--kernel-times", "--epochs", "3",
                           "--batch-size", "16", "--threads", "1", "--device", "cpu", "--csv", str(out)],
                          capture_output=True, text=True, timeout=300, check=False)
@@ -191,3 +93,4 @@ def test_kernel_times_report_the_cpp_kernels_of_unprofiled_epochs(tmp_path):
         assert 0 <= phases[(name, "kernel_ms_per_epoch")] <= wall, name
     assert phases[("phase:backward", "kernel_ms_per_epoch")] > 0
     assert sum(walls.values()) < by_phase["train_epoch_wall"]
+

@@ -1,5 +1,6 @@
 """Runs the original MStein research code (github zfan20/MStein) for a few epochs in a subprocess
-and times its epochs from its own log lines; used by ``train_throughput.py --original DIR``.
+and times its epochs from its own log lines; used by the harness's ``curves`` and by
+``benchmarks/train_throughput.py --original DIR``.
 
 Nothing of the original is copied here: ``DIR`` is a checkout the user gives, run as it is with
 its ``main.py`` and the official MStein command. Today's libraries need two shims, written at run
@@ -51,7 +52,7 @@ TRAIN_MARK = "{'epoch':"
 VALID_MARK = "{'Epoch':"
 
 _SITECUSTOMIZE = '''\
-"""Written by mstein-fast's benchmarks/_original.py for a run of the original MStein code."""
+"""Written by mstein-fast's benchmarks/parity/original_process.py for a run of the original MStein code."""
 import sys
 
 import numpy as _np
@@ -88,6 +89,8 @@ class OriginalError(RuntimeError):
 
 @dataclass
 class OriginalEpoch:
+    """One epoch of the original, timed from its log lines (seconds)."""
+
     epoch: int  # 1-based, like this project's epochs
     train_s: float
     valid_s: float
@@ -95,6 +98,8 @@ class OriginalEpoch:
 
 @dataclass
 class OriginalRun:
+    """A timed run of the original: its epochs, its start-up and every line it printed."""
+
     epochs: list[OriginalEpoch]
     startup_s: float  # process start to the first training step (imports, data, similarity, datasets)
     lines: list[str] = field(default_factory=list)
@@ -137,6 +142,7 @@ def prepare(work: str, data_file: str, flush_denormal: bool = True, threads: int
 
 
 def environment(shims: str) -> dict:
+    """This process's environment with ``shims`` first on ``PYTHONPATH`` and unbuffered output."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([shims] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["PYTHONUNBUFFERED"] = "1"
@@ -157,6 +163,7 @@ def check_python(python: str, shims: str) -> None:
 
 def command(python: str, directory: str, data_dir: str, name: str, output_dir: str, epochs: int,
             cuda: bool, extra: list[str] | None = None) -> list[str]:
+    """The command line of the original's ``main.py`` with the official MStein arguments."""
     cmd = [python, "-u", os.path.join(directory, "main.py"), *OFFICIAL_ARGS, f"--data_dir={data_dir}",
            f"--data_name={name}", f"--output_dir={output_dir}", f"--epochs={epochs}"]
     if not cuda:
