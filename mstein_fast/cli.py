@@ -209,13 +209,29 @@ class _KeepLinesFormatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
+_SPACE_HELP = "{the default search space}"
+
+
+class _TuneHelpFormatter(_KeepLinesFormatter):
+    """``tune --help``: the default search space (:func:`mstein_fast.tune.space_help`) is filled in
+    where :data:`_SPACE_HELP` stands when the help is shown (finding the models of each key builds
+    them: not on every command's start)."""
+
+    def add_text(self, text):
+        if text and _SPACE_HELP in text:
+            from mstein_fast import tune
+
+            text = text.replace(_SPACE_HELP, tune.space_help())
+        super().add_text(text)
+
+
 def _add_tune_parser(sub) -> None:
     """``tune``: the hyperparameter search of :mod:`mstein_fast.tune`."""
     from mstein_fast import tune
 
     p = sub.add_parser(
         "tune", help="hyperparameter search (Optuna, TPE + pruning) on the validation split",
-        formatter_class=_KeepLinesFormatter,
+        formatter_class=_TuneHelpFormatter,
         description="Search hyperparameters with Optuna (pip install \"mstein-fast[tune]\"): TPE sampling, bad "
                     "trials pruned on their\nper-epoch validation score, the study in OUTPUT/study.db (a killed "
                     "tune continues with --resume).\nEach trial trains into OUTPUT/trials/NNNN/ with the settings "
@@ -225,7 +241,7 @@ def _add_tune_parser(sub) -> None:
                     "configuration (mstein-fast train --config OUTPUT/best.json), and the\nsummary is printed to "
                     "stdout as JSON.",
         epilog="default search space (--space FILE replaces it; keys set by an option here are fixed):\n"
-               + tune.space_help()
+               + _SPACE_HELP
                + "\n\nspace file: JSON (or TOML when named *.toml), config key -> distribution, e.g.\n"
                  '  {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": true},\n'
                  '   "num_attention_heads": {"type": "categorical", "choices": [1, 2, 4]},\n'

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 optuna = pytest.importorskip("optuna")
 
@@ -161,7 +162,7 @@ def test_pruning_stops_bad_trials(tmp_path, capsys, monkeypatch, pruner):
     space = tmp_path / "space.json"
     # (trial 3 repeats trial 0 exactly: a tie with the median, not pruned)
     space.write_text(json.dumps({"lr": {"type": "categorical", "choices": [1e-9, 5e-3]}}))
-    monkeypatch.setattr(tune, "_sampler", lambda optuna, seed, number, worker=None: _FixedLr(seed=number))
+    monkeypatch.setattr(tune.search, "_sampler", lambda optuna, seed, number, worker=None: _FixedLr(seed=number))
     out = tmp_path / "tune"
     code, stdout, err = run_main(capsys, "tune", "--model", "sasrec", *TINY, "--epochs", "3", "--trials", "4",
                                  "--space", space, "--pruner", pruner, "--prune-from", "1",
@@ -280,16 +281,47 @@ def test_the_default_space_is_documented(capsys):
     with pytest.raises(SystemExit):
         main(["tune", "--help"])
     text = capsys.readouterr().out
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "tuning.md").read_text(encoding="utf-8")
-    table = doc[doc.index("## Tuning"):doc.index("## Presets")]
+    assert text.count("\n  lr ") == 1 and tune.space_help() in text
     for key, spec in {**tune.default_space("mstein"), **tune.default_space("coserec")}.items():
         assert key in FIELDS and key not in tune.NOT_TUNABLE
         assert f"  {key} " in text and tune.describe_spec(spec) in text
-        assert key in tune.__doc__
-        assert f"`{key}`" in table
     for model in FIELDS["model"].metadata["choices"]:  # every default space is valid for every model
         tune.check_space(tune.default_space(model), "default")
-        tune._check_against(tune.default_space(model), {"model": model}, "default")
+        tune.check_against(tune.default_space(model), {"model": model}, "default")
+
+
+def test_the_documented_table_is_the_generated_one():
+    """docs/tuning.md's default-space table is space_table()'s output (regenerate it with
+    python -c "from mstein_fast.tune import space_table; print(space_table())")."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "tuning.md").read_text(encoding="utf-8")
+    lines = doc[doc.index("| key | distribution | models |"):].splitlines()
+    table = lines[:next(i for i, line in enumerate(lines) if not line.startswith("|"))]
+    assert table == tune.space_table().splitlines()
+    for model in FIELDS["model"].metadata["choices"]:
+        for key in tune.default_space(model):
+            assert f"| `{key}` |" in doc
+
+
+def test_the_default_space_follows_what_each_model_has():
+    """The models of each key come from the registry and the built models, not from a list of names."""
+    from mstein_fast.contracts import MODEL_NAMES
+
+    state = torch.random.get_rng_state()
+    groups = tune.model_groups()
+    assert torch.equal(torch.random.get_rng_state(), state)  # building the models drew nothing
+    assert set(MODEL_NAMES) - set(groups["attention"]) == {"bprmf", "caser"}  # no attention heads
+    assert groups["augmented"] == ("mstein", "coserec", "coserec-wdm")
+    assert groups["wasserstein"] == ("mstein", "coserec-wdm")
+    assert groups["augmented-dot"] == ("coserec",)
+    assert groups["stosa"] == ("mstein", "stosa")
+    for model in MODEL_NAMES:
+        space = tune.default_space(model)
+        assert ("num_attention_heads" in space) == (model in groups["attention"])
+        assert list(space)[:2] == ["lr", "hidden_dropout_prob"]
+    assert list(tune.default_space("mstein")) == [
+        "lr", "hidden_dropout_prob", "num_attention_heads", "max_seq_length", "batch_size", "cf_weight", "temperature",
+        "pvn_weight", "substitute_rate", "insert_rate", "augment_threshold", "augmentation_warm_up_epochs"]
+    assert list(tune.default_space("caser")) == ["lr", "hidden_dropout_prob", "max_seq_length", "batch_size"]
 
 
 def test_trial_0_trains_the_base_configuration(tmp_path, capsys):

@@ -1,82 +1,10 @@
-"""Hyperparameter search: ``mstein-fast tune`` (Optuna; ``pip install "mstein-fast[tune]"``).
-
-Each trial trains one configuration with the normal trainer and is scored by its best validation
-``early_stop_metric`` (default ``mrr``); the test split is never read during a search (trials run
-:meth:`Trainer.fit` with ``test=False``). The sampler is TPE; bad trials are pruned on their
-per-epoch validation score by the median pruner (default) or successive halving, from epoch
-``--prune-from`` on. The study lives in SQLite inside the tune directory, so a killed search
-continues with ``--resume``: the trial that was running resumes from its last completed epoch.
-
-Default search space (``--space FILE`` replaces it; keys set by a command-line option are fixed
-and left out of it):
-
-===========================  ==============================  ===========================
-config key                   distribution                    models
-===========================  ==============================  ===========================
-lr                           log-uniform [1e-4, 1e-2]        all
-hidden_dropout_prob          uniform [0, 0.5]                all
-num_attention_heads          one of 1, 2, 4                  all but bprmf, caser
-max_seq_length               one of 50, 100                  all
-batch_size                   one of 256, 512, 1024           all
-cf_weight                    log-uniform [1e-4, 1e-1]        mstein, coserec, coserec-wdm
-temperature                  log-uniform [1e-7, 1]           mstein, coserec-wdm
-dot_temperature              log-uniform [0.05, 2]           coserec
-pvn_weight                   log-uniform [1e-3, 1e-1]        mstein, stosa
-substitute_rate              uniform [0.1, 0.9]              mstein, coserec, coserec-wdm
-insert_rate                  uniform [0.1, 0.9]              mstein, coserec, coserec-wdm
-augment_threshold            integer in [4, 20]              mstein, coserec, coserec-wdm
-augmentation_warm_up_epochs  one of 20, 40, 80, 160          mstein, coserec, coserec-wdm
-===========================  ==============================  ===========================
-
-(``temperature`` is the Wasserstein InfoNCE's, used by mstein and coserec-wdm; coserec's
-dot-product InfoNCE has ``dot_temperature``, whose useful range is far from 1e-7: logits scaled by
-1e7 diverge.)
-
-Space file (``--space FILE``): JSON, or TOML when the name ends in ``.toml``; an object whose keys
-are config keys (``mstein-fast train --help``), each one of::
-
-    {"type": "float", "low": 1e-4, "high": 1e-2, "log": true}     # "log" or "step" optional
-    {"type": "int", "low": 4, "high": 20}                         # "log" or "step" optional
-    {"type": "categorical", "choices": [1, 2, 4]}
-
-The bounds and choices must lie in the key's valid range (``train --help``) and make a valid
-configuration with the other settings. Not tunable: the data and model, the seed, the epoch budget
-(``epochs``, ``patience``, ``early_stop_metric``), the device, backend and thread settings, the
-evaluation batch size and the synthetic data set.
-
-Tune directory::
-
-    tune.json        the settings: config values, space, pruner, data fingerprint (--resume reuses them)
-    study.db         the Optuna study (SQLite), unless --storage puts it in a database server
-
-Several machines (``--storage URL``, any SQLAlchemy URL Optuna takes, e.g. PostgreSQL): run the same
-``mstein-fast tune ... --storage URL`` on each machine, each with its own ``--output``. The first
-records the tune's settings in the study; a worker whose settings differ (anything but progress,
-threads, device, evaluation batch size and the data's path: the data's content must be the same) is
-refused. ``--trials N`` counts the study's trials, every worker's; each worker trains its trials
-into its own ``OUTPUT/trials/`` and continues only its own trials after a kill (``--resume
---storage URL``); ``trials.csv``, ``curves.csv`` and ``best.json`` list every worker's trials.
-Workers sample with seeds that include their host and directory, so a multi-worker search is not
-reproduced bit for bit. tune.json keeps the URL with its password masked.
-    tune.lock        held while a tune runs in the directory
-    trials/NNNN/     run directory of trial NNNN (as ``mstein-fast train``'s, without test_metrics.json)
-    trials/NNNN.log  the trainer's output of trial NNNN (with --verbose it goes to stderr instead)
-    trials.csv       every trial: number, state, value, epochs, best_epoch, seconds, params_<key>..., note
-    best.json        the config of the best trial: ``mstein-fast train --config DIR/best.json``; its
-                     ``_about`` says which keys were tuned, which were set for every trial, and the
-                     trials' epoch budget (not carried into the training unless set for the tune)
-    curves.csv       every trial's validation metric per epoch: trial, state, epoch, value
-    trials.png/.svg  (at the end, unless --no-plots) every trial's validation curve, the best one
-                     highlighted, and each trial's best value against the epochs it trained
-
-Trial 0 of a new study trains the shared configuration itself (the defaults, ``--config`` and the
-options; keys whose value lies outside the space are sampled), so the search always has the
-baseline it must beat, scored the same way.
-
-Reproducibility: every trial trains with the same ``seed`` (trials differ only by their
-parameters); trial ``n`` is sampled by a TPE sampler seeded from ``(seed, n)``, so a resumed
-search samples what the uninterrupted one would have (bit for bit on the same device and thread
-count, as ``train --resume``).
+"""The Optuna runner of ``mstein-fast tune`` (the package docstring says what a tune does):
+:func:`run_tune` checks the settings and the tune directory and runs one session, :class:`_Search`
+its trials (each a :class:`~mstein_fast.train.Trainer` run, scored on validation only); the study's
+storage (SQLite ``study.db`` or ``--storage URL``) and its failures, the pruners (:func:`_pruner`),
+the TPE sampler of each trial seeded from ``(seed, trial number)`` (:func:`_sampler`), and the
+tune directory's files (``tune.json``, ``trials.csv``, ``curves.csv``, ``best.json``, the figures).
+The search space itself is :mod:`mstein_fast.tune.space`'s.
 """
 
 from __future__ import annotations
@@ -92,37 +20,10 @@ import re
 import socket
 import sys
 import time
-from typing import Any
 
-from mstein_fast.config import FIELDS, ConfigError, build_config, coerce, field_type
+from mstein_fast.config import FIELDS, ConfigError, build_config, coerce
 from mstein_fast.errors import Diverged, Interrupted, UserError
-
-CONTRASTIVE = ("mstein", "coserec", "coserec-wdm")
-# the models with self-attention (bprmf and caser have no attention heads to tune)
-ATTENTION = tuple(m for m in FIELDS["model"].metadata["choices"] if m not in ("bprmf", "caser"))
-
-# key -> (distribution, the models it is tuned for; None = all)
-_DEFAULT_SPACE: dict[str, tuple[dict, tuple[str, ...] | None]] = {
-    "lr": ({"type": "float", "low": 1e-4, "high": 1e-2, "log": True}, None),
-    "hidden_dropout_prob": ({"type": "float", "low": 0.0, "high": 0.5}, None),
-    "num_attention_heads": ({"type": "categorical", "choices": [1, 2, 4]}, ATTENTION),
-    "max_seq_length": ({"type": "categorical", "choices": [50, 100]}, None),
-    "batch_size": ({"type": "categorical", "choices": [256, 512, 1024]}, None),
-    "cf_weight": ({"type": "float", "low": 1e-4, "high": 1e-1, "log": True}, CONTRASTIVE),
-    "temperature": ({"type": "float", "low": 1e-7, "high": 1.0, "log": True}, ("mstein", "coserec-wdm")),
-    "dot_temperature": ({"type": "float", "low": 0.05, "high": 2.0, "log": True}, ("coserec",)),
-    "pvn_weight": ({"type": "float", "low": 1e-3, "high": 1e-1, "log": True}, ("mstein", "stosa")),
-    "substitute_rate": ({"type": "float", "low": 0.1, "high": 0.9}, CONTRASTIVE),
-    "insert_rate": ({"type": "float", "low": 0.1, "high": 0.9}, CONTRASTIVE),
-    "augment_threshold": ({"type": "int", "low": 4, "high": 20}, CONTRASTIVE),
-    "augmentation_warm_up_epochs": ({"type": "categorical", "choices": [20, 40, 80, 160]}, CONTRASTIVE),
-}
-
-# what a search space may not contain: what is trained on, the budget and scoring of a trial, and
-# settings that change only speed
-NOT_TUNABLE = ("model", "data", "seed", "device", "backend", "num_threads", "progress", "eval_batch_size", "epochs",
-               "patience", "early_stop_metric", "synthetic_users", "synthetic_items", "synthetic_clusters",
-               "synthetic_seed")
+from mstein_fast.tune.space import check_against, check_space, default_space
 
 # the config keys that --resume may change (the rest would change what the trials compute); the
 # trainer's own list minus epochs and patience (a trial's budget), data checked by its fingerprint
@@ -133,10 +34,6 @@ DEFAULT_PRUNE_FROM = 20
 DEFAULT_STARTUP_TRIALS = 5
 STUDY_NAME = "mstein-fast-tune"
 SETTINGS_FORMAT = 1
-_SPEC_FIELDS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
-                "categorical": {"type", "choices"}}
-
-
 def require_optuna():
     """The ``optuna`` module; :class:`UserError` (exit status 2 on the command line) if it is not installed."""
     try:
@@ -144,138 +41,6 @@ def require_optuna():
     except ImportError:
         raise UserError('mstein-fast tune needs optuna: pip install "mstein-fast[tune]" (or pip install optuna)') from None
     return optuna
-
-
-def default_space(model: str) -> dict[str, dict]:
-    """The default search space for ``model``: ``{config key: distribution spec}`` (module docstring),
-    normalised as :func:`check_space` does."""
-    return check_space({k: spec for k, (spec, models) in _DEFAULT_SPACE.items() if models is None or model in models},
-                       "default search space")
-
-
-def describe_spec(spec: dict) -> str:
-    """A distribution spec in words, e.g. ``log-uniform [0.0001, 0.01]``."""
-    if spec["type"] == "categorical":
-        return "one of " + ", ".join(json.dumps(c) for c in spec["choices"])
-    low, high = (f"{spec[k]:g}" for k in ("low", "high"))
-    kind = ("log-" if spec.get("log") else "") + ("uniform" if spec["type"] == "float" else "integer")
-    step = f" step {spec['step']:g}" if spec.get("step") is not None else ""
-    return f"{kind} [{low}, {high}]{step}"
-
-
-def space_help() -> str:
-    """The default search space as text, one key a line (for ``mstein-fast tune --help``)."""
-    lines = []
-    for key, (spec, models) in _DEFAULT_SPACE.items():
-        lines.append(f"  {key:28s} {describe_spec(spec):32s} {', '.join(models) if models else 'all models'}")
-    return "\n".join(lines)
-
-
-def check_space(raw: Any, where: str) -> dict[str, dict]:
-    """Validate a search space read from ``where`` and return it normalised (``low``/``high`` of the
-    key's type, ``log`` a bool, categorical choices coerced to the key's type); raise
-    :class:`ConfigError` (one line, naming the file and the key) if anything is wrong."""
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{where}: expected a non-empty object {{\"config_key\": {{\"type\": ...}}, ...}}")
-    space = {}
-    for name, spec in raw.items():
-        if name not in FIELDS:
-            raise ConfigError(f"{where}: unknown config key {name!r} (known keys: see `mstein-fast train --help`)")
-        if name in NOT_TUNABLE:
-            raise ConfigError(f"{where}: {name} cannot be tuned (set it with --{name.replace('_', '-')})")
-        space[name] = _check_spec(name, spec, f"{where}: {name}")
-    return space
-
-
-def _check_spec(name: str, spec: Any, where: str) -> dict:
-    t = field_type(name)
-    kind = spec.get("type") if isinstance(spec, dict) else None
-    if kind not in _SPEC_FIELDS:
-        raise ConfigError(f"{where}: expected {{\"type\": \"float\" | \"int\" | \"categorical\", ...}}, got "
-                          f"{json.dumps(spec)[:80]}")
-    unknown = sorted(set(spec) - _SPEC_FIELDS[kind])
-    if unknown:
-        raise ConfigError(f"{where}: unknown field {unknown[0]!r} for type {kind!r} "
-                          f"(allowed: {', '.join(sorted(_SPEC_FIELDS[kind]))})")
-    valid = FIELDS[name].metadata.get("range")
-    allowed = FIELDS[name].metadata.get("choices")
-    if kind == "categorical":
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise ConfigError(f"{where}: \"choices\" must be a non-empty list")
-        values = [coerce(name, c, where) for c in choices]
-        for v in values:
-            if allowed and v not in allowed:
-                raise ConfigError(f"{where}: choice {v!r} is not one of {allowed}")
-            if valid is not None and v is not None and v not in valid:
-                raise ConfigError(f"{where}: choice {v!r} is outside the key's range {valid}")
-        if len({json.dumps(v) for v in values}) != len(values):
-            raise ConfigError(f"{where}: \"choices\" has duplicates")
-        return {"type": "categorical", "choices": values}
-    if t not in (int, float) or (kind == "float") != (t is float):
-        raise ConfigError(f"{where}: a {t.__name__} key needs type "
-                          f"{'categorical' if t not in (int, float) else t.__name__ + ' or categorical'}, got {kind!r}")
-    out: dict[str, Any] = {"type": kind}
-    for bound in ("low", "high"):
-        if bound not in spec:
-            raise ConfigError(f"{where}: \"{bound}\" is missing")
-        value = spec[bound]
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind == "float" or isinstance(value, int))
-        if not ok or (isinstance(value, float) and not math.isfinite(value)):
-            raise ConfigError(f"{where}: \"{bound}\" must be a finite {'number' if kind == 'float' else 'integer'}, "
-                              f"got {value!r}")
-        out[bound] = float(value) if kind == "float" else value
-        if valid is not None and out[bound] not in valid:
-            raise ConfigError(f"{where}: \"{bound}\" {value!r} is outside the key's range {valid}")
-    if out["low"] > out["high"]:
-        raise ConfigError(f"{where}: \"low\" {out['low']!r} is above \"high\" {out['high']!r}")
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        raise ConfigError(f"{where}: \"log\" must be true or false, got {log!r}")
-    if log and out["low"] <= 0:
-        raise ConfigError(f"{where}: a log scale needs \"low\" > 0, got {out['low']!r}")
-    out["log"] = log
-    if "step" in spec:
-        step = spec["step"]
-        ok = isinstance(step, (int, float)) and not isinstance(step, bool) and (kind == "float" or isinstance(step, int))
-        if not ok or not math.isfinite(step) or step <= 0:
-            raise ConfigError(f"{where}: \"step\" must be a positive {'number' if kind == 'float' else 'integer'}, "
-                              f"got {step!r}")
-        if log:
-            raise ConfigError(f"{where}: \"step\" and \"log\" cannot be combined")
-        out["step"] = float(step) if kind == "float" else step
-    return out
-
-
-def load_space(path: str) -> dict[str, dict]:
-    """Read and validate a search-space file (JSON, or TOML when ``path`` ends in ``.toml``) through
-    the guarded reader (:mod:`mstein_fast.reader`: bounded size, depth and digits, no NaN);
-    :class:`ConfigError` (one line) if it is missing, malformed or invalid (:func:`check_space`)."""
-    from mstein_fast.config import load_structured
-    from mstein_fast.reader import DataError, read_json
-
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path}: no such space file")
-    if path.lower().endswith(".toml"):
-        raw = load_structured(path, what="space file")
-    else:
-        try:
-            raw = read_json(path, what="a JSON space file")
-        except DataError as err:
-            raise ConfigError(str(err)) from None
-    return check_space(raw, path)
-
-
-def _check_against(space: dict[str, dict], values: dict, where: str) -> None:
-    """Each bound / choice of ``space`` must make a valid configuration with ``values`` (e.g. a
-    head count must divide hidden_size): :class:`ConfigError` naming the value otherwise."""
-    for name, spec in space.items():
-        candidates = spec["choices"] if spec["type"] == "categorical" else [spec["low"], spec["high"]]
-        for v in candidates:
-            try:
-                build_config({**values, name: v})
-            except ConfigError as err:
-                raise ConfigError(f"{where}: {name} = {v!r} is invalid with the other settings: {err}") from None
 
 
 def _suggest(trial, name: str, spec: dict):
@@ -776,7 +541,7 @@ def run_tune(output: str, values: dict, *, fixed=(), space: dict | None = None, 
     a note when matplotlib is missing). ``storage``: an Optuna storage URL (any SQLAlchemy URL,
     e.g. ``postgresql://user:pw@host/db`` or ``sqlite:////shared/study.db``) instead of
     ``output/study.db``: several processes, on several machines, each with its own ``output``,
-    then run the trials of one study (they must share every setting; see the module docstring).
+    then run the trials of one study (they must share every setting; see the package docstring).
 
     Without ``resume`` a directory that holds a tune, or any other files, is refused; with it the
     saved settings are used, and changing them (other than :data:`RESUME_KEYS`) is refused."""
@@ -850,7 +615,7 @@ def run_tune(output: str, values: dict, *, fixed=(), space: dict | None = None, 
             if both:
                 raise ConfigError(f"{space_where}: {both[0]} is also set by --{both[0].replace('_', '-')}; "
                                   "drop one of them")
-        _check_against(space, values, space_where)
+        check_against(space, values, space_where)
         data = load_data(cfg)  # a bad data file fails here, before anything is written
         settings = {"format": SETTINGS_FORMAT, "values": dict(values), "space": space,
                     "pruner": {"name": "median", "prune_from": DEFAULT_PRUNE_FROM,
