@@ -167,6 +167,9 @@ class TrainConfig:
                              "predicts its target from the L items ending there)", valid=Range(1, 1000))
     caser_nh: int = _key(16, "caser: horizontal convolution filters per height 1..L (0: none)", valid=Range(0, 4096))
     caser_nv: int = _key(4, "caser: vertical convolution filters (0: none)", valid=Range(0, 4096))
+    mask_ratio: float = _key(0.2, "bert4rec: probability that each training item is replaced by the mask token "
+                             "(the Cloze objective; half of the rows mask their last item only)",
+                             valid=Range(0, 1, lo_open=True, hi_open=True))
     # augmentation (CoSeRec)
     augmentations: str = _key("coserec", "the augmentations of the contrastive views: coserec (insert, substitute, "
                               "mask; crop and reorder too above augment_threshold), cl4srec (two different ones of "
@@ -402,6 +405,11 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # n_v = 4, n_h = 16, dropout 0.5, Adam lr 0.001 with L2 1e-6 (docs/models.md)
     "caser": {"hidden_size": 50, "caser_window": 5, "caser_nv": 4, "caser_nh": 16, "hidden_dropout_prob": 0.5,
               "lr": 0.001, "weight_decay": 1e-6},
+    # RecBole 1.2.1's BERT4Rec (BERT4Rec.yaml): 2 layers, 2 heads, hidden 64 (inner 256 = 4 x 64, GELU),
+    # dropout 0.2 on hidden states and attention, mask_ratio 0.2, CE over all items; lr 0.001 and
+    # MAX_ITEM_LIST_LENGTH 50 (overall.yaml) are the defaults already (docs/models.md)
+    "bert4rec": {"num_hidden_layers": 2, "num_attention_heads": 2, "hidden_size": 64, "hidden_dropout_prob": 0.2,
+                 "attention_probs_dropout_prob": 0.2, "mask_ratio": 0.2},
 }
 
 def dataset_preset(name: str, model: str) -> dict[str, Any]:

@@ -19,8 +19,8 @@ import dataclasses
 from dataclasses import dataclass
 
 # every model mstein-fast trains, in the order the documentation lists them
-MODEL_NAMES: tuple[str, ...] = ("mstein", "stosa", "sasrec", "coserec", "coserec-wdm", "bprmf", "caser", "cl4srec",
-                                "duorec")
+MODEL_NAMES: tuple[str, ...] = ("mstein", "stosa", "sasrec", "coserec", "coserec-wdm", "bprmf", "caser", "bert4rec",
+                                "cl4srec", "duorec")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,8 @@ class ModelConfig:
     caser_window: int = 5
     caser_nh: int = 16
     caser_nv: int = 4
+    # BERT4Rec: the probability that a training item is masked (its Cloze objective)
+    mask_ratio: float = 0.2
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,10 @@ def test_every_model_trains_and_beats_popularity(tmp_path, model):
     # The user-embedding models see each user once an epoch: Caser needs 20 epochs here (0.26 against
     # 0.18); BPRMF, order-blind, is about level with popularity on this order-driven data, so its test
     # is that it trains, not that it beats popularity (tests/test_baselines_user.py tests what it learns).
+    # BERT4Rec's Cloze loss has about 2 masked items per row (half of the rows mask their last item only)
+    # where the next-item losses have every position: on this data it stays at popularity's level for
+    # tens of epochs (measured: test MRR 0.12-0.16 after 30-40 epochs, 0.19 after 60 without dropout,
+    # popularity 0.18), so its test here is that it trains too (tests/test_baselines_bert4rec.py tests it).
     extra = {"cf_weight": 0.001} if model == "coserec-wdm" else {}
     extra.update({"cf_weight": 0.01} if model in ("cl4srec", "duorec") else {})
     epochs = 20 if model == "caser" else 6
@@ -51,7 +55,7 @@ def test_every_model_trains_and_beats_popularity(tmp_path, model):
     assert [r["epoch"] for r in records] == list(range(1, epochs + 1))
     assert records[-1]["loss"] < records[0]["loss"]
     assert (records[0]["cl_loss"] is None) == (MODELS[model][1] is None)
-    if model != "bprmf":
+    if model not in ("bprmf", "bert4rec"):
         assert result["test"]["mrr"] > 1.1 * result["popularity_test"]["mrr"]
         assert result["test"]["recall@10"] > result["popularity_test"]["recall@10"]
     assert json.loads((tmp_path / "test_metrics.json").read_text()) == result

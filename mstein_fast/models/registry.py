@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from mstein_fast.contracts import MODEL_NAMES, ModelConfig, require
 from mstein_fast.models.base import _Recommender
+from mstein_fast.models.bert4rec import BERT4Rec
 from mstein_fast.models.bprmf import BPRMF
 from mstein_fast.models.caser import Caser
 from mstein_fast.models.cl4srec import CL4SRec
@@ -21,11 +22,12 @@ MODELS: dict[str, tuple[str, str | None]] = {
     "coserec-wdm": ("sasrec", "wasserstein-split"),
     "bprmf": ("bprmf", None),
     "caser": ("caser", None),
+    "bert4rec": ("bert4rec", None),
     "cl4srec": ("cl4srec", "dot-last"),
     "duorec": ("duorec", "dot-last"),
 }
 BACKBONES: dict[str, type[_Recommender]] = {"stosa": STOSA, "sasrec": SASRec, "bprmf": BPRMF, "caser": Caser,
-                                            "cl4srec": CL4SRec, "duorec": DuoRec}
+                                            "bert4rec": BERT4Rec, "cl4srec": CL4SRec, "duorec": DuoRec}
 
 if tuple(MODELS) != MODEL_NAMES:
     raise ImportError(f"mstein_fast.models.registry builds {tuple(MODELS)}, but the configuration offers "
