@@ -1,6 +1,7 @@
 """The trainer: Adam, early stopping on validation MRR, atomic checkpoints, exact resume.
 
-Run directory layout::
+Run directory layout (:class:`mstein_fast.checkpoint.RunDirectory` keeps it; the trainer holds the
+training loop)::
 
     config.json        the merged configuration of the run
     metrics.jsonl      one JSON object per epoch (losses, timings, validation metrics)
@@ -27,7 +28,7 @@ the rounding of threaded sums).
 
 Failures: a non-finite loss or validation score stops the run with :class:`Diverged` before the
 epoch is recorded (``last.pt``, ``best.pt`` and ``metrics.jsonl`` keep the last good epoch);
-files are written atomically and never through symbolic links (:mod:`mstein_fast.checkpoint`); a
+files are written atomically and never through symbolic links (:class:`~mstein_fast.checkpoint.RunDirectory`); a
 failed write (full disk, read-only place) is a :class:`UserError` naming the file.
 """
 
@@ -203,7 +204,8 @@ class Trainer:
         self.best_score = float("-inf")
         self.best_epoch = 0
         self.bad_epochs = 0
-        self.last_path, self.best_path, self.metrics_path = self.run.last_path, self.run.best_path, self.run.metrics_path
+        self.last_path, self.best_path = self.run.last_path, self.run.best_path  # (named in messages)
+        self.metrics_path = self.run.metrics_path  # (a tune reads it)
         if resume:
             # last.pt is read and checked (on every rank) before the run directory is touched
             state = self.run.restore(cfg, self.data.fingerprint, self.model, self.optimizer)
