@@ -42,10 +42,8 @@ PLAN = [
     # against mstein-default, and the preset with the original's mean stream
     ("mstein-office-preset", "mstein", ["--preset", "office"]),
     ("mstein-office-preset-typo", "mstein", ["--preset", "office", "--mean-stream-typo"]),
-    # the decisions: one switch each against mstein-default, at equal epochs
+    # the speed setting padding_pool against mstein-default, at equal epochs
     ("mstein-pool128", "mstein", ["--padding-pool", "128"]),
-    ("mstein-double-cov", "mstein", ["--cl-double-cov-activation"]),
-    ("mstein-original-padding", "mstein", ["--original-padding"]),
     # the original's mean stream switched on explicitly (the default since 2026-12-03, evening: its
     # three seeds, run while the default propagated the means, decided that)
     ("mstein-mean-typo", "mstein", ["--mean-stream-typo"]),

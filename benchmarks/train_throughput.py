@@ -18,8 +18,7 @@ C++ kernels' share of unprofiled epochs (``--kernel-times``).
 
 A backend name with the suffix ``-full`` runs the straightforward encoder over all ``[B, L]``
 positions (``skip_padding`` off, the computation before the windowed encoder) for comparison;
-``-shared`` turns on the opt-in ``shared_padding`` and ``-poolK`` the opt-in ``padding_pool = K``
-(both change training, see the config help).
+``-poolK`` turns on the opt-in ``padding_pool = K`` (it changes training slightly: docs/cli.md).
 
 Side by side (``--original DIR``): each round runs the original ``main.py`` with the official
 MStein command (``benchmarks.parity.original_process.OFFICIAL_ARGS``, ``--no_cuda`` unless this trainer runs on a GPU) for
@@ -116,18 +115,16 @@ def infonce_time(trainer: Trainer, repeats: int) -> float:
 
 
 def variant_settings(backend: str) -> tuple[str, dict]:
-    """``NAME``, ``NAME-full``, ``NAME-shared``, ``NAME-poolK`` or ``NAME-propagated`` (the mean stream
-    propagated through the layers, the default before 2026-12-03 evening) -> (backend name, config
-    overrides)."""
+    """``NAME``, ``NAME-full``, ``NAME-poolK`` or ``NAME-propagated`` (the mean stream propagated
+    through the layers) -> (backend name, config overrides)."""
     name, _, variant = backend.partition("-")
-    if variant in ("", "full", "shared"):
-        return name, {"skip_padding": variant != "full", "shared_padding": variant == "shared"}
+    if variant in ("", "full"):
+        return name, {"skip_padding": variant != "full"}
     if variant.startswith("pool") and variant[4:].isdigit() and int(variant[4:]) > 0:
         return name, {"padding_pool": int(variant[4:])}
     if variant == "propagated":
         return name, {"mean_stream_typo": False}
-    raise ValueError(f"unknown variant {backend!r}: use BACKEND, BACKEND-full, BACKEND-shared, BACKEND-poolK "
-                     f"or BACKEND-propagated")
+    raise ValueError(f"unknown variant {backend!r}: use BACKEND, BACKEND-full, BACKEND-poolK or BACKEND-propagated")
 
 
 def make_config(args, backend: str):

@@ -132,17 +132,10 @@ class TrainConfig:
     skip_padding: bool = _key(True, "STOSA/MStein: encode each row only from its first item on (rows bucketed by "
                               "length) and the leading padding without attention; same results as the full "
                               "[B, L] computation, less work")
-    shared_padding: bool = _key(False, "MStein, with skip_padding: compute the leading padding positions of the "
-                                "contrastive views once per position WITHOUT dropout, shared by all rows (faster "
-                                "epochs; changes training: measured worse on Office, see benchmarks/RESULTS.md)")
     padding_pool: int = _key(0, "MStein, with skip_padding: draw each leading padding position of the contrastive "
                              "views from this many dropout samples per position instead of encoding every row's "
-                             "own (0: off, the exact computation; faster epochs, changes training slightly)",
+                             "own (0: off, the exact computation; faster epochs, slightly lower quality: docs/cli.md)",
                              valid=Range(0, 1 << 20))
-    original_padding: bool = _key(False, "the original code's padding: random (never trained) padding embeddings, "
-                                  "padding positions attending uniformly to their whole row (their outputs, which "
-                                  "enter the contrastive loss, then depend on the row's items; full encoder for the "
-                                  "views: slower); implied by compat = original")
     mean_stream_typo: bool = _key(False, "STOSA/MStein: the original code's mean stream, from a typo in it: each "
                                   "layer's new means are dropped (every layer sees, and the encoder returns, the "
                                   "embedded input means). Set by the stosa and mstein model presets: better than "
@@ -162,7 +155,6 @@ class TrainConfig:
                            ["inv", "neg"])
     dot_temperature: float = _key(1.0, "temperature of the dot-product InfoNCE (coserec; cl4srec and duorec: "
                                   "their tau)", valid=TEMPERATURE)
-    cl_double_cov_activation: bool = _key(False, "apply ELU+1 again to the cov before the InfoNCE, as the official code")
     caser_window: int = _key(5, "caser: the L most recent items its convolutions read (each training position "
                              "predicts its target from the L items ending there)", valid=Range(1, 1000))
     caser_nh: int = _key(16, "caser: horizontal convolution filters per height 1..L (0: none)", valid=Range(0, 4096))
@@ -235,10 +227,9 @@ class TrainConfig:
             raise ConfigError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})"
             )
-        if (self.original_padding or original_compat(self)) and (self.shared_padding or self.padding_pool):
-            raise ConfigError("shared_padding / padding_pool change how the views' padding is encoded, which "
-                              "original_padding (and compat = original) replaces by the original's whole-row "
-                              "attention: choose one")
+        if original_compat(self) and self.padding_pool:
+            raise ConfigError("padding_pool changes how the views' padding is encoded, which compat = original "
+                              "replaces by the original's whole-row attention: choose one")
         if self.mean_stream_typo and self.model not in ("stosa", "mstein"):
             raise ConfigError(f"mean_stream_typo is the STOSA/MStein encoder's (a mean and a cov stream); "
                               f"model {self.model!r} has one stream")

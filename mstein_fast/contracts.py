@@ -5,8 +5,8 @@ Every field is the :class:`~mstein_fast.config.TrainConfig` key of the same name
 type, default and meaning (``TrainConfig.model_config()`` and ``TrainConfig.augment_config()``
 copy them; ``tests/test_layout.py`` checks that they agree). The implications of
 ``compat = "original"`` are applied by the component that has the behaviour, as for a TrainConfig:
-``ModelConfig(compat="original")`` means the original padding, mean stream and double cov
-activation whatever those three keys say.
+``ModelConfig(compat="original")`` means the original padding and double cov activation (no keys
+of their own) and the original mean stream whatever ``mean_stream_typo`` says.
 
 :data:`MODEL_NAMES` is the one list of model names: the ``model`` key's choices, and the names
 that :mod:`mstein_fast.models` must build. This module imports nothing of the package, so the
@@ -41,9 +41,7 @@ class ModelConfig:
     initializer_range: float = 0.02
     # how the STOSA encoder treats the leading padding
     skip_padding: bool = True
-    shared_padding: bool = False
     padding_pool: int = 0
-    original_padding: bool = False
     mean_stream_typo: bool = False
     compat: str = "none"
     # the Wasserstein ops and the objectives
@@ -52,7 +50,6 @@ class ModelConfig:
     temperature: float = 1e-6
     similarity: str = "inv"
     dot_temperature: float = 1.0
-    cl_double_cov_activation: bool = False
     # Caser: its window of recent items (L) and its horizontal / vertical convolution filters
     caser_window: int = 5
     caser_nh: int = 16

@@ -239,25 +239,6 @@ def test_compat_padding_rows_are_random_frozen_and_attend_to_the_whole_row():
     assert compat.item_mean.weight.grad[0].eq(0).all() and compat.item_cov.weight.grad[0].eq(0).all()
 
 
-def test_original_padding_alone_changes_only_the_padding():
-    alone, compat, default = model(original_padding=True), model(compat="original"), model()
-    assert (alone.item_mean.weight[0] != 0).all()  # random padding rows, as compat's
-    compat.load_state_dict(alone.state_dict())
-    default.load_state_dict(alone.state_dict())
-    mean_a, cov_a = alone.encode(SEQS)
-    mean_c, cov_c = compat.encode(SEQS)
-    mean_d, cov_d = default.encode(SEQS)
-    real = SEQS > 0
-    # at items: the default's outputs (mean stream propagated), not compat's (the typo)
-    assert torch.allclose(mean_a[real], mean_d[real]) and torch.allclose(cov_a[real], cov_d[real])
-    assert not torch.allclose(mean_a[real], mean_c[real])
-    # at padding: the original's whole-row attention (as compat's cov, which does not see the mean typo
-    # in a one-layer model's first layer), not the default's self-only attention
-    assert torch.allclose(cov_a[~real], cov_c[~real]) and not torch.allclose(cov_a[~real], cov_d[~real])
-    views = torch.cat([SEQS, SEQS.flip(0)])
-    assert alone.contrastive_loss(views).item() != default.contrastive_loss(views).item()  # the padding enters it
-
-
 @pytest.mark.parametrize("layers", [1, 2])
 def test_mean_stream_typo_alone_changes_only_the_mean_stream(layers):
     # the switch alone: the encoder returns the embedded input means (compat's, the original's typo),
@@ -515,8 +496,18 @@ def test_docs_table_lists_exactly_the_tested_differences():
     assert set(rows) == set(README_ROWS) and len(rows) == len(README_ROWS)
 
 
-@pytest.mark.parametrize("switch", [{"original_padding": True}, {"compat": "original"}])
-@pytest.mark.parametrize("padding", [{"shared_padding": True}, {"padding_pool": 64}])
-def test_original_padding_refuses_the_padding_shortcuts(switch, padding):
+def test_compat_refuses_the_padding_pool():
     with pytest.raises(ConfigError, match="choose one"):
-        TrainConfig(**switch, **padding).validate()
+        TrainConfig(compat="original", padding_pool=64).validate()
+
+
+@pytest.mark.parametrize("key", ["original_padding", "cl_double_cov_activation", "shared_padding"])
+def test_settings_without_a_key_of_their_own_are_unknown_keys(tmp_path, key):
+    # compat = "original" holds the original's padding and double activation; a config file naming
+    # them gets the error of any unknown key
+    from mstein_fast.config import load_config_file
+
+    path = tmp_path / "run.json"
+    path.write_text(f'{{"{key}": true}}')
+    with pytest.raises(ConfigError, match=rf"^{path}: unknown config key '{key}' \(known keys: see"):
+        load_config_file(str(path))

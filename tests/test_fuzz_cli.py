@@ -235,8 +235,7 @@ def training_options(world: World) -> dict[str, st.SearchStrategy[str]]:
         **{f"--{k.replace('_', '-')}": choice_or_text(k) for k in ("backend", "similarity", "compat",
                                                                    "early_stop_metric", "preset")},
         **{f"--{k.replace('_', '-')}": st.sampled_from(["", "--no-"]) for k in
-           ("skip_padding", "shared_padding", "mean_stream_typo", "original_padding", "cl_double_cov_activation",
-            "progress")},
+           ("skip_padding", "mean_stream_typo", "progress")},
         "--device": DEVICES,
         "--data": st.sampled_from(world.inputs()),
         "--config": st.sampled_from(world.inputs()),

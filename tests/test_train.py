@@ -324,25 +324,6 @@ def test_self_only_attention_fuses_value_and_output_layers(monkeypatch):
         assert torch.equal(a, b)
 
 
-def test_shared_padding_without_dropout_equals_the_full_computation():
-    # the opt-in shared_padding only drops the dropout on the leading padding: with no dropout at
-    # all it computes exactly what the full encoder computes (outputs and contrastive gradients)
-    torch.manual_seed(2)
-    cfg = TrainConfig(model="mstein", hidden_size=8, max_seq_length=10, backend="torch", temperature=0.5,
-                      shared_padding=True, hidden_dropout_prob=0.0)
-    model = build_model("mstein", 30, cfg.model_config()).double().train()
-    seqs = torch.randint(1, 31, (16, 10)).masked_fill(torch.arange(10) < torch.randint(0, 11, (16, 1)), 0)
-    for fast, full in zip(model.encode_fast(seqs), model.encode(seqs)):
-        torch.testing.assert_close(fast, full, rtol=1e-12, atol=1e-12)
-    assert model.training
-    model.contrastive_loss(seqs).backward()
-    fast = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    model._wasserstein_infonce(*model.encode(seqs)).backward()
-    for g1, p in zip(fast, model.parameters()):
-        torch.testing.assert_close(g1, p.grad, rtol=1e-9, atol=1e-15)
-
-
 def test_padding_pool_without_dropout_equals_the_full_computation():
     # padding_pool only changes which dropout sample a padding position gets: with no dropout every
     # sample is the same and the views are exactly those of the full encoder

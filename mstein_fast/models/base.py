@@ -12,7 +12,6 @@ from mstein_fast.contracts import ModelConfig, require
 from mstein_fast.models.buckets import BUCKET_COST
 from mstein_fast.models.layers import elu_plus_one
 from mstein_fast.ops._wasserstein_infonce import wasserstein_infonce_stacked
-from mstein_fast.ops.wasserstein_infonce_sequences import wasserstein_infonce_sequences
 
 
 class _Recommender(nn.Module):
@@ -43,16 +42,14 @@ class _Recommender(nn.Module):
         self.temperature = cfg.temperature
         self.similarity = cfg.similarity
         self.dot_temperature = cfg.dot_temperature
-        # compat = "original": every behaviour of the original code, defects included (README table)
+        # compat = "original": every behaviour of the original code, defects included (README table),
+        # among them its padding (random frozen padding rows, padding queries attending to their whole
+        # row) and its InfoNCE's second ELU + 1 on the covariances
         self.compat = original_compat(cfg)
-        self.double_cov_activation = cfg.cl_double_cov_activation or self.compat
-        # the original's padding: random frozen padding rows, padding queries attending to their whole row
-        self.original_padding = cfg.original_padding or self.compat
         # the original's typo: the encoder's mean stream not propagated (STOSA/MStein)
         self.mean_stream_typo = cfg.mean_stream_typo or self.compat
         self.pvn_weight = cfg.pvn_weight
         self.skip_padding = cfg.skip_padding
-        self.shared_padding = cfg.shared_padding
         self.padding_pool = cfg.padding_pool
         self.bucket_cost = BUCKET_COST
         self.init_mean = self.init_mean_default if cfg.init_mean is None else cfg.init_mean
@@ -64,12 +61,12 @@ class _Recommender(nn.Module):
     def _init_weights(self) -> None:
         """normal(init_mean, initializer_range) for linear and embedding weights (the original
         init: mean 0.01 for the distributional models, 0.0 for SASRec's, std 0.02), zero biases, unit
-        LayerNorm; the padding rows are zeroed (with ``original_padding`` or compat = "original" they
-        keep their random values, as the original's; ``padding_idx`` keeps them untrained either way)."""
+        LayerNorm; the padding rows are zeroed (with compat = "original" they keep their random values,
+        as the original's; ``padding_idx`` keeps them untrained either way)."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=self.init_mean, std=self.init_std)
-                if isinstance(module, nn.Embedding) and module.padding_idx is not None and not self.original_padding:
+                if isinstance(module, nn.Embedding) and module.padding_idx is not None and not self.compat:
                     with torch.no_grad():
                         module.weight[module.padding_idx].zero_()
             if isinstance(module, nn.Linear) and module.bias is not None:
@@ -78,16 +75,10 @@ class _Recommender(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def _wasserstein_infonce(self, mean: torch.Tensor, cov: torch.Tensor, anchor: int | None = None) -> torch.Tensor:
-        """InfoNCE between the two halves (views) of ``[2B, L, H]`` flattened to ``[B, L*H]``.
-
-        ``anchor``: a row whose leading positions are shared by the other rows (``shared_padding``):
-        the loss then skips the work on shared positions (same result, fewer flops)."""
-        if self.double_cov_activation:  # the official loss activates its (already activated) cov again
+    def _wasserstein_infonce(self, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+        """InfoNCE between the two halves (views) of ``[2B, L, H]`` flattened to ``[B, L*H]``."""
+        if self.compat:  # the original loss activates its (already activated) cov again
             cov = elu_plus_one(cov)
-        if anchor is not None and self.cl_group is None and self.backend != "torch":
-            return wasserstein_infonce_sequences(mean, cov, temperature=self.temperature, similarity=self.similarity,
-                                                 backend=self.backend, anchor=anchor)
         n2 = mean.shape[0]
         if self.cl_group is not None:
             # the views by chunk, not by slicing: the backward then concatenates the two gradients (one

@@ -47,7 +47,7 @@ class SASRec(_Recommender):
         ``[B, 1, H]`` (the last layer computes nothing else)."""
         pos = torch.arange(seqs.shape[1], device=seqs.device)
         x = self.dropout(self.embed_norm(self.item_emb(seqs) + self.position_emb(pos)))
-        allowed = original_attention_mask(seqs, -10000.0) if self.original_padding else attention_mask(seqs)
+        allowed = original_attention_mask(seqs, -10000.0) if self.compat else attention_mask(seqs)
         layers = len(self.attention)
         for i, (attention, ffn) in enumerate(zip(self.attention, self.ffn)):
             x = ffn(attention(x, allowed, last_only and i == layers - 1))

@@ -62,10 +62,9 @@ class STOSA(_Recommender):
         With ``mean_stream_typo`` (the default of stosa and mstein, implied by compat = "original")
         the mean stream is not propagated: every layer sees, and the encoder returns, the embedded
         input means, as in the original STOSA/MStein code; without it both streams go through every
-        layer. With ``original_padding`` (and compat) padding queries attend uniformly to their whole
-        row (:func:`original_attention_mask`). This is the
-        straightforward computation over all ``L`` positions; :meth:`encode_fast` gives the same
-        result with less work on padding."""
+        layer. With compat = "original" padding queries attend uniformly to their whole row
+        (:func:`original_attention_mask`). This is the straightforward computation over all ``L``
+        positions; :meth:`encode_fast` gives the same result with less work on padding."""
         return self._encode_window(seqs, 0)
 
     def _embed(self, ids, pos, items=None):
@@ -121,7 +120,7 @@ class STOSA(_Recommender):
         already looked up (:meth:`_item_rows`)."""
         pos = torch.arange(offset, offset + seqs.shape[1], device=seqs.device)
         mean, cov = self._embed(seqs, pos, items)
-        allowed = original_attention_mask(seqs, -(2.0**32) + 1) if self.original_padding else attention_mask(seqs)
+        allowed = original_attention_mask(seqs, -(2.0**32) + 1) if self.compat else attention_mask(seqs)
         return self._layers(mean, cov, lambda attention, m, c, last, with_mean: attention(m, c, allowed, last, with_mean),
                             last_only)
 
@@ -170,28 +169,19 @@ class STOSA(_Recommender):
         (:meth:`_encode_lead`) on the padding before it. Same outputs as :meth:`encode` (up to
         float rounding; dropout masks are drawn in another order, with the same distribution).
 
-        With ``shared_padding`` (opt-in, changes training) the leading padding positions are
-        computed once per position without dropout and shared by all rows. With ``padding_pool =
-        K`` (opt-in, changes training slightly) they are encoded for K rows of padding only, each
-        with its own dropout, and every row takes each of its padding positions from one of the K
-        samples drawn at random: the same distribution per position as the exact computation
-        (rows meet the same sample with probability 1/K), at the cost of K rows instead of all."""
-        if not self.skip_padding or self.original_padding:  # the original's padding outputs depend on the whole row
+        With ``padding_pool = K`` (opt-in, changes training slightly) the leading padding positions
+        are encoded for K rows of padding only, each with its own dropout, and every row takes each
+        of its padding positions from one of the K samples drawn at random: the same distribution
+        per position as the exact computation (rows meet the same sample with probability 1/K), at
+        the cost of K rows instead of all."""
+        if not self.skip_padding or self.compat:  # the original's padding outputs depend on the whole row
             return self.encode(seqs)
         L = seqs.shape[1]
         means, covs, order = [], [], []
         buckets = self._windows(seqs, torch.zeros_like(seqs, dtype=torch.bool))
-        shared = None
         lead_width = L - min(w for _, w in buckets)
-        if self.shared_padding and self.training and lead_width > 0:
-            was_training = self.training
-            self.train(False)  # no dropout: one computation per position, shared by all rows
-            try:
-                shared = self._encode_lead(1, lead_width)
-            finally:
-                self.train(was_training)
         lead = {}
-        if shared is None and self.padding_pool and self.training and lead_width > 0:
+        if self.padding_pool and self.training and lead_width > 0:
             pool_mean, pool_cov = self._encode_lead(self.padding_pool, lead_width)  # [K, lead_width, H]
             for i, (rows, w) in enumerate(buckets):
                 if w < L:
@@ -201,7 +191,7 @@ class STOSA(_Recommender):
                     # an embedding lookup: its backward accumulates deterministically
                     lead[i] = (F.embedding(index, pool_mean.reshape(-1, pool_mean.shape[-1])),
                                F.embedding(index, pool_cov.reshape(-1, pool_cov.shape[-1])))
-        elif shared is None and lead_width > 0:  # all buckets' leading padding in one computation
+        elif lead_width > 0:  # all buckets' leading padding in one computation
             blocks = [(len(rows), L - w) for rows, w in buckets if w < L]
             lead_mean, lead_cov = self._encode_lead_packed(blocks)
             sizes = [n * width for n, width in blocks]
@@ -215,9 +205,7 @@ class STOSA(_Recommender):
         items = dict(zip(windows, self._item_rows(list(windows.values())))) if windows else {}
         for i, (rows, w) in enumerate(buckets):
             parts = []
-            if w < L and shared is not None:
-                parts.append(tuple(t[:, :L - w].expand(len(rows), -1, -1) for t in shared))
-            elif w < L:
+            if w < L:
                 parts.append(lead[i])
             if w > 0:
                 parts.append(self._encode_window(windows[i], L - w, items=items[i]))
@@ -281,11 +269,7 @@ class STOSA(_Recommender):
         """Wasserstein InfoNCE between the two views stacked in ``views`` ``[2B, L]`` (MStein)."""
         if self.contrastive is None:
             return None
-        mean, cov = self.encode_fast(views)
-        anchor = None
-        if self.shared_padding and self.skip_padding and self.training and not self.original_padding:
-            anchor = int((views > 0).sum(1).argmin())
-        return self._wasserstein_infonce(mean, cov, anchor)
+        return self._wasserstein_infonce(*self.encode_fast(views))
 
     def last_gaussians(self, seqs):
         """The Gaussians at the last position ``[B, H]`` (the last layer computes that position only;
@@ -298,7 +282,7 @@ class STOSA(_Recommender):
         for rows, w in self._windows(seqs, torch.zeros_like(seqs, dtype=torch.bool)):
             # an all-padding row: its last position is padding, which under the original's masking
             # attends to its whole row (so the whole row is encoded); else that position alone
-            w = L if w == 0 and self.original_padding else max(w, 1)
+            w = L if w == 0 and self.compat else max(w, 1)
             mean, cov = self._encode_window(seqs[rows, L - w:], L - w, last_only=True)
             means.append(mean[:, -1])
             covs.append(cov[:, -1])
