@@ -8,6 +8,8 @@ import os
 
 import torch
 
+from mstein_fast.errors import NonFiniteError
+
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
@@ -159,6 +161,11 @@ def check_gaussians(pairs, *, same_rows: bool = False, min_dim: int = 2, values:
     at least ``min_dim`` dims, leading batch dims and D equal across groups, N equal across groups
     when ``same_rows``), non-empty, finite means and finite positive covariances.
 
+    Raises ``TypeError`` or ``ValueError`` naming the argument; the value checks raise
+    :class:`~mstein_fast.errors.NonFiniteError` (a ``ValueError``) where a tensor holds NaN or
+    inf, or values whose squared W2 distances overflow float32, and a plain ``ValueError`` for a
+    finite covariance <= 0.
+
     Under ``torch.compile`` the value checks (finite, ``cov > 0``) are skipped: they read the
     values on the host, which would break the graph; the rest is checked while tracing. With
     ``values=False`` they are skipped too (no host sync: for trusted internal callers), and so they
@@ -208,22 +215,19 @@ def check_gaussians(pairs, *, same_rows: bool = False, min_dim: int = 2, values:
     wide = torch.float64 if pairs[0][1].dtype == torch.float64 else torch.float32
     stats = torch.stack([v.to(wide) for _, mean, _, cov in pairs for t in (mean, cov) for v in torch.aminmax(t)])
     lo_hi = stats.tolist()
-    ok = []
-    for i in range(len(pairs)):
-        m_lo, m_hi, c_lo, c_hi = lo_hi[4 * i : 4 * i + 4]
-        ok.append(math.isfinite(m_lo) and math.isfinite(m_hi))
-        ok.append(c_lo > 0 and math.isfinite(c_hi))
     for i, (mean_name, mean, cov_name, cov) in enumerate(pairs):
-        if not ok[2 * i]:
-            raise ValueError(f"{mean_name} contains NaN or inf")
-        if not ok[2 * i + 1]:
+        m_lo, m_hi, c_lo, c_hi = lo_hi[4 * i : 4 * i + 4]
+        if not (math.isfinite(m_lo) and math.isfinite(m_hi)):
+            raise NonFiniteError(f"{mean_name} contains NaN or inf")
+        if not (c_lo > 0 and math.isfinite(c_hi)):
             bad = cov[~(torch.isfinite(cov) & (cov > 0))].flatten()[0].item()
-            raise ValueError(f"{cov_name} must hold finite variances > 0 (found {bad}); apply e.g. ELU(x) + 1 first")
+            error = ValueError if math.isfinite(c_lo) and math.isfinite(c_hi) else NonFiniteError
+            raise error(f"{cov_name} must hold finite variances > 0 (found {bad}); apply e.g. ELU(x) + 1 first")
     if wide == torch.float32:  # the kernels compute in float32: W up to 4 D max(|mean|^2 + cov) must not overflow
         for i, (mean_name, mean, cov_name, cov) in enumerate(pairs):
             m_lo, m_hi, _, c_hi = lo_hi[4 * i : 4 * i + 4]
             big_mean = max(abs(m_lo), abs(m_hi))
             if 4.0 * dims[i] * (big_mean * big_mean + c_hi) > _FLOAT32_MAX:
                 name, value = (mean_name, big_mean) if big_mean * big_mean >= c_hi else (cov_name, c_hi)
-                raise ValueError(f"{name} holds values up to {value:.3g}: the squared W2 distances of such Gaussians "
+                raise NonFiniteError(f"{name} holds values up to {value:.3g}: the squared W2 distances of such Gaussians "
                                  "overflow float32; rescale them or pass float64 tensors")

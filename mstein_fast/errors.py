@@ -8,12 +8,17 @@
 * :class:`Interrupted`: Ctrl-C stopped training after its last completed epoch was saved (the CLI
   exits with status 130).
 
+And one raised to the caller rather than to the command line:
+
+* :class:`NonFiniteError`: an op was given a tensor holding NaN or infinite values (or values whose
+  result would overflow to them). A ``ValueError``; the trainer turns it into :class:`Diverged`.
+
 This module imports nothing from the package, so that every module can import it.
 """
 
 from __future__ import annotations
 
-__all__ = ["Diverged", "Interrupted", "UserError", "interrupt", "signals_received"]
+__all__ = ["Diverged", "Interrupted", "NonFiniteError", "UserError", "interrupt", "signals_received"]
 
 # the signals (SIGINT, SIGTERM) received by the command line since it started (see interrupt)
 signals_received: list[int] = []
@@ -37,3 +42,10 @@ class Interrupted(Exception):
 
 class Diverged(UserError):
     """The loss or the validation scores became NaN or infinite; the last good epoch is kept."""
+
+
+class NonFiniteError(ValueError):
+    """A tensor argument holds NaN or infinite values, or values so large that the result would
+    overflow to them (the input checks of the ops: ``mstein_fast._checks.check_gaussians``). A
+    ``ValueError`` like every other refused input; its type tells a diverged model's outputs apart
+    from a bad call without reading the message."""

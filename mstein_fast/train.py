@@ -50,7 +50,7 @@ from mstein_fast.checkpoint import RunDirectory, load_checkpoint, load_model_sta
 from mstein_fast.compat import original_compat
 from mstein_fast.config import TrainConfig
 from mstein_fast.data import LeaveOneOut, leave_one_out, sample_negatives
-from mstein_fast.errors import Diverged, Interrupted, UserError
+from mstein_fast.errors import Diverged, Interrupted, NonFiniteError, UserError
 from mstein_fast.evaluate import NonFiniteScores, evaluate_ranks, popularity_metrics, ranking_metrics
 from mstein_fast.memory import TRAINING_FACTOR, check_fits
 from mstein_fast.models import build_model
@@ -335,11 +335,11 @@ class Trainer:
                         f"(now {self.cfg.lr:g}) in a new run")
 
     def _diverged_or(self, err: ValueError, epoch: int, what: str) -> Exception:
-        """:meth:`_divergence` if ``err`` comes from non-finite values (NaN/inf parameters or an op's
-        refusal of NaN/inf inputs), else ``err`` itself (a genuine bug stays a traceback)."""
-        text = str(err)
-        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
-        if isinstance(err, NonFiniteScores) or not finite or any(w in text for w in ("NaN", " inf", "finite", "overflow")):
+        """:meth:`_divergence` if ``err`` comes from non-finite values (an op's refusal of NaN/inf
+        inputs, :class:`NonFiniteError`; NaN/inf scores, :class:`NonFiniteScores`; or any error of
+        a model whose parameters hold NaN/inf), else ``err`` itself (a genuine bug stays a traceback)."""
+        if isinstance(err, (NonFiniteError, NonFiniteScores)) or not all(
+                bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             return self._divergence(epoch, what)
         return err
 
