@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +37,8 @@ from benchmarks.parity.transplant import load_trained_weights, rel_error
 from benchmarks.parity.views import VIEW_STATS, _compare_stats, view_stats
 from mstein_fast.config import TrainConfig
 from mstein_fast.models import build_model
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cfg(layers: int = 2):
@@ -306,6 +312,22 @@ def test_curves_refuses_float64_for_a_saved_log(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(argv)
     assert stop.value.code == 2 and "with --original-log it does not run" in capsys.readouterr().err
+
+
+def test_the_package_runs_as_a_module_with_every_command(capsys):
+    # `python -m benchmarks.parity` from the repository root (the invocation the docs give), then each
+    # command's --help in this process
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}  # -m needs the root on the path
+    run = subprocess.run([sys.executable, "-m", "benchmarks.parity", "--help"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("usage: python -m benchmarks.parity ")
+    assert "python -m benchmarks.parity --original /path/to/MStein transplant" in run.stdout
+    for command in ("transplant", "curves", "evaluate", "dropout", "views", "bisect", "band"):
+        with pytest.raises(SystemExit) as stop:
+            main([command, "--help"])
+        assert stop.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: python -m benchmarks.parity {command} ")
 
 
 @pytest.mark.parametrize("command", ["views", "dropout"])
