@@ -8,8 +8,6 @@ kernel (``G @ y`` plus the row sums of ``G``), the second reading ``G`` transpos
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl

@@ -25,6 +25,10 @@ with ``q = rowsum(Q)``. The kernels recompute the tiles and accumulate ``Q x`` a
 - larger K (e.g. D = 3200, where a ``[rows, K]`` accumulator does not fit in registers): each
   upper-triangle tile pair computes W once and adds ``Q x_c`` to its rows and ``Q^T x_r`` to its
   columns with atomics, chunk by chunk of K.
+
+:func:`forward` and :func:`backward` launch them (inputs validated by the caller); the
+``torch.library`` ops and the autograd formula around them are in
+``mstein_fast/ops/_wasserstein_infonce/triton.py``.
 """
 
 from __future__ import annotations
@@ -32,10 +36,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from mstein_fast import reference
-from mstein_fast.numerics import SIMILARITIES
-from mstein_fast.ops._library import define_op, graph_backward
 
 from ._common import (
     acc_dtype,
@@ -323,9 +323,9 @@ def _merge_column_ranges(part: torch.Tensor, top_cols: torch.Tensor):
     return losses, torch.stack([top + torch.log(total), others / total, 1 / total]), top_col
 
 
-def _fwd(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor, cov_b: torch.Tensor, temperature: float,
+def forward(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor, cov_b: torch.Tensor, temperature: float,
          similarity: str):
-    """``mstein_fast::wasserstein_infonce_triton_fwd``: the ``[2N]`` row losses (input dtype), and
+    """The kernel of ``mstein_fast::wasserstein_infonce_triton_fwd``: the ``[2N]`` row losses (input dtype), and
     for the backward the centred stacked rows ``x`` ``[2N, 2D]`` (input dtype), the per-row
     statistics ``[3, 2N]`` and top columns ``[2N]`` (int32) of :func:`_merge_column_ranges`."""
     n = mean_a.shape[0]
@@ -347,16 +347,9 @@ def _fwd(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor, cov_b:
     return losses.to(mean_a.dtype), x, stats, top
 
 
-def _fwd_fake(mean_a, cov_a, mean_b, cov_b, temperature, similarity):
-    n, d = mean_a.shape
-    return (mean_a.new_empty((2 * n,)), mean_a.new_empty((2 * n, 2 * d)),
-            mean_a.new_empty((3, 2 * n), dtype=acc_dtype(mean_a.dtype)),
-            mean_a.new_empty((2 * n,), dtype=torch.int32))
-
-
-def _bwd(grad_rows: torch.Tensor, x: torch.Tensor, stats: torch.Tensor, top: torch.Tensor, cov_a: torch.Tensor,
+def backward(grad_rows: torch.Tensor, x: torch.Tensor, stats: torch.Tensor, top: torch.Tensor, cov_a: torch.Tensor,
          cov_b: torch.Tensor, temperature: float, similarity: str):
-    """``mstein_fast::wasserstein_infonce_triton_bwd``: gradients w.r.t. ``mean_a, cov_a, mean_b,
+    """The kernel of ``mstein_fast::wasserstein_infonce_triton_bwd``: gradients w.r.t. ``mean_a, cov_a, mean_b,
     cov_b`` of ``sum(grad_rows * losses)`` from the forward's ``x``, ``stats`` and ``top``."""
     rows, k = x.shape
     n = rows // 2
@@ -380,65 +373,3 @@ def _bwd(grad_rows: torch.Tensor, x: torch.Tensor, stats: torch.Tensor, top: tor
     g_mean_a, g_cov_a = gaussian_grads(x[:n], prod[:n], weight[:n], cov_a)
     g_mean_b, g_cov_b = gaussian_grads(x[n:], prod[n:], weight[n:], cov_b)
     return tuple(t.contiguous() for t in (g_mean_a, g_cov_a, g_mean_b, g_cov_b))
-
-
-def _bwd_fake(grad_rows, x, stats, top, cov_a, cov_b, temperature, similarity):
-    return tuple(c.new_empty(c.shape) for c in (cov_a, cov_a, cov_b, cov_b))  # contiguous, as _bwd's
-
-
-def _setup_context(ctx, inputs, output):
-    mean_a, cov_a, mean_b, cov_b, temperature, similarity = inputs
-    _, x, stats, top = output
-    ctx.mark_non_differentiable(x, stats, top)
-    # the means: only for a double backward (references to the inputs, no copies)
-    ctx.save_for_backward(x, stats, top, cov_a, cov_b, mean_a, mean_b)
-    ctx.temperature, ctx.similarity = temperature, similarity
-
-
-def _backward(ctx, grad_rows, _grad_x, _grad_stats, _grad_top):
-    x, stats, top, cov_a, cov_b, mean_a, mean_b = ctx.saved_tensors
-    if torch.is_grad_enabled():  # a create_graph=True backward: differentiable gradients
-        acc = acc_dtype(mean_a.dtype)
-
-        def rows(*views):  # the per-row losses by the PyTorch reference, in the accumulation dtype
-            return reference.wasserstein_infonce(*(t.to(acc) for t in views), temperature=ctx.temperature,
-                                                 similarity=ctx.similarity, reduction="none")
-
-        grads = graph_backward(rows, (mean_a, cov_a, mean_b, cov_b), ctx.needs_input_grad[:4], grad_rows.to(acc))
-        return (*grads, None, None)
-    grads = wasserstein_infonce_triton_bwd(grad_rows.contiguous(), x, stats, top, cov_a, cov_b, ctx.temperature,
-                                           ctx.similarity)
-    return (*grads, None, None)
-
-
-# registered for every device type: CUDA, and CPU tensors under TRITON_INTERPRET=1
-wasserstein_infonce_triton_bwd = define_op(
-    "wasserstein_infonce_triton_bwd",
-    "(Tensor grad_rows, Tensor x, Tensor stats, Tensor top, Tensor cov_a, Tensor cov_b, float temperature, "
-    "str similarity) -> (Tensor, Tensor, Tensor, Tensor)",
-    _bwd, _bwd_fake, device_types=None)
-wasserstein_infonce_triton_fwd = define_op(
-    "wasserstein_infonce_triton_fwd",
-    "(Tensor mean_a, Tensor cov_a, Tensor mean_b, Tensor cov_b, float temperature, str similarity) "
-    "-> (Tensor, Tensor, Tensor, Tensor)",
-    _fwd, _fwd_fake, backward=_backward, setup_context=_setup_context, device_types=None, double_backward=True)
-
-
-def wasserstein_infonce_rows(
-    mean_a: torch.Tensor,
-    cov_a: torch.Tensor,
-    mean_b: torch.Tensor,
-    cov_b: torch.Tensor,
-    temperature: float,
-    similarity: str,
-) -> torch.Tensor:
-    """The 2N per-row Wasserstein InfoNCE losses (rows of A, then of B) of two ``[N, D]`` views.
-
-    ``similarity``: ``"inv"`` (``1 / (1 + W)``) or ``"neg"`` (``-W``); ``temperature > 0``. Inputs
-    are validated by the caller. Output in the input dtype (accumulated in float32, float64 for
-    float64), differentiable w.r.t. all four inputs; memory O(N D), no N x N buffer.
-    """
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"similarity must be one of {tuple(SIMILARITIES)}, got {similarity!r}")
-    return wasserstein_infonce_triton_fwd(mean_a, cov_a, mean_b, cov_b, float(temperature), similarity)[0]
-

@@ -1,5 +1,5 @@
 """The rectangular InfoNCE primitive (local rows x a range of the global columns) that the
-distributed loss runs on: the C++ one (``mstein_fast.ops._infonce_rect``) and its Triton twin
+distributed loss runs on: the C++ one (``mstein_fast.ops._wasserstein_infonce.rect``) and its Triton twin
 (``mstein_fast.kernels.infonce_rect``; under Triton's interpreter on a CPU, which
 ``tests/conftest.py`` switches on without a GPU), against an independent float64 oracle.
 
@@ -46,7 +46,7 @@ RUNS_TRITON = triton_rect is not None and (TRITON_DEVICE.type == "cuda" or os.en
 needs_triton = pytest.mark.skipif(not RUNS_TRITON, reason="Triton (a GPU or its interpreter) is not available")
 
 if HAS_CPP:
-    from mstein_fast.ops._infonce_rect import infonce_rect_bwd, infonce_rect_fwd
+    from mstein_fast.ops._wasserstein_infonce.rect import infonce_rect_bwd, infonce_rect_fwd
 
 
 # -- the problem and the oracle --------------------------------------------------------------------

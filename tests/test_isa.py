@@ -56,7 +56,7 @@ CHECK = textwrap.dedent(
             out.backward(g.float()); expect.backward(g)
             worst = max(worst, rel(out, expect), *(rel(a.grad, r.grad) for a, r in zip(ins32, ref)))
     # the rectangular InfoNCE primitive, through the distributed loss as one rank: ranges of 256 columns
-    from mstein_fast import distributed
+    from mstein_fast.ops._wasserstein_infonce import distributed
     distributed._TILE_BYTES = 1
     for (n, d, sim, t) in [(150, 13, "inv", 0.5), (300, 5, "neg", 1.0)]:
         ins64 = [*make(n, d), *make(n, d)]

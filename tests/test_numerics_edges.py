@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import mstein_fast
-from mstein_fast import distributed
+from mstein_fast.ops._wasserstein_infonce import distributed
 from mstein_fast.numerics import COV_FLOOR, infonce_row_loss
 
 pytestmark = pytest.mark.core  # (docs/development.md: test markers)

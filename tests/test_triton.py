@@ -30,6 +30,7 @@ pytestmark = pytest.mark.core  # (docs/development.md: test markers)
 triton_infonce = pytest.importorskip("mstein_fast.kernels.wasserstein_infonce")
 # the Triton paths of the ops (importing them registers mstein_fast::*_triton_* with torch.library)
 from mstein_fast.ops._pairwise_w2 import triton as pairwise_triton  # noqa: E402
+from mstein_fast.ops._wasserstein_infonce import triton as _infonce_triton  # noqa: E402, F401
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_GPU = DEVICE.type == "cuda"
