@@ -1,14 +1,17 @@
 """Where things live: the import directions between modules.
 
-* nothing in ``mstein_fast/ops/`` imports :mod:`mstein_fast.distributed` (the distributed loss
-  builds on the ops, not the other way round), and :mod:`mstein_fast.errors` imports nothing of
-  the package (every module may import it);
+* nothing in ``mstein_fast/ops/`` imports :mod:`mstein_fast.distributed` (the public namespace of
+  the distributed losses re-exports from the ops, not the other way round), and
+  :mod:`mstein_fast.errors` imports nothing of the package (every module may import it);
+* the Triton kernels (``kernels/``, installed as ``mstein_fast.kernels``) import nothing of the
+  package but :mod:`mstein_fast.numerics`: the ops import the kernels, never the reverse;
 * :mod:`mstein_fast.config` does not import :mod:`mstein_fast.models`, and the models and the
   augmenter do not import :mod:`mstein_fast.config`: both sides import the typed contracts of
   :mod:`mstein_fast.contracts`, which imports nothing of the package;
-* ``mstein_fast.ops.<op>`` is the function; its module is the private ``_<op>``;
+* ``mstein_fast.ops.<op>`` is the function; its package is the private ``_<op>/``, which holds
+  the dispatch and every backend's form of the op (``cpu.py``, ``triton.py``, ...); the encoder
+  internals are in :mod:`mstein_fast.nn`; :mod:`mstein_fast.distributed` only re-exports;
 """
-
 from __future__ import annotations
 
 import ast
@@ -51,7 +54,7 @@ def is_distributed(name: str) -> bool:
     return name == "mstein_fast.distributed" or name.startswith("mstein_fast.distributed.")
 
 
-@pytest.mark.parametrize("path", sorted((PACKAGE / "ops").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((PACKAGE / "ops").rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_ops_do_not_import_distributed(path):
     assert not [n for n in imports_of(path) if is_distributed(n)]
 
@@ -112,6 +115,77 @@ def test_ops_names_are_the_functions_and_their_modules_private(op):
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+OP_FILES = {"pairwise_w2": ["__init__.py", "cpu.py", "triton.py"],
+            "wasserstein_infonce": ["__init__.py", "cpu.py", "triton.py", "rect.py", "distributed.py"]}
+
+
+@pytest.mark.parametrize("op", sorted(OP_FILES))
+def test_each_op_has_one_package_with_every_backend(op):
+    folder = PACKAGE / "ops" / f"_{op}"
+    assert sorted(p.name for p in folder.glob("*.py")) == sorted(OP_FILES[op])
+    assert getattr(importlib.import_module(f"mstein_fast.ops._{op}"), op) is getattr(mstein_fast.ops, op)
+    # the Triton path's registration lives with the op, not with the kernels
+    assert "define_op" in (folder / "triton.py").read_text(encoding="utf-8")
+    assert "define_op" not in (ROOT / "kernels" / f"{op}.py").read_text(encoding="utf-8")
+
+
+def test_the_encoder_internals_are_in_nn_not_ops():
+    modules = ["activations", "dropout", "linear", "residual_norm"]
+    assert all((PACKAGE / "nn" / f"{m}.py").is_file() and not (PACKAGE / "ops" / f"{m}.py").exists() for m in modules)
+
+
+def kernel_imports(source: str) -> set[str]:
+    """The modules of the package that ``source``, a module of ``mstein_fast.kernels``, imports at any
+    depth of its code (relative imports resolved; ``from mstein_fast import x`` counts as ``mstein_fast.x``)."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = "mstein_fast.kernels".rsplit(".", node.level - 1)[0] if node.level > 1 else "mstein_fast.kernels"
+                base = f"{parent}.{base}" if base else parent
+            names.update([f"{base}.{alias.name}" for alias in node.names] if base == "mstein_fast" else [base])
+    return {n for n in names if n == "mstein_fast" or n.startswith("mstein_fast.")}
+
+
+def allowed_in_kernels(name: str) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in ("mstein_fast.numerics", "mstein_fast.kernels"))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "kernels").rglob("*.py")), ids=lambda p: p.name)
+def test_kernels_import_only_the_numerics_of_the_package(path):
+    assert not [n for n in kernel_imports(path.read_text(encoding="utf-8")) if not allowed_in_kernels(n)]
+
+
+@pytest.mark.parametrize("source", [
+    "import mstein_fast",
+    "import mstein_fast.reference",
+    "from mstein_fast import reference",
+    "from mstein_fast.ops._library import define_op",
+    "from ..ops import _library",
+    "def f():\n    from mstein_fast.backends import triton_kernels\n",
+])
+def test_the_kernel_import_check_sees_every_form(source):
+    assert [n for n in kernel_imports(source) if not allowed_in_kernels(n)]
+    assert not [n for n in kernel_imports("from mstein_fast.numerics import COV_FLOOR\nfrom ._common import empty\n"
+                                          "from . import pairwise_w2\n") if not allowed_in_kernels(n)]
+
+
+def test_distributed_is_a_namespace_without_code():
+    # the distributed losses live with their ops and the collectives in mstein_fast.collectives
+    tree = ast.parse((PACKAGE / "distributed.py").read_text(encoding="utf-8"))
+    for i, node in enumerate(tree.body):
+        docstring = i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+        exports = isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["__all__"]
+        assert docstring or exports or isinstance(node, (ast.Import, ast.ImportFrom)), ast.unparse(node)
+    import mstein_fast.distributed as public
+    for name in ("wasserstein_infonce", "dot_infonce", "world", "comm_device", "all_gather_rows", "gather_with_grad"):
+        assert callable(getattr(public, name)) and name in public.__all__
+    assert not [n for n in imports_of(PACKAGE / "collectives.py") if n.startswith("mstein_fast")]
+
+
 # pointers to documents outside the repository (a design brief's sections, tracker issues)
 OUTSIDE = re.compile(r"\bSPEC\b|\bissues? \d+|\(issue\b")
 
