@@ -19,8 +19,8 @@ from mstein_fast.models import build_model
 from mstein_fast.models.bert4rec import LAST_ITEM_SHARE, BERT4Rec
 from mstein_fast.train import Interrupted, Trainer, load_checkpoint, train
 
-TINY = {"synthetic_users": 200, "synthetic_items": 60, "synthetic_clusters": 4, "max_seq_length": 20,
-        "hidden_size": 16, "batch_size": 64, "lr": 0.005, "patience": 100, "progress": False, "device": "cpu",
+TINY = {"synthetic_users": 100, "synthetic_items": 60, "synthetic_clusters": 4, "max_seq_length": 10,
+        "hidden_size": 8, "batch_size": 32, "lr": 0.005, "patience": 100, "progress": False, "device": "cpu",
         "backend": "torch"}
 N_ITEMS = 20
 BATCH = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 7, 8]])
@@ -205,7 +205,7 @@ def read_metrics(run_dir):
 
 def test_resume_after_interrupt_equals_uninterrupted(tmp_path, ctrl_c_at_batch):
     cfg = build_config(None, {**TINY, "model": "bert4rec", "epochs": 4})[0]
-    assert cfg.batch_size == 64  # 4 batches per epoch
+    assert cfg.hidden_dropout_prob == 0.2  # 4 batches per epoch (100 users), dropout and masks drawn in each
     full = train(cfg, str(tmp_path / "full"))
     ctrl_c_at_batch(10)  # Ctrl-C in the middle of epoch 3
     with pytest.raises(Interrupted, match="last.pt holds epoch 2; continue with"):
