@@ -10,7 +10,8 @@ from torch import nn
 
 from mstein_fast.contracts import ModelConfig
 from mstein_fast.models.base import _Recommender
-from mstein_fast.models.layers import DotSelfAttention, Dropout, FeedForward
+from mstein_fast.models.layers import DotSelfAttention, FeedForward
+from mstein_fast.nn.dropout import Dropout
 
 # the share of training rows whose last item alone is masked (the scoring situation: the item after
 # the history predicted from a mask at the end); RecBole 1.2.1's ft_ratio default, drawn per row here
