@@ -168,7 +168,7 @@ def forward(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: 
 
 
 def backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cov1: torch.Tensor, cov2: torch.Tensor,
-         need1: bool = True, need2: bool = True):
+             need1: bool = True, need2: bool = True):
     """The kernel of ``mstein_fast::pairwise_w2_triton_bwd``: gradients w.r.t. ``mean1, cov1, mean2, cov2`` from
     the upstream ``grad`` ``[..., N, M]`` and the forward's ``x``, ``y``; a side whose flag
     (``need1``: mean1/cov1, ``need2``: mean2/cov2) is False is not computed and comes back as two

@@ -324,7 +324,7 @@ def _merge_column_ranges(part: torch.Tensor, top_cols: torch.Tensor):
 
 
 def forward(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor, cov_b: torch.Tensor, temperature: float,
-         similarity: str):
+            similarity: str):
     """The kernel of ``mstein_fast::wasserstein_infonce_triton_fwd``: the ``[2N]`` row losses (input dtype), and
     for the backward the centred stacked rows ``x`` ``[2N, 2D]`` (input dtype), the per-row
     statistics ``[3, 2N]`` and top columns ``[2N]`` (int32) of :func:`_merge_column_ranges`."""
@@ -348,7 +348,7 @@ def forward(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor, cov
 
 
 def backward(grad_rows: torch.Tensor, x: torch.Tensor, stats: torch.Tensor, top: torch.Tensor, cov_a: torch.Tensor,
-         cov_b: torch.Tensor, temperature: float, similarity: str):
+             cov_b: torch.Tensor, temperature: float, similarity: str):
     """The kernel of ``mstein_fast::wasserstein_infonce_triton_bwd``: gradients w.r.t. ``mean_a, cov_a, mean_b,
     cov_b`` of ``sum(grad_rows * losses)`` from the forward's ``x``, ``stats`` and ``top``."""
     rows, k = x.shape

@@ -144,7 +144,7 @@ def kernel_imports(source: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                parent = "mstein_fast.kernels".rsplit(".", node.level - 1)[0] if node.level > 1 else "mstein_fast.kernels"
+                parent = "mstein_fast" if node.level > 1 else "mstein_fast.kernels"  # kernels/ is one level deep
                 base = f"{parent}.{base}" if base else parent
             names.update([f"{base}.{alias.name}" for alias in node.names] if base == "mstein_fast" else [base])
     return {n for n in names if n == "mstein_fast" or n.startswith("mstein_fast.")}

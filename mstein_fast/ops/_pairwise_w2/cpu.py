@@ -77,7 +77,8 @@ def _backward(ctx, grad_out, _grad_x, _grad_y):
 
 
 pairwise_w2_bwd = define_op(
-    "pairwise_w2_bwd", "(Tensor grad, Tensor x, Tensor y, Tensor cov1, Tensor cov2) -> (Tensor, Tensor, Tensor, Tensor)",
+    "pairwise_w2_bwd",
+    "(Tensor grad, Tensor x, Tensor y, Tensor cov1, Tensor cov2) -> (Tensor, Tensor, Tensor, Tensor)",
     _bwd, _bwd_fake)
 pairwise_w2_fwd = define_op(
     "pairwise_w2_fwd", "(Tensor mean1, Tensor cov1, Tensor mean2, Tensor cov2) -> (Tensor, Tensor, Tensor)",

@@ -19,8 +19,9 @@ def _fwd(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor, cov_b:
     """``mstein_fast::wasserstein_infonce_fwd``: per-row losses ``[2N]`` of contiguous float32
     ``[N, D]`` views, and what the backward needs: the centred stacked rows ``x`` ``[2N, 2D]``, the
     per-row statistics ``lse`` ``[3, 2N]`` (the largest logit, the log of the softmax denominator
-    relative to it, and ``1 - softmax(positive)`` computed without cancellation), and with ``keep`` the distance matrix ``w``
-    ``[2N, 2N]`` (else an empty ``[0]``: the backward recomputes it)."""
+    relative to it, and ``1 - softmax(positive)`` computed without cancellation), and with
+    ``keep`` the distance matrix ``w`` ``[2N, 2N]`` (else an empty ``[0]``: the backward
+    recomputes it)."""
     ext = cpp_extension()
     check_dims("mean_a", mean_a, 2)
     n, d = mean_a.shape
