@@ -17,6 +17,7 @@ import torch
 
 from mstein_fast.backends import _load
 from mstein_fast.data import LeaveOneOut, Ragged
+from mstein_fast.errors import NonFiniteError
 from mstein_fast.ops._stack import threads
 
 KS = (1, 5, 10, 20)
@@ -129,7 +130,7 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Te
     return _target_ranks(scores, targets, excluded, padding)[0]
 
 
-class NonFiniteScores(ValueError):
+class NonFiniteScores(NonFiniteError):
     """The model scored some item NaN or +-inf (a diverged model): its ranks mean nothing."""
 
 
