@@ -269,7 +269,7 @@ def test_plot_training_curves(noise_run, tmp_path, capsys):
         (["analyze", "noise", "--ratios", "0,inf"], "noise ratios must be finite numbers in [0, 100]"),
         (["analyze", "noise", "--noise-seed", "-1"], "noise seed must be an integer in [0, 2**63)"),
         (["analyze", "noise", "--metrics", "auc"], "unknown metric 'auc'"),
-        (["analyze", "groups", "--models", "bert4rec"], "unknown model 'bert4rec'"),
+        (["analyze", "groups", "--models", "gru4rec"], "unknown model 'gru4rec'"),
         (["analyze", "batch-size", "--batch-sizes", "0,64"], "batch sizes must be positive"),
         (["analyze", "groups", "--checkpoints", "{tmp}/nothing.pt"], "no such checkpoint"),
         (["analyze", "noise", "--data", "{tmp}/missing.txt"], "missing.txt: no such file"),

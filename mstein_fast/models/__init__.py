@@ -14,7 +14,7 @@ Where things live: :mod:`.layers` (activations, masks, feed-forward and attentio
 :mod:`.losses` (BPR + pvn, BCE, dot-product InfoNCE), :mod:`.base` (what all models share),
 :mod:`.stosa` (STOSA / MStein), :mod:`.sasrec` (SASRec / CoSeRec / CoSeRec(WDM)), :mod:`.cl4srec`
 (CL4SRec), :mod:`.duorec` (DuoRec and its same-target positives), :mod:`.bprmf` (BPRMF), :mod:`.caser`
-(Caser), :mod:`.registry` (the model names,
+(Caser), :mod:`.bert4rec` (BERT4Rec), :mod:`.registry` (the model names,
 :func:`build_model`).
 
 A model receives a :class:`~mstein_fast.contracts.ModelConfig` (``TrainConfig.model_config()``), the
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from mstein_fast.contracts import ModelConfig
 from mstein_fast.models.base import _Recommender
+from mstein_fast.models.bert4rec import BERT4Rec
 from mstein_fast.models.bprmf import BPRMF
 from mstein_fast.models.buckets import BUCKET_COST, length_buckets, unpermute
 from mstein_fast.models.caser import Caser
@@ -47,6 +48,7 @@ from mstein_fast.models.stosa import STOSA
 from mstein_fast.numerics import COV_FLOOR
 
 __all__ = [
+    "BERT4Rec",
     "BPRMF",
     "BUCKET_COST",
     "CL4SRec",
