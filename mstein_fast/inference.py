@@ -284,7 +284,8 @@ class TrainedModel:
         """Each history's representation at its last position: ``{"mean": [U, H], "cov": [U, H]}``
         (the Gaussian: means and diagonal variances) for distributional models, ``{"vector": [U, H]}``
         otherwise (float32 numpy): for bprmf the user embedding, for caser the vector ``[z ; user]``
-        that scores the items (``users`` required by these two, as for :meth:`recommend`)."""
+        that scores the items, for bert4rec the encoder's output at the mask token appended after the
+        history (``users`` required by these two, as for :meth:`recommend`)."""
         parts: dict[str, list] = {}
         for _, batch, extra in self._batches(histories, batch_size, users):
             for name, value in self._last(batch, **extra).items():
@@ -301,6 +302,8 @@ class TrainedModel:
         if self.distributional:
             mean, cov = self.model.last_gaussians(batch)
             return {"mean": mean, "cov": cov}
+        if hasattr(self.model, "append_mask"):  # bert4rec reads its prediction off an appended mask token
+            batch = self.model.append_mask(batch)
         return {"vector": self.model.encode(batch, last_only=True)[:, -1]}
 
     @torch.no_grad()

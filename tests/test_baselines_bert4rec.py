@@ -236,3 +236,11 @@ def test_train_from_the_command_line_and_use(tmp_path, capsys):
     assert len(items) == 2 and len(items[0]) == 5 and 1 not in list(items[0]) and 4 not in list(items[1])
     assert set(items.ravel()) <= set(range(1, 41))  # never the mask token (41)
     assert model.item_embeddings()["vector"].shape == (40, 8)
+    # the representation is the encoder's output at the appended mask token, not at the last item
+    vector = model.embed([[1, 2, 3]])["vector"]
+    seqs = torch.tensor([[0] * 7 + [1, 2, 3]])
+    with torch.no_grad():
+        at_mask = model.model.encode(model.model.append_mask(seqs))[:, -1]
+        at_last = model.model.encode(seqs)[:, -1]
+    np.testing.assert_allclose(vector, at_mask.numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(vector, at_last.numpy(), atol=1e-3)
