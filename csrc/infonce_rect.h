@@ -1,6 +1,6 @@
 // The rectangular InfoNCE primitive: `r` local rows against one contiguous range of `c` columns of
 // the global stacked Gaussians x = [mean ; sqrt(cov)] (so W = |row - col|^2), as the distributed
-// loss needs it (mstein_fast/distributed.py): each rank contrasts its rows with all 2N global
+// loss needs it (mstein_fast/ops/_wasserstein_infonce/distributed.py): each rank contrasts its rows with all 2N global
 // columns, one bounded column range per call, and keeps only O(r) statistics between calls.
 //
 // Per row i the caller names, relative to the range, the row's own column self_col[i] (masked)

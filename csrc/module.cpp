@@ -8,7 +8,7 @@
 // int64, non-null and aligned pointers wherever elements are read or written, and the values of
 // the column indices the rectangular InfoNCE writes through. The entry points carry the names of
 // the torch ops they implement (mstein_fast::pairwise_w2_fwd, ...; wasserstein_infonce_rect_* are
-// plain functions, mstein_fast/ops/_infonce_rect.py, used by the distributed loss);
+// plain functions, mstein_fast/ops/_wasserstein_infonce/rect.py, used by the distributed loss);
 // the GIL is released while a kernel runs, and long InfoNCE calls stop on Ctrl-C (run_kernel). The instruction set
 // is chosen once at import: AVX-512 > AVX2 > portable, overridable with MSTEIN_FAST_ISA.
 #include <pybind11/pybind11.h>

@@ -21,7 +21,7 @@ MASKED_SCORE = -1e9  # attention score of a masked key (finite: no NaN for a ful
 
 def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
     """``ELU(x) + 1``: the activation that makes covariances positive (floored at 1e-24; one fused
-    pass each way on float32 CPU tensors, :mod:`mstein_fast.ops.activations`)."""
+    pass each way on float32 CPU tensors, :mod:`mstein_fast.nn.activations`)."""
     return activations.elu_plus_one(x)
 
 
@@ -33,7 +33,7 @@ def paired_w2(mean1, cov1, mean2, cov2) -> torch.Tensor:
 
 def dense(layer: nn.Linear, x: torch.Tensor, rows: slice | None = None, activation: str | None = None) -> torch.Tensor:
     """``layer(x)``, or only its outputs ``rows``, followed by ``activation`` (None, ``"elu"`` or
-    ``"elu_plus_one"``), by :func:`mstein_fast.ops.linear.linear` (the C++ dense-layer kernels with
+    ``"elu_plus_one"``), by :func:`mstein_fast.nn.linear.linear` (the C++ dense-layer kernels with
     the activation fused on float32 CPU tensors, ``F.linear`` and the activation elsewhere)."""
     weight, bias = layer.weight, layer.bias
     if rows is not None:
@@ -76,7 +76,7 @@ def attention_mask(seqs: torch.Tensor) -> torch.Tensor:
 
 def sublayer_end(layer: nn.Module, z: torch.Tensor, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
     """``activation(layer.norm(layer.dropout(z) + x))``, the end of every attention and feed-forward
-    block, by :func:`mstein_fast.ops.residual_norm.residual_layer_norm` (one fused pass each way on
+    block, by :func:`mstein_fast.nn.residual_norm.residual_layer_norm` (one fused pass each way on
     float32 CPU tensors; the same dropout masks as the separate ops)."""
     return residual_layer_norm(z, x, layer.norm, layer.dropout.p, layer.dropout.training, activation)
 
