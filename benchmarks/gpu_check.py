@@ -481,7 +481,7 @@ def main() -> int:
         return 2
     mstein_fast = import_package()
     if "triton" not in mstein_fast.available_backends():
-        print(f"gpu_check: the triton backend is unavailable: {mstein_fast.backends._load('triton')}", file=sys.stderr)
+        print(f"gpu_check: the triton backend is unavailable: {mstein_fast.backends.load_backend('triton')}", file=sys.stderr)
         return 2
     import triton
 

@@ -426,9 +426,9 @@ def profile_epoch(args, backend: str) -> None:
 def kernel_times(args, backend: str) -> None:
     """Epochs 1..K of ``backend`` with a wall clock around every C++ kernel call; calls and ms per
     epoch over epochs 3..K (see the module docstring)."""
-    from mstein_fast.backends import _load
+    from mstein_fast.backends import load_backend
 
-    ext = _load("cpp")
+    ext = load_backend("cpp")
     if isinstance(ext, ImportError):
         raise SystemExit(f"error: --kernel-times needs the C++ extension ({ext})")
     if resolve_device(args.device).type != "cpu":

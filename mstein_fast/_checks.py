@@ -14,7 +14,7 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 # torch.compile traces this as the constant True (torch < 2.3 has no torch.compiler.is_compiling)
-_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
 # size settings read from the environment: name -> default in megabytes (docs/cli.md, "Settings")
@@ -55,9 +55,9 @@ def check_isa_setting() -> None:
     if value not in ISA_NAMES:
         hint = " (lower case)" if value.lower() in ISA_NAMES else " or leave it unset" if not value.strip() else ""
         raise ValueError(f"{ISA_ENV} must be one of {', '.join(ISA_NAMES)}{hint}, got {value!r}")
-    from mstein_fast.backends import _load
+    from mstein_fast.backends import load_backend
 
-    ext = _load("cpp")
+    ext = load_backend("cpp")
     if isinstance(ext, ImportError):
         return
     try:
@@ -87,7 +87,7 @@ def check_choice(name: str, value, choices) -> None:
 def is_transformed(t) -> bool:
     """Whether ``t`` is a tensor wrapped by a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``,
     ...): it has no memory of its own for a kernel to read. False while ``torch.compile`` traces."""
-    return (not _is_compiling() and isinstance(t, torch.Tensor) and _functorch_wrapped is not None
+    return (not is_compiling() and isinstance(t, torch.Tensor) and _functorch_wrapped is not None
             and _functorch_wrapped(t))
 
 
@@ -199,7 +199,7 @@ def check_gaussians(pairs, *, same_rows: bool = False, min_dim: int = 2, values:
                 raise ValueError(f"{name} has N={t.shape[-2]} rows but {ref_name} has {ref.shape[-2]}: the two views must have the same N")
             if t.numel() == 0:
                 raise ValueError(f"{name} is empty (shape {tuple(t.shape)}): N, D and batch dims must be at least 1")
-    if _is_compiling() or not values:
+    if is_compiling() or not values:
         return
     if any(t.device.type == "meta" for _, mean, _, cov in pairs for t in (mean, cov)):
         return  # shapes only: nothing to read

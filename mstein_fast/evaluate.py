@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from mstein_fast.backends import _load
+from mstein_fast.backends import load_backend, threads
 from mstein_fast.data import LeaveOneOut, Ragged
 from mstein_fast.errors import NonFiniteError
-from mstein_fast.ops._stack import threads
 
 KS = (1, 5, 10, 20)
 MISS_RANK = 2**62  # the rank of a miss (see the module docstring): 0 in every metric
@@ -83,7 +82,7 @@ def _count_ahead(scores: torch.Tensor, col: torch.Tensor,
     with a smaller id; excluded items score -inf), and, from the C++ kernel (float32 CPU scores; one
     pass, csrc/ranks.h), whether every raw score of the row is finite (None from the PyTorch path)."""
     if scores.device.type == "cpu" and scores.dtype == torch.float32 and excluded.dtype == torch.bool:
-        ext = _load("cpp")
+        ext = load_backend("cpp")
         if not isinstance(ext, ImportError):
             b, n = scores.shape
             scores, excluded = scores.contiguous(), excluded.contiguous()

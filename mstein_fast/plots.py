@@ -37,7 +37,7 @@ def require_matplotlib():
     return plt
 
 
-def _save(fig, stem: str) -> list[str]:
+def save_figure(fig, stem: str) -> list[str]:
     """``stem.png`` and ``stem.svg``, rendered in memory and written as a pair through the package's
     one writer (:mod:`mstein_fast.writer`: atomic, never through a symbolic link)."""
     import io
@@ -91,7 +91,7 @@ def metric_lines(rows: list[dict], x: str, series: str, metrics: list[str], xlab
         ax.grid(alpha=0.3)
         ax.legend(title=series)
     fig.tight_layout()
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def grouped_bars(rows: list[dict], group: str, series: str, metrics: list[str], xlabel: str, title: str,
@@ -115,7 +115,7 @@ def grouped_bars(rows: list[dict], group: str, series: str, metrics: list[str], 
         ax.grid(alpha=0.3, axis="y")
         ax.legend(title=series)
     fig.tight_layout()
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def training_curves(runs: dict[str, list[dict]], losses: list[str], metrics: list[str], title: str,
@@ -164,7 +164,7 @@ def training_curves(runs: dict[str, list[dict]], losses: list[str], metrics: lis
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def tune_trials(trials: list[dict], metric: str, title: str, stem: str) -> list[str]:
@@ -206,4 +206,4 @@ def tune_trials(trials: list[dict], metric: str, title: str, stem: str) -> list[
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     fig.tight_layout()
-    return _save(fig, stem)
+    return save_figure(fig, stem)

@@ -168,9 +168,9 @@ def check_backend(backend: str, device: torch.device) -> None:
     if backend == "torch":
         return
     if backend == "auto":
-        from mstein_fast.backends import _load
+        from mstein_fast.backends import load_backend
 
-        missing = _load("cpp") if device.type == "cpu" else None
+        missing = load_backend("cpp") if device.type == "cpu" else None
         if isinstance(missing, ImportError):
             raise UserError(f"the C++ extension is not built ({missing}): training on the CPU would run the slow "
                             "PyTorch reference. Install the package (`pip install .`; from a source tree, run it "

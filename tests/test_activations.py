@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mstein_fast.backends import _load
-from mstein_fast.numerics import COV_FLOOR
+from mstein_fast.backends import load_backend
 from mstein_fast.nn import activations
+from mstein_fast.numerics import COV_FLOOR
 
 pytestmark = pytest.mark.core  # (docs/development.md: test markers)
 
-needs_cpp = pytest.mark.skipif(isinstance(_load("cpp"), ImportError), reason="C++ extension not built")
+needs_cpp = pytest.mark.skipif(isinstance(load_backend("cpp"), ImportError), reason="C++ extension not built")
 
 
 def reference(x: torch.Tensor, plus_one: bool) -> torch.Tensor:

@@ -51,9 +51,9 @@ def test_op_codes_are_defined_once_and_the_extension_agrees():
     import re
 
     from mstein_fast import numerics
-    from mstein_fast.backends import _load
+    from mstein_fast.backends import load_backend
 
-    ext = _load("cpp")
+    ext = load_backend("cpp")
     if isinstance(ext, ImportError):
         pytest.skip("C++ extension not built")
     assert ext.SIMILARITY_CODES == numerics.SIMILARITIES

@@ -134,6 +134,28 @@ def test_the_encoder_internals_are_in_nn_not_ops():
     assert all((PACKAGE / "nn" / f"{m}.py").is_file() and not (PACKAGE / "ops" / f"{m}.py").exists() for m in modules)
 
 
+@pytest.mark.parametrize("path", sorted((PACKAGE / "nn").rglob("*.py")) + [PACKAGE / "evaluate.py"],
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_the_encoder_internals_and_the_evaluator_do_not_import_the_ops(path):
+    # what they share with the ops (the extension, its thread count, output buffers) is backends'
+    assert not [n for n in imports_of(path) if n == "mstein_fast.ops" or n.startswith("mstein_fast.ops.")]
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_imports_a_private_name_of_another_module(path):
+    # a leading underscore means "this module's own": a module of the same package may share it
+    # (nn/residual_norm.py uses nn/dropout.py's threshold), another package may not
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    wrong = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("mstein_fast"):
+            source_package = node.module.rsplit(".", 1)[0] if "." in node.module else node.module
+            private = [a.name for a in node.names if a.name.startswith("_") and a.name != "__version__"]
+            if private and source_package != package and node.module != package:
+                wrong.append((node.module, private))
+    assert not wrong
+
+
 def kernel_imports(source: str) -> set[str]:
     """The modules of the package that ``source``, a module of ``mstein_fast.kernels``, imports at any
     depth of its code (relative imports resolved; ``from mstein_fast import x`` counts as ``mstein_fast.x``)."""
@@ -163,8 +185,8 @@ def test_kernels_import_only_the_numerics_of_the_package(path):
     "import mstein_fast",
     "import mstein_fast.reference",
     "from mstein_fast import reference",
-    "from mstein_fast.ops._library import define_op",
-    "from ..ops import _library",
+    "from mstein_fast.library import define_op",
+    "from .. import library",
     "def f():\n    from mstein_fast.backends import triton_kernels\n",
 ])
 def test_the_kernel_import_check_sees_every_form(source):

@@ -18,11 +18,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mstein_fast.backends import _load
+from mstein_fast.backends import load_backend
 from mstein_fast.nn import linear as linear_module
 from mstein_fast.nn.linear import linear
 
-needs_cpp = pytest.mark.skipif(isinstance(_load("cpp"), ImportError), reason="C++ extension not built")
+needs_cpp = pytest.mark.skipif(isinstance(load_backend("cpp"), ImportError), reason="C++ extension not built")
 U = 2.0**-24
 
 # (tokens t, input features k, outputs n): single elements, sizes that are not multiples of the
@@ -92,7 +92,7 @@ def bwd_call(ext, g, y, act, x, w, threads, want=(True, True, True)):
 @pytest.mark.parametrize("t,k,n", SHAPES)
 def test_kernels_write_every_element_within_the_float32_bound(t, k, n, act, threads):
     # the extension's entry points on NaN-poisoned outputs: every element written, and right
-    ext = _load("cpp")
+    ext = load_backend("cpp")
     x, w, b, g = _tensors(t, k, n, seed=t * 7 + k * 3 + n + act)
     y = torch.full((t, n), float("nan"))
     ext.linear_fwd(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), t, k, n, act, threads)
@@ -115,7 +115,7 @@ def test_kernels_write_every_element_within_the_float32_bound(t, k, n, act, thre
 @needs_cpp
 @pytest.mark.parametrize("want", [(True, False, False), (False, True, False), (False, False, True)])
 def test_backward_computes_only_what_is_asked(want):
-    ext = _load("cpp")
+    ext = load_backend("cpp")
     x, w, _, g = _tensors(300, 64, 40, seed=9)
     full = bwd_call(ext, g, None, 0, x, w, 2)
     part = bwd_call(ext, g, None, 0, x, w, 2, want)
@@ -232,7 +232,7 @@ def test_opcheck_and_boundary_checks():
         linear_module.linear_op(x, w[:, :3], None, 0)
     with pytest.raises(ValueError, match="activation must be"):
         linear(x, w, b, "gelu")
-    ext = _load("cpp")
+    ext = load_backend("cpp")
     buf = torch.zeros(64)
     with pytest.raises(ValueError, match="negative size"):
         ext.linear_fwd(buf.data_ptr(), buf.data_ptr(), 0, buf.data_ptr(), -1, 2, 2, 0, 1)
@@ -338,7 +338,7 @@ def test_feed_forward_opcheck_and_boundary_checks():
         linear_module.ff_op(x, w1, b1, w2[:, :3].contiguous(), b2, 1)
     with pytest.raises(ValueError, match="activation"):
         linear_module.feed_forward(x, w1, b1, w2, b2, activation="gelu")
-    ext = _load("cpp")
+    ext = load_backend("cpp")
     z = torch.empty(9, 4)
     with pytest.raises(ValueError, match="null pointer"):
         ext.ff_fwd(x.data_ptr(), 0, 0, w2.data_ptr(), 0, z.data_ptr(), 9, 6, 10, 4, 1, 1)

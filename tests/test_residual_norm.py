@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mstein_fast.backends import _load
+from mstein_fast.backends import load_backend
 from mstein_fast.nn import residual_norm
 from mstein_fast.nn.activations import elu_plus_one
 from mstein_fast.nn.dropout import dropout
 from mstein_fast.nn.residual_norm import residual_layer_norm
 from mstein_fast.testing import assert_close, measure
 
-needs_cpp = pytest.mark.skipif(isinstance(_load("cpp"), ImportError), reason="C++ extension not built")
+needs_cpp = pytest.mark.skipif(isinstance(load_backend("cpp"), ImportError), reason="C++ extension not built")
 
 # (rows, h): single elements, widths that are not multiples of the 16-float vector (scalar tails,
 # h < 16: no vector part at all), the encoder's width, row counts past the 256-row chunks of the
@@ -168,7 +168,7 @@ def test_bad_inputs():
 
 @needs_cpp
 def test_extension_checks_its_arguments():
-    ext = _load("cpp")
+    ext = load_backend("cpp")
     a = torch.zeros(2, 4)
     v = torch.zeros(4)
     r = torch.zeros(2)

@@ -8,7 +8,7 @@ import torch
 import mstein_fast
 import mstein_fast.nn.dropout  # (registers mstein_fast::dropout; `import mstein_fast` does not)
 from mstein_fast.backends import available_backends
-from mstein_fast.ops._library import HAS_CUSTOM_OP
+from mstein_fast.library import HAS_CUSTOM_OP
 
 pytestmark = [
     pytest.mark.core,

@@ -328,7 +328,7 @@ def compare(setup: Setup, models: list[str], seeds: list[int], jobs: int = 1) ->
 
 def _figure(rows: list[dict], models: list[str], stem: str) -> list[str]:
     """Grouped bars: one group per metric, one bar per model, seed std as error bars."""
-    from mstein_fast.plots import _save, require_matplotlib
+    from mstein_fast.plots import require_matplotlib, save_figure
 
     plt = require_matplotlib()
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rows) * max(1, len(models)) / 3), 4.0))
@@ -345,4 +345,4 @@ def _figure(rows: list[dict], models: list[str], stem: str) -> list[str]:
     ax.legend(fontsize=8, ncol=2)
     ax.set_title("mstein-fast compare")
     fig.tight_layout()
-    return _save(fig, stem)
+    return save_figure(fig, stem)

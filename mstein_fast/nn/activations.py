@@ -17,10 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mstein_fast.backends import _load
+from mstein_fast.backends import cpp_available, cpp_extension, threads
+from mstein_fast.library import check_buffer, define_op
 from mstein_fast.numerics import COV_FLOOR
-from mstein_fast.ops._library import check_buffer, define_op
-from mstein_fast.ops._stack import threads
 
 
 def _elu(x: torch.Tensor, plus_one: bool) -> torch.Tensor:
@@ -28,7 +27,7 @@ def _elu(x: torch.Tensor, plus_one: bool) -> torch.Tensor:
     (``x``: contiguous float32 CPU)."""
     check_buffer("x", x, tuple(x.shape))
     out = torch.empty_like(x)
-    _load("cpp").elu_fwd(x.data_ptr(), out.data_ptr(), x.numel(), plus_one, threads())
+    cpp_extension().elu_fwd(x.data_ptr(), out.data_ptr(), x.numel(), plus_one, threads())
     return out
 
 
@@ -41,7 +40,7 @@ def _elu_bwd(grad: torch.Tensor, y: torch.Tensor, plus_one: bool) -> torch.Tenso
     check_buffer("y", y, tuple(y.shape))
     check_buffer("grad", grad, tuple(y.shape))
     out = torch.empty_like(y)
-    _load("cpp").elu_bwd(grad.data_ptr(), y.data_ptr(), out.data_ptr(), y.numel(), plus_one, threads())
+    cpp_extension().elu_bwd(grad.data_ptr(), y.data_ptr(), out.data_ptr(), y.numel(), plus_one, threads())
     return out
 
 
@@ -67,7 +66,7 @@ elu_op = define_op("elu", "(Tensor x, bool plus_one) -> Tensor", _elu, _elu_fake
 
 
 def _cpp_usable(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not isinstance(_load("cpp"), ImportError)
+    return x.device.type == "cpu" and x.dtype == torch.float32 and cpp_available()
 
 
 def elu(x: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mstein_fast.backends import _load
+from mstein_fast.backends import cpp_available, cpp_extension, empty_buffer, threads
+from mstein_fast.library import check_buffer, define_op
 from mstein_fast.nn import activations
-from mstein_fast.ops._library import check_buffer, define_op
-from mstein_fast.ops._stack import empty_buffer, threads
 from mstein_fast.numerics import ACTIVATIONS
 
 
@@ -33,7 +32,7 @@ def _dropout(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
     check_buffer("seed", seed, (), dtype=torch.int64)
     check_buffer("x", x, tuple(x.shape))
     out = torch.empty_like(x)
-    _load("cpp").dropout(x.data_ptr(), out.data_ptr(), x.numel(), _threshold(p), 1.0 / (1.0 - p), int(seed.item()),
+    cpp_extension().dropout(x.data_ptr(), out.data_ptr(), x.numel(), _threshold(p), 1.0 / (1.0 - p), int(seed.item()),
                          threads())
     return out
 
@@ -59,7 +58,7 @@ dropout_op = define_op("dropout", "(Tensor x, Tensor seed, float p) -> Tensor", 
 
 
 def _cpp_usable(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not isinstance(_load("cpp"), ImportError)
+    return x.device.type == "cpu" and x.dtype == torch.float32 and cpp_available()
 
 
 def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Tensor:
@@ -95,7 +94,7 @@ def _position_dropout(table: torch.Tensor, pos: torch.Tensor, seed: torch.Tensor
     check_buffer("pos", pos, (pos.shape[0],), dtype=torch.int64)
     check_buffer("seed", seed, (), dtype=torch.int64)
     y = empty_buffer(table, (pos.shape[0], h))
-    _load("cpp").position_dropout_fwd(table.data_ptr(), pos.data_ptr(), pos.shape[0], h, rows,
+    cpp_extension().position_dropout_fwd(table.data_ptr(), pos.data_ptr(), pos.shape[0], h, rows,
                                       _threshold(p) if p > 0 else 0, 1.0 / (1.0 - p), int(seed.item()), act,
                                       y.data_ptr(), threads())
     return y
@@ -115,7 +114,7 @@ def _position_dropout_bwd(g: torch.Tensor, y: torch.Tensor, pos: torch.Tensor, s
     check_buffer("pos", pos, (tokens,), dtype=torch.int64)
     check_buffer("seed", seed, (), dtype=torch.int64)
     gtable = empty_buffer(y, (rows, h))
-    _load("cpp").position_dropout_bwd(g.data_ptr(), y.data_ptr(), pos.data_ptr(), tokens, h, rows,
+    cpp_extension().position_dropout_bwd(g.data_ptr(), y.data_ptr(), pos.data_ptr(), tokens, h, rows,
                                       _threshold(p) if p > 0 else 0, 1.0 / (1.0 - p), int(seed.item()), act,
                                       gtable.data_ptr(), threads())
     return gtable

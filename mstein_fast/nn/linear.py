@@ -25,12 +25,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mstein_fast.backends import _load
-from mstein_fast.numerics import ACTIVATIONS
+from mstein_fast.backends import cpp_available, cpp_extension, empty_buffer, threads
+from mstein_fast.library import check_buffer, define_op
 from mstein_fast.nn import activations
-from mstein_fast.ops._library import check_buffer, define_op
-from mstein_fast.ops._stack import empty_buffer, threads
-
+from mstein_fast.numerics import ACTIVATIONS
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, act: int) -> torch.Tensor:
@@ -43,7 +41,7 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, act: int) 
     if b is not None:
         check_buffer("b", b, (n,))
     y = torch.empty((t, n), dtype=torch.float32)
-    _load("cpp").linear_fwd(x.data_ptr(), w.data_ptr(), 0 if b is None else b.data_ptr(), y.data_ptr(), t, k, n, act,
+    cpp_extension().linear_fwd(x.data_ptr(), w.data_ptr(), 0 if b is None else b.data_ptr(), y.data_ptr(), t, k, n, act,
                             threads())
     return y
 
@@ -67,7 +65,7 @@ def _linear_bwd(g: torch.Tensor, y: torch.Tensor, x: torch.Tensor, w: torch.Tens
     gx = torch.empty((t, k) if want_x else (0,), dtype=torch.float32)
     gw = torch.empty((n, k) if want_w else (0,), dtype=torch.float32)
     gb = torch.empty((n,) if want_b else (0,), dtype=torch.float32)
-    _load("cpp").linear_bwd(g.data_ptr(), y.data_ptr() if act else 0, act, x.data_ptr(), w.data_ptr(),
+    cpp_extension().linear_bwd(g.data_ptr(), y.data_ptr() if act else 0, act, x.data_ptr(), w.data_ptr(),
                             gx.data_ptr() if want_x else 0, gw.data_ptr() if want_w else 0,
                             gb.data_ptr() if want_b else 0, t, k, n, threads())
     return gx, gw, gb
@@ -106,7 +104,7 @@ linear_op = define_op("linear", "(Tensor x, Tensor w, Tensor? b, int act) -> Ten
 
 def _cpp_usable(*tensors: torch.Tensor | None) -> bool:
     return (all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
-            and not isinstance(_load("cpp"), ImportError))
+            and cpp_available())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -144,7 +142,7 @@ def _ff(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Te
         if b is not None:
             check_buffer(name, b, (size,))
     z = empty_buffer(x, (t, m))
-    _load("cpp").ff_fwd(x.data_ptr(), w1.data_ptr(), 0 if b1 is None else b1.data_ptr(), w2.data_ptr(),
+    cpp_extension().ff_fwd(x.data_ptr(), w1.data_ptr(), 0 if b1 is None else b1.data_ptr(), w2.data_ptr(),
                         0 if b2 is None else b2.data_ptr(), z.data_ptr(), t, k, n, m, act, threads())
     return z
 
@@ -169,7 +167,7 @@ def _ff_bwd(g: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor
         check_buffer("b1", b1, (n,))
     shapes = [(t, k), (n, k), (n,), (m, n), (m,)]
     out = [empty_buffer(x, shape if w else (0,)) for shape, w in zip(shapes, want)]
-    _load("cpp").ff_bwd(g.data_ptr(), x.data_ptr(), w1.data_ptr(), 0 if b1 is None else b1.data_ptr(), w2.data_ptr(),
+    cpp_extension().ff_bwd(g.data_ptr(), x.data_ptr(), w1.data_ptr(), 0 if b1 is None else b1.data_ptr(), w2.data_ptr(),
                         *(o.data_ptr() if w else 0 for o, w in zip(out, want)), t, k, n, m, act, threads())
     return tuple(out)
 

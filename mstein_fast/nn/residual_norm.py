@@ -21,12 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mstein_fast.backends import _load
-from mstein_fast.numerics import ACTIVATIONS
+from mstein_fast.backends import cpp_available, cpp_extension, empty_buffer, threads
+from mstein_fast.library import check_buffer, define_op
 from mstein_fast.nn import activations
-from mstein_fast.ops._library import check_buffer, define_op
-from mstein_fast.ops._stack import empty_buffer, threads
 from mstein_fast.nn.dropout import _threshold, dropout
+from mstein_fast.numerics import ACTIVATIONS
 
 # the kernel's activations: none or ELU + 1 (codes of mstein_fast.numerics.ACTIVATIONS)
 NORM_ACTIVATIONS = {name: ACTIVATIONS[name] for name in (None, "elu_plus_one")}
@@ -55,7 +54,7 @@ def _forward(z: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch
     threshold, scale, seed_value = _mask_args(seed, p)
     y, xhat = empty_buffer(z), empty_buffer(z)
     rstd = empty_buffer(z, (rows,))
-    _load("cpp").residual_norm_fwd(z.data_ptr(), x.data_ptr(), weight.data_ptr(), bias.data_ptr(), rows, h, threshold,
+    cpp_extension().residual_norm_fwd(z.data_ptr(), x.data_ptr(), weight.data_ptr(), bias.data_ptr(), rows, h, threshold,
                                    scale, seed_value, eps, act, y.data_ptr(), xhat.data_ptr(), rstd.data_ptr(),
                                    threads())
     return y, xhat, rstd
@@ -81,7 +80,7 @@ def _backward_impl(gy: torch.Tensor, y: torch.Tensor, xhat: torch.Tensor, rstd: 
     threshold, scale, seed_value = _mask_args(seed, p)
     out = [empty_buffer(xhat, shape if want else (0,))
            for want, shape in ((want_z, (rows, h)), (want_x, (rows, h)), (want_w, (h,)), (want_b, (h,)))]
-    _load("cpp").residual_norm_bwd(gy.data_ptr(), y.data_ptr() if act else 0, act, xhat.data_ptr(), rstd.data_ptr(),
+    cpp_extension().residual_norm_bwd(gy.data_ptr(), y.data_ptr() if act else 0, act, xhat.data_ptr(), rstd.data_ptr(),
                                    weight.data_ptr(), rows, h, threshold, scale, seed_value,
                                    *(t.data_ptr() if want else 0
                                      for t, want in zip(out, (want_z, want_x, want_w, want_b))),
@@ -127,7 +126,7 @@ forward_op = define_op(
 
 def _cpp_usable(*tensors: torch.Tensor) -> bool:
     return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-            and not isinstance(_load("cpp"), ImportError))
+            and cpp_available())
 
 
 def residual_layer_norm(z: torch.Tensor, x: torch.Tensor, norm: nn.LayerNorm, p: float = 0.0, training: bool = True,

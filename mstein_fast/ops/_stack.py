@@ -4,45 +4,9 @@ sqrt(clamp(cov, min=1e-24)))."""
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-
-def empty_buffer(like: torch.Tensor, shape=None) -> torch.Tensor:
-    """An uninitialised buffer with the dtype and device of ``like``, filled with NaN when
-    ``MSTEIN_FAST_POISON=1`` (tests: any element a kernel fails to write shows up)."""
-    out = torch.empty(like.shape if shape is None else shape, dtype=like.dtype, device=like.device)
-    if os.environ.get("MSTEIN_FAST_POISON") == "1":
-        out.fill_(float("nan"))
-    return out
-
-
-_forked = False  # this process is a fork() child of a process that imported mstein_fast
-
-
-def _after_fork_in_child() -> None:
-    """In a child started by ``fork()``: one thread, for the C++ kernels and for torch.
-
-    GNU OpenMP (libgomp, which torch and the kernels share) is not fork-safe: a child forked after
-    the parent ran a parallel region with more than one thread waits forever for the parent's
-    worker threads the first time it enters a parallel region of more than one thread (measured
-    with torch 2.13: torch's own elementwise ops and reductions hang there too). Parallel regions
-    of one thread never touch the pool, so the child runs everything on its one thread."""
-    global _forked
-    _forked = True
-    if torch.get_num_threads() > 1:
-        torch.set_num_threads(1)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def threads() -> int:
-    """Threads the C++ kernels use: the same as PyTorch's intra-op pool, and 1 in a child started
-    by ``fork()`` (:func:`_after_fork_in_child`: libgomp's pool does not survive a fork)."""
-    return 1 if _forked else torch.get_num_threads()
+from mstein_fast.backends import threads
 
 
 def cpp_stack(ext, mean: torch.Tensor, cov: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

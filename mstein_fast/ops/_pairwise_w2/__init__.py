@@ -13,7 +13,7 @@ import os
 import torch
 
 from mstein_fast import reference
-from mstein_fast._checks import _is_compiling, check_gaussians, is_transformed
+from mstein_fast._checks import check_gaussians, is_compiling, is_transformed
 from mstein_fast.backends import resolve_backend
 from mstein_fast.ops._pairwise_w2.cpu import pairwise_w2_fwd
 
@@ -82,7 +82,7 @@ def pairwise_w2(
     """
     check_gaussians([("mean1", mean1, "cov1", cov1), ("mean2", mean2, "cov2", cov2)], values=check_values)
     name = resolve_backend(backend, mean1.device)
-    if not _is_compiling():  # static shapes there; the allocation itself fails clearly enough
+    if not is_compiling():  # static shapes there; the allocation itself fails clearly enough
         _check_output_fits((*mean1.shape[:-1], mean2.shape[-2]), mean1.dtype, mean1.device)
     if (name == "torch" or (name == "cpp" and mean1.dtype == torch.float64)
             or any(is_transformed(t) for t in (mean1, cov1, mean2, cov2))):

@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 
 from mstein_fast import reference
-from mstein_fast.backends import cpp_extension
-from mstein_fast.ops._library import check_buffer, check_dims, define_op, graph_backward
-from mstein_fast.ops._stack import centre_rows_, cpp_stack, cpp_unstack, empty_buffer, threads
+from mstein_fast.backends import cpp_extension, empty_buffer, threads
+from mstein_fast.library import check_buffer, check_dims, define_op, graph_backward
+from mstein_fast.ops._stack import centre_rows_, cpp_stack, cpp_unstack
 
 
 def _fwd(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: torch.Tensor):

@@ -12,7 +12,7 @@ import torch
 from mstein_fast import reference
 from mstein_fast.kernels import acc_dtype
 from mstein_fast.kernels import pairwise_w2 as kernels
-from mstein_fast.ops._library import define_op, graph_backward
+from mstein_fast.library import define_op, graph_backward
 
 
 def _fwd_fake(mean1, cov1, mean2, cov2):

@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 
 from mstein_fast import reference
-from mstein_fast.backends import cpp_extension
+from mstein_fast.backends import cpp_extension, threads
+from mstein_fast.library import check_buffer, check_dims, define_op, graph_backward
 from mstein_fast.numerics import SIMILARITIES
-from mstein_fast.ops._library import check_buffer, check_dims, define_op, graph_backward
-from mstein_fast.ops._stack import centre_rows_, cpp_stack, threads
+from mstein_fast.ops._stack import centre_rows_, cpp_stack
 
 
 def _fwd(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor, cov_b: torch.Tensor, temperature: float,

@@ -46,10 +46,10 @@ import torch
 import torch.distributed as dist
 
 from mstein_fast._checks import check_choice, check_gaussians, check_temperature, env_megabytes
-from mstein_fast.backends import BACKENDS, available_backends, resolve_backend, triton_kernels
+from mstein_fast.backends import BACKENDS, available_backends, empty_buffer, resolve_backend, triton_kernels
 from mstein_fast.collectives import all_gather_rows, global_reduce, rank_sizes, world
 from mstein_fast.numerics import REDUCTIONS, SIMILARITIES, cov_gradient, infonce_row_loss, infonce_row_stats, stack
-from mstein_fast.ops._stack import centre_rows_, empty_buffer
+from mstein_fast.ops._stack import centre_rows_
 from mstein_fast.ops._wasserstein_infonce import wasserstein_infonce as _single_process_infonce
 from mstein_fast.ops._wasserstein_infonce.rect import infonce_rect_bwd, infonce_rect_fwd
 

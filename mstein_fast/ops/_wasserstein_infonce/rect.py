@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from mstein_fast.backends import cpp_extension
+from mstein_fast.backends import cpp_extension, threads
+from mstein_fast.library import check_buffer
 from mstein_fast.numerics import SIMILARITIES
-from mstein_fast.ops._library import check_buffer
-from mstein_fast.ops._stack import threads
 
 
 def _check_common(rows: torch.Tensor, cols: torch.Tensor, self_col: torch.Tensor, pos_col: torch.Tensor,

@@ -10,8 +10,8 @@ import torch
 from mstein_fast import reference
 from mstein_fast.kernels import acc_dtype
 from mstein_fast.kernels import wasserstein_infonce as kernels
+from mstein_fast.library import define_op, graph_backward
 from mstein_fast.numerics import SIMILARITIES
-from mstein_fast.ops._library import define_op, graph_backward
 
 
 def _fwd_fake(mean_a, cov_a, mean_b, cov_b, temperature, similarity):

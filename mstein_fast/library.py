@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from mstein_fast._checks import _is_compiling
+from mstein_fast._checks import is_compiling
 
 NAMESPACE = "mstein_fast"
 
@@ -102,7 +102,7 @@ def define_op(
         op.register_autograd(backward, setup_context=setup_context)
 
     def call(*args):
-        if _is_compiling() or type(args[0]) is not torch.Tensor or _dispatch_modes() > 0:
+        if is_compiling() or type(args[0]) is not torch.Tensor or _dispatch_modes() > 0:
             return op(*args)
         return eager(*args) if torch.is_grad_enabled() else impl(*args)
 
