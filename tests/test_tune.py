@@ -387,7 +387,10 @@ def test_workers_share_one_study_through_storage(tmp_path, capsys):
     numbers = [int(r["number"]) for r in rows]
     assert len(numbers) >= 6 and numbers == list(range(len(numbers)))
     own = [sorted(int(d.name) for d in (tmp_path / name / "trials").iterdir() if d.is_dir()) for name in ("p", "q")]
-    assert sorted(own[0] + own[1]) == numbers and own[0] and own[1]  # each trial trained by one worker, both worked
+    # each trial trained by one worker, both worked; q's trials.csv is its last snapshot of the study,
+    # which may miss the other worker's last trial (two workers may both start one when one is left)
+    union = sorted(own[0] + own[1])
+    assert union == list(range(len(union))) and set(numbers) <= set(union) and own[0] and own[1]
 
 
 # -- hostile input: the settings file, the study's storage, planted links -----------------------
