@@ -123,6 +123,7 @@ def test_gradcheck_against_float64_formula():
 
 
 @needs_cpp
+@pytest.mark.slow
 def test_opcheck():
     x = inputs(33, 1).requires_grad_()
     torch.library.opcheck(activations.elu_op.op, (x, True))

@@ -171,6 +171,7 @@ def noise_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_analyze_noise_end_to_end(noise_run, capsys):
     out = noise_run
     result = json.loads((out / "noise.json").read_text())
@@ -203,6 +204,7 @@ def test_analyze_noise_end_to_end(noise_run, capsys):
     assert code == 2 and err.startswith("error: ") and "lr differ" in err
 
 
+@pytest.mark.slow
 def test_analyze_groups_from_checkpoints(noise_run, tmp_path, capsys):
     runs = noise_run / "runs"
     code, _, _ = run_main(capsys, "analyze", "groups", "--output", tmp_path, "--checkpoints", runs / "mstein",

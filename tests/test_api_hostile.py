@@ -247,6 +247,7 @@ FORK_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+@pytest.mark.slow
 def test_ops_run_in_a_forked_child_of_a_multithreaded_parent():
     proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True, timeout=180,
                           check=False)
@@ -342,6 +343,7 @@ def _avx512_runs_here() -> bool:
 
 @NEEDS_CPP
 @pytest.mark.parametrize("value", ["bogus", "AVX2", "", "avx512"])
+@pytest.mark.slow
 def test_bad_isa_setting_is_one_error_line_before_the_run_directory(value, tmp_path):
     if value == "avx512" and _avx512_runs_here():
         pytest.skip("this CPU runs the AVX-512 build: the setting is valid here")
@@ -377,6 +379,7 @@ def test_num_threads_past_what_runs_is_refused(capsys):
         assert_one_error_line(capsys.readouterr().err, "num_threads")
 
 
+@pytest.mark.slow
 def test_the_top_of_the_num_threads_range_runs():
     top = int(num_threads_range().hi)
     script = textwrap.dedent(

@@ -67,6 +67,7 @@ def test_fidelity_runs_plans_resumes_and_summarises(tmp_path, capsys):
 
 
 @pytest.mark.skipif("cpp" not in mstein_fast.available_backends(), reason="C++ extension not built")
+@pytest.mark.slow
 def test_kernel_times_report_the_cpp_kernels_of_unprofiled_epochs(tmp_path):
     gen = np.random.default_rng(0)
     data = tmp_path / "Tiny.txt"

@@ -25,6 +25,7 @@ def test_unknown_backend_is_rejected():
         mstein_fast.pairwise_w2(x, x, x, x, backend="cuda-magic")
 
 
+@pytest.mark.slow
 def test_openmp_waits_default_to_a_short_spin_but_a_users_choice_stays():
     # libgomp's long default spin collapses throughput when other jobs share the cores, a passive
     # wait costs ~20% on a quiet machine: a short spin unless the user chose (docs/cli.md, Settings)

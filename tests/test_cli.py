@@ -31,6 +31,7 @@ def test_help_documents_every_config_key(capsys):
             assert field.metadata["help"] in text, name
 
 
+@pytest.mark.slow
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "mstein_fast.cli", "--help"], check=False, capture_output=True, text=True)
     assert out.returncode == 0
@@ -53,6 +54,7 @@ def trained_run(tmp_path_factory):
     return tmp / "out", json.loads(proc.stdout), proc.stderr
 
 
+@pytest.mark.slow
 def test_train_cli_layers_and_outputs(trained_run):
     out, result, err = trained_run
     saved = json.loads((out / "config.json").read_text())
@@ -140,6 +142,7 @@ def test_unknown_user_is_a_user_error(trained_run, capsys):
     assert code == 2 and "user 99999 is not in" in err
 
 
+@pytest.mark.slow
 def test_console_script_error_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mstein_fast.cli", "train", "--data", str(tmp_path / "nope.txt")],
                           check=False, capture_output=True, text=True)

@@ -88,6 +88,7 @@ def test_a_resumed_grid_equals_an_uninterrupted_one(grid, tmp_path, capsys, monk
     assert code == 0 and "4 of 4 runs already finished" in err and "] sasrec" not in err
 
 
+@pytest.mark.slow
 def test_parallel_runs_equal_sequential_ones(grid, tmp_path, capsys):
     code, _, err = run_main(capsys, "compare", *GRID, "--output", tmp_path / "par", "--jobs", "2", *TINY)
     assert code == 0, err

@@ -145,11 +145,13 @@ def two_ranks(tmp_path_factory):
 
 
 @pytest.mark.parametrize("index", range(len(CASES_2)), ids=lambda i: f"case{i}")
+@pytest.mark.slow
 def test_two_processes_match_the_concatenated_batch(two_ranks, index):
     case = CASES_2[index]
     check(case, two_ranks, index, *_tolerances(case))
 
 
+@pytest.mark.slow
 def test_one_and_three_processes(tmp_path):
     cases1 = [dict(BASE, seed=11, sizes=[9], dtype="float32", backend="cpp"), dict(BASE, seed=12, sizes=[4])]
     results = launch(cases1, 1, tmp_path)
@@ -162,6 +164,7 @@ def test_one_and_three_processes(tmp_path):
         check(case, results, i, *_tolerances(case))
 
 
+@pytest.mark.slow
 def test_bad_input_on_one_rank_raises_everywhere(tmp_path):
     cases = [dict(BASE, seed=15, sizes=[3, 3], bad_rank=1), dict(BASE, seed=16, sizes=[2, 2])]
     results = launch(cases, 2, tmp_path)

@@ -35,6 +35,7 @@ def runs(tmp_path_factory):
     return tmp, one, two
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(runs):
     tmp, one, two = runs
     lines = [line for line in two.stdout.splitlines() if line.startswith("{")]
@@ -56,6 +57,7 @@ def test_two_processes_train_like_one(runs):
         assert [json.loads(line)["epoch"] for line in fh] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_is_exact(runs):
     tmp, _, _ = runs
     # evaluating best.pt in one process gives exactly the metrics the two ranks combined
@@ -68,6 +70,7 @@ def test_sharded_evaluation_is_exact(runs):
     assert result["valid"] == saved["valid"]
 
 
+@pytest.mark.slow
 def test_errors_reach_every_rank(runs):
     tmp, _, _ = runs
     # "two" already holds a run: every rank must stop with the error (no rank left hanging)
@@ -76,6 +79,7 @@ def test_errors_reach_every_rank(runs):
     assert "already holds a run" in again.stderr
 
 
+@pytest.mark.slow
 def test_resume_under_torchrun_repeats_the_uninterrupted_run(runs):
     tmp, _, _ = runs
     args = list(ARGS)

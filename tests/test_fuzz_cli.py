@@ -285,6 +285,7 @@ def test_fuzz_train_print_config(world, capsys, data):
 
 @SLOW
 @given(data=st.data())
+@pytest.mark.slow
 def test_fuzz_train_tiny(world, capsys, data):
     argv = ["train", *TINY, *changes(data, training_options(world))]
     argv += changes(data, {"--output": outputs()}, 1)
@@ -342,6 +343,7 @@ METRICS = st.one_of(st.sampled_from(["mrr", "recall@10,ndcg@10", "mrr@40", "ndcg
 
 @SLOW
 @given(data=st.data())
+@pytest.mark.slow
 def test_fuzz_plot(world, capsys, data):
     good = st.sampled_from([str(world.run), str(world.run_m), str(world.run / "metrics.jsonl")])
     runs = data.draw(st.lists(st.one_of(good, good, st.sampled_from(world.inputs())), min_size=1, max_size=2))
@@ -372,6 +374,7 @@ STORAGE = st.sampled_from(["", "x", "bogus://", "sqlite://", "sqlite:///adir", "
 
 @SLOWEST
 @given(data=st.data())
+@pytest.mark.slow
 def test_fuzz_tune(world, capsys, data):
     argv = ["tune", *TINY, "--model", "sasrec", "--trials", "1", "--no-plots", "--output", data.draw(outputs())]
     table = {"--trials": st.one_of(st.just("1"), HUGE_INTS), "--timeout": FLOATS,
@@ -389,6 +392,7 @@ BINS = st.one_of(st.sampled_from(["5,10", "3", "0", "5,-1", "3,3,3", "9999999999
 
 @SLOW
 @given(data=st.data())
+@pytest.mark.slow
 def test_fuzz_analyze_groups_and_batch_size(world, capsys, data):
     ckpts = data.draw(st.lists(checkpoints(world), min_size=1, max_size=2))
     analysis = data.draw(st.sampled_from(["groups", "batch-size"]))

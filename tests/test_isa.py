@@ -92,6 +92,7 @@ MASKS: dict[str, str] = {}  # the dropout mask of the first build checked
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.slow
 def test_isa_build_matches_float64(isa):
     env = dict(os.environ, MSTEIN_FAST_ISA=isa)
     proc = subprocess.run(

@@ -424,6 +424,7 @@ def test_infonce_bigger(backend, keep, similarity, temperature, monkeypatch):
     infonce_case(backend, inputs, temperature, similarity, "none", seed, keep=keep)
 
 
+@pytest.mark.slow
 def test_keep_limit_env_var_is_read():
     # MSTEIN_FAST_KEEP_MATRIX_MB=0 makes every problem take the stream path (no stored matrix).
     code = "from mstein_fast.ops import _wasserstein_infonce as m; print(m._keep_limit_bytes())"

@@ -510,6 +510,7 @@ def test_malformed_size_setting_is_one_line_and_writes_nothing(tmp_path, monkeyp
 
 
 @pytest.mark.skipif("cpp" not in __import__("mstein_fast").available_backends(), reason="C++ extension not built")
+@pytest.mark.slow
 def test_ctrl_c_stops_a_long_fused_infonce(tmp_path):
     # a forward of ~5e12 multiply-adds (tens of seconds here) must stop within seconds of SIGINT
     import signal
@@ -563,6 +564,7 @@ print(int(tuned), (rss() - before) / 2**20)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="Linux only (/proc)")
+@pytest.mark.slow
 def test_keep_freed_memory_keeps_large_freed_tensors_in_the_process():
     # with the setting, a freed 200 MB tensor stays mapped (the next one reuses its pages instead
     # of faulting fresh ones); without it (MSTEIN_FAST_MALLOC=0) glibc unmaps it on free
@@ -615,6 +617,7 @@ def _available(monkeypatch, n_bytes):
     monkeypatch.setattr(memory, "available_bytes", lambda: n_bytes)
 
 
+@pytest.mark.slow
 def test_training_a_model_larger_than_memory_is_one_line(tmp_path, monkeypatch, capsys):
     _available(monkeypatch, 64 * 2**30)
     out = tmp_path / "run"

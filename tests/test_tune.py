@@ -47,6 +47,7 @@ def reference(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_end_to_end_default_space(tmp_path, capsys):
     out = tmp_path / "tune"
     code, stdout, err = run_main(capsys, "tune", *TINY, "--augmentation-warm-up-epochs", "2", "--epochs", "3",
@@ -80,6 +81,7 @@ def test_end_to_end_default_space(tmp_path, capsys):
     assert "epoch 1:" in (out / "trials" / "0000.log").read_text()
 
 
+@pytest.mark.slow
 def test_resume_counts_the_trials_already_run(reference, tmp_path, capsys):
     out = tmp_path / "tune"
     assert run_main(capsys, "tune", *REFERENCE, "--trials", "2", "--output", out)[0] == 0
@@ -93,6 +95,7 @@ def test_resume_counts_the_trials_already_run(reference, tmp_path, capsys):
     assert read_json(out / "best.json") == read_json(reference / "best.json")
 
 
+@pytest.mark.slow
 def test_a_killed_trial_continues_from_its_last_epoch(reference, tmp_path, capsys, monkeypatch):
     out = tmp_path / "tune"
     real = train_mod.Trainer.train_epoch
@@ -115,6 +118,7 @@ def test_a_killed_trial_continues_from_its_last_epoch(reference, tmp_path, capsy
     assert read_json(out / "best.json") == read_json(reference / "best.json")
 
 
+@pytest.mark.slow
 def test_the_test_split_is_never_read(reference, tmp_path, capsys, monkeypatch):
     class Poison:
         def __getattr__(self, name):
@@ -158,6 +162,7 @@ class _FixedLr(optuna.samplers.RandomSampler):
 
 
 @pytest.mark.parametrize("pruner", ["median", "halving"])
+@pytest.mark.slow
 def test_pruning_stops_bad_trials(tmp_path, capsys, monkeypatch, pruner):
     space = tmp_path / "space.json"
     # (trial 3 repeats trial 0 exactly: a tie with the median, not pruned)
@@ -348,6 +353,7 @@ def test_trial_0_trains_the_base_configuration(tmp_path, capsys):
     assert any(first[f"params_{k}"] != second[f"params_{k}"] for k in searched if k != "lr")
 
 
+@pytest.mark.slow
 def test_workers_share_one_study_through_storage(tmp_path, capsys):
     """--storage: a second worker (its own --output) joins the study of the first; --trials counts
     both; each trains its own trials; a worker with other settings is refused; two workers running

@@ -157,6 +157,7 @@ def _chdir_run(args, cwd):
                           text=True, timeout=300, check=False)
 
 
+@pytest.mark.slow
 def test_a_run_moves(tmp_path):
     """Trained with a relative --data in one folder; then evaluated from elsewhere, after moving the
     run, after moving run and data together, and with the data moved away (--data points to it)."""
@@ -195,6 +196,7 @@ def test_a_run_moves(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
 def test_resume_finds_moved_data_without_data_option(tmp_path):
     home = tmp_path / "home"
     (home / "data").mkdir(parents=True)
@@ -241,6 +243,7 @@ def test_closed_pipe_and_full_stdout(runs, monkeypatch, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_closed_pipe_in_a_real_shell(runs):
     proc = subprocess.run(f"{sys.executable} -m mstein_fast recommend {runs['mstein']} --all-users -k 20 "
                           "--no-progress | head -n 2", shell=True, capture_output=True, text=True, timeout=300)
@@ -341,6 +344,7 @@ def test_usage_lines_show_the_commands_own_options(capsys, argv, own):
     assert own in usage and "[CONFIG OPTIONS]" in usage and "--lr" not in usage
 
 
+@pytest.mark.slow
 def test_a_second_trainer_on_one_directory_is_refused(tmp_path, capsys):
     """Two trainers on one run directory: the second refuses with the holder's pid (a second
     `train --output D`, and `--resume D`, while the first is still running)."""
@@ -396,6 +400,7 @@ _CONSOLE_SCRIPT = ("import sys; sys.argv[0] = 'mstein-fast'; sys.stderr.write('r
 
 
 @pytest.mark.parametrize("delay", [0.1, 0.4, 1.0, 2.0])
+@pytest.mark.slow
 def test_ctrl_c_at_start_up_is_one_line(tmp_path, delay):
     """Ctrl-C at any moment of start-up (importing torch and the package, parsing, loading data):
     status 130 and one line, never a traceback. (The first milliseconds, while Python's import
@@ -414,6 +419,7 @@ def test_ctrl_c_at_start_up_is_one_line(tmp_path, delay):
     assert "Traceback" not in err and "interrupted" in err.strip().splitlines()[-1], err
 
 
+@pytest.mark.slow
 def test_sigterm_ends_training_like_ctrl_c(tmp_path, capsys):
     import signal
     import time

@@ -42,6 +42,7 @@ def test_quick_run_writes_rows(bench, tmp_path, capsys):
     assert "reference / fused" in capsys.readouterr().out or "cpp" not in mstein_fast.available_backends()
 
 
+@pytest.mark.slow
 def test_case_in_a_subprocess(bench):
     case = {"op": "infonce", "provider": "reference", "n": 8, "d": 3, "repeats": 1, "threads": 1, "warmup": 0}
     result = bench._run_isolated(case, timeout=60)

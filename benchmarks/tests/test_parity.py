@@ -314,6 +314,7 @@ def test_curves_refuses_float64_for_a_saved_log(tmp_path, capsys):
     assert stop.value.code == 2 and "with --original-log it does not run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_package_runs_as_a_module_with_every_command(capsys):
     # `python -m benchmarks.parity` from the repository root (the invocation the docs give), then each
     # command's --help in this process
