@@ -30,9 +30,9 @@ import time
 
 # (name, model, extra options); each with seeds 1, 2, 3 unless --seeds says otherwise
 PLAN = [
-    # the defaults; from 2026-12-03 (evening) with the original's mean stream (mean_stream_typo), before
-    # that with the means propagated: the runs of "mstein-default" / "stosa-default" in RESULTS.md
-    # until then are what "mstein-propagated" / "stosa-propagated" now name
+    # the defaults (the original's mean stream, mean_stream_typo); RESULTS.md's "mstein-default" /
+    # "stosa-default" runs made while the default propagated the means are what "mstein-propagated" /
+    # "stosa-propagated" name
     ("mstein-default", "mstein", []),
     ("mstein-compat", "mstein", ["--compat", "original"]),
     ("stosa-default", "stosa", []),
@@ -44,8 +44,8 @@ PLAN = [
     ("mstein-office-preset-typo", "mstein", ["--preset", "office", "--mean-stream-typo"]),
     # the speed setting padding_pool against mstein-default, at equal epochs
     ("mstein-pool128", "mstein", ["--padding-pool", "128"]),
-    # the original's mean stream switched on explicitly (the default since 2026-12-03, evening: its
-    # three seeds, run while the default propagated the means, decided that)
+    # the original's mean stream switched on explicitly (its three seeds, run while the default
+    # propagated the means, made it the default)
     ("mstein-mean-typo", "mstein", ["--mean-stream-typo"]),
     # the best trial of a tune of the model (--tuned NAME=FILE: the tune's best.json), trained to
     # early stopping like every run here: the baselines' side of the tune issue's comparison

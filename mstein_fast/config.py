@@ -69,7 +69,7 @@ def _key(default, help: str, choices=None, valid: Range | None = None):
 DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # the authors' published MStein command, given for Beauty: the defaults
     "beauty": {"mstein": {}},
-    # trial 17 of the first Office tune (2026-12-02, 19 trials of 60 epochs, validation MRR;
+    # trial 17 of the first Office tune (19 trials of 60 epochs, validation MRR;
     # benchmarks/results/tune_office_2026-12-02, benchmarks/RESULTS.md)
     "office": {
         "mstein": {
