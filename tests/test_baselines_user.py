@@ -193,7 +193,7 @@ def test_they_learn_on_the_tiny_synthetic_data(tmp_path, name, lr, epochs):
 @pytest.mark.parametrize("name", USER_MODELS)
 def test_resume_after_interrupt_equals_uninterrupted(tmp_path, ctrl_c_at_batch, name):
     cfg = build_config(None, {**TINY, "model": name, "epochs": 3})[0]
-    assert all(getattr(cfg, k) == v for k, v in MODEL_PRESETS[name].items() if k not in TINY)
+    assert all(getattr(cfg, k) == v for k, v in MODEL_PRESETS[name].items() if k not in TINY and k != "epochs")
     full = train(cfg, str(tmp_path / "full"))
     assert load_checkpoint(str(tmp_path / "full"))["n_users"] == 200
 
