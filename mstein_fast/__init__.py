@@ -33,13 +33,13 @@ def _started_as_command() -> bool:
     return name in ("mstein-fast", "-m")
 
 
-if _started_as_command():  # from here on a Ctrl-C is remembered (mstein_fast.errors.interrupt)
+if _started_as_command():  # from here on a Ctrl-C is remembered (mstein_fast.errors.remember_signal)
     import signal
 
-    from mstein_fast.errors import interrupt
+    from mstein_fast.errors import remember_signal
 
     try:
-        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGINT, remember_signal)
     except (ValueError, OSError):  # not the main thread
         pass
     _default_unraisable = sys.unraisablehook
@@ -62,14 +62,26 @@ try:
     from mstein_fast.ops import pairwise_w2, wasserstein_alignment_uniformity, wasserstein_infonce
     from mstein_fast import nn as _nn  # noqa: F401  (registers the encoder's ops: mstein_fast::elu, dropout, ...)
 except (KeyboardInterrupt, Exception) as _err:
-    # Ctrl-C while torch loads may also surface as another error of a half-imported library
-    # (numpy: "cannot load module more than once"); the command remembers the signal
+    # a user's Ctrl-C (before the command's handler) or another error of a half-imported library
+    # (numpy: "cannot load module more than once") after a remembered signal
     from mstein_fast.errors import signals_received as _signals
 
     if not _started_as_command() or not (isinstance(_err, KeyboardInterrupt) or _signals):
         raise
     print("interrupted", file=sys.stderr)
     raise SystemExit(130) from None
+
+if _started_as_command():
+    from mstein_fast.errors import interrupt as _interrupt
+    from mstein_fast.errors import signals_received as _signals
+
+    if _signals:  # Ctrl-C while the imports ran: they finished, the command ends here
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130)
+    try:  # from here on a Ctrl-C raises KeyboardInterrupt (the command's own handler, also in main)
+        signal.signal(signal.SIGINT, _interrupt)
+    except (ValueError, OSError):
+        pass
 
 __version__ = "0.1.0"
 

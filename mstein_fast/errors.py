@@ -18,7 +18,7 @@ This module imports nothing from the package, so that every module can import it
 
 from __future__ import annotations
 
-__all__ = ["Diverged", "Interrupted", "NonFiniteError", "UserError", "interrupt", "signals_received"]
+__all__ = ["Diverged", "Interrupted", "NonFiniteError", "UserError", "interrupt", "remember_signal", "signals_received"]
 
 # the signals (SIGINT, SIGTERM) received by the command line since it started (see interrupt)
 signals_received: list[int] = []
@@ -30,6 +30,14 @@ def interrupt(signum, frame):
     KeyboardInterrupt and failed later for it (an import cut in half)."""
     signals_received.append(signum)
     raise KeyboardInterrupt
+
+
+def remember_signal(signum, frame):
+    """The command line's handler while torch and the package are imported: only remember the signal.
+    A KeyboardInterrupt raised there can land inside a C++ extension's call back into Python
+    (torch's own start-up does this), where it cannot propagate and aborts the process (SIGABRT,
+    a C++ traceback); the import finishes instead and the command then ends as interrupted."""
+    signals_received.append(signum)
 
 
 class UserError(Exception):
