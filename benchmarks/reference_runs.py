@@ -6,9 +6,17 @@ the wall time each side needs to reach the reference's best validation NDCG@10).
         --seeds 1,2,3 --output /tmp/ref_office [--reference-python /path/to/recbole-venv/bin/python]
     python benchmarks/reference_runs.py table /tmp/ref_office -o benchmarks/results/reference_office.csv
 
-The reference is RecBole 1.2.1 (``bprmf`` -> BPR, ``caser`` -> Caser, ``sasrec`` -> SASRec,
-``bert4rec`` -> BERT4Rec), run in its own virtual environment (never a dependency of this package;
-docs/development.md says how to make one). The data file (``user item item ...`` lines, in time
+The reference (``--reference``) is RecBole 1.2.1 (``recbole``: ``bprmf`` -> BPR, ``caser`` -> Caser,
+``sasrec`` -> SASRec, ``bert4rec`` -> BERT4Rec), run in its own virtual environment (never a
+dependency of this package; docs/development.md says how to make one), or the authors' code of
+DuoRec (``duorec``: github RuihongQiu/DuoRec, a fork of RecBole 0.2.1 holding ``cl4srec`` ->
+CL4SRec and ``duorec`` -> DuoRec; ``--reference-repo`` names a checkout, which goes first on the
+worker's path, in the same virtual environment). The DuoRec code predates numpy 1.24 and torch
+2.6; the worker shims, at run time, what they removed: numpy's ``np.bool``/``np.float``/``np.int``
+/``np.long``/``np.object`` aliases, a ragged ``np.array`` of index lists building an object array
+(numpy < 1.24 did, with a warning; its supervised-positive table is one), and ``torch.load``
+loading its own checkpoint with ``weights_only=False``. Its ``run_seq.py`` never seeds; the worker
+seeds with RecBole's ``init_seed``. The data file (``user item item ...`` lines, in time
 order) is converted to RecBole's atomic ``.inter`` file with the position as the time stamp, and
 RecBole splits it leave-one-out in time order (``LS: valid_and_test``, ``order: TO``) with full
 ranking (``mode: full``): the same split as this package's.
@@ -41,6 +49,8 @@ import sys
 import time
 
 RECBOLE_MODELS = {"bprmf": "BPR", "caser": "Caser", "sasrec": "SASRec", "bert4rec": "BERT4Rec"}
+DUOREC_MODELS = {"cl4srec": "CL4SRec", "duorec": "DuoRec"}
+REFERENCES = {"recbole": RECBOLE_MODELS, "duorec": DUOREC_MODELS}
 SEQUENTIAL = ("Caser", "SASRec", "BERT4Rec")
 # this package's config key -> RecBole's, per RecBole model (only the knobs both sides have)
 SHARED_KNOBS = {
@@ -58,6 +68,17 @@ SHARED_KNOBS = {
                  "attention_probs_dropout_prob": "attn_dropout_prob", "lr": "learning_rate",
                  "max_seq_length": "MAX_ITEM_LIST_LENGTH",
                  "mask_ratio": "mask_ratio", "initializer_range": "initializer_range"},
+    # the DuoRec repository's two models; cf_weight is CL4SRec's lmd and DuoRec's lmd_sem (docs/models.md)
+    "CL4SRec": {"hidden_size": "hidden_size", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads",
+                "hidden_dropout_prob": "hidden_dropout_prob", "attention_probs_dropout_prob": "attn_dropout_prob",
+                "lr": "learning_rate", "max_seq_length": "MAX_ITEM_LIST_LENGTH",
+                "initializer_range": "initializer_range", "batch_size": "train_batch_size", "cf_weight": "lmd",
+                "dot_temperature": "tau"},
+    "DuoRec": {"hidden_size": "hidden_size", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads",
+               "hidden_dropout_prob": "hidden_dropout_prob", "attention_probs_dropout_prob": "attn_dropout_prob",
+               "lr": "learning_rate", "max_seq_length": "MAX_ITEM_LIST_LENGTH",
+               "initializer_range": "initializer_range", "batch_size": "train_batch_size",
+               "cf_weight": "lmd_sem", "dot_temperature": "tau"},
 }
 COLUMNS = ("model", "reference", "side", "seed", "threads", "epochs_run", "best_epoch", "best_valid_ndcg@10",
            "test_recall@10", "test_ndcg@10", "epoch_train_s", "epoch_s", "time_to_ref_best_s", "reached_ref_best",
@@ -95,31 +116,22 @@ def write_atomic_inter(data: str, directory: str, name: str) -> None:
 # --- the RecBole side: runs under the reference's interpreter, imports only the standard library and
 # RecBole (and torch through it)
 
-def recbole_worker(spec_path: str) -> None:
-    """Train and test one RecBole model described by the JSON file ``spec_path``; write ``run.json``."""
+def _load_checkpoints_as_before_torch_2_6() -> None:
+    """The references load their own checkpoints (configs included), written before torch's
+    ``weights_only`` default."""
     import torch
 
     original_load = torch.load
 
-    def load(*args, **kwargs):  # RecBole's own checkpoints predate torch's weights_only default
+    def load(*args, **kwargs):
         kwargs.setdefault("weights_only", False)
         return original_load(*args, **kwargs)
 
     torch.load = load
-    from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import get_model, get_trainer, init_seed
 
-    with open(spec_path, encoding="utf-8") as f:
-        spec = json.load(f)
-    torch.set_num_threads(spec["threads"])
-    config = Config(model=spec["recbole_model"], dataset=spec["dataset"], config_dict=spec["config"])
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+
+def _fit_and_test(trainer, train_data, valid_data, test_data, output: str) -> None:
+    """Train with the reference's own early stopping, test its best model, write ``output``."""
     curve: list[dict] = []
     start = time.perf_counter()
     epoch_train: list[float] = []
@@ -144,9 +156,83 @@ def recbole_worker(spec_path: str) -> None:
               "best_valid_ndcg@10": float(best_score),
               "test": {"recall@10": float(test["recall@10"]), "ndcg@10": float(test["ndcg@10"]),
                        "mrr@10": float(test["mrr@10"])}}
-    with open(spec["output"] + ".tmp", "w", encoding="utf-8") as f:
+    with open(output + ".tmp", "w", encoding="utf-8") as f:
         json.dump(result, f)
-    os.replace(spec["output"] + ".tmp", spec["output"])
+    os.replace(output + ".tmp", output)
+
+
+def recbole_worker(spec: dict) -> None:
+    """Train and test one RecBole 1.2.1 model described by ``spec``; write its ``output``."""
+    import torch
+
+    _load_checkpoints_as_before_torch_2_6()
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, get_trainer, init_seed
+
+    torch.set_num_threads(spec["threads"])
+    config = Config(model=spec["reference_model"], dataset=spec["dataset"], config_dict=spec["config"])
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    _fit_and_test(trainer, train_data, valid_data, test_data, spec["output"])
+
+
+class _RaggedArrayNumpy:
+    """numpy, except that ``array`` of ragged nested sequences builds a 1-D object array (numpy <
+    1.24's behaviour, which the DuoRec code's supervised-positive table relies on)."""
+
+    @staticmethod
+    def array(obj, *args, **kwargs):
+        import numpy as np
+
+        try:
+            return np.array(obj, *args, **kwargs)
+        except ValueError:
+            if args or kwargs or not isinstance(obj, list):
+                raise
+            out = np.empty(len(obj), dtype=object)
+            for i, row in enumerate(obj):
+                out[i] = row
+            return out
+
+    def __getattr__(self, name):
+        import numpy as np
+
+        return getattr(np, name)
+
+
+def duorec_worker(spec: dict) -> None:
+    """Train and test CL4SRec or DuoRec of the DuoRec repository (``spec["repo"]``, RecBole 0.2.1)."""
+    import numpy as np
+    import torch
+
+    for alias, kind in (("bool", bool), ("float", float), ("int", int), ("long", int), ("object", object)):
+        if alias not in np.__dict__:
+            setattr(np, alias, kind)
+    _load_checkpoints_as_before_torch_2_6()
+    sys.path.insert(0, spec["repo"])
+    import recbole
+    import recbole.data.dataset.sequential_dataset as sequential_dataset
+
+    if not os.path.abspath(recbole.__file__).startswith(os.path.abspath(spec["repo"])):
+        raise SystemExit(f"error: recbole was imported from {recbole.__file__}, not from {spec['repo']}")
+    sequential_dataset.np = _RaggedArrayNumpy()
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, get_trainer, init_seed
+
+    torch.set_num_threads(spec["threads"])
+    config = Config(model=spec["reference_model"], dataset=spec["dataset"], config_dict=spec["config"])
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    model = get_model(config["model"])(config, train_data).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    _fit_and_test(trainer, train_data, valid_data, test_data, spec["output"])
 
 
 # --- the driver (this package's interpreter)
@@ -158,21 +244,28 @@ def our_config(model: str, data: str) -> dict:
     return build_config(None, {"model": model, "data": data})[0].__dict__
 
 
-def recbole_config(model: str, ours: dict, seed: int, epochs: int, stopping_step: int, data_dir: str,
-                   checkpoint_dir: str) -> dict:
-    """RecBole's configuration: the shared protocol, then this package's values for the shared knobs."""
-    name = RECBOLE_MODELS[model]
+def reference_config(reference: str, model: str, ours: dict, seed: int, epochs: int, stopping_step: int,
+                     data_dir: str, checkpoint_dir: str) -> dict:
+    """The reference's configuration: the shared protocol, then this package's values for the shared knobs."""
+    name = REFERENCES[reference][model]
     config = {
         "data_path": data_dir, "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
         "metrics": ["Recall", "NDCG", "MRR"], "topk": [10], "valid_metric": "NDCG@10",
         "seed": seed, "reproducibility": True, "use_gpu": False, "device": "cpu", "show_progress": False,
         "checkpoint_dir": checkpoint_dir, "epochs": epochs, "stopping_step": stopping_step, "eval_step": 1,
-        "eval_batch_size": 4096, "worker": 0, "state": "WARNING",
+        "eval_batch_size": 4096, "state": "WARNING",
     }
-    if name in SEQUENTIAL:
-        config.update({"train_neg_sample_args": None, "loss_type": "CE"})
+    if reference == "recbole":
+        config.update({"eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full",
+                                     "group_by": "user"}, "worker": 0})
+        if name in SEQUENTIAL:
+            config.update({"train_neg_sample_args": None, "loss_type": "CE"})
+    else:  # RecBole 0.2.1's keys: leave-one-out in time order, full ranking; the file is already filtered
+        config.update({"eval_setting": "TO_LS,full", "training_neg_sample_num": 0, "loss_type": "CE",
+                       "min_user_inter_num": 0, "min_item_inter_num": 0, "log_dir": checkpoint_dir,
+                       # the published command's (duorec.sh, seq.yaml): us_x, dot similarity
+                       "contrast": "us_x", "sim": "dot", "lmd": 0.1, "lmd_sem": 0.1, "tau": 1})
     for ours_key, theirs in SHARED_KNOBS[name].items():
         if ours_key in ours:
             config[theirs] = ours[ours_key]
@@ -212,19 +305,23 @@ def run_ours(model: str, data: str, seed: int, threads: int, out: str, extra: li
             "test": {"recall@10": test["recall@10"], "ndcg@10": test["ndcg@10"]}}
 
 
-def run_reference(model: str, data: str, seed: int, threads: int, out: str, python: str, epochs: int,
-                  stopping_step: int, ours: dict) -> dict:
-    """Train RecBole's ``model`` in its own interpreter (``python``) and return what it wrote."""
+def run_reference(reference: str, model: str, data: str, seed: int, threads: int, out: str, python: str,
+                  epochs: int, stopping_step: int, ours: dict, repo: str | None = None) -> dict:
+    """Train the reference's ``model`` in its own interpreter (``python``) and return what it wrote."""
     os.makedirs(out, exist_ok=True)
     data_dir = os.path.join(out, "data")
     write_atomic_inter(data, data_dir, "dataset")
-    spec = {"recbole_model": RECBOLE_MODELS[model], "dataset": "dataset", "threads": threads,
-            "output": os.path.join(out, "run.json"),
-            "config": recbole_config(model, ours, seed, epochs, stopping_step, data_dir, os.path.join(out, "saved"))}
+    stale = os.path.join(data_dir, "dataset", "semantic_augmentation.npy")  # DuoRec's cache of positives
+    if os.path.exists(stale):
+        os.remove(stale)
+    spec = {"reference": reference, "reference_model": REFERENCES[reference][model], "dataset": "dataset",
+            "threads": threads, "output": os.path.join(out, "run.json"), "repo": repo,
+            "config": reference_config(reference, model, ours, seed, epochs, stopping_step, data_dir,
+                                       os.path.join(out, "saved"))}
     spec_path = os.path.join(out, "spec.json")
     with open(spec_path, "w", encoding="utf-8") as f:
         json.dump(spec, f, indent=1)
-    subprocess.run([python, os.path.abspath(__file__), "_recbole_worker", spec_path], check=True, cwd=out,
+    subprocess.run([python, os.path.abspath(__file__), "_reference_worker", spec_path], check=True, cwd=out,
                    env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     with open(spec["output"], encoding="utf-8") as f:
         return json.load(f)
@@ -244,8 +341,17 @@ def _save(obj: dict, path: str) -> None:
 
 
 def run(args) -> int:
-    if args.model not in RECBOLE_MODELS:
-        raise SystemExit(f"error: --model must be one of {sorted(RECBOLE_MODELS)} for --reference recbole")
+    models = REFERENCES[args.reference]
+    if args.model not in models:
+        raise SystemExit(f"error: --model must be one of {sorted(models)} for --reference {args.reference}")
+    repo = None
+    if args.reference == "duorec":
+        if not args.reference_repo or not os.path.isfile(os.path.join(args.reference_repo, "recbole",
+                                                                          "model", "sequential_recommender",
+                                                                          "duorec.py")):
+            raise SystemExit("error: --reference duorec needs --reference-repo, a checkout of github "
+                             "RuihongQiu/DuoRec (holding recbole/model/sequential_recommender/duorec.py)")
+        repo = os.path.abspath(args.reference_repo)
     data = os.path.abspath(args.data)
     ours_cfg = our_config(args.model, data)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -259,16 +365,16 @@ def run(args) -> int:
             print(f"[{args.model} seed {seed}] {side} ...", flush=True)
             t0 = time.perf_counter()
             if side == "reference":
-                result = run_reference(args.model, data, seed, args.threads, out, args.reference_python,
-                                       args.reference_epochs, args.stopping_step, ours_cfg)
-                result["settings"] = {k: v for k, v in result.get("settings", {}).items()}
+                result = run_reference(args.reference, args.model, data, seed, args.threads, out,
+                                       args.reference_python, args.reference_epochs, args.stopping_step, ours_cfg,
+                                       repo)
                 with open(os.path.join(out, "spec.json"), encoding="utf-8") as f:
                     result["settings"] = json.load(f)["config"]
             else:
                 result = run_ours(args.model, data, seed, args.threads, out, args.extra)
-                result["settings"] = {k: v for k, v in ours_cfg.items() if k in SHARED_KNOBS[RECBOLE_MODELS[args.model]]
+                result["settings"] = {k: v for k, v in ours_cfg.items() if k in SHARED_KNOBS[models[args.model]]
                                       or k in ("epochs", "patience", "early_stop_metric")}
-            result.update({"model": args.model, "reference": "recbole", "side": side, "seed": seed,
+            result.update({"model": args.model, "reference": args.reference, "side": side, "seed": seed,
                            "threads": args.threads, "wall_s": time.perf_counter() - t0})
             _save(result, result_path)
     return 0
@@ -328,16 +434,21 @@ def table(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_recbole_worker"]:
-        recbole_worker(argv[1])
+    if argv[:1] == ["_reference_worker"]:
+        with open(argv[1], encoding="utf-8") as f:
+            spec = json.load(f)
+        (duorec_worker if spec["reference"] == "duorec" else recbole_worker)(spec)
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="train both sides, seed by seed, alternating")
-    p.add_argument("--model", required=True, help=f"one of {sorted(RECBOLE_MODELS)}")
-    p.add_argument("--reference", default="recbole", choices=["recbole"])
+    p.add_argument("--model", required=True,
+                   help="; ".join(f"{ref}: {', '.join(sorted(m))}" for ref, m in REFERENCES.items()))
+    p.add_argument("--reference", default="recbole", choices=sorted(REFERENCES))
     p.add_argument("--reference-python", default=os.environ.get("RECBOLE_PYTHON", "python3"),
-                   help="the interpreter of the virtual environment where recbole==1.2.1 is installed")
+                   help="the interpreter of the virtual environment where recbole==1.2.1 is installed (also "
+                        "the one for --reference duorec: its checkout goes first on the path)")
+    p.add_argument("--reference-repo", help="--reference duorec: a checkout of github RuihongQiu/DuoRec")
     p.add_argument("--data", required=True)
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--threads", type=int, default=2)

@@ -1,6 +1,7 @@
 """benchmarks/reference_runs.py without RecBole: the data conversion keeps every interaction in
-order, RecBole's configuration carries the shared knobs and the leave-one-out protocol, and the
-table's time to the reference's best is read off the curves."""
+order, the references' configurations (RecBole 1.2.1, the DuoRec repository) carry the shared knobs
+and the leave-one-out protocol, the DuoRec shims, and the table's time to the reference's best is
+read off the curves."""
 
 from __future__ import annotations
 
@@ -40,12 +41,17 @@ def test_a_user_without_items_is_refused(ref, tmp_path):
         ref.read_sequences(str(data))
 
 
-@pytest.mark.parametrize("model", ["bprmf", "caser", "sasrec", "bert4rec"])
-def test_recbole_config_shares_the_knobs_and_the_protocol(ref, model, tmp_path):
+def _tiny_data(tmp_path):
     data = tmp_path / "seqs.txt"
     data.write_text("".join(f"u{u} " + " ".join(str(1 + (u + k) % 7) for k in range(5)) + "\n" for u in range(6)))
-    ours = ref.our_config(model, str(data))
-    config = ref.recbole_config(model, ours, seed=3, epochs=7, stopping_step=2, data_dir="d", checkpoint_dir="c")
+    return str(data)
+
+
+@pytest.mark.parametrize("model", ["bprmf", "caser", "sasrec", "bert4rec"])
+def test_recbole_config_shares_the_knobs_and_the_protocol(ref, model, tmp_path):
+    ours = ref.our_config(model, _tiny_data(tmp_path))
+    config = ref.reference_config("recbole", model, ours, seed=3, epochs=7, stopping_step=2, data_dir="d",
+                                  checkpoint_dir="c")
     assert config["eval_args"] == {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"}
     assert (config["seed"], config["epochs"], config["stopping_step"], config["valid_metric"]) == (3, 7, 2, "NDCG@10")
     for ours_key, theirs in ref.SHARED_KNOBS[ref.RECBOLE_MODELS[model]].items():
@@ -54,6 +60,47 @@ def test_recbole_config_shares_the_knobs_and_the_protocol(ref, model, tmp_path):
     assert "train_batch_size" not in config  # counts other things on the two sides
     if model != "bprmf":
         assert config["train_neg_sample_args"] is None and config["loss_type"] == "CE"
+
+
+@pytest.mark.parametrize("model", ["cl4srec", "duorec"])
+def test_duorec_repository_config_is_the_published_command_with_our_knobs(ref, model, tmp_path):
+    ours = ref.our_config(model, _tiny_data(tmp_path))
+    config = ref.reference_config("duorec", model, ours, seed=5, epochs=9, stopping_step=3, data_dir="d",
+                                  checkpoint_dir="c")
+    # RecBole 0.2.1's protocol keys: leave-one-out in time order, full ranking, nothing filtered again
+    assert config["eval_setting"] == "TO_LS,full" and "eval_args" not in config
+    assert (config["min_user_inter_num"], config["min_item_inter_num"], config["training_neg_sample_num"]) == (0, 0, 0)
+    assert (config["seed"], config["epochs"], config["stopping_step"], config["valid_metric"]) == (5, 9, 3, "NDCG@10")
+    assert (config["contrast"], config["sim"], config["loss_type"]) == ("us_x", "dot", "CE")
+    assert config["log_dir"] == "c"  # where its trainer saves the best model
+    for ours_key, theirs in ref.SHARED_KNOBS[ref.DUOREC_MODELS[model]].items():
+        assert config[theirs] == ours[ours_key], (ours_key, theirs)
+    # both sides' published settings: batches of 256 sequences, weight 0.1, temperature 1
+    assert (config["train_batch_size"], config["tau"]) == (256, 1.0)
+    assert config["lmd" if model == "cl4srec" else "lmd_sem"] == 0.1
+
+
+def test_ragged_arrays_become_object_arrays_as_before_numpy_1_24(ref):
+    import numpy as np
+
+    shim = ref._RaggedArrayNumpy()
+    rows = shim.array([np.array([1, 2]), np.array([], dtype=np.int64), np.array([3])])
+    assert rows.dtype == object and rows.shape == (3,)
+    assert [r.tolist() for r in rows] == [[1, 2], [], [3]]
+    regular = shim.array([[1, 2], [3, 4]])  # everything else is numpy's own
+    assert regular.dtype != object and regular.shape == (2, 2)
+    assert shim.zeros is np.zeros
+    with pytest.raises(ValueError):  # not a list of rows: numpy's error stands
+        shim.array([[1, 2], [3]], dtype=np.int64)
+
+
+def test_duorec_reference_needs_its_checkout(ref, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="--reference-repo"):
+        ref.main(["run", "--model", "duorec", "--reference", "duorec", "--data", _tiny_data(tmp_path),
+                  "--output", str(tmp_path / "out"), "--reference-repo", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"must be one of \['cl4srec', 'duorec'\]"):
+        ref.main(["run", "--model", "sasrec", "--reference", "duorec", "--data", _tiny_data(tmp_path),
+                  "--output", str(tmp_path / "out")])
 
 
 def _result(side, seed, ndcgs, step, test=(0.1, 0.05)):
