@@ -9,9 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mstein_fast.contracts import ModelConfig
-from mstein_fast.models.base import _Recommender
-from mstein_fast.models.layers import DotSelfAttention, FeedForward
-from mstein_fast.nn.dropout import Dropout
+from mstein_fast.models.sasrec import DotTransformer
 
 # the share of training rows whose last item alone is masked (the scoring situation: the item after
 # the history predicted from a mask at the end); RecBole 1.2.1's ft_ratio default, drawn per row here
@@ -25,7 +23,7 @@ def bidirectional_mask(seqs: torch.Tensor) -> torch.Tensor:
     return (seqs > 0)[:, None, None, :]
 
 
-class BERT4Rec(_Recommender):
+class BERT4Rec(DotTransformer):
     """BERT4Rec: item embeddings (ids ``1..n_items``, padding 0, the mask token ``n_items + 1``) plus
     learned positions, a LayerNorm and dropout, then ``num_hidden_layers`` blocks of SASRec's
     dot-product self-attention and GELU feed-forward layers (:mod:`mstein_fast.models.layers`)
@@ -51,15 +49,7 @@ class BERT4Rec(_Recommender):
         h = cfg.hidden_size
         self.mask_ratio = cfg.mask_ratio
         self.mask_token = n_items + 1
-        self.item_emb = nn.Embedding(n_items + 2, h, padding_idx=0)  # row n_items + 1: the mask token
-        self.position_emb = nn.Embedding(cfg.max_seq_length, h)
-        self.embed_norm = nn.LayerNorm(h, eps=1e-12)
-        self.dropout = Dropout(cfg.hidden_dropout_prob)
-        self.attention = nn.ModuleList(
-            DotSelfAttention(h, cfg.num_attention_heads, cfg.attention_probs_dropout_prob, cfg.hidden_dropout_prob)
-            for _ in range(cfg.num_hidden_layers)
-        )
-        self.ffn = nn.ModuleList(FeedForward(h, cfg.hidden_dropout_prob) for _ in range(cfg.num_hidden_layers))
+        self._build_encoder(cfg, n_items + 2)  # item row n_items + 1: the mask token
         self.out_dense = nn.Linear(h, h)
         self.out_norm = nn.LayerNorm(h, eps=1e-12)
         self.out_bias = nn.Parameter(torch.zeros(n_items + 1))  # entry 0 (padding) is never a candidate
@@ -70,13 +60,7 @@ class BERT4Rec(_Recommender):
         outputs (before the output layer); with ``last_only`` the last position's only, ``[B, 1, H]``."""
         if seqs.shape[1] > self.max_len:
             raise ValueError(f"BERT4Rec encodes at most max_seq_length {self.max_len} positions, got {seqs.shape[1]}")
-        pos = torch.arange(seqs.shape[1], device=seqs.device)
-        x = self.dropout(self.embed_norm(self.item_emb(seqs) + self.position_emb(pos)))
-        allowed = bidirectional_mask(seqs)
-        layers = len(self.attention)
-        for i, (attention, ffn) in enumerate(zip(self.attention, self.ffn)):
-            x = ffn(attention(x, allowed, last_only and i == layers - 1))
-        return x
+        return self._encode(seqs, bidirectional_mask(seqs), last_only)
 
     def _logits(self, out: torch.Tensor, first: int = 1) -> torch.Tensor:
         """``[N, H]`` encoder outputs -> ``[N, n_items + 1 - first]`` logits of the items ``first..n_items``

@@ -19,7 +19,37 @@ from mstein_fast.models.losses import bce, dot_infonce
 from mstein_fast.nn.dropout import Dropout
 
 
-class SASRec(_Recommender):
+class DotTransformer(_Recommender):
+    """The encoder SASRec, CL4SRec, DuoRec, CoSeRec and BERT4Rec share: item embeddings (padding 0)
+    plus learned positions, a LayerNorm and dropout, then ``num_hidden_layers`` blocks of dot-product
+    self-attention and GELU feed-forward layers (:mod:`mstein_fast.models.layers`); the subclass
+    chooses the item table's rows and the attention mask."""
+
+    def _build_encoder(self, cfg: ModelConfig, item_rows: int) -> None:
+        """The encoder's modules, in the order the weights are drawn by ``_init_weights``."""
+        h = cfg.hidden_size
+        self.item_emb = nn.Embedding(item_rows, h, padding_idx=0)
+        self.position_emb = nn.Embedding(cfg.max_seq_length, h)
+        self.embed_norm = nn.LayerNorm(h, eps=1e-12)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
+        self.attention = nn.ModuleList(
+            DotSelfAttention(h, cfg.num_attention_heads, cfg.attention_probs_dropout_prob, cfg.hidden_dropout_prob)
+            for _ in range(cfg.num_hidden_layers)
+        )
+        self.ffn = nn.ModuleList(FeedForward(h, cfg.hidden_dropout_prob) for _ in range(cfg.num_hidden_layers))
+
+    def _encode(self, seqs: torch.Tensor, allowed: torch.Tensor, last_only: bool) -> torch.Tensor:
+        """``[B, L]`` ids -> ``[B, L, H]`` outputs under the attention mask ``allowed``; with
+        ``last_only`` the last position's only, ``[B, 1, H]`` (the last layer computes nothing else)."""
+        pos = torch.arange(seqs.shape[1], device=seqs.device)
+        x = self.dropout(self.embed_norm(self.item_emb(seqs) + self.position_emb(pos)))
+        layers = len(self.attention)
+        for i, (attention, ffn) in enumerate(zip(self.attention, self.ffn)):
+            x = ffn(attention(x, allowed, last_only and i == layers - 1))
+        return x
+
+
+class SASRec(DotTransformer):
     """SASRec backbone: dot-product attention, BCE with one sampled negative per position.
 
     ``contrastive="dot"`` is CoSeRec (dot-product InfoNCE on the flattened outputs);
@@ -31,27 +61,14 @@ class SASRec(_Recommender):
         h = cfg.hidden_size
         if contrastive == "wasserstein-split" and h % 2:
             raise ValueError(f"coserec-wdm splits the output in halves: hidden_size must be even, got {h}")
-        self.item_emb = nn.Embedding(n_items + 1, h, padding_idx=0)
-        self.position_emb = nn.Embedding(cfg.max_seq_length, h)
-        self.embed_norm = nn.LayerNorm(h, eps=1e-12)
-        self.dropout = Dropout(cfg.hidden_dropout_prob)
-        self.attention = nn.ModuleList(
-            DotSelfAttention(h, cfg.num_attention_heads, cfg.attention_probs_dropout_prob, cfg.hidden_dropout_prob)
-            for _ in range(cfg.num_hidden_layers)
-        )
-        self.ffn = nn.ModuleList(FeedForward(h, cfg.hidden_dropout_prob) for _ in range(cfg.num_hidden_layers))
+        self._build_encoder(cfg, n_items + 1)
         self._init_weights()
 
     def encode(self, seqs: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """``[B, L]`` ids -> ``[B, L, H]`` outputs; with ``last_only`` the last position's only,
         ``[B, 1, H]`` (the last layer computes nothing else)."""
-        pos = torch.arange(seqs.shape[1], device=seqs.device)
-        x = self.dropout(self.embed_norm(self.item_emb(seqs) + self.position_emb(pos)))
         allowed = original_attention_mask(seqs, -10000.0) if self.compat else attention_mask(seqs)
-        layers = len(self.attention)
-        for i, (attention, ffn) in enumerate(zip(self.attention, self.ffn)):
-            x = ffn(attention(x, allowed, last_only and i == layers - 1))
-        return x
+        return self._encode(seqs, allowed, last_only)
 
     def rec_loss(self, seqs, targets, negatives, users=None) -> tuple[torch.Tensor, dict]:
         """``-log sigmoid(<h, pos>) - log sigmoid(-<h, neg>)`` over non-padding target positions."""
