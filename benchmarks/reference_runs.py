@@ -295,6 +295,11 @@ def run_ours(model: str, data: str, seed: int, threads: int, out: str, extra: li
     if os.path.exists(os.path.join(run_dir, "last.pt")):
         cmd.append("--resume")
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    return result_of_ours(run_dir)
+
+
+def result_of_ours(run_dir: str) -> dict:
+    """The curve, epoch times and test metrics of this package's finished run ``run_dir``."""
     curve, train = _curve_of_ours(run_dir)
     with open(os.path.join(run_dir, "test_metrics.json"), encoding="utf-8") as f:
         test = json.load(f)
@@ -303,6 +308,25 @@ def run_ours(model: str, data: str, seed: int, threads: int, out: str, extra: li
     return {"curve": curve, "epoch_train_s": train, "best_epoch": best["epoch"],
             "best_valid_ndcg@10": best["valid_ndcg@10"],
             "test": {"recall@10": test["recall@10"], "ndcg@10": test["ndcg@10"]}}
+
+
+# settings of a run that do not change what it computes (1 thread is deterministic, more are not)
+_RUNTIME_KEYS = ("data", "num_threads", "progress", "tensorboard")
+
+
+def grid_run(grid: str, model: str, seed: int, ours: dict) -> str | None:
+    """``grid/runs/<model>/seed<seed>`` of a ``mstein-fast compare`` output when that run is finished
+    with the settings ``ours`` (and ``seed``); None when it is not finished; SystemExit when it holds
+    other settings."""
+    run_dir = os.path.join(grid, "runs", model, f"seed{seed}")
+    if not os.path.isfile(os.path.join(run_dir, "test_metrics.json")):
+        return None
+    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+        saved = json.load(f)
+    differ = sorted(k for k, v in {**ours, "seed": seed}.items() if k not in _RUNTIME_KEYS and saved.get(k) != v)
+    if differ:
+        raise SystemExit(f"error: {run_dir} was trained with other settings ({', '.join(differ[:5])})")
+    return run_dir
 
 
 def run_reference(reference: str, model: str, data: str, seed: int, threads: int, out: str, python: str,
@@ -364,6 +388,7 @@ def run(args) -> int:
                 continue
             print(f"[{args.model} seed {seed}] {side} ...", flush=True)
             t0 = time.perf_counter()
+            threads = args.threads
             if side == "reference":
                 result = run_reference(args.reference, args.model, data, seed, args.threads, out,
                                        args.reference_python, args.reference_epochs, args.stopping_step, ours_cfg,
@@ -371,11 +396,22 @@ def run(args) -> int:
                 with open(os.path.join(out, "spec.json"), encoding="utf-8") as f:
                     result["settings"] = json.load(f)["config"]
             else:
-                result = run_ours(args.model, data, seed, args.threads, out, args.extra)
+                reused = grid_run(args.ours_from, args.model, seed, ours_cfg) if args.ours_from else None
+                if args.ours_from and not reused:
+                    print(f"[{args.model} seed {seed}] ours: not finished in {args.ours_from} yet (run again "
+                          "when it is)", flush=True)
+                    continue
+                if reused:
+                    print(f"[{args.model} seed {seed}] ours: the finished run {reused}", flush=True)
+                    result = result_of_ours(reused)
+                    with open(os.path.join(reused, "config.json"), encoding="utf-8") as f:
+                        threads = json.load(f)["num_threads"]
+                else:
+                    result = run_ours(args.model, data, seed, args.threads, out, args.extra)
                 result["settings"] = {k: v for k, v in ours_cfg.items() if k in SHARED_KNOBS[models[args.model]]
                                       or k in ("epochs", "patience", "early_stop_metric")}
             result.update({"model": args.model, "reference": args.reference, "side": side, "seed": seed,
-                           "threads": args.threads, "wall_s": time.perf_counter() - t0})
+                           "threads": threads, "wall_s": time.perf_counter() - t0})
             _save(result, result_path)
     return 0
 
@@ -455,6 +491,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference-epochs", type=int, default=300, help="RecBole's epoch cap (its default 300)")
     p.add_argument("--stopping-step", type=int, default=10, help="RecBole's early stopping (its default 10)")
     p.add_argument("--output", required=True)
+    p.add_argument("--ours-from", metavar="GRID",
+                   help="the output of a `mstein-fast compare` on the same data: its finished run of the model "
+                        "and seed (same settings) is this package's side instead of a new training (a run "
+                        "not finished there yet is left for a later call)")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: options for mstein-fast train")
     p.set_defaults(func=run)
     t = sub.add_parser("table", help="one CSV row per finished run, and a summary on stderr")

@@ -134,3 +134,40 @@ def test_a_side_that_never_reaches_the_reference_best_says_so(ref, tmp_path):
         (path / "result.json").write_text(json.dumps(_result(side, 2, ndcgs, step=1.0)))
     rows = {r["side"]: r for r in ref.rows_of(str(tmp_path))}
     assert rows["ours"]["reached_ref_best"] is False and rows["ours"]["time_to_ref_best_s"] == ""
+
+
+def _grid_run(tmp_path, model, seed, ours, finished=True):
+    run_dir = tmp_path / "grid" / "runs" / model / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({**ours, "seed": seed, "num_threads": 1, "progress": False}))
+    rows = [{"epoch": e, "time_s": {"train": 1.0, "eval": 0.5}, "valid": {"ndcg@10": v}}
+            for e, v in ((1, 0.02), (2, 0.04), (3, 0.03))]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if finished:
+        (run_dir / "test_metrics.json").write_text(json.dumps({"test": {"recall@10": 0.11, "ndcg@10": 0.06}}))
+    return run_dir
+
+
+def test_a_finished_compare_run_is_our_side(ref, tmp_path):
+    ours = ref.our_config("sasrec", _tiny_data(tmp_path))
+    run_dir = _grid_run(tmp_path, "sasrec", 2, ours)
+    assert ref.grid_run(str(tmp_path / "grid"), "sasrec", 2, ours) == str(run_dir)
+    result = ref.result_of_ours(str(run_dir))
+    assert result["best_epoch"] == 2 and result["best_valid_ndcg@10"] == 0.04
+    assert [c["elapsed_s"] for c in result["curve"]] == [1.5, 3.0, 4.5]
+    assert result["test"] == {"recall@10": 0.11, "ndcg@10": 0.06}
+    assert ref.grid_run(str(tmp_path / "grid"), "sasrec", 3, ours) is None  # no such run
+    moved = tmp_path / "grid" / "runs" / "sasrec" / "seed5"
+    moved.mkdir()
+    for name in ("config.json", "metrics.jsonl", "test_metrics.json"):  # seed 2's run under seed 5's name
+        (moved / name).write_bytes((run_dir / name).read_bytes())
+    with pytest.raises(SystemExit, match="seed"):
+        ref.grid_run(str(tmp_path / "grid"), "sasrec", 5, ours)
+    with pytest.raises(SystemExit, match="lr"):
+        ref.grid_run(str(tmp_path / "grid"), "sasrec", 2, {**ours, "lr": ours["lr"] * 2})
+
+
+def test_an_unfinished_compare_run_is_left_for_later(ref, tmp_path):
+    ours = ref.our_config("sasrec", _tiny_data(tmp_path))
+    _grid_run(tmp_path, "sasrec", 1, ours, finished=False)
+    assert ref.grid_run(str(tmp_path / "grid"), "sasrec", 1, ours) is None
