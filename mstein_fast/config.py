@@ -363,7 +363,8 @@ def load_config_file(path: str) -> dict[str, Any]:
     raw = load_structured(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys {{\"key\": value, ...}}, got {type(raw).__name__}")
-    values = {k: coerce(k, v, path) for k, v in raw.items() if not (isinstance(k, str) and k.startswith("_"))}
+    raw = drop_removed_keys({k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith("_"))}, path)
+    values = {k: coerce(k, v, path) for k, v in raw.items()}
     data = values.get("data")
     if isinstance(data, str) and data and not os.path.isabs(data):
         beside = os.path.join(os.path.dirname(path), data)
@@ -440,6 +441,34 @@ def build_config(file_values: dict | None = None, cli_values: dict | None = None
     return TrainConfig(**merged).validate(), quick
 
 
+# keys of earlier versions: the value that computes what this version computes without the key
+# (with compat = "original" the folded ones may also be true), and what became of the key
+REMOVED_KEYS: dict[str, tuple[Any, str]] = {
+    "shared_padding": (False, "removed: the setting lost against the default (docs/cli.md)"),
+    "original_padding": (False, 'folded into compat = "original"'),
+    "cl_double_cov_activation": (False, 'folded into compat = "original"'),
+}
+
+
+def drop_removed_keys(values: dict, where: str) -> dict:
+    """``values`` without the keys of earlier versions (:data:`REMOVED_KEYS`) whose value this
+    version computes anyway, so that runs and config files written before a key was removed still
+    load; ConfigError, naming the key and what became of it, for a value this version cannot run."""
+    kept = {}
+    for name, value in values.items():
+        if name not in REMOVED_KEYS:
+            kept[name] = value
+            continue
+        neutral, fate = REMOVED_KEYS[name]
+        folded = fate.startswith("folded") and values.get("compat") == "original" and value is True
+        if value != neutral and not folded:
+            raise ConfigError(f"{where}: config key {name!r} = {value!r} is not supported any more ({fate}); "
+                              f"remove the key{' and set compat to original' if fate.startswith('folded') else ''}")
+    return kept
+
+
 def config_from_dict(values: dict, where: str) -> TrainConfig:
-    """A config saved in a checkpoint (keys unknown to this version are an error)."""
+    """A config saved in a checkpoint (keys unknown to this version are an error, those it removed
+    are dropped when their value is what it computes anyway: :func:`drop_removed_keys`)."""
+    values = drop_removed_keys(values, where)
     return TrainConfig(**{k: coerce(k, v, where) for k, v in values.items()}).validate()

@@ -12,6 +12,7 @@ import random
 import pytest
 import torch
 
+import mstein_fast
 import mstein_fast.checkpoint as checkpoint_module
 import mstein_fast.train as train_module
 from mstein_fast.cli import main
@@ -780,3 +781,71 @@ def test_a_user_table_larger_than_memory_is_one_line(tmp_path, monkeypatch, caps
     code, _, err = run_cli(capsys, "train", "--output", tmp_path / "run", *TINY_ARGS, "--model", "bprmf",
                            "--hidden-size", "4096")
     assert_user_error(code, err, "training: the bprmf model needs about", "users, hidden_size 4096")
+
+
+# -- runs and config files of earlier versions ----------------------------------------------------
+
+_OLD_NEUTRAL = {"shared_padding": False, "original_padding": False, "cl_double_cov_activation": False}
+
+
+def _age(run_dir, extra):
+    """Give the run's checkpoints and config.json the keys an earlier version saved."""
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(run_dir / name, weights_only=True)
+        ckpt["config"] = {**ckpt["config"], **extra}
+        torch.save(ckpt, run_dir / name)
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, **extra}))
+
+
+def test_a_run_of_an_earlier_version_still_loads_and_resumes(finished_run, tmp_path, capsys):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(finished_run, old)
+    _age(old, _OLD_NEUTRAL)
+    code, out, err = run_cli(capsys, "evaluate", old)
+    assert code == 0, err
+    code, out_new, err = run_cli(capsys, "evaluate", finished_run)
+    assert code == 0, err
+    old_result, new_result = json.loads(out), json.loads(out_new)
+    assert old_result.pop("checkpoint") != new_result.pop("checkpoint")
+    assert old_result == new_result  # the same model, the same numbers
+    assert mstein_fast.load(old).config.model == "sasrec"
+    code, _, err = run_cli(capsys, "train", "--resume", old, "--epochs", "3")
+    assert code == 0, err
+    assert [r["epoch"] for r in read_metrics(old)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("shared_padding", True, "'shared_padding' = True is not supported any more (removed"),
+    ("original_padding", True, 'folded into compat = "original"); remove the key and set compat to original'),
+    ("cl_double_cov_activation", True, 'folded into compat = "original"'),
+    ("shared_padding", "yes", "'shared_padding' = 'yes' is not supported"),
+])
+def test_a_removed_setting_that_changed_the_run_is_a_one_line_error(finished_run, tmp_path, capsys, key, value,
+                                                                     fragment):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(finished_run, old)
+    _age(old, {key: value})
+    code, _, err = run_cli(capsys, "evaluate", old / "best.pt")
+    assert_user_error(code, err, fragment)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"epochs": 1, key: value}))
+    code, _, err = run_cli(capsys, "train", "--config", config, "--output", tmp_path / "new")
+    assert_user_error(code, err, fragment)
+    assert not (tmp_path / "new").exists()
+
+
+def test_removed_keys_at_their_neutral_value_are_dropped_from_config_files(tmp_path):
+    from mstein_fast.config import REMOVED_KEYS, drop_removed_keys, load_config_file
+
+    assert set(REMOVED_KEYS) == set(_OLD_NEUTRAL)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"epochs": 3, **_OLD_NEUTRAL}))
+    assert load_config_file(str(config)) == {"epochs": 3}
+    # the folded ones were the original code's switches: true together with compat = "original" is that mode
+    assert drop_removed_keys({"compat": "original", "original_padding": True, "cl_double_cov_activation": True},
+                             "x") == {"compat": "original"}
