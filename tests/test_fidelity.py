@@ -501,13 +501,16 @@ def test_compat_refuses_the_padding_pool():
         TrainConfig(compat="original", padding_pool=64).validate()
 
 
-@pytest.mark.parametrize("key", ["original_padding", "cl_double_cov_activation", "shared_padding"])
-def test_settings_without_a_key_of_their_own_are_unknown_keys(tmp_path, key):
-    # compat = "original" holds the original's padding and double activation; a config file naming
-    # them gets the error of any unknown key
+@pytest.mark.parametrize("key, fate", [("original_padding", 'folded into compat = "original"'),
+                                       ("cl_double_cov_activation", 'folded into compat = "original"'),
+                                       ("shared_padding", "removed")])
+def test_settings_without_a_key_of_their_own_are_refused_with_their_fate(tmp_path, key, fate):
+    # compat = "original" holds the original's padding and double activation; a config file switching
+    # one of them on alone (or shared_padding, gone) is refused, naming the key and what became of it
     from mstein_fast.config import load_config_file
 
     path = tmp_path / "run.json"
     path.write_text(f'{{"{key}": true}}')
-    with pytest.raises(ConfigError, match=rf"^{path}: unknown config key '{key}' \(known keys: see"):
+    with pytest.raises(ConfigError, match=rf"^{path}: config key '{key}' = True is not supported any more "
+                                          rf"\({fate}"):
         load_config_file(str(path))
