@@ -15,6 +15,7 @@ from mstein_fast.cli import main
 from mstein_fast.config import MODEL_PRESETS, ConfigError, TrainConfig, build_config
 from mstein_fast.data import Sequences, leave_one_out
 from mstein_fast.evaluate import evaluate_ranks
+from mstein_fast.contracts import ModelConfig
 from mstein_fast.models import build_model
 from mstein_fast.models.bert4rec import LAST_ITEM_SHARE, BERT4Rec
 from mstein_fast.train import Interrupted, Trainer, load_checkpoint, train
@@ -244,3 +245,27 @@ def test_train_from_the_command_line_and_use(tmp_path, capsys):
         at_last = model.model.encode(seqs)[:, -1]
     np.testing.assert_allclose(vector, at_mask.numpy(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(vector, at_last.numpy(), atol=1e-3)
+
+
+def test_cloze_loss_padding_of_the_masked_rows_changes_nothing():
+    """The masked rows are padded to a bucket size before the output layer: the loss and every
+    gradient equal the unpadded computation's (float64)."""
+    from mstein_fast.models.bert4rec import MASKED_ROWS_BUCKET
+
+    torch.manual_seed(0)
+    model = build_model("bert4rec", 30, ModelConfig(hidden_size=8, max_seq_length=12, num_hidden_layers=1,
+                                                    num_attention_heads=2, hidden_dropout_prob=0.0,
+                                                    attention_probs_dropout_prob=0.0)).double()
+    rows = torch.randint(1, 31, (7, 12))
+    rows[:3, :4] = 0  # left padding
+    mask = torch.rand(7, 12) < 0.3
+    mask &= rows > 0
+    assert 0 < int(mask.sum()) < MASKED_ROWS_BUCKET  # padded: the case that differs
+    loss = model.cloze_loss(rows, mask)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    out = model.encode(rows.masked_fill(mask, model.mask_token))
+    direct = torch.nn.functional.cross_entropy(model._logits(out[mask]), rows[mask] - 1)
+    direct_grads = torch.autograd.grad(direct, list(model.parameters()))
+    torch.testing.assert_close(loss, direct, rtol=1e-12, atol=0)
+    for g, d in zip(grads, direct_grads):
+        torch.testing.assert_close(g, d, rtol=1e-10, atol=1e-13)

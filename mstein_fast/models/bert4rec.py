@@ -14,6 +14,8 @@ from mstein_fast.models.sasrec import DotTransformer
 # the share of training rows whose last item alone is masked (the scoring situation: the item after
 # the history predicted from a mask at the end); RecBole 1.2.1's ft_ratio default, drawn per row here
 LAST_ITEM_SHARE = 0.5
+# the masked rows of a batch are padded to a multiple of this before the output layer (cloze_loss)
+MASKED_ROWS_BUCKET = 256
 
 
 def bidirectional_mask(seqs: torch.Tensor) -> torch.Tensor:
@@ -94,10 +96,18 @@ class BERT4Rec(DotTransformer):
         """Mean cross-entropy over all items of the items of ``rows`` at the positions ``mask``, with
         those positions replaced by the mask token; 0 (attached to the graph) when nothing is masked."""
         out = self.encode(rows.masked_fill(mask, self.mask_token))
-        logits = self._logits(out[mask])
-        if logits.shape[0] == 0:
-            return logits.sum()
-        return F.cross_entropy(logits, rows[mask] - 1)
+        picked = out[mask]
+        n = picked.shape[0]
+        if n == 0:
+            return self._logits(picked).sum()
+        # the masked positions go through the output layer as a multiple of MASKED_ROWS_BUCKET rows
+        # (zero rows appended, their logits dropped): the count changes with every batch, and each
+        # new shape of these products cost oneDNN a cached primitive (memory that grew ~200 MB an
+        # epoch on Office until the process was killed); a few bucket sizes keep that cache bounded
+        size = -(-n // MASKED_ROWS_BUCKET) * MASKED_ROWS_BUCKET
+        if size > n:
+            picked = torch.cat([picked, picked.new_zeros(size - n, picked.shape[1])])
+        return F.cross_entropy(self._logits(picked)[:n], rows[mask] - 1)
 
     def rec_loss(self, seqs, targets, negatives, users=None) -> tuple[torch.Tensor, dict]:
         """The Cloze loss of the rows of training items (:meth:`training_rows`) masked by
