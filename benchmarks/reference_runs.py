@@ -181,6 +181,16 @@ def recbole_worker(spec: dict) -> None:
     _fit_and_test(trainer, train_data, valid_data, test_data, spec["output"])
 
 
+def restore_numpy_aliases() -> None:
+    """numpy's aliases of the builtin types removed in numpy 1.24 (``np.bool``, ``np.float``, ...),
+    which the DuoRec code still uses."""
+    import numpy as np
+
+    for alias, kind in (("bool", bool), ("float", float), ("int", int), ("long", int), ("object", object)):
+        if alias not in np.__dict__:
+            setattr(np, alias, kind)
+
+
 class _RaggedArrayNumpy:
     """numpy, except that ``array`` of ragged nested sequences builds a 1-D object array (numpy <
     1.24's behaviour, which the DuoRec code's supervised-positive table relies on)."""
@@ -207,12 +217,9 @@ class _RaggedArrayNumpy:
 
 def duorec_worker(spec: dict) -> None:
     """Train and test CL4SRec or DuoRec of the DuoRec repository (``spec["repo"]``, RecBole 0.2.1)."""
-    import numpy as np
     import torch
 
-    for alias, kind in (("bool", bool), ("float", float), ("int", int), ("long", int), ("object", object)):
-        if alias not in np.__dict__:
-            setattr(np, alias, kind)
+    restore_numpy_aliases()
     _load_checkpoints_as_before_torch_2_6()
     sys.path.insert(0, spec["repo"])
     import recbole
@@ -310,10 +317,6 @@ def result_of_ours(run_dir: str) -> dict:
             "test": {"recall@10": test["recall@10"], "ndcg@10": test["ndcg@10"]}}
 
 
-# settings of a run that do not change what it computes (1 thread is deterministic, more are not)
-_RUNTIME_KEYS = ("data", "num_threads", "progress", "tensorboard")
-
-
 def grid_run(grid: str, model: str, seed: int, ours: dict) -> str | None:
     """``grid/runs/<model>/seed<seed>`` of a ``mstein-fast compare`` output when that run is finished
     with the settings ``ours`` (and ``seed``); None when it is not finished; SystemExit when it holds
@@ -321,9 +324,9 @@ def grid_run(grid: str, model: str, seed: int, ours: dict) -> str | None:
     run_dir = os.path.join(grid, "runs", model, f"seed{seed}")
     if not os.path.isfile(os.path.join(run_dir, "test_metrics.json")):
         return None
-    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
-        saved = json.load(f)
-    differ = sorted(k for k, v in {**ours, "seed": seed}.items() if k not in _RUNTIME_KEYS and saved.get(k) != v)
+    from mstein_fast.analysis import config_differences
+
+    differ = config_differences(run_dir, {**ours, "seed": seed}, ignore=("data",))  # runtime keys ignored too
     if differ:
         raise SystemExit(f"error: {run_dir} was trained with other settings ({', '.join(differ[:5])})")
     return run_dir

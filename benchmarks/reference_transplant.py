@@ -102,11 +102,10 @@ def reference_side(spec_path: str) -> None:
         spec = json.load(f)
     saved = torch.load(spec["input"], weights_only=True)
     if spec["reference"] == "duorec":
-        import numpy as np
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # PYTHONSAFEPATH may leave it out
+        from reference_runs import restore_numpy_aliases
 
-        for alias, kind in (("bool", bool), ("float", float), ("int", int), ("long", int), ("object", object)):
-            if alias not in np.__dict__:
-                setattr(np, alias, kind)
+        restore_numpy_aliases()
         sys.path.insert(0, spec["repo"])
     from recbole.config import Config
     from recbole.utils import get_model

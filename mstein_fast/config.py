@@ -441,30 +441,29 @@ def build_config(file_values: dict | None = None, cli_values: dict | None = None
     return TrainConfig(**merged).validate(), quick
 
 
-# keys of earlier versions: the value that computes what this version computes without the key
-# (with compat = "original" the folded ones may also be true), and what became of the key
-REMOVED_KEYS: dict[str, tuple[Any, str]] = {
-    "shared_padding": (False, "removed: the setting lost against the default (docs/cli.md)"),
-    "original_padding": (False, 'folded into compat = "original"'),
-    "cl_double_cov_activation": (False, 'folded into compat = "original"'),
+# switches of earlier versions (false by default) and what became of them; the two folded into
+# compat = "original" were the original code's behaviour, true together with that mode
+REMOVED_KEYS: dict[str, str] = {
+    "shared_padding": "removed: the setting lost against the default (docs/cli.md)",
+    "original_padding": 'folded into compat = "original"',
+    "cl_double_cov_activation": 'folded into compat = "original"',
 }
+_FOLDED_INTO_COMPAT = ("original_padding", "cl_double_cov_activation")
 
 
 def drop_removed_keys(values: dict, where: str) -> dict:
     """``values`` without the keys of earlier versions (:data:`REMOVED_KEYS`) whose value this
-    version computes anyway, so that runs and config files written before a key was removed still
-    load; ConfigError, naming the key and what became of it, for a value this version cannot run."""
-    kept = {}
+    version computes anyway (false; a folded one true with ``compat = "original"``), so that runs
+    and config files written before a key was removed still load; ConfigError, naming the key and
+    what became of it, for a value this version cannot run."""
     for name, value in values.items():
-        if name not in REMOVED_KEYS:
-            kept[name] = value
+        if name not in REMOVED_KEYS or value is False:
             continue
-        neutral, fate = REMOVED_KEYS[name]
-        folded = fate.startswith("folded") and values.get("compat") == "original" and value is True
-        if value != neutral and not folded:
-            raise ConfigError(f"{where}: config key {name!r} = {value!r} is not supported any more ({fate}); "
-                              f"remove the key{' and set compat to original' if fate.startswith('folded') else ''}")
-    return kept
+        folded = name in _FOLDED_INTO_COMPAT
+        if not (folded and value is True and values.get("compat") == "original"):
+            raise ConfigError(f"{where}: config key {name!r} = {value!r} is not supported any more "
+                              f"({REMOVED_KEYS[name]}); remove the key{' and set compat to original' if folded else ''}")
+    return {k: v for k, v in values.items() if k not in REMOVED_KEYS}
 
 
 def config_from_dict(values: dict, where: str) -> TrainConfig:

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-from pathlib import Path
 
 import pytest
 
 import mstein_fast
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench_ops.py"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_ops", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.bench_ops")
 
 
 def test_quick_run_writes_rows(bench, tmp_path, capsys):

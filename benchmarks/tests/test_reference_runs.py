@@ -6,21 +6,15 @@ read off the curves."""
 from __future__ import annotations
 
 import csv
-import importlib.util
+import importlib
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "reference_runs.py"
 
 
 @pytest.fixture(scope="module")
 def ref():
-    spec = importlib.util.spec_from_file_location("reference_runs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.reference_runs")
 
 
 def test_atomic_file_keeps_every_interaction_in_order(ref, tmp_path):

@@ -5,22 +5,16 @@ whole transplant agrees to float64 rounding."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "reference_transplant.py"
-
 
 @pytest.fixture(scope="module")
 def transplant():
-    spec = importlib.util.spec_from_file_location("reference_transplant", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.reference_transplant")
 
 
 @pytest.mark.parametrize("model", ["bprmf", "sasrec", "bert4rec", "cl4srec", "duorec"])
